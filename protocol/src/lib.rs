@@ -1,0 +1,1 @@
+//! The host ↔ guest-agent API, shared by the shim and the agent so the two can never drift.

@@ -1,0 +1,3 @@
+//! `bulkhead`: the runc-compatible OCI runtime CLI.
+
+fn main() {}

@@ -1,0 +1,3 @@
+//! `bulkhead-vmm`: run one micro-VM by hand.
+
+fn main() {}
