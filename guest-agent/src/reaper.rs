@@ -1,0 +1,200 @@
+//! The one place that collects exit statuses of the agent's children.
+//!
+//! As PID 1 the agent inherits every orphan in the guest, and `waitpid(-1)` anywhere would steal a
+//! status another part of the agent is waiting for. So exactly one thread reaps, and everyone else
+//! asks it: [`Reaper::wait`] blocks until the status of a given pid is known, whether the child
+//! exited before or after the call. Statuses of pids nobody asked for (reparented orphans) are
+//! kept only until the reaper has more than [`MAX_UNCLAIMED`] of them, then the oldest are dropped.
+//!
+//! SIGCHLD must be blocked in every thread before [`Reaper::start`] (call
+//! [`block_sigchld`] first thing in `main`); children must unblock it before `exec`
+//! ([`unblock_all_signals`]), or the workload starts with a signal mask it never asked for.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+use nix::errno::Errno;
+use nix::sys::signal::{SigSet, SigmaskHow, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+
+/// Statuses of unclaimed pids kept before the oldest are forgotten.
+pub const MAX_UNCLAIMED: usize = 1024;
+
+/// How a child ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitStatus {
+    /// It called `exit(code)`.
+    Exited(i32),
+    /// It was killed by this signal number.
+    Signaled(i32),
+}
+
+impl ExitStatus {
+    /// The shell convention runc and Docker report: the code, or 128 + the signal.
+    pub fn code(self) -> i32 {
+        match self {
+            ExitStatus::Exited(code) => code,
+            ExitStatus::Signaled(sig) => 128 + sig,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Table {
+    done: HashMap<i32, ExitStatus>,
+    order: VecDeque<i32>,
+}
+
+/// Handle to the reaping thread; cheap to clone.
+#[derive(Clone)]
+pub struct Reaper {
+    inner: Arc<(Mutex<Table>, Condvar)>,
+}
+
+/// Errors from starting the reaper.
+#[derive(Debug, thiserror::Error)]
+pub enum ReaperError {
+    /// SIGCHLD could not be blocked.
+    #[error("block SIGCHLD")]
+    Mask(#[source] Errno),
+    /// The reaping thread could not be spawned.
+    #[error("spawn reaper thread")]
+    Spawn(#[source] std::io::Error),
+}
+
+/// Blocks SIGCHLD in the calling thread; threads spawned afterwards inherit the mask.
+pub fn block_sigchld() -> Result<(), ReaperError> {
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGCHLD);
+    set.thread_block().map_err(ReaperError::Mask)
+}
+
+/// Unblocks every signal in the calling thread; for a child between `fork` and `exec`.
+pub fn unblock_all_signals() -> nix::Result<()> {
+    nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
+}
+
+impl Reaper {
+    /// Starts the reaping thread. SIGCHLD must already be blocked (see [`block_sigchld`]).
+    pub fn start() -> Result<Self, ReaperError> {
+        block_sigchld()?;
+        let reaper = Reaper {
+            inner: Arc::new((Mutex::new(Table::default()), Condvar::new())),
+        };
+        let worker = reaper.clone();
+        std::thread::Builder::new()
+            .name("reaper".into())
+            .spawn(move || worker.run())
+            .map_err(ReaperError::Spawn)?;
+        Ok(reaper)
+    }
+
+    fn table(&self) -> MutexGuard<'_, Table> {
+        self.inner.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn run(&self) {
+        let mut set = SigSet::empty();
+        set.add(Signal::SIGCHLD);
+        // A thread that does not block SIGCHLD (one started before `block_sigchld`, or a test
+        // harness thread) can swallow the signal, so the wait also times out now and then and
+        // polls; in the agent every thread blocks it and the timeout is only a safety net.
+        let timeout = libc::timespec {
+            tv_sec: 2,
+            tv_nsec: 0,
+        };
+        loop {
+            // One SIGCHLD may stand for many exits: drain every finished child each time.
+            self.reap_all();
+            // SAFETY: `set` is a valid, initialised sigset_t and `timeout` a valid timespec; a
+            // null siginfo pointer is allowed. The return value only says whether a signal came.
+            unsafe {
+                libc::sigtimedwait(set.as_ref(), std::ptr::null_mut(), &timeout);
+            }
+        }
+    }
+
+    fn reap_all(&self) {
+        loop {
+            let status = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) => (pid, ExitStatus::Exited(code)),
+                Ok(WaitStatus::Signaled(pid, sig, _)) => (pid, ExitStatus::Signaled(sig as i32)),
+                Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return,
+                Ok(_) | Err(Errno::EINTR) => continue,
+                Err(_) => return,
+            };
+            self.record(status.0, status.1);
+        }
+    }
+
+    fn record(&self, pid: Pid, status: ExitStatus) {
+        let mut table = self.table();
+        table.done.insert(pid.as_raw(), status);
+        table.order.push_back(pid.as_raw());
+        while table.order.len() > MAX_UNCLAIMED {
+            if let Some(old) = table.order.pop_front() {
+                table.done.remove(&old);
+            }
+        }
+        self.inner.1.notify_all();
+    }
+
+    /// Blocks until `pid` has been reaped and returns how it ended. Each status is handed out once.
+    pub fn wait(&self, pid: Pid) -> ExitStatus {
+        let mut table = self.table();
+        loop {
+            if let Some(status) = table.done.remove(&pid.as_raw()) {
+                table.order.retain(|p| *p != pid.as_raw());
+                return status;
+            }
+            table = self.inner.1.wait(table).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// Like [`Reaper::wait`] but gives up after `timeout`, returning `None`.
+    pub fn wait_timeout(&self, pid: Pid, timeout: std::time::Duration) -> Option<ExitStatus> {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut table = self.table();
+        loop {
+            if let Some(status) = table.done.remove(&pid.as_raw()) {
+                table.order.retain(|p| *p != pid.as_raw());
+                return Some(status);
+            }
+            let left = deadline.checked_duration_since(std::time::Instant::now())?;
+            table = self
+                .inner
+                .1
+                .wait_timeout(table, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+    use std::time::Duration;
+
+    #[test]
+    #[allow(clippy::zombie_processes)] // the reaper under test collects them
+    fn statuses_reach_the_waiter_whenever_it_asks() {
+        let reaper = Reaper::start().unwrap();
+        let fast = Command::new("sh").args(["-c", "exit 3"]).spawn().unwrap();
+        let killed = Command::new("sleep").arg("30").spawn().unwrap();
+        let fast_pid = Pid::from_raw(fast.id() as i32);
+        let killed_pid = Pid::from_raw(killed.id() as i32);
+        // Let the fast child finish before anyone waits for it.
+        std::thread::sleep(Duration::from_millis(200));
+        nix::sys::signal::kill(killed_pid, Signal::SIGKILL).unwrap();
+        assert_eq!(reaper.wait(fast_pid), ExitStatus::Exited(3));
+        assert_eq!(reaper.wait(killed_pid), ExitStatus::Signaled(9));
+        assert_eq!(ExitStatus::Signaled(9).code(), 137);
+        assert_eq!(
+            reaper.wait_timeout(Pid::from_raw(999_999), Duration::from_millis(50)),
+            None
+        );
+    }
+}
