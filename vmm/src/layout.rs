@@ -37,5 +37,8 @@ pub const fn virtio_mmio_slot(index: u64) -> u64 {
 
 // The layout is checked when the crate compiles, not when a test happens to run.
 const _: () = assert!(VIRTIO_MMIO_START >= MMIO_HOLE_START);
-const _: () = assert!(virtio_mmio_slot(VIRTIO_MMIO_SLOTS) <= 0xfec0_0000, "overlaps the IOAPIC");
+const _: () = assert!(
+    virtio_mmio_slot(VIRTIO_MMIO_SLOTS) <= 0xfec0_0000,
+    "overlaps the IOAPIC"
+);
 const _: () = assert!(VIRTIO_IRQ_BASE + VIRTIO_MMIO_SLOTS as u32 - 1 == IRQ_MAX);

@@ -87,7 +87,9 @@ impl Bus {
 /// Locks a device, carrying on if another thread panicked while holding it: a device's state is
 /// plain registers, and a wedged VM is worse than one that sees a half-updated register.
 fn lock(device: &SharedDevice) -> std::sync::MutexGuard<'_, dyn BusDevice + 'static> {
-    device.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    device
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]
@@ -115,7 +117,10 @@ mod tests {
         bus.insert(dev.clone(), 0x100, 0x10).unwrap();
         assert_eq!(
             bus.insert(dev.clone(), 0x10f, 1),
-            Err(BusError::Overlap { base: 0x10f, len: 1 })
+            Err(BusError::Overlap {
+                base: 0x10f,
+                len: 1
+            })
         );
         assert_eq!(
             bus.insert(dev.clone(), 0xf8, 0x9),
@@ -124,7 +129,10 @@ mod tests {
         assert!(bus.insert(dev.clone(), 0x110, 1).is_ok());
         assert_eq!(
             bus.insert(dev.clone(), u64::MAX, 2),
-            Err(BusError::InvalidRange { base: u64::MAX, len: 2 })
+            Err(BusError::InvalidRange {
+                base: u64::MAX,
+                len: 2
+            })
         );
 
         let mut buf = [0u8; 2];
