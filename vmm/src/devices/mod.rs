@@ -5,6 +5,7 @@
 //! same device works wherever the layout puts it.
 
 pub mod bus;
+pub mod virtio;
 
 /// A device on the port-I/O or MMIO bus.
 ///

@@ -1,0 +1,385 @@
+//! The virtio-vsock device: three queues (RX, TX, event), driven from the event loop.
+//!
+//! The device is shared as `Arc<Mutex<VsockDevice>>` between its transport (vCPU threads:
+//! config reads, activation, reset) and the event manager (everything else). Activation and
+//! reset only flip state and write `ctl_event`; all fd (de)registration happens on the event
+//! loop thread, where `EventOps` is available.
+//!
+//! Per wake-up the device drains every available TX chain and fills as many RX buffers as it
+//! has packets for, then raises at most one interrupt. With EVENT_IDX it asks for TX kicks only
+//! after it caught up, and for RX kicks only when it ran out of buffers while holding data, so
+//! a busy stream costs few exits.
+
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+
+use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
+use virtio_queue::{Queue, QueueT};
+use vm_memory::GuestAddress;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use super::metrics::{add, VsockMetrics};
+use super::muxer::Muxer;
+use super::packet::{used_len, RxBuffer, TxPacket};
+use super::unix::UnixError;
+use super::{VsockConfig, QUEUE_SIZE};
+use crate::devices::virtio::{
+    chain, drain_event, needs_interrupt, pop_avail, unpop_avail, ActivateError, GuestMemoryMmap,
+    Interrupt, QueueError, VirtioDevice, FEATURE_EVENT_IDX, FEATURE_INDIRECT_DESC,
+    FEATURE_VERSION_1,
+};
+
+const RX: usize = 0;
+const TX: usize = 1;
+const NUM_QUEUES: usize = 3;
+
+/// Errors creating the device.
+#[derive(Debug, thiserror::Error)]
+pub enum VsockError {
+    /// An eventfd could not be created.
+    #[error("cannot create an eventfd")]
+    EventFd(#[source] std::io::Error),
+    /// The host socket could not be set up.
+    #[error(transparent)]
+    Unix(#[from] UnixError),
+    /// The CID is reserved (0-2 and `u32::MAX` are not guest CIDs).
+    #[error("invalid guest cid {0}")]
+    InvalidCid(u64),
+}
+
+/// State that exists only while a driver runs the device.
+struct Active {
+    mem: GuestMemoryMmap,
+    queues: Vec<Queue>,
+    broken: [bool; NUM_QUEUES],
+    used: [bool; NUM_QUEUES],
+    interrupt: Arc<Interrupt>,
+    indirect: bool,
+}
+
+impl Active {
+    fn break_queue(&mut self, index: usize, err: &QueueError, metrics: &VsockMetrics) {
+        tracing::warn!("vsock: queue {index} is broken: {err}");
+        self.broken[index] = true;
+        add(&metrics.queue_errors, 1);
+        self.interrupt.set_needs_reset();
+    }
+
+    fn parse_chain(&self, index: usize, head: u16) -> Result<chain::Chain, QueueError> {
+        let q = &self.queues[index];
+        Ok(chain::parse(
+            &self.mem,
+            GuestAddress(q.desc_table()),
+            q.size(),
+            head,
+            self.indirect,
+        )?)
+    }
+}
+
+/// The device.
+pub struct VsockDevice {
+    guest_cid: u64,
+    queue_sizes: [u16; NUM_QUEUES],
+    queue_events: Vec<EventFd>,
+    ctl_event: EventFd,
+    muxer: Muxer,
+    active: Option<Active>,
+    reset_pending: bool,
+    metrics: Arc<VsockMetrics>,
+}
+
+impl std::fmt::Debug for VsockDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VsockDevice")
+            .field("guest_cid", &self.guest_cid)
+            .field("active", &self.active.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl VsockDevice {
+    /// Creates the device and binds its host socket.
+    pub fn new(config: &VsockConfig) -> Result<Self, VsockError> {
+        if config.guest_cid <= 2 || config.guest_cid >= u64::from(u32::MAX) {
+            return Err(VsockError::InvalidCid(config.guest_cid));
+        }
+        let evt = || EventFd::new(EFD_NONBLOCK).map_err(VsockError::EventFd);
+        let queue_events = vec![evt()?, evt()?, evt()?];
+        let metrics = Arc::new(VsockMetrics::default());
+        Ok(Self {
+            guest_cid: config.guest_cid,
+            queue_sizes: [QUEUE_SIZE; NUM_QUEUES],
+            queue_events,
+            ctl_event: evt()?,
+            muxer: Muxer::new(config, metrics.clone())?,
+            active: None,
+            reset_pending: false,
+            metrics,
+        })
+    }
+
+    /// The device's counters.
+    pub fn metrics(&self) -> Arc<VsockMetrics> {
+        self.metrics.clone()
+    }
+
+    /// The guest's CID.
+    pub fn guest_cid(&self) -> u64 {
+        self.guest_cid
+    }
+
+    /// Whether a driver is running the device.
+    pub fn is_active(&self) -> bool {
+        self.active.is_some()
+    }
+
+    /// Open connections.
+    pub fn connections(&self) -> usize {
+        self.muxer.connections()
+    }
+
+    /// Guest → host bytes waiting for slow host readers (bounded by `buf_alloc` each).
+    pub fn buffered_bytes(&self) -> usize {
+        self.muxer.buffered()
+    }
+
+    fn process_tx(&mut self, ops: &mut EventOps) {
+        let Some(active) = self.active.as_mut() else {
+            return;
+        };
+        if active.broken[TX] {
+            return;
+        }
+        loop {
+            loop {
+                let head = match pop_avail(&mut active.queues[TX], &active.mem) {
+                    Ok(Some(h)) => h,
+                    Ok(None) => break,
+                    Err(e) => return active.break_queue(TX, &e, &self.metrics),
+                };
+                let chain = match active.parse_chain(TX, head) {
+                    Ok(c) => c,
+                    Err(e) => return active.break_queue(TX, &e, &self.metrics),
+                };
+                match TxPacket::parse(&active.mem, &chain) {
+                    Ok(mut pkt) => {
+                        add(&self.metrics.tx_packets, 1);
+                        add(&self.metrics.tx_bytes, u64::from(pkt.hdr.len));
+                        self.muxer.on_guest_packet(&mut pkt, ops);
+                    }
+                    Err(e) => {
+                        tracing::debug!("vsock: dropping TX packet: {e}");
+                        add(&self.metrics.dropped_packets, 1);
+                    }
+                }
+                if let Err(e) = active.queues[TX].add_used(&active.mem, head, 0) {
+                    return active.break_queue(TX, &QueueError::Ring(e), &self.metrics);
+                }
+                active.used[TX] = true;
+            }
+            match active.queues[TX].enable_notification(&active.mem) {
+                Ok(true) => continue,
+                Ok(false) => break,
+                Err(e) => return active.break_queue(TX, &QueueError::Ring(e), &self.metrics),
+            }
+        }
+    }
+
+    fn process_rx(&mut self, ops: &mut EventOps) {
+        let Some(active) = self.active.as_mut() else {
+            return;
+        };
+        if active.broken[RX] || !self.muxer.has_rx_work() {
+            return;
+        }
+        if let Err(e) = active.queues[RX].disable_notification(&active.mem) {
+            return active.break_queue(RX, &QueueError::Ring(e), &self.metrics);
+        }
+        while self.muxer.has_rx_work() {
+            let head = match pop_avail(&mut active.queues[RX], &active.mem) {
+                Ok(Some(h)) => h,
+                Ok(None) => {
+                    // Out of buffers while holding packets: ask for a kick on the next one.
+                    match active.queues[RX].enable_notification(&active.mem) {
+                        Ok(true) => continue,
+                        Ok(false) => return,
+                        Err(e) => {
+                            return active.break_queue(RX, &QueueError::Ring(e), &self.metrics)
+                        }
+                    }
+                }
+                Err(e) => return active.break_queue(RX, &e, &self.metrics),
+            };
+            let chain = match active.parse_chain(RX, head) {
+                Ok(c) => c,
+                Err(e) => return active.break_queue(RX, &e, &self.metrics),
+            };
+            let used = match RxBuffer::new(&active.mem, &chain) {
+                Ok(buf) => match self.muxer.fill_rx(&buf, ops) {
+                    Some(hdr) => {
+                        add(&self.metrics.rx_packets, 1);
+                        used_len(&hdr)
+                    }
+                    None => {
+                        unpop_avail(&mut active.queues[RX]);
+                        return;
+                    }
+                },
+                Err(e) => {
+                    tracing::debug!("vsock: dropping RX buffer: {e}");
+                    add(&self.metrics.dropped_packets, 1);
+                    0
+                }
+            };
+            if let Err(e) = active.queues[RX].add_used(&active.mem, head, used) {
+                return active.break_queue(RX, &QueueError::Ring(e), &self.metrics);
+            }
+            active.used[RX] = true;
+        }
+    }
+
+    /// Raises one interrupt for everything used since the last call, if the driver wants it.
+    fn signal_used(&mut self) {
+        let Some(active) = self.active.as_mut() else {
+            return;
+        };
+        let mut raise = false;
+        for i in 0..NUM_QUEUES {
+            if !std::mem::take(&mut active.used[i]) || active.broken[i] {
+                continue;
+            }
+            match needs_interrupt(&mut active.queues[i], &active.mem) {
+                Ok(n) => raise |= n,
+                Err(e) => active.break_queue(i, &e, &self.metrics),
+            }
+        }
+        if raise {
+            add(&self.metrics.interrupts, 1);
+            if let Err(e) = active.interrupt.signal_used() {
+                tracing::warn!("vsock: cannot raise interrupt: {e}");
+            }
+        }
+    }
+
+    /// Applies a reset the transport requested, before anything else touches the muxer, so a
+    /// driver that comes back quickly never sees connections of its previous life.
+    fn finish_reset(&mut self, ops: &mut EventOps) {
+        if std::mem::take(&mut self.reset_pending) {
+            self.muxer.reset(ops);
+        }
+    }
+}
+
+impl VirtioDevice for VsockDevice {
+    fn device_type(&self) -> u32 {
+        virtio_bindings::virtio_ids::VIRTIO_ID_VSOCK
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &self.queue_sizes
+    }
+
+    fn avail_features(&self) -> u64 {
+        // No INDIRECT_DESC: Linux would then allocate an indirect table for every two-buffer
+        // packet, which is pure guest-kernel work.
+        FEATURE_VERSION_1 | FEATURE_EVENT_IDX
+    }
+
+    fn queue_events(&self) -> &[EventFd] {
+        &self.queue_events
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        // struct virtio_vsock_config { le64 guest_cid; }
+        let config = self.guest_cid.to_le_bytes();
+        for (i, b) in data.iter_mut().enumerate() {
+            *b = offset
+                .checked_add(i as u64)
+                .and_then(|o| usize::try_from(o).ok())
+                .and_then(|o| config.get(o).copied())
+                .unwrap_or(0);
+        }
+    }
+
+    fn activate(
+        &mut self,
+        mem: GuestMemoryMmap,
+        queues: Vec<Queue>,
+        features: u64,
+        interrupt: Arc<Interrupt>,
+    ) -> Result<(), ActivateError> {
+        if queues.len() != NUM_QUEUES {
+            return Err(ActivateError::QueueCount {
+                expected: NUM_QUEUES,
+                got: queues.len(),
+            });
+        }
+        if let Some(i) = queues.iter().position(|q| !q.ready()) {
+            return Err(ActivateError::QueueNotReady(i));
+        }
+        self.active = Some(Active {
+            mem,
+            queues,
+            broken: [false; NUM_QUEUES],
+            used: [false; NUM_QUEUES],
+            interrupt,
+            indirect: features & FEATURE_INDIRECT_DESC != 0,
+        });
+        // Host connections may have queued packets before the driver came up.
+        self.ctl_event.write(1).map_err(ActivateError::Signal)
+    }
+
+    fn reset(&mut self) {
+        if self.active.take().is_some() {
+            // The guest's sockets are gone; close the host ends on the event loop.
+            self.reset_pending = true;
+            if let Err(e) = self.ctl_event.write(1) {
+                tracing::warn!("vsock: cannot signal reset: {e}");
+            }
+        }
+    }
+}
+
+impl MutEventSubscriber for VsockDevice {
+    fn init(&mut self, ops: &mut EventOps) {
+        let mut fds = vec![Events::new(&self.ctl_event, EventSet::IN)];
+        fds.extend(
+            self.queue_events
+                .iter()
+                .map(|e| Events::new(e, EventSet::IN)),
+        );
+        for events in fds {
+            if let Err(e) = ops.add(events) {
+                tracing::error!("vsock: cannot watch an eventfd: {e}");
+            }
+        }
+        self.muxer.init(ops);
+    }
+
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        let fd = events.fd();
+        let set = events.event_set();
+        self.finish_reset(ops);
+        if fd == self.ctl_event.as_raw_fd() {
+            drain_event(&self.ctl_event);
+        } else if let Some(q) = self.queue_events.iter().position(|e| e.as_raw_fd() == fd) {
+            add(
+                &self.metrics.notifications,
+                drain_event(&self.queue_events[q]),
+            );
+            if q == TX {
+                self.process_tx(ops);
+            }
+            // RX: new buffers, used below. EVQ: the driver refilled event buffers, which we
+            // only need for transport resets; we send none, so there is nothing to do.
+        } else if !self.muxer.on_event(fd, set, ops) {
+            tracing::warn!("vsock: event on unknown fd {fd}");
+            let _ = ops.remove(events);
+            return;
+        }
+        // Any event may have produced packets for the guest (TX replies, host data, credit).
+        self.process_rx(ops);
+        self.signal_used();
+    }
+}
