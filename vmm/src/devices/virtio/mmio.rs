@@ -65,6 +65,9 @@ pub enum MmioError {
     /// Duplicating a queue eventfd failed.
     #[error("cannot clone a queue eventfd")]
     CloneEvent(#[source] std::io::Error),
+    /// The interrupt eventfd could not be created.
+    #[error("cannot create the interrupt eventfd")]
+    EventFd(#[source] std::io::Error),
 }
 
 /// What the driver wrote for one queue; turned into a `Queue` at DRIVER_OK.
@@ -144,13 +147,13 @@ pub struct MmioTransport {
 }
 
 impl MmioTransport {
-    /// Puts `device` behind a register window. `irq` is the eventfd the device manager
-    /// registered as the slot's irqfd.
+    /// Puts `device` behind a register window. The device manager registers
+    /// [`Self::interrupt_event`] as the slot's irqfd and [`Self::queue_events`] as ioeventfds.
     pub fn new(
         mem: GuestMemoryMmap,
         device: Arc<Mutex<dyn VirtioDevice>>,
-        irq: EventFd,
     ) -> Result<Self, MmioError> {
+        let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(MmioError::EventFd)?;
         let (device_type, avail_features, queues, queue_events) = {
             let dev = lock(&device);
             let events = dev
@@ -188,6 +191,11 @@ impl MmioTransport {
     /// `base + NOTIFY_OFFSET` with the queue index as datamatch.
     pub fn queue_events(&self) -> &[EventFd] {
         &self.queue_events
+    }
+
+    /// The eventfd that raises the slot's interrupt: register it as an irqfd.
+    pub fn interrupt_event(&self) -> &EventFd {
+        self.interrupt.event()
     }
 
     /// The device's interrupt state (tests and metrics).

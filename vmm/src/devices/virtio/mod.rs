@@ -128,6 +128,11 @@ impl Interrupt {
         }
     }
 
+    /// The eventfd behind the interrupt line (the irqfd).
+    pub fn event(&self) -> &EventFd {
+        &self.irq
+    }
+
     /// Tells the driver that a queue has new used buffers.
     pub fn signal_used(&self) -> io::Result<()> {
         self.raise(INTERRUPT_USED)
