@@ -37,7 +37,9 @@ fuzz_target!(|data: &[u8]| {
     let mut em = EventManager::new().expect("event manager");
     em.add_subscriber(dev.clone());
     let shared: Arc<Mutex<dyn VirtioDevice>> = dev.clone();
-    let mut t = MmioTransport::new(mem.clone(), shared).expect("transport");
+    let irq =
+        vmm_sys_util::eventfd::EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK).expect("eventfd");
+    let mut t = MmioTransport::new(mem.clone(), shared, irq).expect("transport");
 
     while !c.is_empty() {
         match c.u8() % 5 {

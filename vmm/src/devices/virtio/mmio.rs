@@ -65,9 +65,6 @@ pub enum MmioError {
     /// Duplicating a queue eventfd failed.
     #[error("cannot clone a queue eventfd")]
     CloneEvent(#[source] std::io::Error),
-    /// The interrupt eventfd could not be created.
-    #[error("cannot create the interrupt eventfd")]
-    EventFd(#[source] std::io::Error),
 }
 
 /// What the driver wrote for one queue; turned into a `Queue` at DRIVER_OK.
@@ -147,13 +144,14 @@ pub struct MmioTransport {
 }
 
 impl MmioTransport {
-    /// Puts `device` behind a register window. The device manager registers
-    /// [`Self::interrupt_event`] as the slot's irqfd and [`Self::queue_events`] as ioeventfds.
+    /// Puts `device` behind a register window. `irq` is the eventfd the device manager
+    /// registered as the slot's irqfd; [`Self::queue_events`] are to be registered as
+    /// ioeventfds.
     pub fn new(
         mem: GuestMemoryMmap,
         device: Arc<Mutex<dyn VirtioDevice>>,
+        irq: EventFd,
     ) -> Result<Self, MmioError> {
-        let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(MmioError::EventFd)?;
         let (device_type, avail_features, queues, queue_events) = {
             let dev = lock(&device);
             let events = dev
@@ -193,7 +191,7 @@ impl MmioTransport {
         &self.queue_events
     }
 
-    /// The eventfd that raises the slot's interrupt: register it as an irqfd.
+    /// The eventfd that raises the slot's interrupt (the irqfd given to [`Self::new`]).
     pub fn interrupt_event(&self) -> &EventFd {
         self.interrupt.event()
     }

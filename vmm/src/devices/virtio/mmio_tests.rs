@@ -77,8 +77,8 @@ struct Setup {
 fn setup(queues: usize) -> Setup {
     let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
     let dev = Arc::new(Mutex::new(Fake::new(queues)));
-    let t = MmioTransport::new(mem, dev.clone()).unwrap();
-    let irq = t.interrupt_event().try_clone().unwrap();
+    let irq = EventFd::new(EFD_NONBLOCK).unwrap();
+    let t = MmioTransport::new(mem, dev.clone(), irq.try_clone().unwrap()).unwrap();
     Setup { dev, t, irq }
 }
 
