@@ -5,6 +5,9 @@
 //! same device works wherever the layout puts it.
 
 pub mod bus;
+pub mod i8042;
+pub mod manager;
+pub mod serial;
 pub mod virtio;
 
 /// A device on the port-I/O or MMIO bus.

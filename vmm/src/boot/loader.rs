@@ -1,0 +1,293 @@
+//! Loading the guest kernel (ELF `vmlinux` or `bzImage`) and its initrd into guest memory.
+//!
+//! The format is recognised from the file's first bytes before anything is mapped, so a wrong
+//! file is reported as such and early. Loading itself is linux-loader's.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use linux_loader::loader::bootparam::setup_header;
+use linux_loader::loader::{BzImage, Elf, KernelLoader};
+use vm_memory::{Bytes, GuestAddress};
+
+use crate::layout::HIMEM_START;
+use crate::memory::{low_ram_end, GuestMemoryMmap};
+
+/// Offset of the 64-bit entry point in a bzImage's protected-mode code (boot protocol 2.12+).
+const BZIMAGE_ENTRY_64_OFFSET: u64 = 0x200;
+/// `xloadflags` bit: the kernel has a 64-bit entry point.
+const XLF_KERNEL_64: u16 = 1 << 0;
+/// Highest initrd address when the kernel does not say (boot protocol default).
+const DEFAULT_INITRD_ADDR_MAX: u64 = 0x7fff_ffff;
+const PAGE_SIZE: u64 = 4096;
+
+/// Errors from loading the kernel or initrd.
+#[derive(Debug, thiserror::Error)]
+pub enum LoaderError {
+    /// The kernel file could not be opened or read.
+    #[error("cannot read kernel {}", .path.display())]
+    OpenKernel {
+        /// The kernel path given.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is neither an ELF vmlinux nor a bzImage.
+    #[error("{} is not a kernel image (neither an ELF vmlinux nor a bzImage)", .0.display())]
+    NotAKernel(PathBuf),
+    /// A bzImage without the 64-bit entry point we boot through.
+    #[error("{} is a bzImage without a 64-bit entry point", .0.display())]
+    No64BitEntry(PathBuf),
+    /// linux-loader rejected the image.
+    #[error("cannot load kernel {}", .path.display())]
+    Load {
+        /// The kernel path.
+        path: PathBuf,
+        /// linux-loader's reason.
+        #[source]
+        source: linux_loader::loader::Error,
+    },
+    /// The initrd file could not be opened or read.
+    #[error("cannot read initrd {}", .path.display())]
+    OpenInitrd {
+        /// The initrd path given.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The initrd does not fit between the kernel and the end of low memory.
+    #[error("initrd of {size} bytes does not fit in guest memory above the kernel")]
+    InitrdTooLarge {
+        /// The initrd's size.
+        size: u64,
+    },
+    /// Copying the initrd into guest memory failed.
+    #[error("cannot copy the initrd into guest memory")]
+    CopyInitrd(#[source] vm_memory::GuestMemoryError),
+}
+
+/// What a kernel file holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KernelFormat {
+    /// An uncompressed ELF `vmlinux`.
+    Elf,
+    /// A `bzImage` (boot sector + setup + compressed kernel).
+    BzImage,
+}
+
+/// Recognises a kernel image from its first bytes.
+pub fn detect_format(head: &[u8]) -> Option<KernelFormat> {
+    if head.starts_with(b"\x7fELF") {
+        return Some(KernelFormat::Elf);
+    }
+    let boot_sig = head.get(0x1fe..0x200)?;
+    let hdrs = head.get(0x202..0x206)?;
+    (boot_sig == [0x55, 0xaa] && hdrs == b"HdrS").then_some(KernelFormat::BzImage)
+}
+
+/// An opened kernel file whose format is known.
+#[derive(Debug)]
+pub struct KernelImage {
+    path: PathBuf,
+    file: File,
+    format: KernelFormat,
+}
+
+impl KernelImage {
+    /// Opens `path` and recognises its format.
+    pub fn open(path: &Path) -> Result<Self, LoaderError> {
+        let open_err = |source| LoaderError::OpenKernel {
+            path: path.to_owned(),
+            source,
+        };
+        let mut file = File::open(path).map_err(open_err)?;
+        if file.metadata().map_err(open_err)?.is_dir() {
+            return Err(LoaderError::NotAKernel(path.to_owned()));
+        }
+        let mut head = Vec::with_capacity(0x210);
+        file.by_ref()
+            .take(0x210)
+            .read_to_end(&mut head)
+            .map_err(open_err)?;
+        let format =
+            detect_format(&head).ok_or_else(|| LoaderError::NotAKernel(path.to_owned()))?;
+        file.seek(SeekFrom::Start(0)).map_err(open_err)?;
+        Ok(Self {
+            path: path.to_owned(),
+            file,
+            format,
+        })
+    }
+
+    /// The image's format.
+    pub fn format(&self) -> KernelFormat {
+        self.format
+    }
+}
+
+/// Where the kernel landed.
+#[derive(Clone, Copy, Debug)]
+pub struct LoadedKernel {
+    /// Guest-physical address of the 64-bit entry point.
+    pub entry: u64,
+    /// First byte above everything the kernel occupies while booting (for a bzImage this
+    /// includes the decompressor's working area).
+    pub end: u64,
+    /// The bzImage's setup header, to be copied into the zero page.
+    pub setup_header: Option<setup_header>,
+}
+
+/// Loads `image` into `mem`.
+pub fn load_kernel(
+    mem: &GuestMemoryMmap,
+    image: &mut KernelImage,
+) -> Result<LoadedKernel, LoaderError> {
+    let highmem = Some(GuestAddress(HIMEM_START));
+    let load_err = |source| LoaderError::Load {
+        path: image.path.clone(),
+        source,
+    };
+    match image.format {
+        KernelFormat::Elf => {
+            let r = Elf::load(mem, None, &mut image.file, highmem).map_err(load_err)?;
+            Ok(LoadedKernel {
+                entry: r.kernel_load.0,
+                end: r.kernel_end,
+                setup_header: None,
+            })
+        }
+        KernelFormat::BzImage => {
+            let r = BzImage::load(mem, None, &mut image.file, highmem).map_err(load_err)?;
+            let Some(hdr) = r.setup_header else {
+                return Err(LoaderError::NotAKernel(image.path.clone()));
+            };
+            if hdr.xloadflags & XLF_KERNEL_64 == 0 {
+                return Err(LoaderError::No64BitEntry(image.path.clone()));
+            }
+            // The decompressor works in [max(load, pref_address), + init_size).
+            let work_start = r.kernel_load.0.max(hdr.pref_address);
+            let work_end = work_start.saturating_add(u64::from(hdr.init_size));
+            Ok(LoadedKernel {
+                entry: r.kernel_load.0 + BZIMAGE_ENTRY_64_OFFSET,
+                end: r.kernel_end.max(work_end),
+                setup_header: Some(hdr),
+            })
+        }
+    }
+}
+
+/// Where an initrd of `size` bytes goes: page-aligned at the top of low RAM (`low_end`), below
+/// `addr_max`, above `kernel_end`.
+pub fn initrd_address(size: u64, kernel_end: u64, low_end: u64, addr_max: u64) -> Option<u64> {
+    let top = low_end.min(addr_max.saturating_add(1));
+    let addr = top.checked_sub(size)? & !(PAGE_SIZE - 1);
+    let kernel_end = kernel_end.checked_add(PAGE_SIZE - 1)? & !(PAGE_SIZE - 1);
+    (addr >= kernel_end).then_some(addr)
+}
+
+/// Copies the initrd at `path` into `mem` above `kernel`; returns (address, size).
+pub fn load_initrd(
+    mem: &GuestMemoryMmap,
+    path: &Path,
+    kernel: &LoadedKernel,
+) -> Result<(u64, u32), LoaderError> {
+    let open_err = |source| LoaderError::OpenInitrd {
+        path: path.to_owned(),
+        source,
+    };
+    let mut file = File::open(path).map_err(open_err)?;
+    let size = file.metadata().map_err(open_err)?.len();
+    let addr_max = kernel
+        .setup_header
+        .map(|h| u64::from(h.initrd_addr_max))
+        .filter(|&m| m != 0)
+        .unwrap_or(DEFAULT_INITRD_ADDR_MAX);
+    let too_large = || LoaderError::InitrdTooLarge { size };
+    let size32 = u32::try_from(size).map_err(|_| too_large())?;
+    let addr =
+        initrd_address(size, kernel.end, low_ram_end(mem), addr_max).ok_or_else(too_large)?;
+    mem.read_exact_volatile_from(GuestAddress(addr), &mut file, size as usize)
+        .map_err(LoaderError::CopyInitrd)?;
+    Ok((addr, size32))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn detects_formats() {
+        assert_eq!(detect_format(b"\x7fELF\x02\x01"), Some(KernelFormat::Elf));
+        let mut bz = vec![0u8; 0x210];
+        bz[0x1fe] = 0x55;
+        bz[0x1ff] = 0xaa;
+        bz[0x202..0x206].copy_from_slice(b"HdrS");
+        assert_eq!(detect_format(&bz), Some(KernelFormat::BzImage));
+        bz[0x202] = b'X';
+        assert_eq!(detect_format(&bz), None);
+        assert_eq!(detect_format(b"#!/bin/sh\n"), None);
+        assert_eq!(detect_format(b""), None);
+    }
+
+    #[test]
+    fn rejects_non_kernels_with_a_clear_error() {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(b"hello, not a kernel").unwrap();
+        let err = KernelImage::open(f.path()).unwrap_err();
+        assert!(matches!(err, LoaderError::NotAKernel(_)));
+        assert!(err.to_string().contains("not a kernel image"));
+
+        let err = KernelImage::open(Path::new("/nonexistent/vmlinux")).unwrap_err();
+        assert!(matches!(err, LoaderError::OpenKernel { .. }));
+        let dir = tempfile::tempdir().unwrap();
+        assert!(matches!(
+            KernelImage::open(dir.path()),
+            Err(LoaderError::NotAKernel(_))
+        ));
+    }
+
+    #[test]
+    fn initrd_goes_to_the_top_page_aligned() {
+        let mb = 1u64 << 20;
+        assert_eq!(
+            initrd_address(10_000, 20 * mb, 64 * mb, DEFAULT_INITRD_ADDR_MAX),
+            Some((64 * mb - 10_000) & !0xfff)
+        );
+        // Capped by the kernel's initrd_addr_max.
+        assert_eq!(
+            initrd_address(4096, 20 * mb, 4096 * mb, 0x7fff_ffff),
+            Some(0x8000_0000 - 4096)
+        );
+        // Would overlap the kernel.
+        assert_eq!(initrd_address(50 * mb, 20 * mb, 64 * mb, u64::MAX), None);
+        assert_eq!(initrd_address(u64::MAX, 0, 64 * mb, u64::MAX), None);
+    }
+
+    #[test]
+    fn initrd_loaded_and_too_large_reported() {
+        let mem = crate::memory::create(32).unwrap();
+        let kernel = LoadedKernel {
+            entry: 0x100_0000,
+            end: 0x180_0000,
+            setup_header: None,
+        };
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(b"070701 cpio bytes").unwrap();
+        let (addr, size) = load_initrd(&mem, f.path(), &kernel).unwrap();
+        assert_eq!(size, 17);
+        let mut buf = [0u8; 6];
+        mem.read_slice(&mut buf, GuestAddress(addr)).unwrap();
+        assert_eq!(&buf, b"070701");
+
+        let big = tempfile::NamedTempFile::new().unwrap();
+        big.as_file().set_len(16 << 20).unwrap();
+        assert!(matches!(
+            load_initrd(&mem, big.path(), &kernel),
+            Err(LoaderError::InitrdTooLarge { .. })
+        ));
+    }
+}

@@ -1,0 +1,208 @@
+//! The boot recipe, top-down: memory → VM → vCPUs → kernel and initrd → devices → command line
+//! and boot structures → vCPU state. Each device is attached by one small function. Starting the
+//! vCPUs is [`crate::Vm::run`].
+
+use std::sync::{Arc, Mutex};
+
+use kvm_ioctls::{Cap, Kvm, VmFd};
+
+use crate::boot::{self, cmdline, loader, msr, SystemSetup, VcpuSetup};
+use crate::compat::HostProfile;
+use crate::config::VmConfig;
+use crate::control::Controller;
+use crate::devices::i8042::I8042;
+use crate::devices::manager::{DeviceError, DeviceManager};
+use crate::devices::serial::{ConsoleOut, SerialDevice, SerialError, StdinInput};
+use crate::event_loop::{EventLoop, EventLoopError};
+use crate::kvm::vcpu::Vcpu;
+use crate::kvm::{self, KvmError};
+use crate::layout::{COM1_IRQ, COM1_PORT, I8042_PORT, I8042_PORT_LEN, IO_DELAY_PORT};
+use crate::memory::{self, GuestMemoryMmap, MemoryError};
+use crate::vm::Vm;
+
+/// Why a VM could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// Zero vCPUs.
+    #[error("a vm needs at least one vcpu")]
+    NoVcpus,
+    /// Guest memory.
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    /// KVM setup.
+    #[error(transparent)]
+    Kvm(#[from] KvmError),
+    /// Kernel, initrd, command line, boot structures, vCPU state.
+    #[error(transparent)]
+    Boot(#[from] boot::BootError),
+    /// Device wiring.
+    #[error(transparent)]
+    Device(#[from] DeviceError),
+    /// The console.
+    #[error(transparent)]
+    Serial(#[from] SerialError),
+    /// The event loop.
+    #[error(transparent)]
+    EventLoop(#[from] EventLoopError),
+    /// KVM's CPUID or MSR lists could not be read.
+    #[error("cannot read {what} from kvm")]
+    HostQuery {
+        /// Which list.
+        what: &'static str,
+        /// The ioctl error.
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+}
+
+impl From<loader::LoaderError> for BuildError {
+    fn from(e: loader::LoaderError) -> Self {
+        BuildError::Boot(e.into())
+    }
+}
+
+impl From<cmdline::CmdlineError> for BuildError {
+    fn from(e: cmdline::CmdlineError) -> Self {
+        BuildError::Boot(e.into())
+    }
+}
+
+/// Builds a VM ready to run. Inputs are checked before anything is allocated, so a bad path or
+/// size is reported first.
+pub fn build_vm(config: &VmConfig) -> Result<Vm, BuildError> {
+    if config.vcpus == 0 {
+        return Err(BuildError::NoVcpus);
+    }
+    let mem_bytes = memory::check_size(config.mem_mib)?;
+    let mut kernel = loader::KernelImage::open(&config.kernel)?;
+    let profile = config.profile.unwrap_or_else(HostProfile::probe);
+
+    let kvm = kvm::open(&config.kvm_device)?;
+    let mem = memory::create(config.mem_mib)?;
+    let vm = kvm::create_vm(&kvm, &mem)?;
+    let vcpu_fds = kvm::create_vcpus(&kvm, &vm, usize::from(config.vcpus))?;
+    let control = Controller::new(vcpu_fds.len());
+
+    let loaded = loader::load_kernel(&mem, &mut kernel)?;
+    let initrd = match &config.initrd {
+        Some(path) => Some(loader::load_initrd(&mem, path, &loaded)?),
+        None => None,
+    };
+
+    let mut devices = DeviceManager::new(EventLoop::new()?);
+    let serial = attach_serial(&mut devices, &vm, config)?;
+    attach_i8042(&mut devices, &control)?;
+    attach_io_delay_sink(&mut devices, &vm)?;
+
+    let cmdline = cmdline::build(
+        profile.kernel_params(),
+        config.cmdline.as_deref(),
+        devices.virtio_devices(),
+    )?;
+    let cr3 = boot::configure_system(&SystemSetup {
+        mem: &mem,
+        kernel: &loaded,
+        cmdline: &cmdline,
+        initrd,
+        mem_bytes,
+        num_cpus: vcpu_fds.len(),
+    })?;
+
+    let vcpus = configure_vcpus(&kvm, vcpu_fds, profile, cr3, loaded.entry)?;
+    let cmdline = cmdline::render(&cmdline)?;
+    log_layout(&mem, profile, &cmdline);
+    Ok(Vm::new(crate::vm::VmParts {
+        kvm,
+        vm_fd: vm,
+        mem,
+        vcpus,
+        devices: devices.finish(),
+        control,
+        serial,
+        cmdline,
+        profile,
+    }))
+}
+
+/// COM1, with its interrupt on an irqfd and, if asked, our stdin as its input.
+fn attach_serial(
+    devices: &mut DeviceManager,
+    vm: &VmFd,
+    config: &VmConfig,
+) -> Result<Arc<Mutex<SerialDevice>>, BuildError> {
+    let irq = devices.irqfd(vm, COM1_IRQ)?;
+    let serial = Arc::new(Mutex::new(SerialDevice::new(
+        irq,
+        ConsoleOut::open(&config.console)?,
+    )));
+    devices.add_pio_device(serial.clone(), COM1_PORT, 8)?;
+    if config.console_input {
+        devices.add_subscriber(Arc::new(Mutex::new(StdinInput::new(serial.clone()))));
+    }
+    Ok(serial)
+}
+
+/// The i8042, whose reset command ends the VM.
+fn attach_i8042(devices: &mut DeviceManager, control: &Arc<Controller>) -> Result<(), BuildError> {
+    let i8042 = Arc::new(Mutex::new(I8042::new(control.clone())));
+    Ok(devices.add_pio_device(i8042, I8042_PORT, I8042_PORT_LEN)?)
+}
+
+/// Port 0x80, which Linux writes for I/O delays, swallowed inside KVM.
+fn attach_io_delay_sink(devices: &mut DeviceManager, vm: &VmFd) -> Result<(), BuildError> {
+    Ok(devices.sink_pio_writes(vm, IO_DELAY_PORT)?)
+}
+
+/// CPUID, MSRs and registers for every vCPU.
+fn configure_vcpus(
+    kvm: &Kvm,
+    fds: Vec<kvm_ioctls::VcpuFd>,
+    profile: HostProfile,
+    cr3: u64,
+    entry: u64,
+) -> Result<Vec<Vcpu>, BuildError> {
+    let mut cpuid = kvm
+        .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+        .map_err(|source| BuildError::HostQuery {
+            what: "the supported cpuid",
+            source,
+        })?;
+    profile.adjust_cpuid(&mut cpuid);
+    let supported_msrs = kvm
+        .get_msr_index_list()
+        .map_err(|source| BuildError::HostQuery {
+            what: "the msr list",
+            source,
+        })?;
+    let msrs = msr::boot_msrs(supported_msrs.as_slice());
+    let setup = VcpuSetup {
+        cpuid: &cpuid,
+        msrs: &msrs,
+        tsc_deadline: kvm.check_extension(Cap::TscDeadlineTimer),
+        cr3,
+        entry,
+        num_cpus: fds.len() as u8,
+    };
+    fds.into_iter()
+        .enumerate()
+        .map(|(i, fd)| {
+            boot::configure_vcpu(&fd, i as u8, &setup)?;
+            Ok(Vcpu::new(i as u8, fd))
+        })
+        .collect()
+}
+
+/// Logs where guest memory lives in this process (the boot benchmark reads it to separate guest
+/// memory from the VMM's own) and what the guest is told.
+fn log_layout(mem: &GuestMemoryMmap, profile: HostProfile, cmdline: &str) {
+    use vm_memory::{GuestMemory, GuestMemoryRegion};
+    for region in mem.iter() {
+        tracing::debug!(
+            host_addr = format_args!("{:#x}", region.as_ptr() as usize),
+            guest_addr = format_args!("{:#x}", region.start_addr().0),
+            size = region.len(),
+            "guest memory"
+        );
+    }
+    tracing::debug!(profile = profile.name(), cmdline, "boot");
+}

@@ -1,0 +1,50 @@
+//! What a VM is built from.
+
+use std::path::PathBuf;
+
+use crate::compat::HostProfile;
+use crate::devices::serial::ConsoleOutput;
+use crate::kvm::DEFAULT_KVM_DEVICE;
+
+/// Default guest memory.
+pub const DEFAULT_MEM_MIB: u64 = 128;
+
+/// A VM's configuration. Build it, then [`crate::Vm::build`] it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VmConfig {
+    /// The guest kernel: an ELF `vmlinux` or a `bzImage`.
+    pub kernel: PathBuf,
+    /// The initramfs (an uncompressed cpio is fastest to unpack under PVM).
+    pub initrd: Option<PathBuf>,
+    /// Extra kernel parameters, after the VMM's defaults and the host profile's.
+    pub cmdline: Option<String>,
+    /// Guest memory in MiB (at least [`crate::layout::MIN_MEM_MIB`]).
+    pub mem_mib: u64,
+    /// Number of vCPUs.
+    pub vcpus: u8,
+    /// Where the serial console goes.
+    pub console: ConsoleOutput,
+    /// Feed this process's stdin to the console.
+    pub console_input: bool,
+    /// The KVM device node.
+    pub kvm_device: PathBuf,
+    /// The host KVM profile; `None` probes the host.
+    pub profile: Option<HostProfile>,
+}
+
+impl VmConfig {
+    /// A configuration with defaults for everything but the kernel.
+    pub fn new(kernel: impl Into<PathBuf>) -> Self {
+        Self {
+            kernel: kernel.into(),
+            initrd: None,
+            cmdline: None,
+            mem_mib: DEFAULT_MEM_MIB,
+            vcpus: 1,
+            console: ConsoleOutput::Stdout,
+            console_input: false,
+            kvm_device: PathBuf::from(DEFAULT_KVM_DEVICE),
+            profile: None,
+        }
+    }
+}

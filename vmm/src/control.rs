@@ -1,0 +1,239 @@
+//! Why a VM stops, and the one switch every party uses to stop it.
+//!
+//! A vCPU that sees the guest reset, power off or die, the i8042 device seeing the reset command,
+//! and the VM's owner (through a [`VmHandle`], e.g. on a signal) all call the same
+//! [`Controller::request`]: the first reason wins, and every vCPU is kicked out of `KVM_RUN`.
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::kvm::dump::VcpuDump;
+use crate::kvm::kick;
+
+/// Why a VM stopped.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ExitReason {
+    /// The guest reset itself (i8042 reset command, or a KVM reset event): its way of saying
+    /// it is done, since we boot it with `reboot=k`.
+    Reset,
+    /// The guest powered off (a KVM shutdown system event).
+    PowerOff,
+    /// The VM's owner stopped it.
+    Stopped,
+    /// A vCPU died.
+    Fault(Box<VcpuFault>),
+}
+
+impl ExitReason {
+    /// Whether the guest ended the way a guest should (reset, power-off, or stopped by us).
+    pub fn is_clean(&self) -> bool {
+        !matches!(self, ExitReason::Fault(_))
+    }
+}
+
+impl fmt::Display for ExitReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ExitReason::Reset => f.write_str("guest reset"),
+            ExitReason::PowerOff => f.write_str("guest powered off"),
+            ExitReason::Stopped => f.write_str("stopped"),
+            ExitReason::Fault(fault) => fault.fmt(f),
+        }
+    }
+}
+
+/// A vCPU that could not go on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VcpuFault {
+    /// The vCPU's index.
+    pub vcpu: u8,
+    /// What happened.
+    pub kind: FaultKind,
+    /// Its registers and the code at RIP, when they could be read.
+    pub dump: Option<VcpuDump>,
+}
+
+impl fmt::Display for VcpuFault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "vcpu {}: {}", self.vcpu, self.kind)?;
+        if let Some(dump) = &self.dump {
+            write!(f, " at rip {:#x}", dump.regs.rip)?;
+        }
+        Ok(())
+    }
+}
+
+/// The ways a vCPU dies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FaultKind {
+    /// `KVM_EXIT_SHUTDOWN`: a triple fault.
+    TripleFault,
+    /// `KVM_EXIT_FAIL_ENTRY`: the host could not enter the guest.
+    FailEntry {
+        /// Hardware entry failure reason.
+        reason: u64,
+    },
+    /// `KVM_EXIT_INTERNAL_ERROR`, e.g. an instruction KVM's emulator cannot run.
+    InternalError {
+        /// KVM's suberror (1 = emulation failure).
+        suberror: u32,
+    },
+    /// `KVM_RUN` itself failed.
+    RunFailed {
+        /// The errno.
+        errno: i32,
+    },
+    /// An exit we do not handle.
+    UnexpectedExit {
+        /// Its name.
+        exit: &'static str,
+    },
+}
+
+impl fmt::Display for FaultKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FaultKind::TripleFault => f.write_str("triple fault (KVM_EXIT_SHUTDOWN)"),
+            FaultKind::FailEntry { reason } => {
+                write!(f, "entry failed (KVM_EXIT_FAIL_ENTRY, reason {reason:#x})")
+            }
+            FaultKind::InternalError { suberror } => {
+                let what = match suberror {
+                    1 => ": emulation failure",
+                    2 => ": simultaneous exceptions",
+                    3 => ": delivery event failed",
+                    _ => "",
+                };
+                write!(
+                    f,
+                    "internal error (KVM_EXIT_INTERNAL_ERROR, suberror {suberror}{what})"
+                )
+            }
+            FaultKind::RunFailed { errno } => write!(
+                f,
+                "KVM_RUN failed: {}",
+                std::io::Error::from_raw_os_error(*errno)
+            ),
+            FaultKind::UnexpectedExit { exit } => write!(f, "unexpected exit {exit}"),
+        }
+    }
+}
+
+/// Shared stop state of one VM.
+#[derive(Default)]
+pub struct Controller {
+    stopping: AtomicBool,
+    reason: Mutex<Option<ExitReason>>,
+    /// Running vCPU threads by index, so a stop can kick them. A thread removes itself before it
+    /// ends, under this lock, so a kick never targets a thread that is gone.
+    vcpu_threads: Mutex<Vec<Option<libc::pthread_t>>>,
+}
+
+fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Controller {
+    /// A controller for a VM with `vcpus` vCPUs.
+    pub fn new(vcpus: usize) -> Arc<Self> {
+        Arc::new(Self {
+            vcpu_threads: Mutex::new(vec![None; vcpus]),
+            ..Default::default()
+        })
+    }
+
+    /// Whether a stop was requested. Checked by vCPUs before each `KVM_RUN`.
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+
+    /// Stops the VM for `reason` (unless it is already stopping for another reason) and kicks
+    /// every vCPU out of the guest.
+    pub fn request(&self, reason: ExitReason) {
+        {
+            let mut r = locked(&self.reason);
+            if r.is_none() {
+                *r = Some(reason);
+            }
+        }
+        self.stopping.store(true, Ordering::Release);
+        let threads = locked(&self.vcpu_threads);
+        for thread in threads.iter().flatten() {
+            kick::kick(*thread);
+        }
+    }
+
+    /// The reason recorded by the first [`Controller::request`].
+    pub fn reason(&self) -> Option<ExitReason> {
+        locked(&self.reason).clone()
+    }
+
+    /// Records the calling thread as vCPU `index`'s thread.
+    pub(crate) fn register_vcpu_thread(&self, index: usize) {
+        if let Some(slot) = locked(&self.vcpu_threads).get_mut(index) {
+            *slot = Some(kick::current_thread());
+        }
+    }
+
+    /// Forgets vCPU `index`'s thread; called by that thread before it ends.
+    pub(crate) fn unregister_vcpu_thread(&self, index: usize) {
+        if let Some(slot) = locked(&self.vcpu_threads).get_mut(index) {
+            *slot = None;
+        }
+    }
+}
+
+/// A cloneable handle to stop a running VM from any thread.
+#[derive(Clone)]
+pub struct VmHandle {
+    controller: Arc<Controller>,
+}
+
+impl VmHandle {
+    pub(crate) fn new(controller: Arc<Controller>) -> Self {
+        Self { controller }
+    }
+
+    /// Stops the VM; [`crate::Vm::run`] then returns [`ExitReason::Stopped`] (unless the guest
+    /// had already ended for another reason).
+    pub fn stop(&self) {
+        self.controller.request(ExitReason::Stopped);
+    }
+
+    /// Whether the VM is stopping or stopped.
+    pub fn is_stopping(&self) -> bool {
+        self.controller.is_stopping()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_reason_wins() {
+        let c = Controller::new(2);
+        assert!(!c.is_stopping());
+        c.request(ExitReason::Reset);
+        c.request(ExitReason::Stopped);
+        assert!(c.is_stopping());
+        assert_eq!(c.reason(), Some(ExitReason::Reset));
+    }
+
+    #[test]
+    fn clean_and_fault_reasons() {
+        assert!(ExitReason::Reset.is_clean());
+        assert!(ExitReason::PowerOff.is_clean());
+        let fault = ExitReason::Fault(Box::new(VcpuFault {
+            vcpu: 1,
+            kind: FaultKind::InternalError { suberror: 1 },
+            dump: None,
+        }));
+        assert!(!fault.is_clean());
+        assert_eq!(
+            fault.to_string(),
+            "vcpu 1: internal error (KVM_EXIT_INTERNAL_ERROR, suberror 1: emulation failure)"
+        );
+    }
+}

@@ -1,0 +1,207 @@
+//! A vCPU thread: it owns its `VcpuFd`, runs the guest, and dispatches exits to the buses.
+//!
+//! The exit path is the hot path (the guest kernel's port and MMIO accesses all come through
+//! here): no allocation, no logging, one bus lookup and one device lock per exit.
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use kvm_bindings::{KVM_EXIT_INTERNAL_ERROR, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
+use kvm_ioctls::{VcpuExit, VcpuFd};
+
+use super::dump::VcpuDump;
+use super::kick::ArmedVcpu;
+use crate::control::{Controller, ExitReason, FaultKind, VcpuFault};
+use crate::devices::bus::Bus;
+use crate::memory::GuestMemoryMmap;
+
+/// What every vCPU thread shares.
+#[derive(Clone)]
+pub struct VcpuContext {
+    /// Port I/O devices.
+    pub pio: Arc<Bus>,
+    /// MMIO devices.
+    pub mmio: Arc<Bus>,
+    /// Guest memory, for the register dump when a vCPU dies.
+    pub mem: GuestMemoryMmap,
+    /// The VM's stop switch.
+    pub control: Arc<Controller>,
+}
+
+/// A configured vCPU, not yet running.
+pub struct Vcpu {
+    index: u8,
+    fd: VcpuFd,
+}
+
+/// What to do after an exit.
+enum Next {
+    Continue,
+    Stop(ExitReason),
+    Fault(FaultKind),
+}
+
+impl Vcpu {
+    /// Wraps vCPU `index`.
+    pub fn new(index: u8, fd: VcpuFd) -> Self {
+        Self { index, fd }
+    }
+
+    /// The vCPU's index.
+    pub fn index(&self) -> u8 {
+        self.index
+    }
+
+    /// The vCPU fd, for boot configuration before it runs.
+    pub fn fd(&self) -> &VcpuFd {
+        &self.fd
+    }
+
+    /// Runs the vCPU on a new thread until the VM stops.
+    pub fn spawn(self, ctx: VcpuContext) -> std::io::Result<JoinHandle<()>> {
+        std::thread::Builder::new()
+            .name(format!("vcpu{}", self.index))
+            .spawn(move || self.run(&ctx))
+    }
+
+    /// Runs the vCPU on the calling thread until the VM stops. A fault or guest exit stops
+    /// the whole VM through the controller.
+    pub fn run(self, ctx: &VcpuContext) {
+        let index = self.index;
+        let mut vcpu = ArmedVcpu::arm(self.fd);
+        // Dropped (unregistering this thread from kicks) before `vcpu`, even on a panic.
+        let _registration = Registration::new(&ctx.control, usize::from(index));
+        if index == 0 {
+            tracing::debug!(monotonic_ns = monotonic_ns(), "first KVM_RUN");
+        }
+        if let Some(reason) = run_loop(index, vcpu.fd(), ctx) {
+            ctx.control.request(reason);
+        }
+    }
+}
+
+/// This thread's entry in the controller's kick list, for as long as it runs a vCPU.
+struct Registration<'a> {
+    control: &'a Controller,
+    index: usize,
+}
+
+impl<'a> Registration<'a> {
+    fn new(control: &'a Controller, index: usize) -> Self {
+        control.register_vcpu_thread(index);
+        Self { control, index }
+    }
+}
+
+impl Drop for Registration<'_> {
+    fn drop(&mut self) {
+        self.control.unregister_vcpu_thread(self.index);
+    }
+}
+
+/// Nanoseconds on CLOCK_MONOTONIC, comparable across processes (the boot benchmark subtracts
+/// its own spawn time from it).
+pub fn monotonic_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+        .unwrap_or(0)
+}
+
+/// Runs until a stop is requested (returns `None`) or this vCPU ends the VM (returns why).
+fn run_loop(index: u8, fd: &mut VcpuFd, ctx: &VcpuContext) -> Option<ExitReason> {
+    loop {
+        if ctx.control.is_stopping() {
+            return None;
+        }
+        let next = match fd.run() {
+            Ok(exit) => handle_exit(exit, ctx),
+            Err(e) if e.errno() == libc::EINTR => {
+                fd.set_kvm_immediate_exit(0);
+                Next::Continue
+            }
+            Err(e) if e.errno() == libc::EAGAIN => Next::Continue,
+            Err(e) => Next::Fault(FaultKind::RunFailed { errno: e.errno() }),
+        };
+        match next {
+            Next::Continue => {}
+            Next::Stop(reason) => return Some(reason),
+            Next::Fault(mut kind) => {
+                if let FaultKind::InternalError { suberror } = &mut kind {
+                    *suberror = internal_suberror(fd);
+                }
+                let dump = VcpuDump::capture(fd, &ctx.mem);
+                return Some(ExitReason::Fault(Box::new(VcpuFault {
+                    vcpu: index,
+                    kind,
+                    dump,
+                })));
+            }
+        }
+    }
+}
+
+fn handle_exit(exit: VcpuExit<'_>, ctx: &VcpuContext) -> Next {
+    match exit {
+        VcpuExit::IoIn(port, data) => {
+            if !ctx.pio.read(u64::from(port), data) {
+                data.fill(0);
+            }
+            Next::Continue
+        }
+        VcpuExit::IoOut(port, data) => {
+            ctx.pio.write(u64::from(port), data);
+            Next::Continue
+        }
+        VcpuExit::MmioRead(addr, data) => {
+            if !ctx.mmio.read(addr, data) {
+                data.fill(0);
+            }
+            Next::Continue
+        }
+        VcpuExit::MmioWrite(addr, data) => {
+            ctx.mmio.write(addr, data);
+            Next::Continue
+        }
+        VcpuExit::Intr | VcpuExit::IrqWindowOpen | VcpuExit::Hlt => Next::Continue,
+        VcpuExit::SystemEvent(kind, _) => match kind {
+            KVM_SYSTEM_EVENT_SHUTDOWN => Next::Stop(ExitReason::PowerOff),
+            KVM_SYSTEM_EVENT_RESET => Next::Stop(ExitReason::Reset),
+            _ => Next::Fault(FaultKind::UnexpectedExit {
+                exit: "KVM_EXIT_SYSTEM_EVENT",
+            }),
+        },
+        VcpuExit::Shutdown => Next::Fault(FaultKind::TripleFault),
+        VcpuExit::FailEntry(reason, _) => Next::Fault(FaultKind::FailEntry { reason }),
+        // The suberror is read from kvm_run once the exit's borrow has ended.
+        VcpuExit::InternalError => Next::Fault(FaultKind::InternalError { suberror: 0 }),
+        other => Next::Fault(FaultKind::UnexpectedExit {
+            exit: exit_name(&other),
+        }),
+    }
+}
+
+/// The suberror of the `KVM_EXIT_INTERNAL_ERROR` that just happened.
+fn internal_suberror(fd: &mut VcpuFd) -> u32 {
+    let run = fd.get_kvm_run();
+    if run.exit_reason != KVM_EXIT_INTERNAL_ERROR {
+        return 0;
+    }
+    // SAFETY: the exit reason is KVM_EXIT_INTERNAL_ERROR, so `internal` is the union member
+    // KVM filled in; it is plain integers.
+    unsafe { run.__bindgen_anon_1.internal.suberror }
+}
+
+fn exit_name(exit: &VcpuExit<'_>) -> &'static str {
+    match exit {
+        VcpuExit::Unknown => "KVM_EXIT_UNKNOWN",
+        VcpuExit::Exception => "KVM_EXIT_EXCEPTION",
+        VcpuExit::Hypercall(_) => "KVM_EXIT_HYPERCALL",
+        VcpuExit::Debug(_) => "KVM_EXIT_DEBUG",
+        VcpuExit::Nmi => "KVM_EXIT_NMI",
+        VcpuExit::X86Rdmsr(_) => "KVM_EXIT_X86_RDMSR",
+        VcpuExit::X86Wrmsr(_) => "KVM_EXIT_X86_WRMSR",
+        VcpuExit::MemoryFault { .. } => "KVM_EXIT_MEMORY_FAULT",
+        VcpuExit::IoapicEoi(_) => "KVM_EXIT_IOAPIC_EOI",
+        _ => "unsupported exit",
+    }
+}

@@ -1,0 +1,136 @@
+//! A built VM and how it runs: vCPU threads plus the device event loop, until the guest is
+//! done, a vCPU dies, or someone stops it through a [`VmHandle`].
+
+use std::sync::{Arc, Mutex};
+
+use kvm_ioctls::{Kvm, VmFd};
+
+use crate::builder::{build_vm, BuildError};
+use crate::compat::HostProfile;
+use crate::config::VmConfig;
+use crate::control::{Controller, ExitReason, VmHandle};
+use crate::devices::manager::Devices;
+use crate::devices::serial::SerialDevice;
+use crate::event_loop::EventLoopError;
+use crate::kvm::kick;
+use crate::kvm::vcpu::{Vcpu, VcpuContext};
+use crate::memory::GuestMemoryMmap;
+
+/// Errors that keep a built VM from running.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The vCPU kick signal handler could not be installed.
+    #[error("cannot install the vcpu kick handler")]
+    KickHandler(#[source] std::io::Error),
+    /// The event loop did not start.
+    #[error(transparent)]
+    EventLoop(#[from] EventLoopError),
+    /// A vCPU thread did not start.
+    #[error("cannot start a vcpu thread")]
+    Spawn(#[source] std::io::Error),
+}
+
+/// Everything the builder hands to a [`Vm`].
+pub(crate) struct VmParts {
+    pub kvm: Kvm,
+    pub vm_fd: VmFd,
+    pub mem: GuestMemoryMmap,
+    pub vcpus: Vec<Vcpu>,
+    pub devices: Devices,
+    pub control: Arc<Controller>,
+    pub serial: Arc<Mutex<SerialDevice>>,
+    pub cmdline: String,
+    pub profile: HostProfile,
+}
+
+/// A VM, built and ready to run.
+pub struct Vm {
+    parts: VmParts,
+}
+
+impl Vm {
+    /// Builds a VM from `config` (see [`crate::builder`] for the recipe).
+    pub fn build(config: &VmConfig) -> Result<Self, BuildError> {
+        build_vm(config)
+    }
+
+    pub(crate) fn new(parts: VmParts) -> Self {
+        Self { parts }
+    }
+
+    /// A handle that stops the VM from another thread.
+    pub fn handle(&self) -> VmHandle {
+        VmHandle::new(self.parts.control.clone())
+    }
+
+    /// The kernel command line the guest gets.
+    pub fn cmdline(&self) -> &str {
+        &self.parts.cmdline
+    }
+
+    /// The host profile in use.
+    pub fn profile(&self) -> HostProfile {
+        self.parts.profile
+    }
+
+    /// Guest memory.
+    pub fn memory(&self) -> &GuestMemoryMmap {
+        &self.parts.mem
+    }
+
+    /// The VM fd, for devices attached after the build.
+    pub fn vm_fd(&self) -> &VmFd {
+        &self.parts.vm_fd
+    }
+
+    /// Runs the VM until it stops; returns why. Blocks the calling thread.
+    pub fn run(self) -> Result<ExitReason, RunError> {
+        let VmParts {
+            kvm,
+            vm_fd,
+            mem,
+            vcpus,
+            devices,
+            control,
+            serial,
+            ..
+        } = self.parts;
+        kick::install_handler().map_err(RunError::KickHandler)?;
+        let events = devices.event_loop.start()?;
+        let ctx = VcpuContext {
+            pio: devices.pio.clone(),
+            mmio: devices.mmio.clone(),
+            mem,
+            control: control.clone(),
+        };
+        let mut threads = Vec::with_capacity(vcpus.len());
+        let mut spawn_error = None;
+        for vcpu in vcpus {
+            match vcpu.spawn(ctx.clone()) {
+                Ok(t) => threads.push(t),
+                Err(e) => {
+                    spawn_error = Some(e);
+                    control.request(ExitReason::Stopped);
+                    break;
+                }
+            }
+        }
+        for t in threads {
+            // A vCPU thread that panicked has already stopped its part; the others are
+            // stopped by the controller.
+            if t.join().is_err() {
+                control.request(ExitReason::Stopped);
+            }
+        }
+        events.stop();
+        serial
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .flush_output();
+        drop((vm_fd, kvm, devices.keep_alive));
+        if let Some(e) = spawn_error {
+            return Err(RunError::Spawn(e));
+        }
+        Ok(control.reason().unwrap_or(ExitReason::Stopped))
+    }
+}
