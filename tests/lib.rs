@@ -2,3 +2,134 @@
 //!
 //! End-to-end tests boot real VMs, which takes tens of seconds on PVM-backed KVM, so they only run
 //! when `BULKHEAD_E2E=1` (set by `scripts/test.sh`, which CI runs). `cargo test` alone stays quick.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// Where the setup script installs the guest images.
+pub const SHARE_DIR: &str = "/usr/local/share/bulkhead";
+
+/// Whether end-to-end tests should run; prints a note when they are skipped.
+pub fn e2e_enabled(test: &str) -> bool {
+    let on = std::env::var("BULKHEAD_E2E").is_ok_and(|v| v == "1");
+    if !on {
+        eprintln!("{test}: skipped (set BULKHEAD_E2E=1 to boot real VMs)");
+    }
+    on
+}
+
+fn from_env_or_share(var: &str, file: &str) -> PathBuf {
+    std::env::var_os(var)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(SHARE_DIR).join(file))
+}
+
+/// The guest kernel (ELF vmlinux): `$BULKHEAD_KERNEL`, else the installed one.
+pub fn kernel() -> PathBuf {
+    from_env_or_share("BULKHEAD_KERNEL", "vmlinux")
+}
+
+/// The guest kernel as a bzImage: `$BULKHEAD_BZIMAGE`, else `bzImage` next to [`kernel`].
+pub fn bzimage() -> PathBuf {
+    std::env::var_os("BULKHEAD_BZIMAGE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| kernel().with_file_name("bzImage"))
+}
+
+/// The VMM boot-test initramfs: `$BULKHEAD_TEST_INITRAMFS`, else the installed one.
+pub fn test_initramfs() -> PathBuf {
+    from_env_or_share("BULKHEAD_TEST_INITRAMFS", "test-initramfs.cpio")
+}
+
+/// The workspace's `target/` directory, found from the running test binary
+/// (`target/<profile>/deps/<test>`), or `$CARGO_TARGET_DIR`.
+fn target_dir() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
+        return Some(PathBuf::from(dir));
+    }
+    let exe = std::env::current_exe().ok()?;
+    Some(exe.parent()?.parent()?.parent()?.to_path_buf())
+}
+
+/// A workspace binary: `$BULKHEAD_<NAME>_BIN` if set, else the newest of the debug and release
+/// builds in the workspace's target directory (`cargo test --workspace` builds the debug one).
+pub fn workspace_binary(name: &str) -> PathBuf {
+    let var = format!("BULKHEAD_{}_BIN", name.replace('-', "_").to_uppercase());
+    if let Some(path) = std::env::var_os(&var) {
+        return PathBuf::from(path);
+    }
+    let target = target_dir().expect("cannot locate the target directory");
+    ["debug", "release"]
+        .iter()
+        .map(|profile| target.join(profile).join(name))
+        .filter_map(|p| Some((p.metadata().ok()?.modified().ok()?, p)))
+        .max()
+        .map(|(_, p)| p)
+        .unwrap_or_else(|| {
+            panic!("{name} is not built: run `cargo build -p {name}` (or set {var})")
+        })
+}
+
+/// The `bulkhead-vmm` binary under test.
+pub fn vmm_binary() -> PathBuf {
+    workspace_binary("bulkhead-vmm")
+}
+
+/// What a finished process left behind.
+#[derive(Debug)]
+pub struct Finished {
+    /// Exit status.
+    pub status: ExitStatus,
+    /// Everything it wrote to stdout.
+    pub stdout: String,
+    /// Everything it wrote to stderr.
+    pub stderr: String,
+    /// How long it ran.
+    pub elapsed: Duration,
+}
+
+fn drain(mut r: impl Read + Send + 'static) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = r.read_to_end(&mut buf);
+        String::from_utf8_lossy(&buf).into_owned()
+    })
+}
+
+fn wait_with_timeout(child: &mut Child, timeout: Duration) -> ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("wait failed") {
+            return status;
+        }
+        if start.elapsed() > timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("process still running after {timeout:?}; killed");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Runs `cmd` with stdin closed, capturing its output; kills it and fails the test after
+/// `timeout`.
+pub fn run(cmd: &mut Command, timeout: Duration) -> Finished {
+    let start = Instant::now();
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let out = drain(child.stdout.take().expect("stdout piped"));
+    let err = drain(child.stderr.take().expect("stderr piped"));
+    let status = wait_with_timeout(&mut child, timeout);
+    Finished {
+        status,
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+        elapsed: start.elapsed(),
+    }
+}

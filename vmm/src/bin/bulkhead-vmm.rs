@@ -4,6 +4,7 @@
 //! vCPU's registers are printed before that line). `BULKHEAD_VMM_LOG=debug` logs the boot
 //! layout and the time of the first `KVM_RUN`; `BULKHEAD_KVM_DEVICE` overrides `/dev/kvm`.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -66,6 +67,7 @@ fn init_logging() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
 }
 

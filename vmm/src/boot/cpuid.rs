@@ -55,14 +55,13 @@ pub fn normalize(entries: &mut [kvm_cpuid_entry2], cpu: CpuTopology, tsc_deadlin
                     e.edx &= !LEAF1_EDX_HTT;
                 }
             }
-            0x4 => {
-                // Deterministic cache parameters: EAX[31:26] = cores per package - 1,
-                // EAX[25:14] = threads sharing this cache - 1 (no SMT: 0 for L1/L2, all for L3).
-                if e.eax & 0x1f != 0 {
-                    let level = (e.eax >> 5) & 0x7;
-                    let sharing = if level >= 3 { count - 1 } else { 0 };
-                    e.eax = (e.eax & 0x3fff) | ((count - 1) << 26) | ((sharing & 0xfff) << 14);
-                }
+            // Deterministic cache parameters (type 0 ends the list): EAX[31:26] = cores per
+            // package - 1, EAX[25:14] = threads sharing this cache - 1 (no SMT: 0 for L1/L2,
+            // all cores for L3).
+            0x4 if e.eax & 0x1f != 0 => {
+                let level = (e.eax >> 5) & 0x7;
+                let sharing = if level >= 3 { count - 1 } else { 0 };
+                e.eax = (e.eax & 0x3fff) | ((count - 1) << 26) | ((sharing & 0xfff) << 14);
             }
             0xb | 0x1f => {
                 // Extended topology: subleaf 0 = SMT level, 1 = core level, then invalid.
@@ -206,6 +205,6 @@ mod tests {
             sig.extend_from_slice(&r.to_le_bytes());
         }
         assert_eq!(&sig, b"KVMKVMKVM\0\0\0");
-        assert!(h.eax >= HYPERVISOR_LEAF + 1);
+        assert!(h.eax > HYPERVISOR_LEAF);
     }
 }

@@ -82,8 +82,7 @@ pub struct ZeroPageInputs {
 
 /// Builds the zero page.
 pub fn zero_page(inputs: &ZeroPageInputs) -> Result<boot_params, ParamsError> {
-    let mut params = boot_params::default();
-    params.hdr = match inputs.setup_header {
+    let hdr = match inputs.setup_header {
         Some(hdr) => hdr,
         None => setup_header {
             boot_flag: BOOT_FLAG_MAGIC,
@@ -91,6 +90,10 @@ pub fn zero_page(inputs: &ZeroPageInputs) -> Result<boot_params, ParamsError> {
             kernel_alignment: KERNEL_ALIGNMENT,
             ..Default::default()
         },
+    };
+    let mut params = boot_params {
+        hdr,
+        ..Default::default()
     };
     params.hdr.type_of_loader = LOADER_TYPE_UNDEFINED;
     params.hdr.cmd_line_ptr = CMDLINE_START as u32;

@@ -1,0 +1,74 @@
+//! Boots the real guest kernel with the test initramfs through the `bulkhead-vmm` binary: the
+//! ELF vmlinux with 1 and 2 vCPUs, and the bzImage once. Each boot takes ~25-60 s on PVM-backed
+//! KVM. Gated by `BULKHEAD_E2E=1`.
+
+use std::process::Command;
+use std::time::Duration;
+
+use bulkhead_tests::{bzimage, e2e_enabled, kernel, run, test_initramfs, vmm_binary, Finished};
+
+/// Generous: a PVM boot is ~30 s alone, and CI machines may be busier.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(600);
+
+fn boot(kernel: &std::path::Path, vcpus: u8, extra: &[&str]) -> Finished {
+    let mut cmd = Command::new(vmm_binary());
+    cmd.arg("--kernel")
+        .arg(kernel)
+        .arg("--initrd")
+        .arg(test_initramfs())
+        .args(["--mem", "128", "--vcpus", &vcpus.to_string()])
+        .args(extra);
+    run(&mut cmd, BOOT_TIMEOUT)
+}
+
+fn assert_booted(f: &Finished, console: &str, vcpus: u8) {
+    let marker = format!("BULKHEAD-TEST-INIT: ok cpus={vcpus}");
+    assert!(
+        console.lines().any(|l| l.trim_end() == marker),
+        "no `{marker}` on the console.\nconsole:\n{console}\nstderr:\n{}",
+        f.stderr
+    );
+    assert!(console.contains("BULKHEAD-TEST-INIT: started"));
+    assert!(
+        f.status.success(),
+        "exit {:?}, stderr:\n{}",
+        f.status,
+        f.stderr
+    );
+    eprintln!("booted {vcpus} vcpu(s) in {:.1?}", f.elapsed);
+}
+
+#[test]
+fn vmlinux_boots_with_one_vcpu() {
+    if !e2e_enabled("vmlinux_boots_with_one_vcpu") {
+        return;
+    }
+    let f = boot(&kernel(), 1, &[]);
+    assert_booted(&f, &f.stdout, 1);
+}
+
+#[test]
+fn vmlinux_boots_with_two_vcpus_console_to_a_file() {
+    if !e2e_enabled("vmlinux_boots_with_two_vcpus_console_to_a_file") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let console = dir.path().join("console.log");
+    let f = boot(&kernel(), 2, &["--console", console.to_str().unwrap()]);
+    assert!(
+        f.stdout.is_empty(),
+        "console went to stdout too: {}",
+        f.stdout
+    );
+    let text = std::fs::read_to_string(&console).unwrap();
+    assert_booted(&f, &text, 2);
+}
+
+#[test]
+fn bzimage_boots() {
+    if !e2e_enabled("bzimage_boots") {
+        return;
+    }
+    let f = boot(&bzimage(), 1, &[]);
+    assert_booted(&f, &f.stdout, 1);
+}
