@@ -30,15 +30,15 @@ fn fake_bzimage(dir: &Path) -> String {
     bytes[0x1ff] = 0xaa;
     bytes[0x202..0x206].copy_from_slice(b"HdrS");
     let path = dir.join("fake-bzImage");
-    std::fs::write(&path, bytes).unwrap();
-    path.to_str().unwrap().to_string()
+    std::fs::write(&path, bytes).expect("write the fake bzImage");
+    path.to_string_lossy().into_owned()
 }
 
 /// The real kernel if it is installed, else the fake bzImage.
 fn some_kernel(dir: &Path) -> String {
     let k = kernel();
     if k.exists() {
-        k.to_str().unwrap().to_string()
+        k.to_string_lossy().into_owned()
     } else {
         fake_bzimage(dir)
     }

@@ -13,6 +13,8 @@ use crate::control::Controller;
 use crate::devices::i8042::I8042;
 use crate::devices::manager::{DeviceError, DeviceManager};
 use crate::devices::serial::{ConsoleOut, SerialDevice, SerialError, StdinInput};
+use crate::devices::virtio::mmio::{MmioError, MmioTransport};
+use crate::devices::virtio::vsock::{VsockConfig, VsockDevice, VsockError};
 use crate::event_loop::{EventLoop, EventLoopError};
 use crate::kvm::vcpu::Vcpu;
 use crate::kvm::{self, KvmError};
@@ -44,6 +46,12 @@ pub enum BuildError {
     /// The event loop.
     #[error(transparent)]
     EventLoop(#[from] EventLoopError),
+    /// The vsock device.
+    #[error("cannot create the vsock device")]
+    Vsock(#[from] VsockError),
+    /// A virtio-mmio transport.
+    #[error("cannot create a virtio-mmio transport")]
+    Transport(#[from] MmioError),
     /// KVM's CPUID or MSR lists could not be read.
     #[error("cannot read {what} from kvm")]
     HostQuery {
@@ -93,6 +101,9 @@ pub fn build_vm(config: &VmConfig) -> Result<Vm, BuildError> {
     let serial = attach_serial(&mut devices, &vm, config)?;
     attach_i8042(&mut devices, &control)?;
     attach_io_delay_sink(&mut devices, &vm)?;
+    if let Some(vsock) = &config.vsock {
+        attach_vsock_device(&mut devices, &vm, &mem, vsock)?;
+    }
 
     let cmdline = cmdline::build(
         profile.kernel_params(),
@@ -151,6 +162,21 @@ fn attach_i8042(devices: &mut DeviceManager, control: &Arc<Controller>) -> Resul
 /// Port 0x80, which Linux writes for I/O delays, swallowed inside KVM.
 fn attach_io_delay_sink(devices: &mut DeviceManager, vm: &VmFd) -> Result<(), BuildError> {
     Ok(devices.sink_pio_writes(vm, IO_DELAY_PORT)?)
+}
+
+/// A virtio-vsock device behind a virtio-mmio transport; the device itself handles its queue
+/// eventfds and host sockets on the event loop.
+fn attach_vsock_device(
+    devices: &mut DeviceManager,
+    vm: &VmFd,
+    mem: &GuestMemoryMmap,
+    config: &VsockConfig,
+) -> Result<(), BuildError> {
+    let device = Arc::new(Mutex::new(VsockDevice::new(config)?));
+    let (slot, irq) = devices.allocate_virtio_slot(vm)?;
+    let transport = MmioTransport::new(mem.clone(), device.clone(), irq)?;
+    devices.attach_virtio_mmio(vm, slot, Arc::new(Mutex::new(transport)), Some(device))?;
+    Ok(())
 }
 
 /// CPUID, MSRs and registers for every vCPU.

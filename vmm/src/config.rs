@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use crate::compat::HostProfile;
 use crate::devices::serial::ConsoleOutput;
+use crate::devices::virtio::vsock::VsockConfig;
 use crate::kvm::DEFAULT_KVM_DEVICE;
 
 /// Default guest memory.
@@ -30,6 +31,8 @@ pub struct VmConfig {
     pub kvm_device: PathBuf,
     /// The host KVM profile; `None` probes the host.
     pub profile: Option<HostProfile>,
+    /// A virtio-vsock device with a hybrid (Unix socket) host side.
+    pub vsock: Option<VsockConfig>,
 }
 
 impl VmConfig {
@@ -45,6 +48,7 @@ impl VmConfig {
             console_input: false,
             kvm_device: PathBuf::from(DEFAULT_KVM_DEVICE),
             profile: None,
+            vsock: None,
         }
     }
 }

@@ -8,6 +8,7 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use bulkhead_vmm::devices::virtio::vsock::VsockConfig;
 use bulkhead_vmm::{ConsoleOutput, ExitReason, HostProfile, Vm, VmConfig};
 use clap::Parser;
 
@@ -36,6 +37,14 @@ struct Args {
     /// Feed stdin to the serial console.
     #[arg(long)]
     stdin: bool,
+    /// Add a virtio-vsock device whose host side is this Unix socket (Firecracker's hybrid
+    /// vsock: connect and send `CONNECT <port>\n`; guest connections to port P go to
+    /// `<socket>_P`).
+    #[arg(long)]
+    vsock: Option<PathBuf>,
+    /// The guest's vsock CID.
+    #[arg(long, default_value_t = bulkhead_vmm::devices::virtio::vsock::DEFAULT_GUEST_CID, requires = "vsock")]
+    vsock_cid: u64,
     /// Host KVM profile (hardware or pvm) instead of probing.
     #[arg(long, value_parser = parse_profile)]
     profile: Option<HostProfile>,
@@ -84,6 +93,11 @@ fn main() -> ExitCode {
         .map_or(ConsoleOutput::Stdout, ConsoleOutput::File);
     config.console_input = args.stdin;
     config.profile = args.profile;
+    config.vsock = args.vsock.map(|path| {
+        let mut vsock = VsockConfig::new(path);
+        vsock.guest_cid = args.vsock_cid;
+        vsock
+    });
     if let Some(dev) = std::env::var_os("BULKHEAD_KVM_DEVICE") {
         config.kvm_device = dev.into();
     }

@@ -1,9 +1,9 @@
 //! The device manager: the one place devices are wired to the guest.
 //!
 //! A port or MMIO device goes on its bus; a virtio-mmio device additionally gets the next free
-//! slot (register window + IRQ from [`crate::layout`]), an ioeventfd per queue on its
-//! QueueNotify register, an irqfd on its IRQ, a `virtio_mmio.device=` entry for the kernel
-//! command line, and optionally an event-loop subscriber. Devices never touch the `VmFd`.
+//! slot (register window + IRQ from [`crate::layout`]) with an irqfd on its IRQ, an ioeventfd
+//! per queue on its QueueNotify register, a `virtio_mmio.device=` entry for the kernel command
+//! line, and optionally an event-loop subscriber. Devices never touch the `VmFd`.
 
 use std::sync::{Arc, Mutex};
 
@@ -13,19 +13,22 @@ use vmm_sys_util::eventfd::EventFd;
 use super::bus::{Bus, BusError, SharedDevice};
 use super::BusDevice;
 use crate::boot::cmdline::MmioDeviceParam;
+use crate::devices::virtio::mmio::{MmioTransport, NOTIFY_OFFSET};
 use crate::event_loop::{EventLoop, Subscriber};
-use crate::layout::{virtio_mmio_slot, VIRTIO_IRQ_BASE, VIRTIO_MMIO_SLOTS};
+use crate::layout::{virtio_mmio_slot, MMIO_SLOT_SIZE, VIRTIO_IRQ_BASE, VIRTIO_MMIO_SLOTS};
 
-/// Offset of the QueueNotify register in a virtio-mmio window (virtio spec 4.2.2).
-pub const VIRTIO_MMIO_QUEUE_NOTIFY: u64 = 0x50;
-
-/// What the device manager needs from a virtio-mmio transport to wire it.
+/// What the device manager needs from a virtio-mmio transport to wire it: its register window
+/// (a [`BusDevice`]) and its queue notification eventfds.
 pub trait VirtioMmioDevice: BusDevice {
     /// One eventfd per queue, by queue index: the guest writing the index to QueueNotify
     /// signals it (in the kernel, without an exit to us).
     fn queue_events(&self) -> &[EventFd];
-    /// The eventfd the device writes to raise its interrupt.
-    fn interrupt_event(&self) -> &EventFd;
+}
+
+impl VirtioMmioDevice for MmioTransport {
+    fn queue_events(&self) -> &[EventFd] {
+        MmioTransport::queue_events(self)
+    }
 }
 
 /// Where a virtio-mmio device was placed.
@@ -132,13 +135,9 @@ impl DeviceManager {
         Ok(())
     }
 
-    /// Wires a virtio-mmio device into the next free slot; see the module docs.
-    pub fn attach_virtio_mmio<D: VirtioMmioDevice + 'static>(
-        &mut self,
-        vm: &VmFd,
-        device: Arc<Mutex<D>>,
-        subscriber: Option<Subscriber>,
-    ) -> Result<MmioSlot, DeviceError> {
+    /// Takes the next free virtio-mmio slot and registers an irqfd for its IRQ; build the
+    /// transport with the returned eventfd, then [`DeviceManager::attach_virtio_mmio`] it.
+    pub fn allocate_virtio_slot(&mut self, vm: &VmFd) -> Result<(MmioSlot, EventFd), DeviceError> {
         if self.next_slot >= VIRTIO_MMIO_SLOTS {
             return Err(DeviceError::NoSlot);
         }
@@ -148,19 +147,31 @@ impl DeviceManager {
             addr: virtio_mmio_slot(index),
             irq: VIRTIO_IRQ_BASE + index as u32,
         };
+        let irq = self.irqfd(vm, slot.irq)?;
+        self.next_slot += 1;
+        Ok((slot, irq))
+    }
+
+    /// Wires a virtio-mmio transport into `slot`: an ioeventfd per queue on QueueNotify
+    /// (datamatch = queue index), the register window on the MMIO bus, the event-loop
+    /// `subscriber` (the device's), and the `virtio_mmio.device=` command-line entry.
+    pub fn attach_virtio_mmio<D: VirtioMmioDevice + 'static>(
+        &mut self,
+        vm: &VmFd,
+        slot: MmioSlot,
+        transport: Arc<Mutex<D>>,
+        subscriber: Option<Subscriber>,
+    ) -> Result<(), DeviceError> {
         {
-            let dev = device.lock().unwrap_or_else(|p| p.into_inner());
-            let notify = IoEventAddress::Mmio(slot.addr + VIRTIO_MMIO_QUEUE_NOTIFY);
+            let dev = transport.lock().unwrap_or_else(|p| p.into_inner());
+            let notify = IoEventAddress::Mmio(slot.addr + NOTIFY_OFFSET);
             for (queue, evt) in dev.queue_events().iter().enumerate() {
                 vm.register_ioevent(evt, &notify, queue as u32)
                     .map_err(kvm("an ioeventfd"))?;
             }
-            vm.register_irqfd(dev.interrupt_event(), slot.irq)
-                .map_err(kvm("an irqfd"))?;
         }
-        let shared: SharedDevice = device;
-        self.mmio
-            .insert(shared, slot.addr, crate::layout::MMIO_SLOT_SIZE)?;
+        let shared: SharedDevice = transport;
+        self.mmio.insert(shared, slot.addr, MMIO_SLOT_SIZE)?;
         if let Some(subscriber) = subscriber {
             self.event_loop.add_subscriber(subscriber);
         }
@@ -168,8 +179,7 @@ impl DeviceManager {
             addr: slot.addr,
             irq: slot.irq,
         });
-        self.next_slot += 1;
-        Ok(slot)
+        Ok(())
     }
 
     /// The virtio-mmio devices, for the kernel command line.
