@@ -58,6 +58,42 @@ pub fn create(mem_mib: u64) -> Result<GuestMemoryMmap, MemoryError> {
     GuestMemoryMmap::from_ranges(&ram_regions(bytes)).map_err(MemoryError::Map)
 }
 
+/// Faults in the guest pages of `[addr, addr + len)` with one `MADV_POPULATE_WRITE` per region,
+/// before we copy the kernel or initrd there: one page fault per 4-KiB page costs ~10 µs on a
+/// nested host, the populate loop a fraction of that. Only pages about to be written anyway
+/// are touched, so the guest's resident memory does not grow. Best effort: an old host kernel
+/// without `MADV_POPULATE_WRITE` just takes the faults.
+pub fn prefault(mem: &GuestMemoryMmap, addr: u64, len: u64) {
+    use vm_memory::{GuestMemory, MemoryRegionAddress};
+    const PAGE: u64 = 4096;
+    let Some(end) = addr.checked_add(len) else {
+        return;
+    };
+    for region in mem.iter() {
+        let r_start = region.start_addr().0;
+        let r_end = r_start + region.len();
+        let start = (addr.max(r_start) - r_start) & !(PAGE - 1);
+        let stop = (end.min(r_end).saturating_sub(r_start) + PAGE - 1) & !(PAGE - 1);
+        let stop = stop.min(region.len());
+        if start >= stop {
+            continue;
+        }
+        let Ok(host) = region.get_host_address(MemoryRegionAddress(start)) else {
+            continue;
+        };
+        // SAFETY: `[host, host + (stop - start))` lies inside this region's mapping (offsets are
+        // clamped to the region and page-aligned, as is the mapping), and MADV_POPULATE_WRITE
+        // only faults pages in; it never changes their contents or the mapping.
+        unsafe {
+            libc::madvise(
+                host.cast(),
+                (stop - start) as usize,
+                libc::MADV_POPULATE_WRITE,
+            );
+        }
+    }
+}
+
 /// End (exclusive) of the RAM below the MMIO hole: where the initrd is placed under.
 pub fn low_ram_end(mem: &GuestMemoryMmap) -> u64 {
     use vm_memory::GuestMemory;
@@ -94,6 +130,22 @@ mod tests {
             check_size(MAX_MEM_MIB + 1),
             Err(MemoryError::TooLarge(_))
         ));
+    }
+
+    #[test]
+    fn prefault_makes_exactly_the_range_resident() {
+        use vm_memory::{Bytes, GuestMemory};
+        let mem = create(32).unwrap();
+        prefault(&mem, 0x10_0800, 0x2000);
+        prefault(&mem, 31 << 20, 4 << 20); // runs past the end: clamped
+        prefault(&mem, u64::MAX - 1, 2); // overflows: ignored
+        mem.write_obj(1u8, GuestAddress(0x10_0800)).unwrap();
+        let host = mem.get_host_address(GuestAddress(0x10_0000)).unwrap();
+        let mut vec = [0u8; 4];
+        // SAFETY: mincore on a live, page-aligned mapping we own.
+        let rc = unsafe { libc::mincore(host.cast(), 4 * 4096, vec.as_mut_ptr()) };
+        assert_eq!(rc, 0);
+        assert_eq!(vec.map(|b| b & 1), [1, 1, 1, 0]);
     }
 
     #[test]

@@ -12,7 +12,7 @@ use linux_loader::loader::{BzImage, Elf, KernelLoader};
 use vm_memory::{Bytes, GuestAddress};
 
 use crate::layout::HIMEM_START;
-use crate::memory::{low_ram_end, GuestMemoryMmap};
+use crate::memory::{low_ram_end, prefault, GuestMemoryMmap};
 
 /// Offset of the 64-bit entry point in a bzImage's protected-mode code (boot protocol 2.12+).
 const BZIMAGE_ENTRY_64_OFFSET: u64 = 0x200;
@@ -94,6 +94,54 @@ pub struct KernelImage {
     path: PathBuf,
     file: File,
     format: KernelFormat,
+    /// Guest ranges `(address, length)` the loader will copy the image to, as far as the
+    /// headers tell; used only to fault those pages in at once.
+    load_ranges: Vec<(u64, u64)>,
+}
+
+fn u16_at(b: &[u8], at: usize) -> Option<u64> {
+    Some(u64::from(u16::from_le_bytes(b.get(at..at + 2)?.try_into().ok()?)))
+}
+
+fn u32_at(b: &[u8], at: usize) -> Option<u64> {
+    Some(u64::from(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?)))
+}
+
+fn u64_at(b: &[u8], at: usize) -> Option<u64> {
+    Some(u64::from_le_bytes(b.get(at..at + 8)?.try_into().ok()?))
+}
+
+/// The file part of each `PT_LOAD` segment of an ELF64 image: `(p_paddr, p_filesz)`.
+fn elf_load_ranges(file: &mut File, head: &[u8]) -> Option<Vec<(u64, u64)>> {
+    const PT_LOAD: u64 = 1;
+    const PHDR_SIZE: u64 = 56;
+    let phoff = u64_at(head, 0x20)?;
+    let phentsize = u16_at(head, 0x36)?;
+    let phnum = u16_at(head, 0x38)?;
+    if phentsize != PHDR_SIZE || phnum > 64 {
+        return None;
+    }
+    let mut phdrs = vec![0u8; (phnum * PHDR_SIZE) as usize];
+    file.seek(SeekFrom::Start(phoff)).ok()?;
+    file.read_exact(&mut phdrs).ok()?;
+    Some(
+        phdrs
+            .chunks(PHDR_SIZE as usize)
+            .filter(|p| u32_at(p, 0) == Some(PT_LOAD))
+            .filter_map(|p| Some((u64_at(p, 24)?, u64_at(p, 32)?)))
+            .collect(),
+    )
+}
+
+/// Where linux-loader copies a bzImage's protected-mode part: `code32_start`, for the file
+/// minus the boot sector and setup code.
+fn bzimage_load_range(head: &[u8], file_len: u64) -> Option<(u64, u64)> {
+    let setup_sects = match head.get(0x1f1)? {
+        0 => 4,
+        n => u64::from(*n),
+    };
+    let code32_start = u32_at(head, 0x214)?;
+    Some((code32_start, file_len.checked_sub((setup_sects + 1) * 512)?))
 }
 
 impl KernelImage {
@@ -114,11 +162,19 @@ impl KernelImage {
             .map_err(open_err)?;
         let format =
             detect_format(&head).ok_or_else(|| LoaderError::NotAKernel(path.to_owned()))?;
+        let load_ranges = match format {
+            KernelFormat::Elf => elf_load_ranges(&mut file, &head).unwrap_or_default(),
+            KernelFormat::BzImage => {
+                let len = file.metadata().map_err(open_err)?.len();
+                bzimage_load_range(&head, len).into_iter().collect()
+            }
+        };
         file.seek(SeekFrom::Start(0)).map_err(open_err)?;
         Ok(Self {
             path: path.to_owned(),
             file,
             format,
+            load_ranges,
         })
     }
 
@@ -145,6 +201,9 @@ pub fn load_kernel(
     mem: &GuestMemoryMmap,
     image: &mut KernelImage,
 ) -> Result<LoadedKernel, LoaderError> {
+    for &(addr, len) in &image.load_ranges {
+        prefault(mem, addr, len);
+    }
     let highmem = Some(GuestAddress(HIMEM_START));
     let load_err = |source| LoaderError::Load {
         path: image.path.clone(),
@@ -209,6 +268,7 @@ pub fn load_initrd(
     let size32 = u32::try_from(size).map_err(|_| too_large())?;
     let addr =
         initrd_address(size, kernel.end, low_ram_end(mem), addr_max).ok_or_else(too_large)?;
+    prefault(mem, addr, size);
     mem.read_exact_volatile_from(GuestAddress(addr), &mut file, size as usize)
         .map_err(LoaderError::CopyInitrd)?;
     Ok((addr, size32))
@@ -231,6 +291,35 @@ mod tests {
         assert_eq!(detect_format(&bz), None);
         assert_eq!(detect_format(b"#!/bin/sh\n"), None);
         assert_eq!(detect_format(b""), None);
+    }
+
+    #[test]
+    fn load_ranges_from_headers() {
+        // An ELF64 header with two program headers right after it: PT_LOAD and PT_NOTE.
+        let mut elf = vec![0u8; 64 + 2 * 56];
+        elf[..4].copy_from_slice(b"\x7fELF");
+        elf[0x20..0x28].copy_from_slice(&64u64.to_le_bytes());
+        elf[0x36..0x38].copy_from_slice(&56u16.to_le_bytes());
+        elf[0x38..0x3a].copy_from_slice(&2u16.to_le_bytes());
+        let load = 64;
+        elf[load..load + 4].copy_from_slice(&1u32.to_le_bytes());
+        elf[load + 24..load + 32].copy_from_slice(&0x100_0000u64.to_le_bytes());
+        elf[load + 32..load + 40].copy_from_slice(&0x1234u64.to_le_bytes());
+        elf[load + 56..load + 60].copy_from_slice(&4u32.to_le_bytes());
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(&elf).unwrap();
+        let image = KernelImage::open(f.path()).unwrap();
+        assert_eq!(image.format(), KernelFormat::Elf);
+        assert_eq!(image.load_ranges, vec![(0x100_0000, 0x1234)]);
+
+        let mut bz = vec![0u8; 0x400];
+        bz[0x1f1] = 0; // means 4 setup sectors
+        bz[0x214..0x218].copy_from_slice(&0x10_0000u32.to_le_bytes());
+        assert_eq!(
+            bzimage_load_range(&bz, 0x10_0000),
+            Some((0x10_0000, 0x10_0000 - 5 * 512))
+        );
+        assert_eq!(bzimage_load_range(&bz, 100), None);
     }
 
     #[test]
