@@ -1,3 +1,5 @@
-//! `bulkhead`: the runc-compatible OCI runtime CLI.
+//! `bulkhead`: the runc-compatible OCI runtime CLI. Everything lives in the library.
 
-fn main() {}
+fn main() {
+    std::process::exit(bulkhead_shim::main_with(&bulkhead_shim::vm::VmFactory));
+}

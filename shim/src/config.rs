@@ -1,0 +1,298 @@
+//! Runtime configuration (`/etc/bulkhead/config.toml`) and the VM size of one container.
+//!
+//! Every key is optional; the built-in defaults are where the setup command installs the guest
+//! kernel and the agent's initramfs. A container can override the VM size with the OCI annotations
+//! `io.bulkhead.vcpus` and `io.bulkhead.memory_mib`; otherwise its memory limit and CPU quota
+//! size the VM (limit + a fixed guest overhead; quota rounded up to whole vCPUs).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/bulkhead/config.toml";
+/// Environment variable naming another config file (tests, side-by-side installs).
+pub const CONFIG_ENV: &str = "BULKHEAD_CONFIG";
+pub const ANNOTATION_VCPUS: &str = "io.bulkhead.vcpus";
+pub const ANNOTATION_MEMORY_MIB: &str = "io.bulkhead.memory_mib";
+
+/// Upper bounds that keep a typo in an annotation from asking for an absurd VM.
+const MAX_VCPUS: u32 = 64;
+const MAX_MEMORY_MIB: u32 = 1 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("read config {path}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("parse config {path}: {msg}")]
+    Parse { path: PathBuf, msg: String },
+    #[error("annotation {key}={value:?} is not a number between {min} and {max}")]
+    Annotation {
+        key: &'static str,
+        value: String,
+        min: u32,
+        max: u32,
+    },
+    #[error("config key {key} must be between {min} and {max}")]
+    Range {
+        key: &'static str,
+        min: u32,
+        max: u32,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Guest kernel (vmlinux ELF or bzImage).
+    pub kernel: PathBuf,
+    /// The agent's initramfs (uncompressed newc cpio).
+    pub initramfs: PathBuf,
+    /// Guest memory when the container has no memory limit.
+    pub memory_mib: u32,
+    /// vCPUs when the container has no CPU quota.
+    pub vcpus: u32,
+    /// Guest memory added on top of a container's memory limit (kernel + agent).
+    pub guest_overhead_mib: u32,
+    /// Host memory added on top of the guest's when limiting the monitor's host cgroup (VMM,
+    /// page tables, stdio buffers).
+    pub host_overhead_mib: u32,
+    /// Directory of the per-container serial console logs.
+    pub log_dir: PathBuf,
+    /// Extra kernel command line arguments.
+    pub kernel_args: String,
+    /// Seconds allowed for the guest to boot and its agent to answer.
+    pub boot_timeout_secs: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            kernel: "/usr/local/share/bulkhead/vmlinux".into(),
+            initramfs: "/usr/local/share/bulkhead/agent-initramfs.cpio".into(),
+            memory_mib: 128,
+            vcpus: 1,
+            guest_overhead_mib: 64,
+            host_overhead_mib: 64,
+            log_dir: "/var/log/bulkhead".into(),
+            kernel_args: String::new(),
+            boot_timeout_secs: 180,
+        }
+    }
+}
+
+impl Config {
+    /// Loads `$BULKHEAD_CONFIG` or `/etc/bulkhead/config.toml`; a missing file means defaults.
+    pub fn load() -> Result<Config, ConfigError> {
+        let path = std::env::var_os(CONFIG_ENV)
+            .map(PathBuf::from)
+            .unwrap_or_else(|| DEFAULT_CONFIG_PATH.into());
+        Self::load_from(&path)
+    }
+
+    pub fn load_from(path: &Path) -> Result<Config, ConfigError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Config::default()),
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: path.into(),
+                    source,
+                })
+            }
+        };
+        Self::parse(&text).map_err(|msg| ConfigError::Parse {
+            path: path.into(),
+            msg,
+        })
+    }
+
+    fn parse(text: &str) -> Result<Config, String> {
+        let cfg: Config =
+            toml::from_str(text).map_err(|e| crate::logging::one_line(e.message()))?;
+        if !(1..=MAX_VCPUS).contains(&cfg.vcpus) {
+            return Err(ConfigError::Range {
+                key: "vcpus",
+                min: 1,
+                max: MAX_VCPUS,
+            }
+            .to_string());
+        }
+        if !(16..=MAX_MEMORY_MIB).contains(&cfg.memory_mib) {
+            return Err(ConfigError::Range {
+                key: "memory_mib",
+                min: 16,
+                max: MAX_MEMORY_MIB,
+            }
+            .to_string());
+        }
+        Ok(cfg)
+    }
+
+    /// Serial console log of one container.
+    pub fn console_log(&self, id: &str) -> PathBuf {
+        self.log_dir.join(format!("{id}.console.log"))
+    }
+}
+
+/// The VM shape chosen for one container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VmSize {
+    pub vcpus: u32,
+    pub memory_mib: u32,
+}
+
+/// The inputs from the OCI spec that size the VM.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SizeHints {
+    pub memory_limit: Option<i64>,
+    pub cpu_quota: Option<i64>,
+    pub cpu_period: Option<u64>,
+}
+
+impl VmSize {
+    /// Annotations win; then the spec's limits; then the config defaults.
+    pub fn choose(
+        cfg: &Config,
+        annotations: &BTreeMap<String, String>,
+        hints: &SizeHints,
+    ) -> Result<VmSize, ConfigError> {
+        let vcpus = match annotation(annotations, ANNOTATION_VCPUS, 1, MAX_VCPUS)? {
+            Some(v) => v,
+            None => vcpus_from_quota(hints).unwrap_or(cfg.vcpus),
+        };
+        let memory_mib = match annotation(annotations, ANNOTATION_MEMORY_MIB, 16, MAX_MEMORY_MIB)? {
+            Some(m) => m,
+            None => match hints.memory_limit {
+                Some(limit) if limit > 0 => {
+                    let mib = (limit as u64)
+                        .div_ceil(1 << 20)
+                        .min(u64::from(MAX_MEMORY_MIB)) as u32;
+                    mib.saturating_add(cfg.guest_overhead_mib)
+                        .min(MAX_MEMORY_MIB)
+                }
+                _ => cfg.memory_mib,
+            },
+        };
+        Ok(VmSize { vcpus, memory_mib })
+    }
+
+    /// Host cgroup memory limit covering the whole VM process.
+    pub fn host_memory_limit(&self, cfg: &Config) -> i64 {
+        (i64::from(self.memory_mib) + i64::from(cfg.host_overhead_mib)) << 20
+    }
+}
+
+fn vcpus_from_quota(h: &SizeHints) -> Option<u32> {
+    let quota = h.cpu_quota.filter(|q| *q > 0)? as u64;
+    let period = h.cpu_period.filter(|p| *p > 0).unwrap_or(100_000);
+    Some(quota.div_ceil(period).clamp(1, u64::from(MAX_VCPUS)) as u32)
+}
+
+fn annotation(
+    a: &BTreeMap<String, String>,
+    key: &'static str,
+    min: u32,
+    max: u32,
+) -> Result<Option<u32>, ConfigError> {
+    let Some(value) = a.get(key) else {
+        return Ok(None);
+    };
+    match value.trim().parse::<u32>() {
+        Ok(v) if (min..=max).contains(&v) => Ok(Some(v)),
+        _ => Err(ConfigError::Annotation {
+            key,
+            value: value.clone(),
+            min,
+            max,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_file_means_defaults() {
+        let c = Config::load_from(Path::new("/nonexistent/bulkhead.toml")).unwrap();
+        assert_eq!(c, Config::default());
+        assert_eq!(c.kernel, PathBuf::from("/usr/local/share/bulkhead/vmlinux"));
+    }
+
+    #[test]
+    fn partial_file_keeps_other_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "kernel = \"/k\"\nvcpus = 2\nlog_dir = \"/l\"\n").unwrap();
+        let c = Config::load_from(&p).unwrap();
+        assert_eq!(
+            (c.kernel.to_str(), c.vcpus, c.memory_mib),
+            (Some("/k"), 2, 128)
+        );
+        assert_eq!(c.console_log("x"), PathBuf::from("/l/x.console.log"));
+    }
+
+    #[test]
+    fn bad_files_are_rejected() {
+        assert!(Config::parse("vcpus = 0").is_err());
+        assert!(Config::parse("memory_mib = 1").is_err());
+        assert!(Config::parse("colour = \"red\"")
+            .unwrap_err()
+            .contains("colour"));
+        assert!(Config::parse("vcpus = \"two\"").is_err());
+    }
+
+    #[test]
+    fn sizing_order() {
+        let cfg = Config::default();
+        let none = BTreeMap::new();
+        let s = VmSize::choose(&cfg, &none, &SizeHints::default()).unwrap();
+        assert_eq!(
+            s,
+            VmSize {
+                vcpus: 1,
+                memory_mib: 128
+            }
+        );
+        let hints = SizeHints {
+            memory_limit: Some(64 << 20),
+            cpu_quota: Some(150_000),
+            cpu_period: Some(100_000),
+        };
+        let s = VmSize::choose(&cfg, &none, &hints).unwrap();
+        assert_eq!(
+            s,
+            VmSize {
+                vcpus: 2,
+                memory_mib: 64 + 64
+            }
+        );
+        let mut ann = BTreeMap::new();
+        ann.insert(ANNOTATION_VCPUS.to_string(), "3".to_string());
+        ann.insert(ANNOTATION_MEMORY_MIB.to_string(), "512".to_string());
+        let s = VmSize::choose(&cfg, &ann, &hints).unwrap();
+        assert_eq!(
+            s,
+            VmSize {
+                vcpus: 3,
+                memory_mib: 512
+            }
+        );
+        assert_eq!(s.host_memory_limit(&cfg), (512 + 64) << 20);
+    }
+
+    #[test]
+    fn bad_annotations_are_errors() {
+        let cfg = Config::default();
+        for bad in ["0", "-1", "lots", "100000"] {
+            let mut ann = BTreeMap::new();
+            ann.insert(ANNOTATION_VCPUS.to_string(), bad.to_string());
+            let err = VmSize::choose(&cfg, &ann, &SizeHints::default()).unwrap_err();
+            assert!(err.to_string().contains(ANNOTATION_VCPUS), "{err}");
+        }
+    }
+}

@@ -1,0 +1,376 @@
+//! The container state store: `<root>/<id>/state.json`, written atomically.
+//!
+//! Every CLI call is a new process, so everything later calls need lives here. The file holds the
+//! OCI state (`ociVersion`, `id`, `status`, `pid`, `bundle`, `annotations`) plus our own fields:
+//! the sandbox monitor's pid *and its start time*, so a recycled pid is never mistaken for a live
+//! monitor. The status written by the monitor is the last one it knew; a monitor that is gone (or
+//! a zombie) means the container is stopped, whatever the file says.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// OCI runtime spec version this runtime implements.
+pub const OCI_VERSION: &str = "1.2.0";
+
+const STATE_FILE: &str = "state.json";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("container {0:?} does not exist")]
+    NotExist(String),
+    #[error("container with id exists: {0}")]
+    Exists(String),
+    #[error("invalid container id {0:?}")]
+    InvalidId(String),
+    #[error("state of container {id:?} is unreadable")]
+    Corrupt {
+        id: String,
+        source: serde_json::Error,
+    },
+    #[error("state directory {path}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StateError + '_ {
+    move |source| StateError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Creating,
+    Created,
+    Running,
+    Paused,
+    Stopped,
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = match self {
+            Status::Creating => "creating",
+            Status::Created => "created",
+            Status::Running => "running",
+            Status::Paused => "paused",
+            Status::Stopped => "stopped",
+        };
+        f.write_str(s)
+    }
+}
+
+/// What `<root>/<id>/state.json` holds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct State {
+    pub oci_version: String,
+    pub id: String,
+    pub status: Status,
+    /// The sandbox monitor's pid: what `--pid-file` holds and engines wait for.
+    pub pid: i32,
+    pub bundle: PathBuf,
+    pub rootfs: PathBuf,
+    /// RFC 3339 creation time (containerd parses it as a time).
+    pub created: String,
+    #[serde(default)]
+    pub owner: String,
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+    /// Start time of the monitor (clock ticks since boot, /proc/PID/stat field 22).
+    #[serde(default)]
+    pub monitor_start_time: u64,
+    /// Host cgroup directories the monitor created and joined (removed on delete).
+    #[serde(default)]
+    pub cgroup_dirs: Vec<PathBuf>,
+    /// Exit status of the container init once known (128+signal when killed).
+    #[serde(default)]
+    pub exit_status: Option<i32>,
+}
+
+impl State {
+    /// The status as seen now: a dead monitor means stopped.
+    pub fn current_status(&self) -> Status {
+        if self.status == Status::Stopped || !process_alive(self.pid, self.monitor_start_time) {
+            Status::Stopped
+        } else {
+            self.status
+        }
+    }
+
+    /// The OCI state JSON that `bulkhead state` prints (runc's field set).
+    pub fn oci_json(&self) -> serde_json::Value {
+        let status = self.current_status();
+        let pid = if status == Status::Stopped {
+            0
+        } else {
+            self.pid
+        };
+        serde_json::json!({
+            "ociVersion": self.oci_version,
+            "id": self.id,
+            "pid": pid,
+            "status": status.to_string(),
+            "bundle": self.bundle,
+            "rootfs": self.rootfs,
+            "created": self.created,
+            "owner": self.owner,
+            "annotations": self.annotations,
+        })
+    }
+}
+
+/// The state directories under `--root`.
+#[derive(Debug, Clone)]
+pub struct Store {
+    root: PathBuf,
+}
+
+impl Store {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Store { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// `<root>/<id>`, after checking the id cannot escape the root.
+    pub fn dir(&self, id: &str) -> Result<PathBuf, StateError> {
+        validate_id(id)?;
+        Ok(self.root.join(id))
+    }
+
+    /// Reserves `<root>/<id>`; fails if the container already exists.
+    pub fn create_dir(&self, id: &str) -> Result<PathBuf, StateError> {
+        let dir = self.dir(id)?;
+        fs::create_dir_all(&self.root).map_err(io_err(&self.root))?;
+        match fs::create_dir(&dir) {
+            Ok(()) => Ok(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                Err(StateError::Exists(id.into()))
+            }
+            Err(e) => Err(io_err(&dir)(e)),
+        }
+    }
+
+    pub fn load(&self, id: &str) -> Result<State, StateError> {
+        let path = self.dir(id)?.join(STATE_FILE);
+        let data = match fs::read(&path) {
+            Ok(d) => d,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(StateError::NotExist(id.into()))
+            }
+            Err(e) => return Err(io_err(&path)(e)),
+        };
+        serde_json::from_slice(&data).map_err(|source| StateError::Corrupt {
+            id: id.into(),
+            source,
+        })
+    }
+
+    /// Writes the state atomically: temporary file, fsync, rename, fsync of the directory.
+    pub fn save(&self, state: &State) -> Result<(), StateError> {
+        let dir = self.dir(&state.id)?;
+        let tmp = dir.join(format!(".{STATE_FILE}.{}", std::process::id()));
+        let data = serde_json::to_vec(state).map_err(|source| StateError::Corrupt {
+            id: state.id.clone(),
+            source,
+        })?;
+        let write = || -> std::io::Result<()> {
+            let mut f = File::create(&tmp)?;
+            f.write_all(&data)?;
+            f.sync_all()?;
+            fs::rename(&tmp, dir.join(STATE_FILE))?;
+            File::open(&dir)?.sync_all()
+        };
+        write().map_err(|e| {
+            let _ = fs::remove_file(&tmp);
+            io_err(&dir)(e)
+        })
+    }
+
+    /// Removes `<root>/<id>` and everything in it (the share must already be unmounted).
+    pub fn remove(&self, id: &str) -> Result<(), StateError> {
+        let dir = self.dir(id)?;
+        match fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err(&dir)(e)),
+        }
+    }
+
+    /// Ids of all containers under the root, sorted; a missing root means none.
+    pub fn list(&self) -> Result<Vec<String>, StateError> {
+        let entries = match fs::read_dir(&self.root) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io_err(&self.root)(e)),
+        };
+        let mut ids: Vec<String> = entries
+            .filter_map(Result::ok)
+            .filter(|e| e.path().join(STATE_FILE).exists())
+            .filter_map(|e| e.file_name().into_string().ok())
+            .collect();
+        ids.sort();
+        Ok(ids)
+    }
+}
+
+/// runc's id rule: `[A-Za-z0-9_+.-]+`, not `.` or `..`.
+pub fn validate_id(id: &str) -> Result<(), StateError> {
+    let ok = !id.is_empty()
+        && id != "."
+        && id != ".."
+        && id.len() <= 1024
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_+.-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(StateError::InvalidId(id.into()))
+    }
+}
+
+/// Start time of a process in clock ticks since boot, `None` if it does not exist.
+pub fn process_start_time(pid: i32) -> Option<u64> {
+    stat_fields(pid).map(|(_, start)| start)
+}
+
+/// True if `pid` is alive, not a zombie, and (when `start_time` is non-zero) started at that time.
+pub fn process_alive(pid: i32, start_time: u64) -> bool {
+    if pid <= 0 {
+        return false;
+    }
+    match stat_fields(pid) {
+        Some((state, start)) => {
+            state != 'Z' && state != 'X' && (start_time == 0 || start == start_time)
+        }
+        None => false,
+    }
+}
+
+/// (state letter, start time) from `/proc/PID/stat`.
+fn stat_fields(pid: i32) -> Option<(char, u64)> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may contain spaces: parse after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    // Field 3 is the state; starttime is field 22, i.e. 19 further on.
+    let start = fields.nth(18)?.parse().ok()?;
+    Some((state, start))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(id: &str) -> State {
+        State {
+            oci_version: OCI_VERSION.into(),
+            id: id.into(),
+            status: Status::Created,
+            pid: std::process::id() as i32,
+            bundle: "/b".into(),
+            rootfs: "/b/rootfs".into(),
+            created: "2026-11-25T00:00:00Z".into(),
+            owner: String::new(),
+            annotations: BTreeMap::new(),
+            monitor_start_time: process_start_time(std::process::id() as i32).unwrap(),
+            cgroup_dirs: vec![],
+            exit_status: None,
+        }
+    }
+
+    #[test]
+    fn save_load_list_remove() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::new(tmp.path().join("root"));
+        assert!(store.list().unwrap().is_empty());
+        store.create_dir("b").unwrap();
+        store.create_dir("a").unwrap();
+        assert!(matches!(store.create_dir("a"), Err(StateError::Exists(_))));
+        assert_eq!(
+            store.create_dir("a").unwrap_err().to_string(),
+            "container with id exists: a"
+        );
+        store.save(&sample("a")).unwrap();
+        store.save(&sample("b")).unwrap();
+        assert_eq!(store.load("a").unwrap(), sample("a"));
+        assert_eq!(store.list().unwrap(), vec!["a", "b"]);
+        // No temporary file is left behind.
+        assert_eq!(fs::read_dir(store.dir("a").unwrap()).unwrap().count(), 1);
+        store.remove("a").unwrap();
+        store.remove("a").unwrap();
+        let err = store.load("a").unwrap_err();
+        assert_eq!(err.to_string(), "container \"a\" does not exist");
+    }
+
+    #[test]
+    fn ids_cannot_escape_the_root() {
+        for bad in ["", ".", "..", "a/b", "../x", "a b", "a\0"] {
+            assert!(validate_id(bad).is_err(), "{bad:?}");
+        }
+        for good in ["a", "A-b_c.d+e", "0123456789abcdef"] {
+            validate_id(good).unwrap();
+        }
+    }
+
+    #[test]
+    fn dead_or_recycled_monitor_means_stopped() {
+        let mut s = sample("x");
+        assert_eq!(s.current_status(), Status::Created);
+        s.monitor_start_time += 1; // same pid, different start: a recycled pid
+        assert_eq!(s.current_status(), Status::Stopped);
+        let mut s = sample("x");
+        s.pid = i32::MAX; // no such process
+        assert_eq!(s.current_status(), Status::Stopped);
+        assert_eq!(s.oci_json()["pid"], 0);
+        assert_eq!(s.oci_json()["status"], "stopped");
+    }
+
+    #[test]
+    fn zombies_are_dead() {
+        let child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id() as i32;
+        // Give it time to exit; it stays a zombie until waited for.
+        for _ in 0..100 {
+            if stat_fields(pid).map(|(s, _)| s) == Some('Z') {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(!process_alive(pid, 0));
+        let mut child = child;
+        child.wait().unwrap();
+    }
+
+    #[test]
+    fn oci_json_has_runc_fields() {
+        let v = sample("x").oci_json();
+        for k in [
+            "ociVersion",
+            "id",
+            "pid",
+            "status",
+            "bundle",
+            "rootfs",
+            "created",
+            "owner",
+            "annotations",
+        ] {
+            assert!(v.get(k).is_some(), "{k}");
+        }
+        assert_eq!(v["status"], "created");
+    }
+}
