@@ -182,6 +182,23 @@ pub fn next_signal(set: &SigSet) -> Option<i32> {
     set.wait().ok().map(|s| s as i32)
 }
 
+/// Makes `cmd`'s child start with no blocked signals. The monitor and proxies block the
+/// forwarded signals in every thread (see [`block_forwarded`]), and a signal mask survives
+/// fork and exec: without this a hook would ignore SIGTERM.
+pub fn unblock_signals_in_child(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs between fork and exec and only calls sigprocmask, which is
+    // async-signal-safe, on a local empty set.
+    unsafe {
+        cmd.pre_exec(|| {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+            Ok(())
+        });
+    }
+}
+
 /// Moves stdio away: returns dups of fds 0, 1, 2 (close-on-exec) and points 0/1/2 at
 /// /dev/null, so nothing this process prints can land in the container's output and the
 /// caller's copies are the only ones held besides the returned fds.
