@@ -26,7 +26,13 @@ pub fn ensure_docker() -> bool {
     }
     eprintln!("installing docker.io (apt-get)");
     let ok = Command::new("apt-get")
-        .args(["install", "-y", "-q", "--no-install-recommends", "docker.io"])
+        .args([
+            "install",
+            "-y",
+            "-q",
+            "--no-install-recommends",
+            "docker.io",
+        ])
         .env("DEBIAN_FRONTEND", "noninteractive")
         .stdout(Stdio::null())
         .status()
@@ -45,14 +51,25 @@ impl Dockerd {
     /// same binary with a config naming a guest kernel that does not exist (engines pass no
     /// environment through to runtimes, so a wrapper script sets it). Imports the test image.
     pub fn start(bulkhead: &Path) -> Dockerd {
-        let dir = tempfile::Builder::new().prefix("bh-docker").tempdir_in("/tmp").unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("bh-docker")
+            .tempdir_in("/tmp")
+            .unwrap();
         let d = dir.path();
         let broken_cfg = d.join("broken.toml");
         fs::write(&broken_cfg, "kernel = \"/nonexistent/vmlinux\"\n").unwrap();
         let wrapper = d.join("bulkhead-broken");
-        let script = format!("#!/bin/sh\nBULKHEAD_CONFIG={} exec {} \"$@\"\n", broken_cfg.display(), bulkhead.display());
+        let script = format!(
+            "#!/bin/sh\nBULKHEAD_CONFIG={} exec {} \"$@\"\n",
+            broken_cfg.display(),
+            bulkhead.display()
+        );
         fs::write(&wrapper, script).unwrap();
-        fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        fs::set_permissions(
+            &wrapper,
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
         let namespace = format!("bhtest{}", std::process::id());
         let log = fs::File::create(d.join("dockerd.log")).unwrap();
         let child = Command::new(DOCKERD)
@@ -65,7 +82,12 @@ impl Dockerd {
             .arg("--pidfile")
             .arg(d.join("docker.pid"))
             .args(["--iptables=false", "--ip-masq=false", "--bridge=none"])
-            .args(["--containerd-namespace", &namespace, "--containerd-plugins-namespace", &format!("{namespace}p")])
+            .args([
+                "--containerd-namespace",
+                &namespace,
+                "--containerd-plugins-namespace",
+                &format!("{namespace}p"),
+            ])
             .arg("--add-runtime")
             .arg(format!("bulkhead={}", bulkhead.display()))
             .arg("--add-runtime")
@@ -74,10 +96,18 @@ impl Dockerd {
             .stderr(log)
             .spawn()
             .unwrap();
-        let dockerd = Dockerd { dir, child, namespace };
+        let dockerd = Dockerd {
+            dir,
+            child,
+            namespace,
+        };
         let t = Instant::now();
         while !dockerd.docker(&["info"]).status.success() {
-            assert!(t.elapsed() < Duration::from_secs(60), "dockerd did not start: {}", dockerd.log());
+            assert!(
+                t.elapsed() < Duration::from_secs(60),
+                "dockerd did not start: {}",
+                dockerd.log()
+            );
             std::thread::sleep(Duration::from_millis(200));
         }
         dockerd.import_busybox();
@@ -90,7 +120,11 @@ impl Dockerd {
 
     pub fn cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new(DOCKER);
-        c.env("DOCKER_HOST", format!("unix://{}", self.dir.path().join("docker.sock").display())).args(args);
+        c.env(
+            "DOCKER_HOST",
+            format!("unix://{}", self.dir.path().join("docker.sock").display()),
+        )
+        .args(args);
         c
     }
 
@@ -104,18 +138,43 @@ impl Dockerd {
         for sub in ["bin", "etc", "tmp", "proc", "sys", "dev", "data"] {
             fs::create_dir_all(root.join(sub)).unwrap();
         }
-        fs::copy("/bin/busybox", root.join("bin/busybox")).expect("busybox-static is not installed");
+        fs::copy("/bin/busybox", root.join("bin/busybox"))
+            .expect("busybox-static is not installed");
         let list = Command::new("/bin/busybox").arg("--list").output().unwrap();
-        for applet in String::from_utf8_lossy(&list.stdout).lines().filter(|a| *a != "busybox") {
+        for applet in String::from_utf8_lossy(&list.stdout)
+            .lines()
+            .filter(|a| *a != "busybox")
+        {
             let _ = std::os::unix::fs::symlink("busybox", root.join("bin").join(applet));
         }
-        fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000::/tmp:/bin/sh\n").unwrap();
+        fs::write(
+            root.join("etc/passwd"),
+            "root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000::/tmp:/bin/sh\n",
+        )
+        .unwrap();
         fs::write(root.join("etc/group"), "root:x:0:\nuser:x:1000:\n").unwrap();
         let tar = self.dir.path().join("busybox.tar");
-        let ok = Command::new("tar").arg("-C").arg(&root).arg("-cf").arg(&tar).arg(".").status().unwrap();
+        let ok = Command::new("tar")
+            .arg("-C")
+            .arg(&root)
+            .arg("-cf")
+            .arg(&tar)
+            .arg(".")
+            .status()
+            .unwrap();
         assert!(ok.success());
-        let o = self.docker(&["import", "-c", "ENV PATH=/bin", tar.to_str().unwrap(), IMAGE]);
-        assert!(o.status.success(), "import: {}", String::from_utf8_lossy(&o.stderr));
+        let o = self.docker(&[
+            "import",
+            "-c",
+            "ENV PATH=/bin",
+            tar.to_str().unwrap(),
+            IMAGE,
+        ]);
+        assert!(
+            o.status.success(),
+            "import: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
     }
 
     /// containerd's state directory for our namespace's runc-v2 tasks (`--root` of the runtime).
