@@ -6,6 +6,10 @@
 //! exited before or after the call. Statuses of pids nobody asked for (reparented orphans) are
 //! kept only until the reaper has more than [`MAX_UNCLAIMED`] of them, then the oldest are dropped.
 //!
+//! An event loop that cannot block in [`Reaper::wait`] registers a notifier
+//! ([`Reaper::set_notifier`], e.g. a write to an eventfd) and claims statuses with
+//! [`Reaper::try_wait`] when it fires.
+//!
 //! SIGCHLD must be blocked in every thread before [`Reaper::start`] (call
 //! [`block_sigchld`] first thing in `main`); children must unblock it before `exec`
 //! ([`unblock_all_signals`]), or the workload starts with a signal mask it never asked for.
@@ -40,10 +44,14 @@ impl ExitStatus {
     }
 }
 
+/// Called by the reaping thread after it recorded one or more statuses.
+pub type Notifier = Arc<dyn Fn() + Send + Sync>;
+
 #[derive(Default)]
 struct Table {
     done: HashMap<i32, ExitStatus>,
     order: VecDeque<i32>,
+    notifier: Option<Notifier>,
 }
 
 /// Handle to the reaping thread; cheap to clone.
@@ -116,16 +124,39 @@ impl Reaper {
     }
 
     fn reap_all(&self) {
+        let mut recorded = false;
         loop {
             let status = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::Exited(pid, code)) => (pid, ExitStatus::Exited(code)),
                 Ok(WaitStatus::Signaled(pid, sig, _)) => (pid, ExitStatus::Signaled(sig as i32)),
-                Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return,
+                Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => break,
                 Ok(_) | Err(Errno::EINTR) => continue,
-                Err(_) => return,
+                Err(_) => break,
             };
             self.record(status.0, status.1);
+            recorded = true;
         }
+        if recorded {
+            // Called without the table lock, so the notifier may call back into the reaper.
+            let notifier = self.table().notifier.clone();
+            if let Some(notify) = notifier {
+                notify();
+            }
+        }
+    }
+
+    /// Installs the function the reaping thread calls after recording exits (replacing any
+    /// earlier one). It runs on the reaping thread: keep it short and non-blocking.
+    pub fn set_notifier(&self, notifier: Notifier) {
+        self.table().notifier = Some(notifier);
+    }
+
+    /// The status of `pid` if it has been reaped (handed out once, like [`Reaper::wait`]).
+    pub fn try_wait(&self, pid: Pid) -> Option<ExitStatus> {
+        let mut table = self.table();
+        let status = table.done.remove(&pid.as_raw())?;
+        table.order.retain(|p| *p != pid.as_raw());
+        Some(status)
     }
 
     fn record(&self, pid: Pid, status: ExitStatus) {
@@ -176,12 +207,19 @@ impl Reaper {
 mod tests {
     use super::*;
     use std::process::Command;
+    use std::sync::OnceLock;
     use std::time::Duration;
+
+    /// One reaper per test process: two would steal each other's children.
+    pub(crate) fn shared() -> Reaper {
+        static REAPER: OnceLock<Reaper> = OnceLock::new();
+        REAPER.get_or_init(|| Reaper::start().unwrap()).clone()
+    }
 
     #[test]
     #[allow(clippy::zombie_processes)] // the reaper under test collects them
     fn statuses_reach_the_waiter_whenever_it_asks() {
-        let reaper = Reaper::start().unwrap();
+        let reaper = shared();
         let fast = Command::new("sh").args(["-c", "exit 3"]).spawn().unwrap();
         let killed = Command::new("sleep").arg("30").spawn().unwrap();
         let fast_pid = Pid::from_raw(fast.id() as i32);
@@ -196,5 +234,29 @@ mod tests {
             reaper.wait_timeout(Pid::from_raw(999_999), Duration::from_millis(50)),
             None
         );
+    }
+
+    #[test]
+    #[allow(clippy::zombie_processes)] // the reaper under test collects them
+    fn notifier_fires_and_try_wait_claims_once() {
+        let reaper = shared();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let tx = std::sync::Mutex::new(tx);
+        reaper.set_notifier(Arc::new(move || {
+            let _ = tx.lock().unwrap().send(());
+        }));
+        let child = Command::new("sh").args(["-c", "exit 7"]).spawn().unwrap();
+        let pid = Pid::from_raw(child.id() as i32);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            // Other tests' children may fire the notifier too; keep looking for ours.
+            rx.recv_timeout(Duration::from_secs(5)).unwrap();
+            if let Some(status) = reaper.try_wait(pid) {
+                break status;
+            }
+            assert!(std::time::Instant::now() < deadline);
+        };
+        assert_eq!(status, ExitStatus::Exited(7));
+        assert_eq!(reaper.try_wait(pid), None);
     }
 }

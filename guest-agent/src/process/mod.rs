@@ -1,0 +1,5 @@
+//! Processes the agent runs: their stdio, spawning, and exit handling.
+
+pub mod stdio;
+
+pub use stdio::Stdio;

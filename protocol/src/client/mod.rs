@@ -1,0 +1,426 @@
+//! The host-side agent client (used by the tests now, by the shim later).
+//!
+//! Every call has a deadline ([`ClientConfig::call_timeout`], generous by default because on a
+//! PVM host one guest syscall can take milliseconds and a fork+exec a second); `WaitProcess`
+//! takes its own, optional one since a process may run for as long as it likes. When the
+//! connection drops, callers learn it at once and are told whether the VM itself is gone.
+//!
+//! ```no_run
+//! # use bulkhead_protocol::client::*;
+//! # use std::path::PathBuf;
+//! let connector = Connector::HybridVsock { uds_path: PathBuf::from("/run/vm/vsock.sock") };
+//! let client = Client::connect(connector, ClientConfig::default())?;
+//! println!("{}", client.version()?.kernel_release);
+//! # Ok::<(), ClientError>(())
+//! ```
+
+mod conn;
+mod connector;
+
+use std::fmt;
+use std::os::unix::net::UnixStream;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use protobuf::Message;
+
+use self::conn::{Conn, Ended, Outcome};
+pub use self::connector::{ConnectError, Connector};
+use crate::api;
+use crate::rpc::{self, Method, RpcError, Status};
+use crate::stream::{HeaderError, StreamHeader, StreamKind};
+use crate::{CONTROL_PORT, STREAM_PORT};
+
+/// Deadlines of a client.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// How long [`Client::connect`] keeps trying until the agent listens (a boot takes ~30 s
+    /// on PVM hosts). Default 120 s.
+    pub connect_timeout: Duration,
+    /// Deadline of each call except `WaitProcess`. Default 60 s.
+    pub call_timeout: Duration,
+    /// Deadline of one hybrid-vsock handshake. Default 10 s.
+    pub handshake_timeout: Duration,
+    /// Pause between connection attempts. Default 100 ms.
+    pub retry_interval: Duration,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            connect_timeout: Duration::from_secs(120),
+            call_timeout: Duration::from_secs(60),
+            handshake_timeout: Duration::from_secs(10),
+            retry_interval: Duration::from_millis(100),
+        }
+    }
+}
+
+/// Displays a duration as seconds: `30s`, `0.5s`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Secs(pub Duration);
+
+impl fmt::Display for Secs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}s", self.0.as_secs_f64())
+    }
+}
+
+/// Errors of the client.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("agent did not answer within {0}")]
+    Timeout(Secs),
+    #[error("agent connection closed")]
+    Closed,
+    #[error("vm is gone")]
+    VmGone,
+    #[error("agent did not come up within {0}")]
+    NotUp(Secs, #[source] ConnectError),
+    #[error("connect to the agent")]
+    Connect(#[source] ConnectError),
+    /// The agent refused the call; the message is the agent's.
+    #[error("{0}")]
+    Agent(Status),
+    #[error("agent broke the protocol: {0}")]
+    Protocol(String),
+    #[error("encode request")]
+    Encode(#[source] RpcError),
+    #[error("bad stream header")]
+    Header(#[source] HeaderError),
+    #[error("write to the agent")]
+    Io(#[source] std::io::Error),
+}
+
+/// How a process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitStatus {
+    Exited(i32),
+    Signaled(i32),
+}
+
+impl ExitStatus {
+    /// The shell convention: the code, or 128 + the signal.
+    pub fn code(self) -> i32 {
+        match self {
+            ExitStatus::Exited(c) => c,
+            ExitStatus::Signaled(s) => 128 + s,
+        }
+    }
+}
+
+/// A connected agent client. Calls may be made from several threads at once.
+pub struct Client {
+    connector: Connector,
+    config: ClientConfig,
+    conn: Conn,
+}
+
+impl Client {
+    /// Connects to the agent's control port, retrying until it listens or
+    /// `config.connect_timeout` passes.
+    pub fn connect(connector: Connector, config: ClientConfig) -> Result<Client, ClientError> {
+        let stream = connect_retrying(&connector, CONTROL_PORT, &config)?;
+        let conn = Conn::new(stream, config.call_timeout).map_err(ClientError::Io)?;
+        Ok(Client {
+            connector,
+            config,
+            conn,
+        })
+    }
+
+    pub fn config(&self) -> &ClientConfig {
+        &self.config
+    }
+
+    /// Sets the deadline of later calls.
+    pub fn set_call_timeout(&mut self, timeout: Duration) {
+        self.config.call_timeout = timeout;
+    }
+
+    /// Makes one call with an explicit deadline (`None`: wait as long as the connection lives).
+    pub fn call<Q: Message, R: Message>(
+        &self,
+        method: Method,
+        req: &Q,
+        timeout: Option<Duration>,
+    ) -> Result<R, ClientError> {
+        let mut bytes = Vec::new();
+        rpc::encode_request(0, method, req, timeout, &mut bytes).map_err(ClientError::Encode)?;
+        let outcome = self.conn.call(bytes, timeout);
+        let frame = match outcome {
+            Outcome::Frame(f) => f,
+            Outcome::TimedOut => {
+                return Err(ClientError::Timeout(Secs(timeout.unwrap_or_default())))
+            }
+            Outcome::Ended(Ended::Closed) => return Err(self.closed_error()),
+            Outcome::Ended(Ended::Protocol(why)) => return Err(ClientError::Protocol(why)),
+            Outcome::Write(e) => return Err(ClientError::Io(e)),
+        };
+        let payload = rpc::decode_response(&frame)
+            .map_err(|e| ClientError::Protocol(error_chain(&e)))?
+            .map_err(ClientError::Agent)?;
+        rpc::decode_message(&payload).map_err(|e| ClientError::Protocol(error_chain(&e)))
+    }
+
+    fn call_default<Q: Message, R: Message>(
+        &self,
+        method: Method,
+        req: &Q,
+    ) -> Result<R, ClientError> {
+        self.call(method, req, Some(self.config.call_timeout))
+    }
+
+    fn closed_error(&self) -> ClientError {
+        if self.connector.vm_present() {
+            ClientError::Closed
+        } else {
+            ClientError::VmGone
+        }
+    }
+
+    pub fn version(&self) -> Result<api::VersionResponse, ClientError> {
+        self.call_default(Method::Version, &api::VersionRequest::new())
+    }
+
+    /// Creates a process (not started yet); then attach its streams with
+    /// [`Client::open_stream`] and call [`Client::start_process`].
+    pub fn create_process(&self, req: &api::CreateProcessRequest) -> Result<(), ClientError> {
+        self.call_default::<_, api::Empty>(Method::CreateProcess, req)
+            .map(drop)
+    }
+
+    /// Starts a created process once its declared streams are attached; returns its guest pid.
+    pub fn start_process(&self, id: &str) -> Result<i32, ClientError> {
+        let req = api::StartProcessRequest {
+            id: id.to_owned(),
+            ..Default::default()
+        };
+        self.call_default::<_, api::StartProcessResponse>(Method::StartProcess, &req)
+            .map(|r| r.pid)
+    }
+
+    /// Sends `signal` to the process (`all`: to every process of the container, or to the
+    /// process group of a plain process).
+    pub fn signal_process(&self, id: &str, signal: i32, all: bool) -> Result<(), ClientError> {
+        let req = api::SignalProcessRequest {
+            id: id.to_owned(),
+            signal: u32::try_from(signal).unwrap_or(0),
+            all,
+            ..Default::default()
+        };
+        self.call_default::<_, api::Empty>(Method::SignalProcess, &req)
+            .map(drop)
+    }
+
+    /// Waits until the process has ended and its output has reached the host, for at most
+    /// `timeout` (`None`: as long as the connection lives).
+    pub fn wait_process(
+        &self,
+        id: &str,
+        timeout: Option<Duration>,
+    ) -> Result<ExitStatus, ClientError> {
+        let req = api::WaitProcessRequest {
+            id: id.to_owned(),
+            ..Default::default()
+        };
+        let r: api::WaitProcessResponse = self.call(Method::WaitProcess, &req, timeout)?;
+        Ok(if r.signal > 0 {
+            ExitStatus::Signaled(r.signal)
+        } else {
+            ExitStatus::Exited(r.exit_code)
+        })
+    }
+
+    pub fn resize_terminal(&self, id: &str, rows: u32, cols: u32) -> Result<(), ClientError> {
+        let req = api::ResizeTerminalRequest {
+            id: id.to_owned(),
+            size: protobuf::MessageField::some(api::TerminalSize {
+                rows,
+                cols,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        self.call_default::<_, api::Empty>(Method::ResizeTerminal, &req)
+            .map(drop)
+    }
+
+    /// Closes the process's stdin (as EOF on the stdin stream does).
+    pub fn close_stdin(&self, id: &str) -> Result<(), ClientError> {
+        let req = api::CloseStdinRequest {
+            id: id.to_owned(),
+            ..Default::default()
+        };
+        self.call_default::<_, api::Empty>(Method::CloseStdin, &req)
+            .map(drop)
+    }
+
+    /// Forgets an exited process.
+    pub fn remove_process(&self, id: &str) -> Result<(), ClientError> {
+        let req = api::RemoveProcessRequest {
+            id: id.to_owned(),
+            ..Default::default()
+        };
+        self.call_default::<_, api::Empty>(Method::RemoveProcess, &req)
+            .map(drop)
+    }
+
+    /// Creates a container (its init waits for [`Client::start_container`]); returns the
+    /// init's guest pid.
+    pub fn create_container(&self, req: &api::CreateContainerRequest) -> Result<i32, ClientError> {
+        self.call_default::<_, api::CreateContainerResponse>(Method::CreateContainer, req)
+            .map(|r| r.pid)
+    }
+
+    pub fn start_container(&self, id: &str) -> Result<(), ClientError> {
+        let req = api::StartContainerRequest {
+            id: id.to_owned(),
+            ..Default::default()
+        };
+        self.call_default::<_, api::Empty>(Method::StartContainer, &req)
+            .map(drop)
+    }
+
+    /// Guest pids of every process of the container.
+    pub fn list_processes(&self, id: &str) -> Result<Vec<i32>, ClientError> {
+        let req = api::ListProcessesRequest {
+            id: id.to_owned(),
+            ..Default::default()
+        };
+        self.call_default::<_, api::ListProcessesResponse>(Method::ListProcesses, &req)
+            .map(|r| r.pids)
+    }
+
+    pub fn pause_container(&self, id: &str) -> Result<(), ClientError> {
+        let req = api::PauseContainerRequest {
+            id: id.to_owned(),
+            ..Default::default()
+        };
+        self.call_default::<_, api::Empty>(Method::PauseContainer, &req)
+            .map(drop)
+    }
+
+    pub fn resume_container(&self, id: &str) -> Result<(), ClientError> {
+        let req = api::ResumeContainerRequest {
+            id: id.to_owned(),
+            ..Default::default()
+        };
+        self.call_default::<_, api::Empty>(Method::ResumeContainer, &req)
+            .map(drop)
+    }
+
+    /// Applies an OCI `LinuxResources` object (JSON) to the container's cgroup.
+    pub fn update_container(&self, id: &str, resources_json: Vec<u8>) -> Result<(), ClientError> {
+        let req = api::UpdateContainerRequest {
+            id: id.to_owned(),
+            resources: resources_json,
+            ..Default::default()
+        };
+        self.call_default::<_, api::Empty>(Method::UpdateContainer, &req)
+            .map(drop)
+    }
+
+    pub fn stats(&self, id: &str) -> Result<api::StatsResponse, ClientError> {
+        let req = api::StatsRequest {
+            id: id.to_owned(),
+            ..Default::default()
+        };
+        self.call_default(Method::Stats, &req)
+    }
+
+    pub fn remove_container(&self, id: &str, force: bool) -> Result<(), ClientError> {
+        let req = api::RemoveContainerRequest {
+            id: id.to_owned(),
+            force,
+            ..Default::default()
+        };
+        self.call_default::<_, api::Empty>(Method::RemoveContainer, &req)
+            .map(drop)
+    }
+
+    /// Asks the agent to sync and power the guest off. The VM may vanish before the answer
+    /// arrives, so a dropped connection counts as success.
+    pub fn shutdown(&self) -> Result<(), ClientError> {
+        match self.call_default::<_, api::Empty>(Method::Shutdown, &api::ShutdownRequest::new()) {
+            Ok(_) | Err(ClientError::Closed) | Err(ClientError::VmGone) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Opens the `kind` stdio stream of process `id`: a new connection to the stream port that
+    /// starts with the stream header. Stdin: write to it, `shutdown(Write)` for EOF. Stdout,
+    /// stderr: read to EOF. Terminal: both.
+    pub fn open_stream(&self, id: &str, kind: StreamKind) -> Result<UnixStream, ClientError> {
+        let header = StreamHeader::new(id, kind)
+            .encode()
+            .map_err(ClientError::Header)?;
+        let stream = self
+            .connector
+            .connect(STREAM_PORT, self.config.handshake_timeout)
+            .map_err(|e| match e {
+                ConnectError::VmGone => ClientError::VmGone,
+                e => ClientError::Connect(e),
+            })?;
+        stream
+            .set_write_timeout(Some(self.config.call_timeout))
+            .map_err(ClientError::Io)?;
+        std::io::Write::write_all(&mut &stream, &header).map_err(ClientError::Io)?;
+        stream.set_write_timeout(None).map_err(ClientError::Io)?;
+        Ok(stream)
+    }
+}
+
+/// Connects to `port`, retrying transient failures until `config.connect_timeout`.
+fn connect_retrying(
+    connector: &Connector,
+    port: u32,
+    config: &ClientConfig,
+) -> Result<UnixStream, ClientError> {
+    let start = Instant::now();
+    let deadline = start + config.connect_timeout;
+    // A VM socket that does not exist yet may still be on its way (the VMM was just started);
+    // one that existed and then vanished, or refuses, means the VMM is gone.
+    let mut seen_vm = false;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match connector.connect(port, config.handshake_timeout.min(left)) {
+            Ok(s) => return Ok(s),
+            Err(ConnectError::VmGone) if seen_vm || !vm_may_appear(connector) => {
+                return Err(ClientError::VmGone)
+            }
+            Err(e) if !e.is_transient() && !matches!(e, ConnectError::VmGone) => {
+                return Err(ClientError::Connect(e))
+            }
+            Err(e) => {
+                seen_vm |= !matches!(e, ConnectError::VmGone);
+                if Instant::now() + config.retry_interval >= deadline {
+                    return Err(ClientError::NotUp(Secs(config.connect_timeout), e));
+                }
+                thread::sleep(config.retry_interval);
+            }
+        }
+    }
+}
+
+/// A missing socket may still appear; a socket file nobody accepts on will not.
+fn vm_may_appear(connector: &Connector) -> bool {
+    match connector {
+        Connector::HybridVsock { uds_path } => !uds_path.exists(),
+        Connector::Unix { dir } => !dir.exists(),
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests;
