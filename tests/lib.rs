@@ -3,9 +3,12 @@
 //! End-to-end tests boot real VMs, which takes tens of seconds on PVM-backed KVM, so they only run
 //! when `BULKHEAD_E2E=1` (set by `scripts/test.sh`, which CI runs). `cargo test` alone stays quick.
 
+pub mod agent_cases;
+
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 /// Where the setup script installs the guest images.
@@ -132,4 +135,46 @@ pub fn run(cmd: &mut Command, timeout: Duration) -> Finished {
         stderr: err.join().unwrap_or_default(),
         elapsed: start.elapsed(),
     }
+}
+
+/// The workspace root.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_owned()
+}
+
+/// The `target/<profile>` directory this test binary was built into.
+fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test>-<hash>
+    exe.parent()
+        .and_then(|deps| deps.parent())
+        .expect("test binary lives in target/<profile>/deps")
+        .to_owned()
+}
+
+/// The `bulkhead-agent` binary: `$BULKHEAD_AGENT_BIN`, or built now with the same profile and
+/// target directory as the tests (cargo does not build other packages' binaries for tests).
+pub fn agent_binary() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(bin) = std::env::var_os("BULKHEAD_AGENT_BIN") {
+            return PathBuf::from(bin);
+        }
+        let profile = profile_dir();
+        let target = profile.parent().expect("target dir").to_owned();
+        let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        cmd.args(["build", "--quiet", "-p", "bulkhead-agent"])
+            .current_dir(repo_root())
+            .env("CARGO_TARGET_DIR", &target);
+        if profile.file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("run cargo build");
+        assert!(status.success(), "cargo build -p bulkhead-agent failed");
+        profile.join("bulkhead-agent")
+    })
+    .clone()
 }

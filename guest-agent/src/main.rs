@@ -1,16 +1,102 @@
 //! `bulkhead-agent`: PID 1 in the guest. Mounts the basics, then serves the host over vsock.
+//!
+//!     bulkhead-agent                      as the guest's /init: vsock ports 1024 and 1025
+//!     bulkhead-agent --listen-unix DIR    on the host, for tests: DIR/1024 and DIR/1025
 
-// The server that uses these lands next; until then only the types are shared.
-#[allow(dead_code, unused_imports)]
+mod init;
 mod process;
-#[allow(dead_code)]
 mod reaper;
+mod server;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use server::listen::Transport;
+use server::{OnShutdown, Server};
+
+/// Writes one line to stderr (the serial console in the guest) with a single write: console
+/// output is slow in the guest, so the agent only logs errors and its start.
+pub fn log(msg: &str) {
+    let line = format!("bulkhead-agent: {msg}\n");
+    let _ = std::io::stderr().write_all(line.as_bytes());
+}
+
+/// Where to serve, from the command line. The kernel passes init unknown boot parameters as
+/// arguments, so as PID 1 anything else is ignored.
+fn transport(args: &[String], pid1: bool) -> Result<Transport, String> {
+    match args {
+        [flag, dir] if flag == "--listen-unix" => Ok(Transport::Unix(PathBuf::from(dir))),
+        _ if pid1 => Ok(Transport::Vsock),
+        _ => Err("not PID 1: use --listen-unix DIR to serve on Unix sockets".into()),
+    }
+}
 
 fn main() {
     // Before any thread exists, so every thread inherits the mask and only the reaper
     // collects children.
     if let Err(e) = reaper::block_sigchld() {
-        eprintln!("bulkhead-agent: {e}");
+        log(&e.to_string());
         std::process::exit(1);
     }
+    let pid1 = std::process::id() == 1;
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let transport = match transport(&args, pid1) {
+        Ok(t) => t,
+        Err(e) => {
+            log(&e);
+            std::process::exit(2);
+        }
+    };
+    // Never reboot the machine the agent is tested on: only PID 1 of a guest does that.
+    let on_shutdown = if pid1 && transport == Transport::Vsock {
+        init::reboot_on_panic();
+        if let Err(e) = init::setup() {
+            fail(&e);
+        }
+        OnShutdown::Reboot
+    } else {
+        init::ensure_stdio(Path::new("/dev/null"));
+        OnShutdown::Exit
+    };
+    let result = reaper::Reaper::start()
+        .map_err(|e| error_text(&e))
+        .and_then(|reaper| Server::new(transport, reaper, on_shutdown).map_err(|e| error_text(&e)));
+    let server = match result {
+        Ok(s) => s,
+        Err(e) => {
+            log(&e);
+            finish(on_shutdown, 1)
+        }
+    };
+    log("ready");
+    match server.run() {
+        Ok(next) => finish(next, 0),
+        Err(e) => {
+            log(&error_text(&e));
+            finish(on_shutdown, 1)
+        }
+    }
+}
+
+fn fail(e: &dyn std::error::Error) -> ! {
+    log(&error_text(e));
+    init::power_off()
+}
+
+fn finish(on_shutdown: OnShutdown, code: i32) -> ! {
+    match on_shutdown {
+        OnShutdown::Reboot => init::power_off(),
+        OnShutdown::Exit => std::process::exit(code),
+    }
+}
+
+fn error_text(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }

@@ -36,6 +36,7 @@ pub enum ExitStatus {
 
 impl ExitStatus {
     /// The shell convention runc and Docker report: the code, or 128 + the signal.
+    #[allow(dead_code)] // for the container module
     pub fn code(self) -> i32 {
         match self {
             ExitStatus::Exited(code) => code,
@@ -79,6 +80,7 @@ pub fn block_sigchld() -> Result<(), ReaperError> {
 }
 
 /// Unblocks every signal in the calling thread; for a child between `fork` and `exec`.
+#[allow(dead_code)] // for children forked by the container module; the agent's spawner does it raw
 pub fn unblock_all_signals() -> nix::Result<()> {
     nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
 }
@@ -184,6 +186,7 @@ impl Reaper {
     }
 
     /// Like [`Reaper::wait`] but gives up after `timeout`, returning `None`.
+    #[allow(dead_code)] // for the container module
     pub fn wait_timeout(&self, pid: Pid, timeout: std::time::Duration) -> Option<ExitStatus> {
         let deadline = std::time::Instant::now() + timeout;
         let mut table = self.table();
@@ -204,7 +207,7 @@ impl Reaper {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::process::Command;
     use std::sync::OnceLock;

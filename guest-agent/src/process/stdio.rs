@@ -21,14 +21,3 @@ pub enum Stdio {
     /// of the child (which must start a new session and `TIOCSCTTY` it).
     Terminal(OwnedFd),
 }
-
-impl Stdio {
-    /// No streams at all: every fd is `/dev/null`.
-    pub fn null() -> Stdio {
-        Stdio::Pipes {
-            stdin: None,
-            stdout: None,
-            stderr: None,
-        }
-    }
-}

@@ -1,0 +1,392 @@
+//! Moving bytes between a process's pipes (or terminal) and the host's stream connections.
+//!
+//! A process has up to six fds in fixed slots (see the `GUEST_*`/`HOST_*` constants) and up to
+//! three pumps, each copying from one slot to another: stdin host→guest, stdout and stderr
+//! guest→host; with a terminal, input host→master and output master→host on the same two fds.
+//! All fds are non-blocking and watched by the server's level-triggered epoll; a slot is
+//! registered only while some pump wants to read or write it, so an fd that keeps reporting
+//! hang-up cannot spin the loop while its pump waits for the other side.
+//!
+//! Few syscalls per byte: reads go into one large scratch buffer shared by the whole agent and
+//! are written out at once; only what the destination does not take is copied aside, and the
+//! source is not read again until that is gone (so memory per pump stays bounded).
+//!
+//! Exit and output: after the process has exited, [`Relay::begin_drain`] makes the output
+//! pumps read until their pipe is empty; [`Relay::drained`] says when everything read by then
+//! has been written to the host, which is when the exit may be reported.
+
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+
+use nix::errno::Errno;
+use nix::sys::epoll::{Epoll, EpollEvent, EpollFlags};
+use nix::sys::socket::{shutdown, Shutdown};
+
+/// Write end of the stdin pipe, or the terminal master.
+pub const GUEST_IN: usize = 0;
+/// Read end of the stdout pipe.
+pub const GUEST_OUT: usize = 1;
+/// Read end of the stderr pipe.
+pub const GUEST_ERR: usize = 2;
+/// The host's stdin stream, or its terminal stream.
+pub const HOST_IN: usize = 3;
+/// The host's stdout stream.
+pub const HOST_OUT: usize = 4;
+/// The host's stderr stream.
+pub const HOST_ERR: usize = 5;
+/// Number of slots.
+pub const SLOTS: usize = 6;
+
+/// What kind of fd sits in a slot (decides how EOF and closing look).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FdKind {
+    Pipe,
+    Socket,
+    Pty,
+}
+
+#[derive(Debug)]
+struct Endpoint {
+    fd: OwnedFd,
+    kind: FdKind,
+    /// Interest currently registered with epoll; empty means not registered.
+    registered: EpollFlags,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Drain {
+    /// The process has not exited (or this pump is not an output).
+    No,
+    /// Exited: read until the source is empty.
+    Reading,
+    /// The source was empty (or at EOF) after the exit.
+    Empty,
+}
+
+#[derive(Debug)]
+struct Pump {
+    src: usize,
+    dst: usize,
+    /// Bytes read but not yet taken by `dst`.
+    pending: Vec<u8>,
+    pending_pos: usize,
+    src_eof: bool,
+    /// `dst` failed (the reader went away): further input is read and dropped.
+    discard: bool,
+    /// Guest→host: counts for draining.
+    output: bool,
+    drain: Drain,
+    /// EOF reached, everything written, ends closed as appropriate.
+    done: bool,
+}
+
+impl Pump {
+    fn new(src: usize, dst: usize, output: bool) -> Pump {
+        Pump {
+            src,
+            dst,
+            pending: Vec::new(),
+            pending_pos: 0,
+            src_eof: false,
+            discard: false,
+            output,
+            drain: Drain::No,
+            done: false,
+        }
+    }
+
+    fn has_pending(&self) -> bool {
+        self.pending_pos < self.pending.len()
+    }
+
+    fn drained(&self) -> bool {
+        self.done || (self.drain == Drain::Empty && !self.has_pending())
+    }
+}
+
+/// The fds and pumps of one process.
+#[derive(Debug, Default)]
+pub struct Relay {
+    slots: [Option<Endpoint>; SLOTS],
+    pumps: Vec<Pump>,
+    terminal: bool,
+}
+
+/// What relay operations need from the server: its epoll (to drop fds it closes) and the
+/// shared scratch buffer.
+pub struct Io<'a> {
+    pub epoll: &'a Epoll,
+    pub scratch: &'a mut [u8],
+}
+
+impl Relay {
+    /// A relay for a pipes process (`terminal` false) or a terminal process.
+    pub fn new(terminal: bool) -> Relay {
+        Relay {
+            terminal,
+            ..Relay::default()
+        }
+    }
+
+    /// Puts `fd` into `slot` and creates the pump that now has both ends. The fd must be
+    /// non-blocking and close-on-exec. Registers nothing yet; call [`Relay::sync`].
+    pub fn attach(&mut self, slot: usize, fd: OwnedFd, kind: FdKind) {
+        self.slots[slot] = Some(Endpoint {
+            fd,
+            kind,
+            registered: EpollFlags::empty(),
+        });
+        let candidates: &[(usize, usize, bool)] = if self.terminal {
+            &[(HOST_IN, GUEST_IN, false), (GUEST_IN, HOST_IN, true)]
+        } else {
+            &[
+                (HOST_IN, GUEST_IN, false),
+                (GUEST_OUT, HOST_OUT, true),
+                (GUEST_ERR, HOST_ERR, true),
+            ]
+        };
+        for &(src, dst, output) in candidates {
+            let both = self.slots[src].is_some() && self.slots[dst].is_some();
+            let exists = self.pumps.iter().any(|p| p.src == src && p.dst == dst);
+            if both && !exists {
+                self.pumps.push(Pump::new(src, dst, output));
+            }
+        }
+    }
+
+    /// Queues `data` as already read from `src` (bytes that arrived with a stream header).
+    /// Returns false if no pump reads from `src`.
+    pub fn prefill(&mut self, src: usize, data: &[u8]) -> bool {
+        match self.pumps.iter_mut().find(|p| p.src == src) {
+            Some(p) => {
+                p.pending.extend_from_slice(data);
+                true
+            }
+            None => false,
+        }
+    }
+
+    #[cfg(test)]
+    pub fn has(&self, slot: usize) -> bool {
+        self.slots[slot].is_some()
+    }
+
+    /// The fd in `slot`, if any (e.g. the terminal master, to resize it).
+    pub fn fd(&self, slot: usize) -> Option<&OwnedFd> {
+        self.slots[slot].as_ref().map(|e| &e.fd)
+    }
+
+    /// Closes the process's stdin: the stdin pipe (pipes) or stops forwarding input (terminal).
+    pub fn close_stdin(&mut self, epoll: &Epoll) {
+        if self.terminal {
+            for p in self.pumps.iter_mut().filter(|p| !p.output) {
+                p.src_eof = true;
+                p.done = true;
+            }
+        } else {
+            self.pumps.retain(|p| p.dst != GUEST_IN);
+            self.close(epoll, GUEST_IN);
+            self.close(epoll, HOST_IN);
+        }
+    }
+
+    /// The process has exited: output pumps now read until their source is empty.
+    pub fn begin_drain(&mut self, io: &mut Io<'_>) {
+        for i in 0..self.pumps.len() {
+            if self.pumps[i].output && !self.pumps[i].done {
+                self.pumps[i].drain = Drain::Reading;
+                self.pump(i, io);
+            }
+        }
+    }
+
+    /// Every output byte read before [`Relay::begin_drain`] has been written out.
+    pub fn drained(&self) -> bool {
+        self.pumps.iter().filter(|p| p.output).all(Pump::drained)
+    }
+
+    /// Handles epoll readiness of `slot`.
+    pub fn on_event(&mut self, slot: usize, events: EpollFlags, io: &mut Io<'_>) {
+        let any = EpollFlags::EPOLLERR | EpollFlags::EPOLLHUP;
+        let readable = events.intersects(EpollFlags::EPOLLIN | any);
+        let writable = events.intersects(EpollFlags::EPOLLOUT | any);
+        for i in 0..self.pumps.len() {
+            let p = &self.pumps[i];
+            if (p.dst == slot && writable) || (p.src == slot && readable) {
+                self.pump(i, io);
+            }
+        }
+    }
+
+    /// Closes every fd (the process is being forgotten).
+    pub fn close_all(&mut self, epoll: &Epoll) {
+        for slot in 0..SLOTS {
+            self.close(epoll, slot);
+        }
+        self.pumps.clear();
+    }
+
+    /// Registers each slot with epoll for what its pumps need now (`base`: the process's
+    /// token; the slot goes in the low bits).
+    pub fn sync(&mut self, epoll: &Epoll, base: u64) {
+        for slot in 0..SLOTS {
+            let mut want = EpollFlags::empty();
+            for p in self.pumps.iter().filter(|p| !p.done) {
+                if p.src == slot && !p.src_eof && !p.has_pending() {
+                    want |= EpollFlags::EPOLLIN;
+                }
+                if p.dst == slot && p.has_pending() {
+                    want |= EpollFlags::EPOLLOUT;
+                }
+            }
+            let Some(ep) = self.slots[slot].as_mut() else {
+                continue;
+            };
+            if want == ep.registered {
+                continue;
+            }
+            let mut event = EpollEvent::new(want, base | slot as u64);
+            let result = if want.is_empty() {
+                epoll.delete(ep.fd.as_fd())
+            } else if ep.registered.is_empty() {
+                epoll.add(ep.fd.as_fd(), event)
+            } else {
+                epoll.modify(ep.fd.as_fd(), &mut event)
+            };
+            if result.is_ok() {
+                ep.registered = want;
+            }
+        }
+    }
+
+    /// Moves as much as possible through pump `i`: flush what is pending, then read and write
+    /// until the source is empty (stopping after a short read unless draining).
+    fn pump(&mut self, i: usize, io: &mut Io<'_>) {
+        loop {
+            if self.pumps[i].done {
+                return;
+            }
+            if self.pumps[i].has_pending() && !self.flush(i) {
+                return;
+            }
+            if self.pumps[i].src_eof {
+                self.finish(i, io.epoll);
+                return;
+            }
+            let Some(src) = self.slots[self.pumps[i].src].as_ref() else {
+                self.pumps[i].src_eof = true;
+                continue;
+            };
+            let n = match nix::unistd::read(src.fd.as_raw_fd(), io.scratch) {
+                Ok(0) => {
+                    self.pumps[i].src_eof = true;
+                    continue;
+                }
+                Ok(n) => n,
+                Err(Errno::EINTR) => continue,
+                Err(Errno::EAGAIN) => {
+                    if self.pumps[i].drain == Drain::Reading {
+                        self.pumps[i].drain = Drain::Empty;
+                    }
+                    return;
+                }
+                // EIO: the terminal's last slave fd closed. Any other error ends the stream too.
+                Err(_) => {
+                    self.pumps[i].src_eof = true;
+                    continue;
+                }
+            };
+            let written = self.write_out(i, &io.scratch[..n]);
+            if written < n {
+                let p = &mut self.pumps[i];
+                p.pending.clear();
+                p.pending.extend_from_slice(&io.scratch[written..n]);
+                p.pending_pos = 0;
+                return;
+            }
+            if n < io.scratch.len() && self.pumps[i].drain != Drain::Reading {
+                return;
+            }
+        }
+    }
+
+    /// Writes `data` to pump `i`'s destination; returns how much was taken (all of it when
+    /// discarding, or when the destination failed and the pump starts discarding).
+    fn write_out(&mut self, i: usize, data: &[u8]) -> usize {
+        if self.pumps[i].discard {
+            return data.len();
+        }
+        let Some(dst) = self.slots[self.pumps[i].dst].as_ref() else {
+            self.pumps[i].discard = true;
+            return data.len();
+        };
+        let mut done = 0;
+        while done < data.len() {
+            match nix::unistd::write(&dst.fd, &data[done..]) {
+                Ok(n) => done += n,
+                Err(Errno::EINTR) => {}
+                Err(Errno::EAGAIN) => return done,
+                // The reader went away (EPIPE, ECONNRESET, EIO): keep the process from blocking
+                // on a full pipe by reading on and dropping its output.
+                Err(_) => {
+                    self.pumps[i].discard = true;
+                    return data.len();
+                }
+            }
+        }
+        done
+    }
+
+    /// Writes pending bytes; true when none are left.
+    fn flush(&mut self, i: usize) -> bool {
+        let data = std::mem::take(&mut self.pumps[i].pending);
+        let pos = self.pumps[i].pending_pos;
+        let written = self.write_out(i, &data[pos..]);
+        let p = &mut self.pumps[i];
+        p.pending = data;
+        p.pending_pos = pos + written;
+        if p.has_pending() {
+            return false;
+        }
+        p.pending.clear();
+        p.pending_pos = 0;
+        true
+    }
+
+    /// Source at EOF and nothing pending: pass the EOF on and close what is finished.
+    fn finish(&mut self, i: usize, epoll: &Epoll) {
+        let (src, dst, output) = (self.pumps[i].src, self.pumps[i].dst, self.pumps[i].output);
+        self.pumps[i].done = true;
+        if !self.terminal {
+            // The pipe is finished and the stream gets EOF by being closed.
+            self.close(epoll, src);
+            self.close(epoll, dst);
+            return;
+        }
+        if output {
+            // The terminal is over: EOF to the host; input makes no sense any more.
+            if let Some(ep) = self.slots[dst].as_ref() {
+                if ep.kind == FdKind::Socket {
+                    let _ = shutdown(ep.fd.as_raw_fd(), Shutdown::Write);
+                }
+            }
+            for p in self.pumps.iter_mut() {
+                p.done = true;
+            }
+            self.close(epoll, GUEST_IN);
+            self.close(epoll, HOST_IN);
+        }
+    }
+
+    /// Drops the fd in `slot`, deregistering it first: a copy held by another process (a
+    /// forked child that has not exec'd yet) would otherwise keep a stale registration alive.
+    fn close(&mut self, epoll: &Epoll, slot: usize) {
+        if let Some(ep) = self.slots[slot].take() {
+            if !ep.registered.is_empty() {
+                let _ = epoll.delete(ep.fd.as_fd());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

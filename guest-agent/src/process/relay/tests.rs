@@ -1,0 +1,131 @@
+//! The relay between real pipes and socket pairs, driven by a small epoll loop.
+
+use std::io::{Read, Write};
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollTimeout};
+
+use super::*;
+
+fn nonblocking(fd: &OwnedFd) {
+    fcntl(fd.as_raw_fd(), FcntlArg::F_SETFL(OFlag::O_NONBLOCK)).unwrap();
+}
+
+/// Host side of a stream: our end goes into the relay, the test keeps the peer.
+fn socket() -> (OwnedFd, UnixStream) {
+    let (ours, peer) = UnixStream::pair().unwrap();
+    ours.set_nonblocking(true).unwrap();
+    (ours.into(), peer)
+}
+
+/// Runs the relay's epoll loop until `done` or a timeout.
+fn drive(
+    relay: &mut Relay,
+    epoll: &Epoll,
+    scratch: &mut [u8],
+    mut done: impl FnMut(&Relay) -> bool,
+) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut events = [EpollEvent::empty(); 8];
+    relay.sync(epoll, 0);
+    while !done(relay) {
+        assert!(Instant::now() < deadline, "relay did not finish");
+        let n = epoll.wait(&mut events, EpollTimeout::from(50u8)).unwrap();
+        for e in &events[..n] {
+            let mut io = Io { epoll, scratch };
+            relay.on_event(e.data() as usize, e.events(), &mut io);
+        }
+        relay.sync(epoll, 0);
+    }
+}
+
+#[test]
+fn output_survives_a_slow_reader_and_drains_before_exit_is_reported() {
+    let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).unwrap();
+    let mut relay = Relay::new(false);
+    let (pipe_r, pipe_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).unwrap();
+    nonblocking(&pipe_r);
+    relay.attach(GUEST_OUT, pipe_r, FdKind::Pipe);
+    let (ours, mut host) = socket();
+    relay.attach(HOST_OUT, ours, FdKind::Socket);
+    // The "process" writes 4 MiB (more than any socket buffer) and exits.
+    let data: Vec<u8> = (0..4u32 << 20).map(|i| (i % 251) as u8).collect();
+    let expected = data.clone();
+    let writer = std::thread::spawn(move || {
+        let mut w = std::fs::File::from(pipe_w);
+        w.write_all(&data).unwrap();
+    });
+    let reader = std::thread::spawn(move || {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1000];
+        loop {
+            // A slow reader: small reads with pauses, so the relay must hold data back.
+            std::thread::sleep(Duration::from_micros(50));
+            match host.read(&mut buf).unwrap() {
+                0 => return got,
+                n => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    });
+    let mut scratch = vec![0u8; 256 * 1024];
+    // Relay while the process writes, then it exits.
+    drive(&mut relay, &epoll, &mut scratch, |_| writer.is_finished());
+    writer.join().unwrap();
+    let mut io = Io {
+        epoll: &epoll,
+        scratch: &mut scratch,
+    };
+    relay.begin_drain(&mut io);
+    drive(&mut relay, &epoll, &mut scratch, Relay::drained);
+    assert!(relay.drained());
+    // Drained means written to the socket; the pipe hit EOF, so the socket was closed too.
+    assert_eq!(reader.join().unwrap(), expected);
+}
+
+#[test]
+fn stdin_eof_reaches_the_process_after_all_data() {
+    let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).unwrap();
+    let mut relay = Relay::new(false);
+    let (pipe_r, pipe_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).unwrap();
+    nonblocking(&pipe_w);
+    relay.attach(GUEST_IN, pipe_w, FdKind::Pipe);
+    let (ours, mut host) = socket();
+    relay.attach(HOST_IN, ours, FdKind::Socket);
+    assert!(relay.prefill(HOST_IN, b"early "));
+    let child = std::thread::spawn(move || {
+        let mut got = Vec::new();
+        std::fs::File::from(pipe_r).read_to_end(&mut got).unwrap();
+        got
+    });
+    host.write_all(b"later").unwrap();
+    host.shutdown(std::net::Shutdown::Write).unwrap();
+    drive(&mut relay, &epoll, &mut vec![0u8; 4096], |r| {
+        !r.has(GUEST_IN)
+    });
+    assert_eq!(child.join().unwrap(), b"early later");
+    assert!(!relay.has(HOST_IN));
+}
+
+#[test]
+fn a_vanished_reader_makes_the_pump_discard_instead_of_blocking() {
+    let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).unwrap();
+    let mut relay = Relay::new(false);
+    let (pipe_r, pipe_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).unwrap();
+    nonblocking(&pipe_r);
+    relay.attach(GUEST_OUT, pipe_r, FdKind::Pipe);
+    let (ours, host) = socket();
+    relay.attach(HOST_OUT, ours, FdKind::Socket);
+    drop(host);
+    let writer = std::thread::spawn(move || {
+        // Far more than fits in the pipe: only completes if the relay keeps reading.
+        let mut w = std::fs::File::from(pipe_w);
+        w.write_all(&vec![1u8; 8 << 20]).unwrap();
+    });
+    drive(&mut relay, &epoll, &mut vec![0u8; 65536], |r| {
+        !r.has(GUEST_OUT)
+    });
+    writer.join().unwrap();
+}

@@ -1,0 +1,264 @@
+//! Cases that drive a running agent through the client; shared by the host test (agent in
+//! `--listen-unix` mode) and the VM test (agent as the guest's init, through hybrid vsock).
+//!
+//! Each case uses fresh process ids from [`Ids`], so they can run one after another against one
+//! agent (a VM boot costs ~30 s on PVM hosts, so the VM test boots once).
+
+use std::io::{Read, Write};
+use std::net::Shutdown;
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use bulkhead_protocol::api;
+use bulkhead_protocol::client::{Client, ClientError, ExitStatus};
+use bulkhead_protocol::protobuf::MessageField;
+use bulkhead_protocol::stream::StreamKind;
+
+/// Unique process ids within one test run.
+#[derive(Default)]
+pub struct Ids(AtomicU32);
+
+impl Ids {
+    pub fn next(&self, what: &str) -> String {
+        format!("{what}-{}", self.0.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+/// A create request for `args` with the given streams.
+pub fn command(
+    id: &str,
+    args: &[&str],
+    stdin: bool,
+    stdout: bool,
+    stderr: bool,
+) -> api::CreateProcessRequest {
+    api::CreateProcessRequest {
+        id: id.to_owned(),
+        args: args.iter().map(|a| a.to_string()).collect(),
+        env: vec!["PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin".into()],
+        stdio: MessageField::some(api::StdioStreams {
+            stdin,
+            stdout,
+            stderr,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Reads a stream to EOF on a thread (so stdout and stderr drain concurrently).
+pub fn collect(mut stream: UnixStream) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut out = Vec::new();
+        stream.read_to_end(&mut out).expect("read stream");
+        out
+    })
+}
+
+/// Runs `args` with stdout and stderr attached; returns (stdout, stderr, status).
+pub fn run(client: &Client, id: &str, args: &[&str]) -> (Vec<u8>, Vec<u8>, ExitStatus) {
+    client
+        .create_process(&command(id, args, false, true, true))
+        .expect("create");
+    let out = collect(client.open_stream(id, StreamKind::Stdout).expect("stdout"));
+    let err = collect(client.open_stream(id, StreamKind::Stderr).expect("stderr"));
+    client.start_process(id).expect("start");
+    let status = client
+        .wait_process(id, Some(Duration::from_secs(600)))
+        .expect("wait");
+    let (out, err) = (out.join().expect("stdout"), err.join().expect("stderr"));
+    client.remove_process(id).expect("remove");
+    (out, err, status)
+}
+
+/// stdout and stderr arrive intact and separately; exit code 3 comes back.
+pub fn stdout_stderr_and_exit_code(client: &Client, ids: &Ids) {
+    let (out, err, status) = run(
+        client,
+        &ids.next("exit3"),
+        &["sh", "-c", "echo to-stdout; echo to-stderr >&2; exit 3"],
+    );
+    assert_eq!(String::from_utf8_lossy(&out), "to-stdout\n");
+    assert_eq!(String::from_utf8_lossy(&err), "to-stderr\n");
+    assert_eq!(status, ExitStatus::Exited(3));
+}
+
+/// A process killed with SIGKILL is reported as signal 9, not as an exit code.
+pub fn sigkill_is_reported_as_a_signal(client: &Client, ids: &Ids) {
+    let id = ids.next("kill");
+    client
+        .create_process(&command(&id, &["sleep", "1000"], false, false, false))
+        .expect("create");
+    let pid = client.start_process(&id).expect("start");
+    assert!(pid > 0);
+    client.signal_process(&id, 9, false).expect("signal");
+    let status = client
+        .wait_process(&id, Some(Duration::from_secs(120)))
+        .expect("wait");
+    assert_eq!(status, ExitStatus::Signaled(9));
+    assert_eq!(status.code(), 137);
+    client.remove_process(&id).expect("remove");
+}
+
+/// What the host writes to stdin comes back from `cat`; EOF on the stream ends it.
+pub fn stdin_is_echoed_by_cat(client: &Client, ids: &Ids) {
+    let id = ids.next("cat");
+    client
+        .create_process(&command(&id, &["cat"], true, true, false))
+        .expect("create");
+    let mut stdin = client.open_stream(&id, StreamKind::Stdin).expect("stdin");
+    let out = collect(client.open_stream(&id, StreamKind::Stdout).expect("stdout"));
+    // Written before start: it waits in the pipe.
+    stdin.write_all(b"hello from the host\n").expect("write");
+    client.start_process(&id).expect("start");
+    stdin.write_all(b"second line\n").expect("write");
+    stdin.shutdown(Shutdown::Write).expect("eof");
+    let status = client
+        .wait_process(&id, Some(Duration::from_secs(120)))
+        .expect("wait");
+    assert_eq!(status, ExitStatus::Exited(0));
+    assert_eq!(
+        String::from_utf8_lossy(&out.join().expect("stdout")),
+        "hello from the host\nsecond line\n"
+    );
+    client.remove_process(&id).expect("remove");
+}
+
+/// `bytes` of random data through stdout; sha256 computed in the guest (on stderr) matches the
+/// host's. `dir` is a writable scratch directory on the agent's side.
+pub fn big_stdout_matches_sha256(client: &Client, ids: &Ids, bytes: usize, dir: &str) -> Duration {
+    let script = format!(
+        "head -c {bytes} /dev/urandom > {dir}/blob && sha256sum {dir}/blob >&2 && cat {dir}/blob && rm {dir}/blob"
+    );
+    let id = ids.next("big");
+    client
+        .create_process(&command(&id, &["sh", "-c", &script], false, true, true))
+        .expect("create");
+    let mut out = client.open_stream(&id, StreamKind::Stdout).expect("stdout");
+    let err = collect(client.open_stream(&id, StreamKind::Stderr).expect("stderr"));
+    client.start_process(&id).expect("start");
+    let start = Instant::now();
+    let mut data = Vec::with_capacity(bytes);
+    out.read_to_end(&mut data).expect("read stdout");
+    let took = start.elapsed();
+    let status = client
+        .wait_process(&id, Some(Duration::from_secs(600)))
+        .expect("wait");
+    let err = String::from_utf8_lossy(&err.join().expect("stderr")).into_owned();
+    assert_eq!(status, ExitStatus::Exited(0), "stderr: {err}");
+    assert_eq!(data.len(), bytes);
+    let guest_sum = err.split_whitespace().next().unwrap_or_default().to_owned();
+    assert_eq!(sha256_hex(&data), guest_sum);
+    client.remove_process(&id).expect("remove");
+    took
+}
+
+/// sha256 of `data` with the host's `sha256sum`.
+pub fn sha256_hex(data: &[u8]) -> String {
+    let mut child = std::process::Command::new("sha256sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run sha256sum");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let data = data.to_vec();
+    let feeder = std::thread::spawn(move || stdin.write_all(&data));
+    let out = child.wait_with_output().expect("sha256sum output");
+    feeder.join().expect("feeder").expect("feed sha256sum");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// Reads from a terminal stream until `needle` has appeared; returns everything read.
+fn read_until(stream: &mut UnixStream, seen: &mut Vec<u8>, needle: &str) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(seen).contains(needle) {
+        assert!(
+            Instant::now() < deadline,
+            "no {needle:?} in {:?}",
+            String::from_utf8_lossy(seen)
+        );
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        match stream.read(&mut buf) {
+            Ok(0) => panic!(
+                "terminal closed before {needle:?}: {:?}",
+                String::from_utf8_lossy(seen)
+            ),
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => panic!("read terminal: {e}"),
+        }
+    }
+}
+
+/// A terminal process sees its initial size and a resize (`stty size`).
+pub fn terminal_resize_is_seen(client: &Client, ids: &Ids) {
+    let id = ids.next("tty");
+    let mut req = command(
+        &id,
+        &["sh", "-c", "stty size; read line; stty size; exit 4"],
+        true,
+        true,
+        false,
+    );
+    req.terminal = true;
+    req.terminal_size = MessageField::some(api::TerminalSize {
+        rows: 24,
+        cols: 80,
+        ..Default::default()
+    });
+    client.create_process(&req).expect("create");
+    let mut term = client
+        .open_stream(&id, StreamKind::Terminal)
+        .expect("terminal");
+    client.start_process(&id).expect("start");
+    let mut seen = Vec::new();
+    read_until(&mut term, &mut seen, "24 80");
+    client.resize_terminal(&id, 40, 100).expect("resize");
+    term.write_all(b"go\n").expect("write");
+    read_until(&mut term, &mut seen, "40 100");
+    let status = client
+        .wait_process(&id, Some(Duration::from_secs(120)))
+        .expect("wait");
+    assert_eq!(status, ExitStatus::Exited(4));
+    client.remove_process(&id).expect("remove");
+}
+
+/// Errors name the problem: unknown programs (runc's wording), unknown or duplicate ids.
+pub fn errors_are_clear(client: &Client, ids: &Ids) {
+    let id = ids.next("missing");
+    client
+        .create_process(&command(&id, &["no-such-program"], false, false, false))
+        .expect("create");
+    let err = client.start_process(&id).expect_err("start must fail");
+    assert_eq!(
+        err.to_string(),
+        "exec: \"no-such-program\": executable file not found in $PATH"
+    );
+    client
+        .remove_process(&id)
+        .expect("remove never-started process");
+    let err = client
+        .wait_process("nobody", Some(Duration::from_secs(10)))
+        .expect_err("wait");
+    assert_eq!(err.to_string(), "process \"nobody\" does not exist");
+    let id = ids.next("dup");
+    client
+        .create_process(&command(&id, &["true"], false, false, false))
+        .expect("create");
+    let err = client
+        .create_process(&command(&id, &["true"], false, false, false))
+        .expect_err("duplicate");
+    assert!(matches!(err, ClientError::Agent(_)), "{err:?}");
+    assert_eq!(err.to_string(), format!("process {id:?} already exists"));
+    client.remove_process(&id).expect("remove");
+    let err = client.create_process(&command("bad id", &["true"], false, false, false));
+    assert!(err.is_err());
+}
