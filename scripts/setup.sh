@@ -9,6 +9,7 @@
 #   /usr/local/bin/bulkhead, /usr/local/bin/bulkhead-vmm
 #   /usr/local/share/bulkhead/{vmlinux,bzImage,agent-initramfs.cpio,test-initramfs.cpio}
 #   /etc/bulkhead/config.toml (only if absent)
+#   runtime `bulkhead` in /etc/docker/daemon.json and /etc/containers/containers.conf (merged)
 # Caches: ${BULKHEAD_CACHE_DIR:-/var/cache/bulkhead} (guest kernel builds). Idempotent: a second
 # run reuses the cached kernel and cargo's incremental build.
 set -euo pipefail
@@ -60,6 +61,7 @@ cargo build --release --locked --manifest-path "$repo/Cargo.toml" -p bulkhead-vm
     || die "cargo build failed"
 install -m 0755 "$CARGO_TARGET_DIR/release/bulkhead-vmm" "$bindir/bulkhead-vmm"
 install -m 0755 "$CARGO_TARGET_DIR/release/bulkhead" "$bindir/bulkhead"
+"$repo/scripts/register-engines.sh" "$bindir/bulkhead" || die "registering the runtime with Docker and podman failed"
 
 # ---- guest images ------------------------------------------------------------------------
 note "building guest initramfs images"

@@ -72,7 +72,11 @@ impl Dockerd {
         .unwrap();
         let namespace = format!("bhtest{}", std::process::id());
         let log = fs::File::create(d.join("dockerd.log")).unwrap();
+        // Not the host's /etc/docker/daemon.json: it may register `bulkhead` too (setup does).
+        fs::write(d.join("daemon.json"), "{}\n").unwrap();
         let child = Command::new(DOCKERD)
+            .arg("--config-file")
+            .arg(d.join("daemon.json"))
             .arg("--data-root")
             .arg(d.join("data"))
             .arg("--exec-root")
@@ -132,37 +136,8 @@ impl Dockerd {
         self.cmd(args).stdin(Stdio::null()).output().unwrap()
     }
 
-    /// A busybox rootfs (Debian's busybox-static and its applet links) as an image.
     fn import_busybox(&self) {
-        let root = self.dir.path().join("busybox");
-        for sub in ["bin", "etc", "tmp", "proc", "sys", "dev", "data"] {
-            fs::create_dir_all(root.join(sub)).unwrap();
-        }
-        fs::copy("/bin/busybox", root.join("bin/busybox"))
-            .expect("busybox-static is not installed");
-        let list = Command::new("/bin/busybox").arg("--list").output().unwrap();
-        for applet in String::from_utf8_lossy(&list.stdout)
-            .lines()
-            .filter(|a| *a != "busybox")
-        {
-            let _ = std::os::unix::fs::symlink("busybox", root.join("bin").join(applet));
-        }
-        fs::write(
-            root.join("etc/passwd"),
-            "root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000::/tmp:/bin/sh\n",
-        )
-        .unwrap();
-        fs::write(root.join("etc/group"), "root:x:0:\nuser:x:1000:\n").unwrap();
-        let tar = self.dir.path().join("busybox.tar");
-        let ok = Command::new("tar")
-            .arg("-C")
-            .arg(&root)
-            .arg("-cf")
-            .arg(&tar)
-            .arg(".")
-            .status()
-            .unwrap();
-        assert!(ok.success());
+        let tar = busybox_tar(self.dir.path());
         let o = self.docker(&[
             "import",
             "-c",
@@ -175,6 +150,21 @@ impl Dockerd {
             "import: {}",
             String::from_utf8_lossy(&o.stderr)
         );
+    }
+
+    /// The docker CLI of this daemon, for [`suite`].
+    pub fn cli(&self) -> EngineCli {
+        EngineCli {
+            program: DOCKER.into(),
+            env: vec![(
+                "DOCKER_HOST".into(),
+                format!("unix://{}", self.dir.path().join("docker.sock").display()),
+            )],
+            global: Vec::new(),
+            runtime_is_global: false,
+            run_extra: Vec::new(),
+            scratch: self.dir.path().to_path_buf(),
+        }
     }
 
     /// containerd's state directory for our namespace's runc-v2 tasks (`--root` of the runtime).
@@ -213,4 +203,289 @@ pub fn processes_of(exe: &Path) -> Vec<i32> {
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
         .filter(|pid| fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|p| p == exe))
         .collect()
+}
+
+/// Whether the runtime can run a container rootfs in its guest yet (`bulkhead features`).
+pub fn bulkhead_runs_containers(bin: &Path) -> bool {
+    let o = Command::new(bin).arg("features").output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    v.pointer("/annotations/io.bulkhead.rootfs-share").is_some()
+}
+
+/// How to drive one engine's docker-compatible CLI (docker, podman).
+pub struct EngineCli {
+    pub program: PathBuf,
+    pub env: Vec<(String, String)>,
+    /// Global flags before the subcommand.
+    pub global: Vec<String>,
+    /// podman takes `--runtime` as a global flag, docker as a `run` flag.
+    pub runtime_is_global: bool,
+    /// Extra `run` flags the engine needs on this host.
+    pub run_extra: Vec<String>,
+    /// A directory for volumes.
+    pub scratch: PathBuf,
+}
+
+impl EngineCli {
+    fn args(&self, runtime: &str, args: &[&str]) -> Vec<String> {
+        let mut v = self.global.clone();
+        if self.runtime_is_global {
+            v.extend(["--runtime".to_string(), runtime.to_string()]);
+        }
+        v.extend(args.iter().map(|s| s.to_string()));
+        v
+    }
+
+    pub fn command(&self, runtime: &str, args: &[&str]) -> Command {
+        let mut c = Command::new(&self.program);
+        c.args(self.args(runtime, args))
+            .envs(self.env.iter().cloned())
+            .stdin(Stdio::null());
+        c
+    }
+
+    pub fn output(&self, runtime: &str, args: &[&str]) -> Output {
+        self.command(runtime, args).output().unwrap()
+    }
+
+    fn run_args<'a>(&'a self, runtime: &'a str, mode: &'a str, args: &[&'a str]) -> Vec<&'a str> {
+        let mut v = vec!["run", mode];
+        if !self.runtime_is_global {
+            v.extend(["--runtime", runtime]);
+        }
+        v.extend(self.run_extra.iter().map(String::as_str));
+        v.extend_from_slice(args);
+        v
+    }
+
+    /// A shell command line (for `script`, which needs a terminal program to run).
+    pub fn shell_line(&self, runtime: &str, args: &[&str]) -> String {
+        let mut parts = vec![self.program.display().to_string()];
+        parts.extend(self.args(runtime, args));
+        parts
+            .iter()
+            .map(|p| format!("'{}'", p.replace('\'', "'\\''")))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+struct Case<'a> {
+    e: &'a EngineCli,
+    runtime: &'a str,
+}
+
+impl Case<'_> {
+    fn run(&self, args: &[&str]) -> Output {
+        self.e
+            .output(self.runtime, &self.e.run_args(self.runtime, "--rm", args))
+    }
+
+    fn out(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        assert!(
+            o.status.success(),
+            "{} {args:?}: {}",
+            self.runtime,
+            text(&o.stderr)
+        );
+        text(&o.stdout)
+    }
+
+    fn code(&self, args: &[&str]) -> Option<i32> {
+        self.run(args).status.code()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let o = self.e.output(self.runtime, args);
+        assert!(
+            o.status.success(),
+            "{} {args:?}: {}",
+            self.runtime,
+            text(&o.stderr)
+        );
+        text(&o.stdout).trim().to_string()
+    }
+
+    fn detached(&self, args: &[&str]) -> String {
+        let o = self
+            .e
+            .output(self.runtime, &self.e.run_args(self.runtime, "-d", args));
+        assert!(
+            o.status.success(),
+            "{} run -d {args:?}: {}",
+            self.runtime,
+            text(&o.stderr)
+        );
+        text(&o.stdout)
+            .trim()
+            .lines()
+            .last()
+            .unwrap_or("")
+            .to_string()
+    }
+}
+
+/// The issue-5 cases, for any engine and runtime. `guest_kernel`: the container must see a
+/// kernel other than the host's.
+pub fn suite(e: &EngineCli, runtime: &str, image: &str, guest_kernel: bool) {
+    let c = Case { e, runtime };
+    let host_release = text(&Command::new("uname").arg("-r").output().unwrap().stdout);
+
+    // Output, exit codes.
+    assert_eq!(c.out(&[image, "echo", "hi"]), "hi\n");
+    assert_eq!(c.code(&[image, "true"]), Some(0));
+    assert_eq!(c.code(&[image, "sh", "-c", "exit 3"]), Some(3));
+    assert_eq!(c.code(&[image, "no-such-command"]), Some(127));
+
+    let release = c.out(&[image, "uname", "-r"]);
+    assert_eq!(release != host_release, guest_kernel, "uname -r: {release}");
+
+    // -e, -w, -u.
+    assert_eq!(
+        c.out(&["-e", "FOO=bar", image, "sh", "-c", "echo $FOO"]),
+        "bar\n"
+    );
+    assert_eq!(c.out(&["-w", "/tmp", image, "pwd"]), "/tmp\n");
+    assert_eq!(
+        c.out(&[
+            "-u",
+            "1000:1000",
+            image,
+            "sh",
+            "-c",
+            "echo $(id -u):$(id -g)"
+        ]),
+        "1000:1000\n"
+    );
+
+    // -v both directions.
+    let vol = e.scratch.join(format!("vol-{}", runtime.replace('/', "_")));
+    fs::create_dir_all(&vol).unwrap();
+    fs::write(vol.join("from-host"), "host data\n").unwrap();
+    let spec = format!("{}:/data", vol.display());
+    let both = "cat /data/from-host; echo guest data > /data/from-guest";
+    assert_eq!(
+        c.out(&["-v", &spec, image, "sh", "-c", both]),
+        "host data\n"
+    );
+    assert_eq!(
+        fs::read_to_string(vol.join("from-guest")).unwrap(),
+        "guest data\n"
+    );
+
+    // --read-only, --cap-drop ALL, --pids-limit, --memory.
+    let o = c.run(&["--read-only", image, "touch", "/x"]);
+    assert_ne!(o.status.code(), Some(0));
+    assert!(
+        text(&o.stderr).contains("Read-only file system"),
+        "{}",
+        text(&o.stderr)
+    );
+    let caps = c.out(&[
+        "--cap-drop",
+        "ALL",
+        image,
+        "sh",
+        "-c",
+        "grep CapEff /proc/self/status",
+    ]);
+    assert_eq!(caps, "CapEff:\t0000000000000000\n");
+    let forks = "for i in 1 2 3 4 5 6 7 8; do sleep 5 & done; wait";
+    assert_ne!(
+        c.code(&["--pids-limit", "5", image, "sh", "-c", forks]),
+        Some(0),
+        "pids limit not enforced"
+    );
+    let hog = "x=$(head -c 200000000 /dev/zero | tr '\\0' a); echo survived";
+    assert_eq!(
+        c.code(&["--memory", "64m", image, "sh", "-c", hog]),
+        Some(137),
+        "OOM kill not reported"
+    );
+
+    // -d, logs, exec, exec -it, kill.
+    let id = c.detached(&[image, "sh", "-c", "echo started; sleep 1000"]);
+    let t = Instant::now();
+    while !c.ok(&["logs", &id]).contains("started") {
+        assert!(t.elapsed() < Duration::from_secs(120), "no logs");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(c.ok(&["exec", &id, "echo", "in-exec"]), "in-exec");
+    assert_eq!(
+        e.output(runtime, &["exec", &id, "sh", "-c", "exit 4"])
+            .status
+            .code(),
+        Some(4)
+    );
+    let line = e.shell_line(
+        runtime,
+        &["exec", "-it", &id, "sh", "-c", "tty; echo tty-ok"],
+    );
+    let o = Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .envs(e.env.iter().cloned())
+        .output()
+        .unwrap();
+    let s = text(&o.stdout);
+    assert!(
+        s.contains("/dev/pts/") && s.contains("tty-ok"),
+        "exec -it: {s} {}",
+        text(&o.stderr)
+    );
+    c.ok(&["kill", &id]);
+    assert_eq!(c.ok(&["wait", &id]), "137");
+    c.ok(&["rm", &id]);
+
+    // stop: SIGTERM honoured…
+    let id = c.detached(&[
+        image,
+        "sh",
+        "-c",
+        "trap 'exit 0' TERM; while true; do sleep 1; done",
+    ]);
+    std::thread::sleep(Duration::from_secs(2));
+    let t = Instant::now();
+    c.ok(&["stop", "-t", "60", &id]);
+    assert!(
+        t.elapsed() < Duration::from_secs(30),
+        "SIGTERM not honoured"
+    );
+    assert_eq!(c.ok(&["wait", &id]), "0");
+    c.ok(&["rm", &id]);
+    // …and SIGKILL after the timeout (a PID 1 without a handler ignores SIGTERM).
+    let id = c.detached(&[image, "sleep", "1000"]);
+    c.ok(&["stop", "-t", "2", &id]);
+    assert_eq!(c.ok(&["wait", &id]), "137");
+    c.ok(&["rm", &id]);
+}
+
+/// The busybox rootfs tarball, built from Debian's busybox-static into `dir`.
+pub fn busybox_tar(dir: &Path) -> PathBuf {
+    let root = dir.join("busybox");
+    for sub in ["bin", "etc", "tmp", "proc", "sys", "dev", "data"] {
+        fs::create_dir_all(root.join(sub)).unwrap();
+    }
+    fs::copy("/bin/busybox", root.join("bin/busybox")).expect("busybox-static is not installed");
+    let list = Command::new("/bin/busybox").arg("--list").output().unwrap();
+    for applet in String::from_utf8_lossy(&list.stdout)
+        .lines()
+        .filter(|a| *a != "busybox")
+    {
+        let _ = std::os::unix::fs::symlink("busybox", root.join("bin").join(applet));
+    }
+    let passwd = "root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000::/tmp:/bin/sh\n";
+    fs::write(root.join("etc/passwd"), passwd).unwrap();
+    fs::write(root.join("etc/group"), "root:x:0:\nuser:x:1000:\n").unwrap();
+    let tar = dir.join("busybox.tar");
+    let ok = Command::new("tar")
+        .arg("-C")
+        .arg(&root)
+        .arg("-cf")
+        .arg(&tar)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    tar
 }

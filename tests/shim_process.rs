@@ -141,9 +141,17 @@ impl Rt {
         );
         let name = bundle.file_name().unwrap().to_str().unwrap();
         let leaf = format!("bulkhead-test/{name}-{}", std::process::id());
-        for h in ["pids", "memory", "cpu", "unified", ""] {
-            let d = Path::new("/sys/fs/cgroup").join(h).join(&leaf);
+        let mut hierarchies: Vec<PathBuf> = fs::read_dir("/sys/fs/cgroup")
+            .unwrap()
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .collect();
+        hierarchies.push(PathBuf::from("/sys/fs/cgroup"));
+        for h in hierarchies {
+            let d = h.join(&leaf);
             assert!(!d.exists(), "cgroup {} left behind", d.display());
+            // The shared parent goes once the last test is done with it (busy until then).
+            let _ = fs::remove_dir(d.parent().unwrap());
         }
     }
 }
