@@ -176,6 +176,8 @@ impl Dockerd {
 impl Drop for Dockerd {
     fn drop(&mut self) {
         let _ = self.docker(&["rm", "-f", "-v"]);
+        // containerd's (empty) per-namespace runtime root outlives the daemon otherwise.
+        let _ = fs::remove_dir(self.runtime_root());
         // SAFETY: kill(2) on the dockerd we started; it stops its containerd and unmounts.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let t = Instant::now();
