@@ -4,8 +4,9 @@
 #   images/build-test-initramfs.sh        # last line of stdout: path of the .cpio
 #
 # Output: $TARGET_DIR/bulkhead-images/test-initramfs.cpio, where TARGET_DIR is
-# $CARGO_TARGET_DIR or, without it, the workspace's target/ directory. cargo's own
-# incremental build is the cache; packing is deterministic (see mkinitramfs.sh).
+# $CARGO_TARGET_DIR or, without it, the workspace's target/ directory; the size-optimised
+# cargo build lives beside it in bulkhead-images/cargo-target/. cargo's incremental build is
+# the cache and packing is deterministic (see mkinitramfs.sh), so a rerun takes seconds.
 # Needs: cargo with the x86_64-unknown-linux-gnu target and static glibc (libc6-dev),
 # python3, binutils (objcopy).
 set -euo pipefail
@@ -33,20 +34,9 @@ size_profile=(--config 'profile.release.opt-level="z"' --config 'profile.release
 cargo_target="$out_dir/cargo-target"
 
 build_log="$out_dir/test-init-build.log"
-if cargo metadata --quiet --no-deps --format-version 1 --manifest-path "$crate/Cargo.toml" >/dev/null 2>&1; then
-    # Normal case: the crate is a member of the workspace.
-    cargo build "${size_profile[@]}" --release --target "$triple" \
-        --manifest-path "$crate/Cargo.toml" --target-dir "$cargo_target" >"$build_log" 2>&1 \
-        || { tail -n 20 "$build_log" >&2; die "cargo build of bulkhead-test-init failed (log: $build_log)"; }
-else
-    # Not (yet) listed in the workspace: build a standalone copy of the crate.
-    copy="$out_dir/test-init-standalone"
-    rm -rf "$copy" && mkdir -p "$copy" && cp -r "$crate/Cargo.toml" "$crate/src" "$copy/"
-    printf '\n[workspace]\n' >>"$copy/Cargo.toml"
-    cargo build "${size_profile[@]}" --release --target "$triple" \
-        --manifest-path "$copy/Cargo.toml" --target-dir "$cargo_target" >"$build_log" 2>&1 \
-        || { tail -n 20 "$build_log" >&2; die "cargo build of bulkhead-test-init failed (log: $build_log)"; }
-fi
+cargo build "${size_profile[@]}" --release --target "$triple" -p bulkhead-test-init \
+    --manifest-path "$repo/Cargo.toml" --target-dir "$cargo_target" >"$build_log" 2>&1 \
+    || { tail -n 20 "$build_log" >&2; die "cargo build of bulkhead-test-init failed (log: $build_log)"; }
 bin="$cargo_target/$triple/release/bulkhead-test-init"
 [[ -x "$bin" ]] || die "built binary not found at $bin"
 
