@@ -3,6 +3,8 @@
 //!     bulkhead-agent                      as the guest's /init: vsock ports 1024 and 1025
 //!     bulkhead-agent --listen-unix DIR    on the host, for tests: DIR/1024 and DIR/1025
 
+#[allow(dead_code)] // until the server wires it up
+mod container;
 mod init;
 mod process;
 mod reaper;

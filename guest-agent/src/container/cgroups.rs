@@ -1,0 +1,506 @@
+//! The container's cgroup v2 group inside the guest: creation under the agent's own cgroup,
+//! `linux.resources`, the freezer, `cgroup.kill`, statistics and removal.
+//!
+//! Values are converted from the OCI (cgroup v1 flavoured) fields the way runc converts them
+//! for cgroup v2, so `docker run -m/--cpus/--pids-limit` mean the same as under runc.
+
+use std::fs;
+use std::io::ErrorKind;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use nix::unistd::Pid;
+use oci_spec::runtime::{LinuxResources, LinuxThrottleDevice};
+
+/// Controllers we enable for containers when the parent offers them.
+const CONTROLLERS: [&str; 7] = ["cpu", "cpuset", "io", "memory", "pids", "hugetlb", "rdma"];
+
+/// How long freezing or emptying a group may take.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Errors of cgroup handling.
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    #[error("cgroup2 is not mounted")]
+    NotMounted,
+    #[error("read {0}")]
+    Read(String, #[source] std::io::Error),
+    #[error("write {0}")]
+    Write(String, #[source] std::io::Error),
+    #[error("create {0}")]
+    Create(String, #[source] std::io::Error),
+    #[error("remove {0}")]
+    Remove(String, #[source] std::io::Error),
+    #[error("{0}")]
+    Invalid(&'static str),
+    #[error("resource key {0:?} is not a cgroup file")]
+    Key(String),
+    #[error("timed out waiting for {0}")]
+    Timeout(&'static str),
+}
+
+/// What `stats` reports; `None` where the controller is not enabled.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// `memory.current`, bytes.
+    pub memory_usage: Option<u64>,
+    /// `memory.max`, bytes; `None` also when unlimited.
+    pub memory_limit: Option<u64>,
+    /// `usage_usec` of `cpu.stat`.
+    pub cpu_usage_usec: Option<u64>,
+    /// `pids.current`.
+    pub pids_current: Option<u64>,
+}
+
+/// A container's group.
+#[derive(Debug)]
+pub struct Cgroup {
+    path: PathBuf,
+    dir: OwnedFd,
+}
+
+fn read(path: &Path) -> Result<String, CgroupError> {
+    fs::read_to_string(path).map_err(|e| CgroupError::Read(path.display().to_string(), e))
+}
+
+fn write(path: &Path, value: &str) -> Result<(), CgroupError> {
+    fs::write(path, value).map_err(|e| CgroupError::Write(path.display().to_string(), e))
+}
+
+/// Where cgroup2 is mounted, from `/proc/self/mountinfo`.
+fn mount_point() -> Result<PathBuf, CgroupError> {
+    let info = read(Path::new("/proc/self/mountinfo"))?;
+    info.lines()
+        .find_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            if right.split(' ').next()? != "cgroup2" {
+                return None;
+            }
+            Some(PathBuf::from(unescape(left.split(' ').nth(4)?)))
+        })
+        .ok_or(CgroupError::NotMounted)
+}
+
+/// Undoes mountinfo's octal escapes (`\040` for a space).
+fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let oct = b.get(i + 1..i + 4).filter(|d| b[i] == b'\\' && d.iter().all(u8::is_ascii_digit));
+        match oct.and_then(|d| u8::from_str_radix(std::str::from_utf8(d).ok()?, 8).ok()) {
+            Some(v) => {
+                out.push(v);
+                i += 4;
+            }
+            None => {
+                out.push(b[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The agent's own group: cgroup2 mount + the `0::` line of `/proc/self/cgroup`.
+fn own_group() -> Result<PathBuf, CgroupError> {
+    let mount = mount_point()?;
+    let own = read(Path::new("/proc/self/cgroup"))?;
+    let rel = own
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .unwrap_or("/")
+        .trim_start_matches('/');
+    Ok(mount.join(rel))
+}
+
+impl Cgroup {
+    /// Creates `<agent's group>/<id>`, enabling the controllers the agent's group offers.
+    pub fn create(id: &str) -> Result<Cgroup, CgroupError> {
+        let parent = own_group()?;
+        let available = read(&parent.join("cgroup.controllers"))?;
+        let enable: Vec<String> = available
+            .split_whitespace()
+            .filter(|c| CONTROLLERS.contains(c))
+            .map(|c| format!("+{c}"))
+            .collect();
+        if !enable.is_empty() {
+            // EBUSY: the agent's group has processes and is not the root; then children get
+            // no controllers and resource writes fail with a clear "write <file>" error.
+            match fs::write(parent.join("cgroup.subtree_control"), enable.join(" ")) {
+                Ok(()) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {}
+                Err(e) => {
+                    let file = parent.join("cgroup.subtree_control");
+                    return Err(CgroupError::Write(file.display().to_string(), e));
+                }
+            }
+        }
+        let path = parent.join(id);
+        fs::create_dir(&path).map_err(|e| CgroupError::Create(path.display().to_string(), e))?;
+        let dir = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
+            .open(&path);
+        match dir {
+            Ok(dir) => Ok(Cgroup {
+                path,
+                dir: dir.into(),
+            }),
+            Err(e) => {
+                let _ = fs::remove_dir(&path);
+                Err(CgroupError::Create(path.display().to_string(), e))
+            }
+        }
+    }
+
+    /// The group's directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A descriptor of the directory, for `CLONE_INTO_CGROUP`.
+    pub fn fd(&self) -> RawFd {
+        self.dir.as_raw_fd()
+    }
+
+    /// Writes `linux.resources`.
+    pub fn apply(&self, resources: &LinuxResources) -> Result<(), CgroupError> {
+        for (file, value) in writes(resources)? {
+            match write(&self.path.join(&file), &value) {
+                // Without swap accounting (no swap in the guest) there is no swap to limit.
+                Err(CgroupError::Write(_, e))
+                    if file == "memory.swap.max" && e.kind() == ErrorKind::NotFound => {}
+                other => other?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Pids in the group (as seen from the agent).
+    pub fn procs(&self) -> Result<Vec<Pid>, CgroupError> {
+        let text = read(&self.path.join("cgroup.procs"))?;
+        Ok(text
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .map(Pid::from_raw)
+            .collect())
+    }
+
+    fn events_say(&self, key: &str) -> Result<bool, CgroupError> {
+        let events = read(&self.path.join("cgroup.events"))?;
+        Ok(events.lines().any(|l| l == key))
+    }
+
+    fn wait_until(&self, key: &str, what: &'static str) -> Result<(), CgroupError> {
+        let deadline = Instant::now() + SETTLE_TIMEOUT;
+        let mut nap = Duration::from_millis(1);
+        while !self.events_say(key)? {
+            if Instant::now() > deadline {
+                return Err(CgroupError::Timeout(what));
+            }
+            std::thread::sleep(nap);
+            nap = (nap * 2).min(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
+    /// Freezes or thaws the group and waits until the kernel says it is done.
+    pub fn freeze(&self, frozen: bool) -> Result<(), CgroupError> {
+        write(&self.path.join("cgroup.freeze"), if frozen { "1" } else { "0" })?;
+        if frozen {
+            self.wait_until("frozen 1", "freeze")
+        } else {
+            self.wait_until("frozen 0", "thaw")
+        }
+    }
+
+    /// True while the group is frozen.
+    pub fn is_frozen(&self) -> Result<bool, CgroupError> {
+        Ok(read(&self.path.join("cgroup.freeze"))?.trim() == "1")
+    }
+
+    /// SIGKILLs everything in the group (`cgroup.kill`, Linux 5.14+; else one by one, frozen).
+    pub fn kill_all(&self) -> Result<(), CgroupError> {
+        match fs::write(self.path.join("cgroup.kill"), "1") {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(CgroupError::Write(
+                    self.path.join("cgroup.kill").display().to_string(),
+                    e,
+                ))
+            }
+        }
+        self.signal_each(libc::SIGKILL)
+    }
+
+    /// Sends `sig` to every process, with the group frozen meanwhile so none can fork away.
+    pub fn signal_each(&self, sig: libc::c_int) -> Result<(), CgroupError> {
+        let was_frozen = self.is_frozen()?;
+        if !was_frozen {
+            self.freeze(true)?;
+        }
+        let procs = self.procs();
+        if let Ok(procs) = &procs {
+            for pid in procs {
+                // SAFETY: kill takes plain integers; a pid that just exited gives ESRCH.
+                unsafe { libc::kill(pid.as_raw(), sig) };
+            }
+        }
+        if !was_frozen {
+            self.freeze(false)?;
+        }
+        procs.map(drop)
+    }
+
+    /// Memory, CPU and pid counters.
+    pub fn stats(&self) -> Stats {
+        let num = |file: &str| -> Option<u64> {
+            fs::read_to_string(self.path.join(file))
+                .ok()?
+                .trim()
+                .parse()
+                .ok()
+        };
+        let cpu = fs::read_to_string(self.path.join("cpu.stat"))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("usage_usec ")?.trim().parse().ok())
+            });
+        Stats {
+            memory_usage: num("memory.current"),
+            memory_limit: num("memory.max"),
+            cpu_usage_usec: cpu,
+            pids_current: num("pids.current"),
+        }
+    }
+
+    /// Removes the group once its processes are gone (killing them first).
+    pub fn remove(&self) -> Result<(), CgroupError> {
+        self.kill_all()?;
+        self.wait_until("populated 0", "processes to exit")?;
+        let deadline = Instant::now() + SETTLE_TIMEOUT;
+        loop {
+            match fs::remove_dir(&self.path) {
+                Ok(()) => return Ok(()),
+                Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(e) => return Err(CgroupError::Remove(self.path.display().to_string(), e)),
+            }
+        }
+    }
+}
+
+fn limit(v: i64) -> String {
+    if v < 0 {
+        "max".into()
+    } else {
+        v.to_string()
+    }
+}
+
+/// runc's cgroup v1 → v2 swap conversion: v1 limits memory+swap, v2 swap alone.
+fn swap_max(swap: i64, memory: i64) -> Result<Option<String>, CgroupError> {
+    if memory == -1 && swap == 0 {
+        return Ok(Some("max".into()));
+    }
+    match swap {
+        0 => Ok(None),
+        -1 => Ok(Some("max".into())),
+        _ if memory <= 0 => Err(CgroupError::Invalid("swap limit needs a memory limit")),
+        _ if swap < memory => Err(CgroupError::Invalid(
+            "memory+swap limit should be >= memory limit",
+        )),
+        _ => Ok(Some((swap - memory).to_string())),
+    }
+}
+
+fn throttle(
+    out: &mut Vec<(String, String)>,
+    key: &str,
+    list: &Option<Vec<LinuxThrottleDevice>>,
+) {
+    for d in list.iter().flatten() {
+        out.push((
+            "io.max".into(),
+            format!("{}:{} {}={}", d.major(), d.minor(), key, d.rate()),
+        ));
+    }
+}
+
+/// The (file, value) writes for `r`, in order.
+pub fn writes(r: &LinuxResources) -> Result<Vec<(String, String)>, CgroupError> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    if let Some(m) = r.memory() {
+        let mem = m.limit().unwrap_or(0);
+        if let Some(swap) = swap_max(m.swap().unwrap_or(0), mem)? {
+            out.push(("memory.swap.max".into(), swap));
+        }
+        if mem != 0 {
+            out.push(("memory.max".into(), limit(mem)));
+        }
+        if let Some(low) = m.reservation().filter(|v| *v != 0) {
+            out.push(("memory.low".into(), limit(low)));
+        }
+        if m.swappiness().is_some() {
+            return Err(CgroupError::Invalid("memory swappiness is not supported by cgroup v2"));
+        }
+        if m.disable_oom_killer() == Some(true) {
+            return Err(CgroupError::Invalid("disabling the OOM killer is not supported by cgroup v2"));
+        }
+    }
+    if let Some(c) = r.cpu() {
+        if let Some(shares) = c.shares().filter(|s| *s != 0) {
+            let shares = shares.clamp(2, 262_144);
+            out.push(("cpu.weight".into(), (1 + ((shares - 2) * 9999) / 262_142).to_string()));
+        }
+        let quota = c.quota().unwrap_or(0);
+        let period = c.period().unwrap_or(0);
+        if quota != 0 || period != 0 {
+            let mut value = if quota > 0 { quota.to_string() } else { "max".into() };
+            if period != 0 {
+                value.push_str(&format!(" {period}"));
+            }
+            out.push(("cpu.max".into(), value));
+        }
+        if let Some(burst) = c.burst() {
+            out.push(("cpu.max.burst".into(), burst.to_string()));
+        }
+        if let Some(idle) = c.idle() {
+            out.push(("cpu.idle".into(), idle.to_string()));
+        }
+        if c.realtime_runtime().is_some_and(|v| v != 0) || c.realtime_period().is_some_and(|v| v != 0) {
+            return Err(CgroupError::Invalid("realtime cpu limits are not supported by cgroup v2"));
+        }
+        if let Some(cpus) = c.cpus().as_deref().filter(|s| !s.is_empty()) {
+            out.push(("cpuset.cpus".into(), cpus.into()));
+        }
+        if let Some(mems) = c.mems().as_deref().filter(|s| !s.is_empty()) {
+            out.push(("cpuset.mems".into(), mems.into()));
+        }
+    }
+    if let Some(p) = r.pids() {
+        if p.limit() != 0 {
+            out.push(("pids.max".into(), limit(p.limit())));
+        }
+    }
+    if let Some(b) = r.block_io() {
+        let weight = |w: u16| 1 + (u64::from(w).saturating_sub(10) * 9999) / 990;
+        if let Some(w) = b.weight().filter(|w| *w != 0) {
+            out.push(("io.weight".into(), format!("default {}", weight(w))));
+        }
+        for d in b.weight_device().iter().flatten() {
+            if let Some(w) = d.weight().filter(|w| *w != 0) {
+                out.push(("io.weight".into(), format!("{}:{} {}", d.major(), d.minor(), weight(w))));
+            }
+        }
+        throttle(&mut out, "rbps", b.throttle_read_bps_device());
+        throttle(&mut out, "wbps", b.throttle_write_bps_device());
+        throttle(&mut out, "riops", b.throttle_read_iops_device());
+        throttle(&mut out, "wiops", b.throttle_write_iops_device());
+    }
+    for h in r.hugepage_limits().iter().flatten() {
+        if h.page_size().is_empty() || !h.page_size().bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return Err(CgroupError::Key(h.page_size().clone()));
+        }
+        out.push((format!("hugetlb.{}.max", h.page_size()), limit(h.limit())));
+    }
+    if r.network().is_some() {
+        return Err(CgroupError::Invalid("network classes are not supported by cgroup v2"));
+    }
+    for (dev, limits) in r.rdma().iter().flatten() {
+        let mut value = dev.clone();
+        if let Some(h) = limits.hca_handles() {
+            value.push_str(&format!(" hca_handle={h}"));
+        }
+        if let Some(o) = limits.hca_objects() {
+            value.push_str(&format!(" hca_object={o}"));
+        }
+        out.push(("rdma.max".into(), value));
+    }
+    if let Some(unified) = r.unified() {
+        let mut keys: Vec<&String> = unified.keys().collect();
+        keys.sort();
+        for key in keys {
+            if key.is_empty() || key.contains('/') || key.starts_with('.') {
+                return Err(CgroupError::Key(key.clone()));
+            }
+            out.push((key.clone(), unified.get(key).cloned().unwrap_or_default()));
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn res(json: &str) -> LinuxResources {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn docker_limits_convert_like_runc() {
+        let r = res(
+            r#"{"memory":{"limit":268435456,"swap":536870912,"reservation":0},
+                "cpu":{"shares":1024,"quota":150000,"period":100000,"cpus":"0-1"},
+                "pids":{"limit":100},
+                "blockIO":{"weight":500,"throttleReadBpsDevice":[{"major":8,"minor":0,"rate":1048576}]},
+                "hugepageLimits":[{"pageSize":"2MB","limit":0}],
+                "unified":{"memory.high":"200000000"}}"#,
+        );
+        let w = writes(&r).unwrap();
+        let want = [
+            ("memory.swap.max", "268435456"),
+            ("memory.max", "268435456"),
+            ("cpu.weight", "39"),
+            ("cpu.max", "150000 100000"),
+            ("cpuset.cpus", "0-1"),
+            ("pids.max", "100"),
+            ("io.weight", "default 4950"),
+            ("io.max", "8:0 rbps=1048576"),
+            ("hugetlb.2MB.max", "0"),
+            ("memory.high", "200000000"),
+        ];
+        let got: Vec<(&str, &str)> = w.iter().map(|(f, v)| (f.as_str(), v.as_str())).collect();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn unlimited_and_invalid_values() {
+        let w = writes(&res(r#"{"memory":{"limit":-1},"cpu":{"quota":-1,"period":50000},"pids":{"limit":-1}}"#))
+            .unwrap();
+        let got: Vec<(&str, &str)> = w.iter().map(|(f, v)| (f.as_str(), v.as_str())).collect();
+        assert_eq!(
+            got,
+            [
+                ("memory.swap.max", "max"),
+                ("memory.max", "max"),
+                ("cpu.max", "max 50000"),
+                ("pids.max", "max")
+            ]
+        );
+        for bad in [
+            r#"{"memory":{"swap":100}}"#,
+            r#"{"memory":{"limit":200,"swap":100}}"#,
+            r#"{"cpu":{"realtimeRuntime":5}}"#,
+            r#"{"unified":{"../x":"1"}}"#,
+            r#"{"hugepageLimits":[{"pageSize":"../2MB","limit":1}]}"#,
+        ] {
+            assert!(writes(&res(bad)).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn mountinfo_escapes_are_undone() {
+        assert_eq!(unescape(r"/sys/fs/cgroup"), "/sys/fs/cgroup");
+        assert_eq!(unescape(r"/a\040b"), "/a b");
+        assert_eq!(unescape(r"/a\0"), r"/a\0");
+    }
+}

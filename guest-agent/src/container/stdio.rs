@@ -1,0 +1,104 @@
+//! The standard streams of a container process.
+//!
+//! [`Stdio`] mirrors the agent's `process::Stdio` (same variants and fields); this module keeps a
+//! copy until that type lands on main, then re-exports it.
+
+use std::fs::File;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+
+use super::error::{AtStep, ChildResult, ContainerError, Step};
+use super::sys;
+
+/// Where a process's stdin/stdout/stderr go.
+#[derive(Debug)]
+pub enum Stdio {
+    /// Separate descriptors (usually pipe or vsock ends); a missing one becomes `/dev/null`.
+    Pipes {
+        stdin: Option<OwnedFd>,
+        stdout: Option<OwnedFd>,
+        stderr: Option<OwnedFd>,
+    },
+    /// A pty slave: made the controlling terminal (`setsid` + `TIOCSCTTY`) and used for all three.
+    /// Open it with `O_NOCTTY`, or the agent's own session may claim it first.
+    Terminal(OwnedFd),
+}
+
+/// What the child needs: three source descriptors and whether they are a terminal.
+pub struct ChildStdio {
+    fds: [RawFd; 3],
+    terminal: bool,
+    /// Keeps `/dev/null` open until the child has its copies.
+    _null: Option<File>,
+}
+
+impl ChildStdio {
+    /// Borrows the descriptors of `stdio` (which must outlive the clone).
+    pub fn new(stdio: &Stdio) -> Result<ChildStdio, ContainerError> {
+        match stdio {
+            Stdio::Terminal(tty) => {
+                let fd = tty.as_raw_fd();
+                Ok(ChildStdio {
+                    fds: [fd; 3],
+                    terminal: true,
+                    _null: None,
+                })
+            }
+            Stdio::Pipes {
+                stdin,
+                stdout,
+                stderr,
+            } => {
+                let null = if stdin.is_none() || stdout.is_none() || stderr.is_none() {
+                    Some(
+                        File::options()
+                            .read(true)
+                            .write(true)
+                            .open("/dev/null")
+                            .map_err(|e| ContainerError::Io("open /dev/null", e))?,
+                    )
+                } else {
+                    None
+                };
+                let null_fd = null.as_ref().map_or(-1, AsRawFd::as_raw_fd);
+                let pick = |fd: &Option<OwnedFd>| fd.as_ref().map_or(null_fd, AsRawFd::as_raw_fd);
+                Ok(ChildStdio {
+                    fds: [pick(stdin), pick(stdout), pick(stderr)],
+                    terminal: false,
+                    _null: null,
+                })
+            }
+        }
+    }
+
+    /// The descriptors the child must keep open until it has set up its streams.
+    pub fn fds(&self) -> [RawFd; 3] {
+        self.fds
+    }
+
+    /// The pty slave, when the process has a terminal.
+    pub fn terminal(&self) -> Option<RawFd> {
+        self.terminal.then_some(self.fds[0])
+    }
+
+    /// Installs the streams as 0, 1 and 2 (child side).
+    pub fn apply(&self, winsize: Option<(u16, u16)>) -> ChildResult<()> {
+        let mut src = self.fds;
+        // A source numbered 0–2 would be clobbered by an earlier dup2: move it up first.
+        for fd in src.iter_mut() {
+            if *fd < 3 {
+                *fd = sys::dup_above(*fd, 3).step(Step::Stdio)?;
+            }
+        }
+        if self.terminal {
+            sys::setsid().step(Step::Terminal)?;
+            sys::set_controlling_tty(src[0]).step(Step::Terminal)?;
+            if let Some((rows, cols)) = winsize {
+                sys::set_winsize(src[0], rows, cols).step(Step::Terminal)?;
+            }
+        }
+        for (target, fd) in src.iter().enumerate() {
+            sys::dup2(*fd, target as RawFd).step_at(Step::Stdio, target)?;
+        }
+        Ok(())
+    }
+}
