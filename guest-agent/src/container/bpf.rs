@@ -52,7 +52,10 @@ pub enum Cmp {
     Gt(u64),
     Ge(u64),
     /// `(arg & mask) == value`.
-    MaskedEq { mask: u64, value: u64 },
+    MaskedEq {
+        mask: u64,
+        value: u64,
+    },
 }
 
 /// One argument condition.
@@ -283,7 +286,13 @@ pub fn run(filter: &[sock_filter], arch: u32, nr: u32, args: [u64; 6]) -> u32 {
     loop {
         let insn = filter[pc];
         pc += 1;
-        let cond = |t: bool| if t { insn.jt as usize } else { insn.jf as usize };
+        let cond = |t: bool| {
+            if t {
+                insn.jt as usize
+            } else {
+                insn.jf as usize
+            }
+        };
         match insn.code {
             BPF_LD_W_ABS => {
                 let off = insn.k as usize;
@@ -332,7 +341,8 @@ mod tests {
     fn comparisons_are_64_bit_unsigned() {
         let big = 0x1_0000_0005u64;
         let values = [0, 4, 5, 6, big - 1, big, big + 1, u64::MAX];
-        let checks: [(Cmp, fn(u64) -> bool); 7] = [
+        type Check = (Cmp, fn(u64) -> bool);
+        let checks: [Check; 7] = [
             (Cmp::Eq(big), |a| a == 0x1_0000_0005),
             (Cmp::Ne(big), |a| a != 0x1_0000_0005),
             (Cmp::Lt(big), |a| a < 0x1_0000_0005),

@@ -9,6 +9,7 @@ use std::io::ErrorKind;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use nix::unistd::Pid;
@@ -89,7 +90,9 @@ fn unescape(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        let oct = b.get(i + 1..i + 4).filter(|d| b[i] == b'\\' && d.iter().all(u8::is_ascii_digit));
+        let oct = b
+            .get(i + 1..i + 4)
+            .filter(|d| b[i] == b'\\' && d.iter().all(u8::is_ascii_digit));
         match oct.and_then(|d| u8::from_str_radix(std::str::from_utf8(d).ok()?, 8).ok()) {
             Some(v) => {
                 out.push(v);
@@ -116,29 +119,45 @@ fn own_group() -> Result<PathBuf, CgroupError> {
     Ok(mount.join(rel))
 }
 
+/// The agent's group with the container controllers enabled for its children; done once per
+/// agent process (the agent does not move between groups), which saves a dozen file reads on
+/// every create.
+fn parent_group() -> Result<&'static Path, CgroupError> {
+    static PARENT: OnceLock<PathBuf> = OnceLock::new();
+    if let Some(p) = PARENT.get() {
+        return Ok(p);
+    }
+    let parent = own_group()?;
+    enable_controllers(&parent)?;
+    Ok(PARENT.get_or_init(|| parent))
+}
+
+fn enable_controllers(parent: &Path) -> Result<(), CgroupError> {
+    let available = read(&parent.join("cgroup.controllers"))?;
+    let enable: Vec<String> = available
+        .split_whitespace()
+        .filter(|c| CONTROLLERS.contains(c))
+        .map(|c| format!("+{c}"))
+        .collect();
+    if !enable.is_empty() {
+        // EBUSY: the agent's group has processes and is not the root; then children get
+        // no controllers and resource writes fail with a clear "write <file>" error.
+        match fs::write(parent.join("cgroup.subtree_control"), enable.join(" ")) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {}
+            Err(e) => {
+                let file = parent.join("cgroup.subtree_control");
+                return Err(CgroupError::Write(file.display().to_string(), e));
+            }
+        }
+    }
+    Ok(())
+}
+
 impl Cgroup {
     /// Creates `<agent's group>/<id>`, enabling the controllers the agent's group offers.
     pub fn create(id: &str) -> Result<Cgroup, CgroupError> {
-        let parent = own_group()?;
-        let available = read(&parent.join("cgroup.controllers"))?;
-        let enable: Vec<String> = available
-            .split_whitespace()
-            .filter(|c| CONTROLLERS.contains(c))
-            .map(|c| format!("+{c}"))
-            .collect();
-        if !enable.is_empty() {
-            // EBUSY: the agent's group has processes and is not the root; then children get
-            // no controllers and resource writes fail with a clear "write <file>" error.
-            match fs::write(parent.join("cgroup.subtree_control"), enable.join(" ")) {
-                Ok(()) => {}
-                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {}
-                Err(e) => {
-                    let file = parent.join("cgroup.subtree_control");
-                    return Err(CgroupError::Write(file.display().to_string(), e));
-                }
-            }
-        }
-        let path = parent.join(id);
+        let path = parent_group()?.join(id);
         fs::create_dir(&path).map_err(|e| CgroupError::Create(path.display().to_string(), e))?;
         let dir = fs::OpenOptions::new()
             .read(true)
@@ -209,7 +228,10 @@ impl Cgroup {
 
     /// Freezes or thaws the group and waits until the kernel says it is done.
     pub fn freeze(&self, frozen: bool) -> Result<(), CgroupError> {
-        write(&self.path.join("cgroup.freeze"), if frozen { "1" } else { "0" })?;
+        write(
+            &self.path.join("cgroup.freeze"),
+            if frozen { "1" } else { "0" },
+        )?;
         if frozen {
             self.wait_until("frozen 1", "freeze")
         } else {
@@ -321,11 +343,7 @@ fn swap_max(swap: i64, memory: i64) -> Result<Option<String>, CgroupError> {
     }
 }
 
-fn throttle(
-    out: &mut Vec<(String, String)>,
-    key: &str,
-    list: &Option<Vec<LinuxThrottleDevice>>,
-) {
+fn throttle(out: &mut Vec<(String, String)>, key: &str, list: &Option<Vec<LinuxThrottleDevice>>) {
     for d in list.iter().flatten() {
         out.push((
             "io.max".into(),
@@ -349,21 +367,32 @@ pub fn writes(r: &LinuxResources) -> Result<Vec<(String, String)>, CgroupError> 
             out.push(("memory.low".into(), limit(low)));
         }
         if m.swappiness().is_some() {
-            return Err(CgroupError::Invalid("memory swappiness is not supported by cgroup v2"));
+            return Err(CgroupError::Invalid(
+                "memory swappiness is not supported by cgroup v2",
+            ));
         }
         if m.disable_oom_killer() == Some(true) {
-            return Err(CgroupError::Invalid("disabling the OOM killer is not supported by cgroup v2"));
+            return Err(CgroupError::Invalid(
+                "disabling the OOM killer is not supported by cgroup v2",
+            ));
         }
     }
     if let Some(c) = r.cpu() {
         if let Some(shares) = c.shares().filter(|s| *s != 0) {
             let shares = shares.clamp(2, 262_144);
-            out.push(("cpu.weight".into(), (1 + ((shares - 2) * 9999) / 262_142).to_string()));
+            out.push((
+                "cpu.weight".into(),
+                (1 + ((shares - 2) * 9999) / 262_142).to_string(),
+            ));
         }
         let quota = c.quota().unwrap_or(0);
         let period = c.period().unwrap_or(0);
         if quota != 0 || period != 0 {
-            let mut value = if quota > 0 { quota.to_string() } else { "max".into() };
+            let mut value = if quota > 0 {
+                quota.to_string()
+            } else {
+                "max".into()
+            };
             if period != 0 {
                 value.push_str(&format!(" {period}"));
             }
@@ -375,8 +404,12 @@ pub fn writes(r: &LinuxResources) -> Result<Vec<(String, String)>, CgroupError> 
         if let Some(idle) = c.idle() {
             out.push(("cpu.idle".into(), idle.to_string()));
         }
-        if c.realtime_runtime().is_some_and(|v| v != 0) || c.realtime_period().is_some_and(|v| v != 0) {
-            return Err(CgroupError::Invalid("realtime cpu limits are not supported by cgroup v2"));
+        if c.realtime_runtime().is_some_and(|v| v != 0)
+            || c.realtime_period().is_some_and(|v| v != 0)
+        {
+            return Err(CgroupError::Invalid(
+                "realtime cpu limits are not supported by cgroup v2",
+            ));
         }
         if let Some(cpus) = c.cpus().as_deref().filter(|s| !s.is_empty()) {
             out.push(("cpuset.cpus".into(), cpus.into()));
@@ -397,7 +430,10 @@ pub fn writes(r: &LinuxResources) -> Result<Vec<(String, String)>, CgroupError> 
         }
         for d in b.weight_device().iter().flatten() {
             if let Some(w) = d.weight().filter(|w| *w != 0) {
-                out.push(("io.weight".into(), format!("{}:{} {}", d.major(), d.minor(), weight(w))));
+                out.push((
+                    "io.weight".into(),
+                    format!("{}:{} {}", d.major(), d.minor(), weight(w)),
+                ));
             }
         }
         throttle(&mut out, "rbps", b.throttle_read_bps_device());
@@ -412,7 +448,9 @@ pub fn writes(r: &LinuxResources) -> Result<Vec<(String, String)>, CgroupError> 
         out.push((format!("hugetlb.{}.max", h.page_size()), limit(h.limit())));
     }
     if r.network().is_some() {
-        return Err(CgroupError::Invalid("network classes are not supported by cgroup v2"));
+        return Err(CgroupError::Invalid(
+            "network classes are not supported by cgroup v2",
+        ));
     }
     for (dev, limits) in r.rdma().iter().flatten() {
         let mut value = dev.clone();
@@ -474,8 +512,10 @@ mod tests {
 
     #[test]
     fn unlimited_and_invalid_values() {
-        let w = writes(&res(r#"{"memory":{"limit":-1},"cpu":{"quota":-1,"period":50000},"pids":{"limit":-1}}"#))
-            .unwrap();
+        let w = writes(&res(
+            r#"{"memory":{"limit":-1},"cpu":{"quota":-1,"period":50000},"pids":{"limit":-1}}"#,
+        ))
+        .unwrap();
         let got: Vec<(&str, &str)> = w.iter().map(|(f, v)| (f.as_str(), v.as_str())).collect();
         assert_eq!(
             got,

@@ -118,7 +118,11 @@ impl InitPlan {
                 .get(i)
                 .map(|m| format!("/{}", lossy(&m.dest)))
                 .unwrap_or_default(),
-            Step::Device => self.devices.as_ref().map(|d| d.describe(i)).unwrap_or_default(),
+            Step::Device => self
+                .devices
+                .as_ref()
+                .map(|d| d.describe(i))
+                .unwrap_or_default(),
             Step::DeviceLink => devices::link_name(i),
             Step::Sysctl => self.sysctls.get(i).map(|s| lossy(&s.0)).unwrap_or_default(),
             Step::MaskPath => self.masked.get(i).map(lossy).unwrap_or_default(),
@@ -134,14 +138,8 @@ impl InitPlan {
         }
     }
 
-    /// The init's work up to "ready" (child side). `join_here`: setns the namespaces given by
-    /// path (false when an intermediate process already did).
-    fn build(&self, join_here: bool, stdio: &ChildStdio, exe: &mut ExeBuf) -> ChildResult<bool> {
-        if join_here {
-            for (i, (fd, nstype)) in self.ns.join.iter().enumerate() {
-                sys::setns(fd.as_raw_fd(), *nstype).step_at(Step::JoinNamespace, i)?;
-            }
-        }
+    /// The init's work up to "ready", once its stdio is in place (child side).
+    fn build(&self, stdio: &ChildStdio, exe: &mut ExeBuf) -> ChildResult<bool> {
         sys::mount(None, c"/", None, self.propagation, None).step(Step::MountPrivate)?;
         sys::umask(0);
         let bind = libc::MS_BIND | libc::MS_REC;
@@ -161,7 +159,8 @@ impl InitPlan {
             rootfs_path::resolve(root, self.cwd_rel.as_bytes(), Create::Dir).step(Step::Cwd)?;
         }
         for (i, (path, value)) in self.sysctls.iter().enumerate() {
-            let fd = sys::openat(libc::AT_FDCWD, path, libc::O_WRONLY, 0).step_at(Step::Sysctl, i)?;
+            let fd =
+                sys::openat(libc::AT_FDCWD, path, libc::O_WRONLY, 0).step_at(Step::Sysctl, i)?;
             sys::write_all(fd, value.to_bytes()).step_at(Step::Sysctl, i)?;
             sys::close(fd);
         }
@@ -188,7 +187,7 @@ impl InitPlan {
             };
             sys::mount_setattr(libc::AT_FDCWD, c"/", 0, &attr).step(Step::RootReadonly)?;
         }
-        launch::prepare(&self.process, stdio, exe)?;
+        launch::prepare(&self.process, exe)?;
         Ok(no_pivot)
     }
 
@@ -199,9 +198,9 @@ impl InitPlan {
         if !self.force_no_pivot {
             match sys::pivot_root(c".", c".") {
                 Ok(()) => {
-                    // The old root now sits on top of the new one: detach it.
+                    // The old root now sits on top of the new one: detach it. The cwd stays
+                    // the new root.
                     sys::umount_detach(c".").step(Step::PivotRoot)?;
-                    sys::chdir(c"/").step(Step::PivotRoot)?;
                     return Ok(false);
                 }
                 Err(Errno::EINVAL) => {}
@@ -209,8 +208,8 @@ impl InitPlan {
             }
         }
         sys::mount(Some(c"."), c"/", None, libc::MS_MOVE, None).step(Step::PivotRoot)?;
+        // The cwd is the moved rootfs, which becomes the root.
         sys::chroot(c".").step(Step::PivotRoot)?;
-        sys::chdir(c"/").step(Step::PivotRoot)?;
         Ok(true)
     }
 }
@@ -241,18 +240,23 @@ fn readonly(path: &std::ffi::CStr) -> Result<(), Errno> {
     sys::mount_setattr(libc::AT_FDCWD, path, 0, &attr)
 }
 
-/// The init's whole life after the clone (child side).
+/// The init's whole life after the clone (child side). `join_here`: setns the namespaces given
+/// by path (false when an intermediate process already did).
 fn init_main(
     plan: &InitPlan,
     join_here: bool,
     stdio: &ChildStdio,
     sock: RawFd,
-    keep: &[RawFd],
     vectors: &launch::Vectors<'_>,
 ) -> ChildResult<Infallible> {
-    launch::close_others(keep)?;
+    if join_here {
+        for (i, (fd, nstype)) in plan.ns.join.iter().enumerate() {
+            sys::setns(fd.as_raw_fd(), *nstype).step_at(Step::JoinNamespace, i)?;
+        }
+    }
+    launch::adopt_stdio(&plan.process, stdio, sock)?;
     let mut exe = ExeBuf::default();
-    let no_pivot = plan.build(join_here, stdio, &mut exe)?;
+    let no_pivot = plan.build(stdio, &mut exe)?;
     sync::send(sock, Msg::Ready { no_pivot }, None).step(Step::Exec)?;
     let mut buf = [0u8; 16];
     match sys::read(sock, &mut buf) {
@@ -308,15 +312,15 @@ pub fn clone_init(
 ) -> Result<Init, ContainerError> {
     let vectors = plan.process.vectors();
     let cs = child_sock.as_raw_fd();
-    let mut keep: Vec<RawFd> = vec![cs, cgroup];
-    keep.extend(stdio.fds());
-    keep.extend(plan.ns.join.iter().map(|(fd, _)| fd.as_raw_fd()));
-    keep.sort_unstable();
     let pidfd_flag = libc::CLONE_PIDFD as u64;
 
     let (pid, pidfd) = if plan.ns.join_pid {
         // A pid namespace can only be entered by a child of a process that joined it: join
         // everything in an intermediate process, which clones the init as the agent's child.
+        let mut keep: Vec<RawFd> = vec![cs, cgroup];
+        keep.extend(stdio.fds());
+        keep.extend(plan.ns.join.iter().map(|(fd, _)| fd.as_raw_fd()));
+        keep.sort_unstable();
         let (mid, _) = spawn(0, None, cs, || {
             launch::close_others(&keep)?;
             for (i, (fd, nstype)) in plan.ns.join.iter().enumerate() {
@@ -324,7 +328,7 @@ pub fn clone_init(
             }
             let flags = libc::CLONE_PARENT as u64 | plan.ns.create | pidfd_flag;
             let (pid, pidfd) = spawn(flags, Some(cgroup), cs, || {
-                init_main(plan, false, stdio, cs, &keep, &vectors)
+                init_main(plan, false, stdio, cs, &vectors)
             })
             .step(Step::Clone)?;
             sync::send(cs, Msg::Pid(pid), Some(pidfd)).step(Step::Clone)?;
@@ -343,7 +347,7 @@ pub fn clone_init(
     } else {
         let flags = plan.ns.create | pidfd_flag;
         let (pid, pidfd) = spawn(flags, Some(cgroup), cs, || {
-            init_main(plan, true, stdio, cs, &keep, &vectors)
+            init_main(plan, true, stdio, cs, &vectors)
         })
         .map_err(ContainerError::Clone)?;
         drop(child_sock);

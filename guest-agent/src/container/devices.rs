@@ -64,7 +64,11 @@ impl DevicePlan {
             return Ok(None);
         }
         let mut plan = DevicePlan::default();
-        for d in spec.linux().iter().flat_map(|l| l.devices().iter().flatten()) {
+        for d in spec
+            .linux()
+            .iter()
+            .flat_map(|l| l.devices().iter().flatten())
+        {
             let shown = d.path().display().to_string();
             if !d.path().is_absolute() {
                 return Err(SpecError::Device(shown, "path must be absolute"));
@@ -115,9 +119,9 @@ impl DevicePlan {
         Ok(Some(plan))
     }
 
-    /// Creates everything under the rootfs opened as `root` (child side). `console` is the pty
-    /// slave to bind over `/dev/console` when the process has a terminal.
-    pub fn apply(&self, root: RawFd, console: Option<RawFd>) -> ChildResult<()> {
+    /// Creates everything under the rootfs opened as `root` (child side). `console` is the path
+    /// of the pty slave to bind over `/dev/console` when the process has a terminal.
+    pub fn apply(&self, root: RawFd, console: Option<&CStr>) -> ChildResult<()> {
         let dev = rootfs_path::resolve(root, b"dev", Create::Dir).step(Step::Device)?;
         for (i, node) in self.nodes.iter().enumerate() {
             let dir = if node.parent.as_bytes() == b"dev" {
@@ -152,9 +156,8 @@ impl DevicePlan {
                 Err(e) => return Err(e).step(Step::Console),
             }
             let target = rootfs_path::open(root, b"dev/console").step(Step::Console)?;
-            let source = FdPath::new(tty);
             let target = FdPath::new(target);
-            sys::mount(Some(source.as_cstr()), target.as_cstr(), None, libc::MS_BIND, None)
+            sys::mount(Some(tty), target.as_cstr(), None, libc::MS_BIND, None)
                 .step(Step::Console)?;
         }
         Ok(())

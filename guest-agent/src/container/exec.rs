@@ -25,9 +25,15 @@ use super::user;
 use super::Container;
 
 /// The exec'd process after the clone (child side).
-fn exec_main(plan: &ProcessPlan, stdio: &ChildStdio, vectors: &Vectors<'_>) -> ChildResult<Infallible> {
+fn exec_main(
+    plan: &ProcessPlan,
+    stdio: &ChildStdio,
+    sock: RawFd,
+    vectors: &Vectors<'_>,
+) -> ChildResult<Infallible> {
+    launch::adopt_stdio(plan, stdio, sock)?;
     let mut exe = ExeBuf::default();
-    launch::prepare(plan, stdio, &mut exe)?;
+    launch::prepare(plan, &mut exe)?;
     Err(launch::exec(plan, vectors, &exe))
 }
 
@@ -46,7 +52,8 @@ impl Container {
             .open(format!("/proc/{}/root", self.init))
             .map_err(|_| ContainerError::NotRunning)?;
         // The pidfd proves the pid was not reused between the open and now.
-        sys::pidfd_send_signal(self.pidfd.as_raw_fd(), 0).map_err(|_| ContainerError::NotRunning)?;
+        sys::pidfd_send_signal(self.pidfd.as_raw_fd(), 0)
+            .map_err(|_| ContainerError::NotRunning)?;
         let plan = ProcessPlan::new(process, &self.inherited, |uid| {
             user::home_dir(root.as_raw_fd(), uid)
         })?;
@@ -74,7 +81,7 @@ impl Container {
             }
             let flags = libc::CLONE_PARENT as u64;
             let (pid, _) = spawn(flags, Some(cgroup_fd), cs, || {
-                exec_main(&plan, &child_stdio, &vectors)
+                exec_main(&plan, &child_stdio, cs, &vectors)
             })
             .step(Step::Clone)?;
             sync::send(cs, Msg::Pid(pid), None).step(Step::Clone)?;

@@ -143,8 +143,13 @@ pub struct Vectors<'a> {
 /// Writes `value` to `/proc/self/oom_score_adj` (child side; the agent's `/proc` or the
 /// container's, whichever is mounted at `/proc` at the time).
 pub fn write_oom_score_adj(value: &CStr) -> ChildResult<()> {
-    let fd = sys::openat(libc::AT_FDCWD, c"/proc/self/oom_score_adj", libc::O_WRONLY, 0)
-        .step(Step::OomScoreAdj)?;
+    let fd = sys::openat(
+        libc::AT_FDCWD,
+        c"/proc/self/oom_score_adj",
+        libc::O_WRONLY,
+        0,
+    )
+    .step(Step::OomScoreAdj)?;
     let done = sys::write_all(fd, value.to_bytes()).step(Step::OomScoreAdj);
     sys::close(fd);
     done
@@ -164,9 +169,17 @@ pub fn close_others(keep: &[RawFd]) -> ChildResult<()> {
     sys::close_range(next, u32::MAX).step(Step::CloseFds)
 }
 
+/// The first thing a cloned child does: installs its stdio as 0–2 and closes every other
+/// descriptor but the sync socket, so it holds nothing of the agent's or of other containers'
+/// (a pipe end held here would delay another stream's end-of-file).
+pub fn adopt_stdio(p: &ProcessPlan, stdio: &ChildStdio, sock: RawFd) -> ChildResult<()> {
+    stdio.apply(p.console_size)?;
+    close_others(&[sock])
+}
+
 /// Everything between "the filesystem is ready" and "about to exec" (child side). Leaves the
 /// resolved executable in `exe`.
-pub fn prepare(p: &ProcessPlan, stdio: &ChildStdio, exe: &mut ExeBuf) -> ChildResult<()> {
+pub fn prepare(p: &ProcessPlan, exe: &mut ExeBuf) -> ChildResult<()> {
     // As root first; a directory only the target user may enter is retried after the switch.
     let cwd_later = match sys::chdir(&p.cwd) {
         Ok(()) => false,
@@ -182,7 +195,6 @@ pub fn prepare(p: &ProcessPlan, stdio: &ChildStdio, exe: &mut ExeBuf) -> ChildRe
             errno,
         }
     })?;
-    stdio.apply(p.console_size)?;
     rlimits::apply(&p.rlimits)?;
     if let Some(seccomp) = p.seccomp.as_deref().filter(|_| !p.no_new_privs) {
         // Without no_new_privs, loading a filter needs CAP_SYS_ADMIN: do it while we have it.
@@ -210,7 +222,10 @@ pub fn exec(p: &ProcessPlan, vectors: &Vectors<'_>, exe: &ExeBuf) -> Failure {
             return f;
         }
     }
-    Failure::of(Step::Exec, sys::execve(exe.path(), &vectors.argv, &vectors.envp))
+    Failure::of(
+        Step::Exec,
+        sys::execve(exe.path(), &vectors.argv, &vectors.envp),
+    )
 }
 
 /// The agent-side error for a child's failure in [`prepare`] or [`exec`].
@@ -292,7 +307,8 @@ mod tests {
 
     #[test]
     fn bad_processes_are_refused() {
-        let no_args: Process = serde_json::from_str(r#"{"user":{"uid":0,"gid":0},"cwd":"/"}"#).unwrap();
+        let no_args: Process =
+            serde_json::from_str(r#"{"user":{"uid":0,"gid":0},"cwd":"/"}"#).unwrap();
         assert!(matches!(
             ProcessPlan::new(&no_args, &Inherited::default(), |_| None),
             Err(ContainerError::Spec(SpecError::NoArgs))
@@ -311,13 +327,21 @@ mod tests {
             serde_json::from_str(r#"{"user":{"uid":0,"gid":0},"args":["foo"],"cwd":"/"}"#).unwrap();
         let plan = ProcessPlan::new(&p, &Inherited::default(), |_| None).unwrap();
         let (code, errno) = LookError::NotFound.encode();
-        let f = Failure { step: Step::LookPath, index: code, errno };
+        let f = Failure {
+            step: Step::LookPath,
+            index: code,
+            errno,
+        };
         assert_eq!(
             exec_error(&plan.name(), &f).unwrap().to_string(),
             "exec: \"foo\": executable file not found in $PATH"
         );
         let (code, errno) = LookError::Permission.encode();
-        let f = Failure { step: Step::LookPath, index: code, errno };
+        let f = Failure {
+            step: Step::LookPath,
+            index: code,
+            errno,
+        };
         assert_eq!(
             exec_error(&plan.name(), &f).unwrap().to_string(),
             "exec: \"foo\": permission denied"

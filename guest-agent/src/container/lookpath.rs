@@ -107,7 +107,11 @@ impl ExeBuf {
         if name.is_empty() {
             return Err(LookError::NotFound);
         }
-        for dir in path.map(CStr::to_bytes).unwrap_or_default().split(|b| *b == b':') {
+        for dir in path
+            .map(CStr::to_bytes)
+            .unwrap_or_default()
+            .split(|b| *b == b':')
+        {
             let dir: &[u8] = if dir.is_empty() { b"." } else { dir };
             if self.set(&[dir, b"/", name]) && self.check().is_ok() {
                 return Ok(());
@@ -152,7 +156,12 @@ mod tests {
             buf.look(c"/no/such", None),
             Err(LookError::Stat(Errno::ENOENT))
         );
-        for e in [LookError::NotFound, LookError::IsDir, LookError::Permission, LookError::Stat(Errno::ELOOP)] {
+        for e in [
+            LookError::NotFound,
+            LookError::IsDir,
+            LookError::Permission,
+            LookError::Stat(Errno::ELOOP),
+        ] {
             let (code, errno) = e.encode();
             assert_eq!(LookError::decode(code, errno), e);
         }

@@ -156,7 +156,8 @@ impl Container {
             }
             let child_stdio = ChildStdio::new(&stdio)?;
             let (sock, child_sock) = sync::pair()?;
-            let init = create::clone_init(&plan, &child_stdio, cgroup.fd(), &sock, child_sock, reaper)?;
+            let init =
+                create::clone_init(&plan, &child_stdio, cgroup.fd(), &sock, child_sock, reaper)?;
             Ok::<_, ContainerError>((init, sock))
         })();
         drop(stdio);

@@ -126,7 +126,11 @@ impl Options {
             };
             if let Some((prop, recursive)) = propagation {
                 if !(private_ns && prop == libc::MS_PRIVATE) {
-                    let attr = if recursive { &mut o.recursive } else { &mut o.top };
+                    let attr = if recursive {
+                        &mut o.recursive
+                    } else {
+                        &mut o.top
+                    };
                     attr.propagation = prop;
                 }
                 continue;
@@ -233,7 +237,10 @@ pub fn plan(spec: &Spec, private_ns: bool) -> Result<Vec<MountStep>, SpecError> 
             MountStep {
                 dest,
                 target: bind_target(source),
-                source: Some(cstring("mounts.source", source.as_os_str().as_encoded_bytes())?),
+                source: Some(cstring(
+                    "mounts.source",
+                    source.as_os_str().as_encoded_bytes(),
+                )?),
                 fstype: None,
                 flags: libc::MS_BIND | (o.flags & libc::MS_REC),
                 data: None,
@@ -369,8 +376,12 @@ mod tests {
 
     #[test]
     fn bad_mounts_are_refused() {
-        let relative = spec(r#"[{"destination":"/x","type":"bind","source":"rel","options":["rbind"]}]"#);
-        assert!(matches!(plan(&relative, true), Err(SpecError::BindSource(_))));
+        let relative =
+            spec(r#"[{"destination":"/x","type":"bind","source":"rel","options":["rbind"]}]"#);
+        assert!(matches!(
+            plan(&relative, true),
+            Err(SpecError::BindSource(_))
+        ));
         let root = spec(r#"[{"destination":"/a/..","type":"tmpfs"}]"#);
         assert!(matches!(plan(&root, true), Err(SpecError::MountOnRoot(_))));
         let copyup = spec(r#"[{"destination":"/t","type":"tmpfs","options":["tmpcopyup"]}]"#);
@@ -378,7 +389,9 @@ mod tests {
             plan(&copyup, true).unwrap_err().to_string(),
             "unsupported mount option tmpcopyup"
         );
-        let atime = spec(r#"[{"destination":"/b","type":"bind","source":"/","options":["bind","noatime"]}]"#);
+        let atime = spec(
+            r#"[{"destination":"/b","type":"bind","source":"/","options":["bind","noatime"]}]"#,
+        );
         let top = plan(&atime, true).unwrap()[0].top.unwrap();
         assert_eq!(top.attr_set, ATTR_NOATIME);
         assert_eq!(top.attr_clr, ATTR_ATIME_MASK);

@@ -140,11 +140,13 @@ pub fn resolve(root: RawFd, rel: &[u8], create: Create) -> SysResult<RawFd> {
         } else {
             sys::mkdirat(parent, comp, 0o755)
         };
-        match made {
-            Ok(()) | Err(Errno::EEXIST) => {}
+        parent = match made {
+            // Just made by us: open it right there, without walking the whole path again.
+            Ok(()) => sys::openat(parent, comp, libc::O_PATH | libc::O_NOFOLLOW, 0)?,
+            // Someone else's (or a dangling symlink): resolve it safely from the root.
+            Err(Errno::EEXIST) => open(root, rel.get(..ends[i]).ok_or(Errno::EINVAL)?)?,
             Err(e) => return Err(e),
-        }
-        parent = open(root, rel.get(..ends[i]).ok_or(Errno::EINVAL)?)?;
+        };
     }
     Ok(parent)
 }
@@ -165,7 +167,10 @@ mod tests {
     #[test]
     fn fd_paths_are_formatted() {
         assert_eq!(FdPath::new(0).as_cstr().to_bytes(), b"/proc/self/fd/0");
-        assert_eq!(FdPath::new(1234).as_cstr().to_bytes(), b"/proc/self/fd/1234");
+        assert_eq!(
+            FdPath::new(1234).as_cstr().to_bytes(),
+            b"/proc/self/fd/1234"
+        );
     }
 
     #[test]

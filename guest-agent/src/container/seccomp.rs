@@ -123,10 +123,7 @@ pub fn compile(profile: &LinuxSeccomp) -> Result<SeccompProgram, SeccompError> {
                 })
                 .collect()
         } else {
-            vec![Rule {
-                conds,
-                ret: action,
-            }]
+            vec![Rule { conds, ret: action }]
         };
         for name in sc.names() {
             let Some(nr) = syscalls::number(name) else {
@@ -202,7 +199,15 @@ mod tests {
         assert!(p.filter.len() < 1200, "{} instructions", p.filter.len());
         let f = &p.filter;
         let call = |name: &str, args: [u64; 6]| run(f, ARCH_X86_64, nr(name), args);
-        for allowed in ["read", "write", "mkdir", "execve", "exit_group", "arch_prctl", "chroot"] {
+        for allowed in [
+            "read",
+            "write",
+            "mkdir",
+            "execve",
+            "exit_group",
+            "arch_prctl",
+            "chroot",
+        ] {
             assert_eq!(call(allowed, [0; 6]), ALLOW, "{allowed}");
         }
         for denied in ["mount", "unshare", "setns", "reboot", "kexec_load", "bpf"] {
@@ -210,7 +215,10 @@ mod tests {
         }
         // clone: allowed unless it asks for new namespaces.
         assert_eq!(call("clone", [libc::SIGCHLD as u64, 0, 0, 0, 0, 0]), ALLOW);
-        assert_eq!(call("clone", [libc::CLONE_NEWUSER as u64, 0, 0, 0, 0, 0]), EPERM);
+        assert_eq!(
+            call("clone", [libc::CLONE_NEWUSER as u64, 0, 0, 0, 0, 0]),
+            EPERM
+        );
         // clone3 answers ENOSYS so glibc falls back to clone.
         assert_eq!(
             call("clone3", [0; 6]),
@@ -231,7 +239,10 @@ mod tests {
             libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32
         );
         assert_eq!(run(f, ARCH_X86_64, nr("read") | X32_BIT, [0; 6]), ALLOW);
-        assert_eq!(run(f, 0x4000_0003, 3, [0; 6]), libc::SECCOMP_RET_KILL_PROCESS);
+        assert_eq!(
+            run(f, 0x4000_0003, 3, [0; 6]),
+            libc::SECCOMP_RET_KILL_PROCESS
+        );
     }
 
     #[test]

@@ -215,9 +215,13 @@ pub fn sysctls(spec: &Spec, ns: &Namespaces) -> Result<Vec<(CString, CString)>, 
     for key in keys {
         let path = key.replace('.', "/");
         let allowed = (new_ipc
-            && (matches!(key.as_str(), "kernel.msgmax" | "kernel.msgmnb" | "kernel.msgmni")
-                || matches!(key.as_str(), "kernel.sem" | "kernel.shmall" | "kernel.shmmax")
-                || matches!(key.as_str(), "kernel.shmmni" | "kernel.shm_rmid_forced")
+            && (matches!(
+                key.as_str(),
+                "kernel.msgmax" | "kernel.msgmnb" | "kernel.msgmni"
+            ) || matches!(
+                key.as_str(),
+                "kernel.sem" | "kernel.shmall" | "kernel.shmmax"
+            ) || matches!(key.as_str(), "kernel.shmmni" | "kernel.shm_rmid_forced")
                 || key.starts_with("fs.mqueue.")))
             || (new_uts && matches!(key.as_str(), "kernel.hostname" | "kernel.domainname"))
             || key.starts_with("net.");
@@ -267,9 +271,7 @@ pub fn reject_unsupported(spec: &Spec) -> Result<(), SpecError> {
 }
 
 /// The process fields we refuse, for the init and for exec.
-pub fn reject_unsupported_process(
-    process: &oci_spec::runtime::Process,
-) -> Result<(), SpecError> {
+pub fn reject_unsupported_process(process: &oci_spec::runtime::Process) -> Result<(), SpecError> {
     if process.io_priority().is_some() {
         return Err(SpecError::Unsupported("process.ioPriority"));
     }
@@ -368,7 +370,12 @@ mod tests {
         assert_eq!(list[0].0.as_bytes(), b"/proc/sys/kernel/shmmax");
         assert_eq!(list[1].0.as_bytes(), b"/proc/sys/net/ipv4/ip_forward");
         assert_eq!(list[1].1.as_bytes(), b"1");
-        for bad in ["kernel.panic", "net..x", "net/../../x", "vm.overcommit_memory"] {
+        for bad in [
+            "kernel.panic",
+            "net..x",
+            "net/../../x",
+            "vm.overcommit_memory",
+        ] {
             let spec = spec_with(&format!(
                 r#"{{"ociVersion":"1.0.2","linux":{{"namespaces":[{{"type":"mount"}},
                 {{"type":"ipc"}}],"sysctl":{{"{bad}":"1"}}}}}}"#

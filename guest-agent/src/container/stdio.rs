@@ -3,6 +3,7 @@
 //! [`Stdio`] mirrors the agent's `process::Stdio` (same variants and fields); this module keeps a
 //! copy until that type lands on main, then re-exports it.
 
+use std::ffi::{CStr, CString};
 use std::fs::File;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
@@ -27,6 +28,9 @@ pub enum Stdio {
 pub struct ChildStdio {
     fds: [RawFd; 3],
     terminal: bool,
+    /// The terminal's path (e.g. `/dev/pts/3`): `/dev/console` is a bind mount of it, and a
+    /// bind mount needs a path in the child's own mount namespace, not a descriptor.
+    tty_path: Option<CString>,
     /// Keeps `/dev/null` open until the child has its copies.
     _null: Option<File>,
 }
@@ -37,9 +41,12 @@ impl ChildStdio {
         match stdio {
             Stdio::Terminal(tty) => {
                 let fd = tty.as_raw_fd();
+                let path = std::fs::read_link(format!("/proc/self/fd/{fd}"))
+                    .map_err(|e| ContainerError::Io("find the terminal's path", e))?;
                 Ok(ChildStdio {
                     fds: [fd; 3],
                     terminal: true,
+                    tty_path: CString::new(path.into_os_string().into_encoded_bytes()).ok(),
                     _null: None,
                 })
             }
@@ -64,6 +71,7 @@ impl ChildStdio {
                 Ok(ChildStdio {
                     fds: [pick(stdin), pick(stdout), pick(stderr)],
                     terminal: false,
+                    tty_path: None,
                     _null: null,
                 })
             }
@@ -75,9 +83,9 @@ impl ChildStdio {
         self.fds
     }
 
-    /// The pty slave, when the process has a terminal.
-    pub fn terminal(&self) -> Option<RawFd> {
-        self.terminal.then_some(self.fds[0])
+    /// The pty slave's path, when the process has a terminal.
+    pub fn terminal(&self) -> Option<&CStr> {
+        self.tty_path.as_deref()
     }
 
     /// Installs the streams as 0, 1 and 2 (child side).

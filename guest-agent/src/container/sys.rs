@@ -58,16 +58,22 @@ pub enum Forked {
 /// Fork-like `clone3`: the child continues on a copy of the caller's stack.
 ///
 /// `flags` may hold `CLONE_NEW*`, `CLONE_PARENT` and `CLONE_PIDFD`; `cgroup` is a cgroup v2
-/// directory fd to start the child in. The child gets `SIGCHLD` as its exit signal.
+/// directory fd to start the child in. The child gets `SIGCHLD` as its exit signal (with
+/// `CLONE_PARENT` the kernel gives it the caller's, which must then be left zero here).
 ///
 /// # Safety
 /// In the child only async-signal-safe, allocation-free code may run (see the module doc), and it
 /// must end in `execve` or [`exit`], never return into the caller's normal flow.
 pub unsafe fn clone3(flags: u64, cgroup: Option<RawFd>) -> SysResult<Forked> {
     let mut pidfd: libc::c_int = -1;
+    let exit_signal = if flags & libc::CLONE_PARENT as u64 != 0 {
+        0
+    } else {
+        libc::SIGCHLD as u64
+    };
     let mut args = CloneArgs {
         flags,
-        exit_signal: libc::SIGCHLD as u64,
+        exit_signal,
         ..CloneArgs::default()
     };
     if flags & libc::CLONE_PIDFD as u64 != 0 {
@@ -162,8 +168,7 @@ pub fn umount_detach(target: &CStr) -> SysResult<()> {
 /// `pivot_root(new_root, put_old)`.
 pub fn pivot_root(new_root: &CStr, put_old: &CStr) -> SysResult<()> {
     // SAFETY: both strings are NUL-terminated.
-    let ret =
-        unsafe { libc::syscall(libc::SYS_pivot_root, new_root.as_ptr(), put_old.as_ptr()) };
+    let ret = unsafe { libc::syscall(libc::SYS_pivot_root, new_root.as_ptr(), put_old.as_ptr()) };
     check(ret).map(drop)
 }
 
@@ -196,7 +201,12 @@ pub fn openat2(dirfd: RawFd, path: &CStr, flags: libc::c_int, resolve: u64) -> S
 }
 
 /// `openat(2)` with `O_CLOEXEC` added to `flags`.
-pub fn openat(dirfd: RawFd, path: &CStr, flags: libc::c_int, mode: libc::mode_t) -> SysResult<RawFd> {
+pub fn openat(
+    dirfd: RawFd,
+    path: &CStr,
+    flags: libc::c_int,
+    mode: libc::mode_t,
+) -> SysResult<RawFd> {
     // SAFETY: `path` is NUL-terminated.
     let ret = unsafe { libc::openat(dirfd, path.as_ptr(), flags | libc::O_CLOEXEC, mode) };
     check(ret.into()).map(|fd| fd as RawFd)
@@ -404,7 +414,8 @@ pub fn capset(effective: u64, permitted: u64, inheritable: u64) -> SysResult<()>
         },
     ];
     // SAFETY: header and the two data words are valid for capability version 3.
-    let ret = unsafe { libc::syscall(libc::SYS_capset, &header as *const CapHeader, data.as_ptr()) };
+    let ret =
+        unsafe { libc::syscall(libc::SYS_capset, &header as *const CapHeader, data.as_ptr()) };
     check(ret).map(drop)
 }
 

@@ -55,9 +55,10 @@ pub fn home_dir(root: RawFd, uid: u32) -> Option<String> {
     let fd = sys::openat2(root, c"etc/passwd", libc::O_RDONLY, RESOLVE).ok()?;
     // SAFETY: openat2 just returned this descriptor and nothing else owns it.
     let file = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
-    let mut text = String::new();
-    file.take(MAX_PASSWD).read_to_string(&mut text).ok()?;
-    home_in(&text, uid)
+    // One read for any ordinary passwd file (the default growth starts at 32 bytes).
+    let mut text = Vec::with_capacity(16 << 10);
+    file.take(MAX_PASSWD).read_to_end(&mut text).ok()?;
+    home_in(&String::from_utf8_lossy(&text), uid)
 }
 
 /// Finds `uid`'s home in passwd-format `text`.
@@ -74,7 +75,9 @@ fn home_in(text: &str, uid: u32) -> Option<String> {
 /// Returns `env` with `HOME` added when it is missing: the passwd entry's, else `/`.
 pub fn with_home(mut env: Vec<String>, home: impl FnOnce() -> Option<String>) -> Vec<String> {
     if !env.iter().any(|e| e.starts_with("HOME=")) {
-        let home = home().filter(|h| !h.is_empty()).unwrap_or_else(|| "/".into());
+        let home = home()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "/".into());
         env.push(format!("HOME={home}"));
     }
     env
@@ -87,7 +90,8 @@ mod tests {
 
     #[test]
     fn home_comes_from_the_containers_passwd() {
-        let text = "root:x:0:0:root:/root:/bin/sh\n# junk\nbad\nfred:x:1000:1000::/home/fred:/bin/sh\n";
+        let text =
+            "root:x:0:0:root:/root:/bin/sh\n# junk\nbad\nfred:x:1000:1000::/home/fred:/bin/sh\n";
         assert_eq!(home_in(text, 1000).as_deref(), Some("/home/fred"));
         assert_eq!(home_in(text, 0).as_deref(), Some("/root"));
         assert_eq!(home_in(text, 7), None);
@@ -96,7 +100,10 @@ mod tests {
         std::fs::create_dir(dir.path().join("etc")).unwrap();
         std::fs::write(dir.path().join("etc/passwd"), text).unwrap();
         let root = std::fs::File::open(dir.path()).unwrap();
-        assert_eq!(home_dir(root.as_raw_fd(), 1000).as_deref(), Some("/home/fred"));
+        assert_eq!(
+            home_dir(root.as_raw_fd(), 1000).as_deref(),
+            Some("/home/fred")
+        );
 
         let env = with_home(vec!["PATH=/bin".into()], || Some("/home/fred".into()));
         assert_eq!(env, ["PATH=/bin", "HOME=/home/fred"]);

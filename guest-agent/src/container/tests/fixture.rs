@@ -7,10 +7,46 @@ use serde_json::{json, Value};
 
 /// Busybox applets the tests use, linked into `/bin`.
 const APPLETS: [&str; 40] = [
-    "sh", "cat", "id", "hostname", "ls", "echo", "sleep", "grep", "head", "touch", "mkdir", "stat",
-    "true", "false", "pwd", "env", "readlink", "wc", "cut", "tr", "rm", "ps", "dd", "printf", "test",
-    "kill", "umask", "seq", "tail", "mount", "dmesg", "chroot", "domainname", "sed", "sort",
-    "awk", "ln", "chmod", "nproc", "usleep",
+    "sh",
+    "cat",
+    "id",
+    "hostname",
+    "ls",
+    "echo",
+    "sleep",
+    "grep",
+    "head",
+    "touch",
+    "mkdir",
+    "stat",
+    "true",
+    "false",
+    "pwd",
+    "env",
+    "readlink",
+    "wc",
+    "cut",
+    "tr",
+    "rm",
+    "ps",
+    "dd",
+    "printf",
+    "test",
+    "kill",
+    "umask",
+    "seq",
+    "tail",
+    "mount",
+    "dmesg",
+    "chroot",
+    "domainname",
+    "sed",
+    "sort",
+    "awk",
+    "ln",
+    "chmod",
+    "nproc",
+    "usleep",
 ];
 
 /// A temporary bundle directory with `rootfs/` built from the host's static busybox.
@@ -28,10 +64,21 @@ impl Bundle {
             .tempdir()
             .unwrap();
         let rootfs = dir.path().join("rootfs");
-        for d in ["bin", "etc", "proc", "sys", "dev", "tmp", "root", "home/user", "mnt"] {
+        for d in [
+            "bin",
+            "etc",
+            "proc",
+            "sys",
+            "dev",
+            "tmp",
+            "root",
+            "home/user",
+            "mnt",
+        ] {
             std::fs::create_dir_all(rootfs.join(d)).unwrap();
         }
-        std::fs::set_permissions(rootfs.join("tmp"), std::fs::Permissions::from_mode(0o1777)).unwrap();
+        std::fs::set_permissions(rootfs.join("tmp"), std::fs::Permissions::from_mode(0o1777))
+            .unwrap();
         std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
         for applet in APPLETS {
             symlink("busybox", rootfs.join("bin").join(applet)).unwrap();

@@ -8,6 +8,7 @@
 mod fixture;
 
 mod basic;
+mod errors;
 mod lifecycle;
 mod security;
 
@@ -75,6 +76,13 @@ pub fn isolated(path: &str, body: fn()) {
     // The exit status may be collected by another test's reaper in this process: the marker
     // is what counts.
     let _ = child.wait();
+    for line in out
+        .lines()
+        .chain(err.lines())
+        .filter(|l| l.starts_with("skipped"))
+    {
+        eprintln!("{name}: {line}");
+    }
     assert!(
         out.contains(DONE_MARKER),
         "isolated test {name} failed\n--- stdout\n{out}\n--- stderr\n{err}"
@@ -243,7 +251,9 @@ pub fn controller_available(controller: &str) -> bool {
         .trim_start_matches('/')
         .to_string();
     mount
-        .and_then(|m| std::fs::read_to_string(Path::new(&m).join(rel).join("cgroup.controllers")).ok())
+        .and_then(|m| {
+            std::fs::read_to_string(Path::new(&m).join(rel).join("cgroup.controllers")).ok()
+        })
         .is_some_and(|c| c.split_whitespace().any(|x| x == controller))
 }
 
