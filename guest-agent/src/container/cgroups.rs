@@ -42,17 +42,112 @@ pub enum CgroupError {
     Timeout(&'static str),
 }
 
-/// What `stats` reports; `None` where the controller is not enabled.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// Limit value meaning "no limit" (cgroup's `max`), as the agent protocol reports it.
+pub const NO_LIMIT: u64 = u64::MAX;
+
+/// The container's counters; `None` where the controller is not enabled.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Stats {
-    /// `memory.current`, bytes.
-    pub memory_usage: Option<u64>,
-    /// `memory.max`, bytes; `None` also when unlimited.
-    pub memory_limit: Option<u64>,
-    /// `usage_usec` of `cpu.stat`.
-    pub cpu_usage_usec: Option<u64>,
-    /// `pids.current`.
-    pub pids_current: Option<u64>,
+    pub cpu: CpuStats,
+    pub memory: Option<MemoryStats>,
+    pub pids: Option<PidsStats>,
+    /// Per device, from `io.stat`.
+    pub io: Vec<IoStats>,
+}
+
+/// `cpu.stat` (microseconds); the throttling counters are 0 without the cpu controller.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CpuStats {
+    pub usage_usec: u64,
+    pub user_usec: u64,
+    pub system_usec: u64,
+    pub nr_periods: u64,
+    pub nr_throttled: u64,
+    pub throttled_usec: u64,
+}
+
+/// The memory controller's files; limits are [`NO_LIMIT`] when unlimited, swap numbers 0
+/// without swap accounting.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MemoryStats {
+    /// `memory.current`.
+    pub usage: u64,
+    /// `memory.max`.
+    pub limit: u64,
+    /// `memory.peak` (Linux 5.19+; else 0).
+    pub max_usage: u64,
+    pub swap_usage: u64,
+    pub swap_limit: u64,
+    /// `oom` and `oom_kill` of `memory.events`.
+    pub oom_events: u64,
+    pub oom_kill_events: u64,
+    /// Every line of `memory.stat`.
+    pub stat: std::collections::BTreeMap<String, u64>,
+}
+
+/// `pids.current` and `pids.max`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PidsStats {
+    pub current: u64,
+    pub limit: u64,
+}
+
+/// One device of `io.stat`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IoStats {
+    pub major: u32,
+    pub minor: u32,
+    pub read_bytes: u64,
+    pub write_bytes: u64,
+    pub read_ios: u64,
+    pub write_ios: u64,
+}
+
+/// `key value` lines (cpu.stat, memory.stat, memory.events) as a map.
+fn keyed(text: &str) -> std::collections::BTreeMap<String, u64> {
+    text.lines()
+        .filter_map(|l| {
+            let (k, v) = l.split_once(' ')?;
+            Some((k.to_string(), v.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// A single number, or `max` as [`NO_LIMIT`].
+fn number(text: &str) -> Option<u64> {
+    match text.trim() {
+        "max" => Some(NO_LIMIT),
+        v => v.parse().ok(),
+    }
+}
+
+/// `io.stat` lines: `8:0 rbytes=1 wbytes=2 rios=3 wios=4 dbytes=0 dios=0`.
+fn io_stats(text: &str) -> Vec<IoStats> {
+    text.lines()
+        .filter_map(|l| {
+            let mut fields = l.split_whitespace();
+            let (major, minor) = fields.next()?.split_once(':')?;
+            let mut s = IoStats {
+                major: major.parse().ok()?,
+                minor: minor.parse().ok()?,
+                ..IoStats::default()
+            };
+            for f in fields {
+                let Some((k, v)) = f.split_once('=') else {
+                    continue;
+                };
+                let v = v.parse().unwrap_or(0);
+                match k {
+                    "rbytes" => s.read_bytes = v,
+                    "wbytes" => s.write_bytes = v,
+                    "rios" => s.read_ios = v,
+                    "wios" => s.write_ios = v,
+                    _ => {}
+                }
+            }
+            Some(s)
+        })
+        .collect()
 }
 
 /// A container's group.
@@ -278,26 +373,51 @@ impl Cgroup {
         procs.map(drop)
     }
 
-    /// Memory, CPU and pid counters.
+    /// Memory, CPU, pid and I/O counters.
     pub fn stats(&self) -> Stats {
-        let num = |file: &str| -> Option<u64> {
-            fs::read_to_string(self.path.join(file))
-                .ok()?
-                .trim()
-                .parse()
-                .ok()
-        };
-        let cpu = fs::read_to_string(self.path.join("cpu.stat"))
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find_map(|l| l.strip_prefix("usage_usec ")?.trim().parse().ok())
-            });
+        let file = |name: &str| fs::read_to_string(self.path.join(name)).ok();
+        let cpu = keyed(&file("cpu.stat").unwrap_or_default());
+        let get =
+            |m: &std::collections::BTreeMap<String, u64>, k: &str| m.get(k).copied().unwrap_or(0);
+        let memory = file("memory.current").and_then(|cur| {
+            let events = keyed(&file("memory.events").unwrap_or_default());
+            Some(MemoryStats {
+                usage: number(&cur)?,
+                limit: file("memory.max")
+                    .and_then(|v| number(&v))
+                    .unwrap_or(NO_LIMIT),
+                max_usage: file("memory.peak").and_then(|v| number(&v)).unwrap_or(0),
+                swap_usage: file("memory.swap.current")
+                    .and_then(|v| number(&v))
+                    .unwrap_or(0),
+                swap_limit: file("memory.swap.max")
+                    .and_then(|v| number(&v))
+                    .unwrap_or(0),
+                oom_events: get(&events, "oom"),
+                oom_kill_events: get(&events, "oom_kill"),
+                stat: keyed(&file("memory.stat").unwrap_or_default()),
+            })
+        });
+        let pids = file("pids.current").and_then(|cur| {
+            Some(PidsStats {
+                current: number(&cur)?,
+                limit: file("pids.max")
+                    .and_then(|v| number(&v))
+                    .unwrap_or(NO_LIMIT),
+            })
+        });
         Stats {
-            memory_usage: num("memory.current"),
-            memory_limit: num("memory.max"),
-            cpu_usage_usec: cpu,
-            pids_current: num("pids.current"),
+            cpu: CpuStats {
+                usage_usec: get(&cpu, "usage_usec"),
+                user_usec: get(&cpu, "user_usec"),
+                system_usec: get(&cpu, "system_usec"),
+                nr_periods: get(&cpu, "nr_periods"),
+                nr_throttled: get(&cpu, "nr_throttled"),
+                throttled_usec: get(&cpu, "throttled_usec"),
+            },
+            memory,
+            pids,
+            io: io_stats(&file("io.stat").unwrap_or_default()),
         }
     }
 
@@ -535,6 +655,27 @@ mod tests {
         ] {
             assert!(writes(&res(bad)).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn stat_files_parse() {
+        let m = keyed("usage_usec 120\nuser_usec 100\nbad\nsystem_usec x\n");
+        assert_eq!(m.get("usage_usec"), Some(&120));
+        assert_eq!(m.get("system_usec"), None);
+        assert_eq!(number("max\n"), Some(NO_LIMIT));
+        assert_eq!(number("42\n"), Some(42));
+        let io = io_stats("8:0 rbytes=1 wbytes=2 rios=3 wios=4 dbytes=0 dios=0\nbad line\n");
+        assert_eq!(
+            io,
+            [IoStats {
+                major: 8,
+                minor: 0,
+                read_bytes: 1,
+                write_bytes: 2,
+                read_ios: 3,
+                write_ios: 4
+            }]
+        );
     }
 
     #[test]

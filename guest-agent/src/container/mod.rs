@@ -47,7 +47,7 @@ use oci_spec::runtime::{LinuxResources, Spec};
 
 // The API the agent's server uses.
 #[allow(unused_imports)]
-pub use cgroups::{CgroupError, Stats};
+pub use cgroups::{CgroupError, CpuStats, IoStats, MemoryStats, PidsStats, Stats, NO_LIMIT};
 pub use error::ContainerError;
 #[allow(unused_imports)]
 pub use seccomp::SeccompError;

@@ -101,8 +101,9 @@ pub fn clean_absolute(field: &'static str, path: &Path) -> Result<CString, SpecE
 
 /// Checks a container id: it names the cgroup directory, so no separators or dot names.
 pub fn check_id(id: &str) -> Result<(), SpecError> {
+    // The agent's protocol allows longer ids, but a cgroup directory name ends at NAME_MAX.
     let ok = !id.is_empty()
-        && id.len() <= 128
+        && id.len() <= 255
         && id != "."
         && id != ".."
         && id
@@ -307,7 +308,7 @@ mod tests {
     #[test]
     fn ids_name_a_single_directory() {
         assert!(check_id("abc-1.2_x+y").is_ok());
-        for bad in ["", ".", "..", "a/b", "a b", &"x".repeat(200)] {
+        for bad in ["", ".", "..", "a/b", "a b", &"x".repeat(256)] {
             assert!(check_id(bad).is_err(), "{bad:?}");
         }
     }

@@ -1,7 +1,4 @@
-//! The standard streams of a container process.
-//!
-//! [`Stdio`] mirrors the agent's `process::Stdio` (same variants and fields); this module keeps a
-//! copy until that type lands on main, then re-exports it.
+//! Installing a process's standard streams ([`Stdio`], the agent's type) in the cloned child.
 
 use std::ffi::{CStr, CString};
 use std::fs::File;
@@ -9,20 +6,7 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use super::error::{AtStep, ChildResult, ContainerError, Step};
 use super::sys;
-
-/// Where a process's stdin/stdout/stderr go.
-#[derive(Debug)]
-pub enum Stdio {
-    /// Separate descriptors (usually pipe or vsock ends); a missing one becomes `/dev/null`.
-    Pipes {
-        stdin: Option<OwnedFd>,
-        stdout: Option<OwnedFd>,
-        stderr: Option<OwnedFd>,
-    },
-    /// A pty slave: made the controlling terminal (`setsid` + `TIOCSCTTY`) and used for all three.
-    /// Open it with `O_NOCTTY`, or the agent's own session may claim it first.
-    Terminal(OwnedFd),
-}
+pub use crate::process::Stdio;
 
 /// What the child needs: three source descriptors and whether they are a terminal.
 pub struct ChildStdio {

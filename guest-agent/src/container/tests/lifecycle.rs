@@ -134,9 +134,16 @@ container_test! {
         assert_ne!(count(), frozen, "a resumed container stayed frozen");
 
         let stats = c.stats().unwrap();
-        assert!(stats.cpu_usage_usec.unwrap() > 0, "{stats:?}");
-        assert_eq!(stats.memory_usage.is_some(), controller_available("memory"));
-        assert_eq!(stats.pids_current.is_some(), controller_available("pids"));
+        assert!(stats.cpu.usage_usec > 0, "{stats:?}");
+        assert!(stats.cpu.user_usec + stats.cpu.system_usec > 0, "{stats:?}");
+        assert_eq!(stats.memory.is_some(), controller_available("memory"));
+        if let Some(m) = &stats.memory {
+            assert!(m.usage > 0 && m.limit == crate::container::NO_LIMIT, "{m:?}");
+        }
+        assert_eq!(stats.pids.is_some(), controller_available("pids"));
+        if let Some(p) = stats.pids {
+            assert!(p.current >= 1, "{p:?}");
+        }
 
         let cgroup = c.cgroup.as_ref().unwrap().path().to_path_buf();
         let mounts_before = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
@@ -180,7 +187,7 @@ container_test! {
         spec["linux"]["resources"] = json!({"memory": {"limit": 33554432, "swap": 33554432}});
         let (stdio, output) = Output::capture();
         let mut c = create(&spec, &bundle.rootfs, stdio, CreateOptions::default()).unwrap();
-        assert_eq!(c.stats().unwrap().memory_limit, Some(33554432));
+        assert_eq!(c.stats().unwrap().memory.unwrap().limit, 33554432);
         c.start().unwrap();
         assert_eq!(wait(c.init_pid()), ExitStatus::Signaled(9));
         assert_eq!(output.finish().0, "");
