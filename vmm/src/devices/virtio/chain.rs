@@ -221,8 +221,8 @@ impl<'a> Buffers<'a> {
     }
 
     /// The guest ranges covering bytes `[offset, offset + count)` of the view (clipped to its
-    /// end).
-    fn pieces(
+    /// end), empty buffers skipped.
+    pub fn pieces(
         &self,
         offset: usize,
         count: usize,

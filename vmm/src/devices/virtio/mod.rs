@@ -13,6 +13,7 @@
 //! chain before a device touches the buffers it names.
 
 pub mod chain;
+pub mod fs;
 pub mod mmio;
 pub mod vsock;
 

@@ -1,0 +1,158 @@
+//! The virtio-fs device as the transport sees it: two queues (hiprio, one request queue), the
+//! `tag` + `num_request_queues` configuration space, activation and reset.
+//!
+//! The device does no I/O itself. It is shared as `Arc<Mutex<FsDevice>>` with its transport
+//! (vCPU threads) and hands the queues to its worker thread at activation; see [`super::worker`].
+
+use std::sync::Arc;
+
+use virtio_queue::Queue;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use super::filesystem::ShareOptions;
+use super::metrics::FsMetrics;
+use super::worker::{self, Activation, Command, WorkerHandle, WorkerSetup};
+use super::{FsConfig, FsError, NUM_QUEUES, QUEUE_SIZE, TAG_MAX_LEN};
+use crate::devices::virtio::{
+    ActivateError, GuestMemoryMmap, Interrupt, VirtioDevice, FEATURE_EVENT_IDX,
+    FEATURE_INDIRECT_DESC, FEATURE_VERSION_1,
+};
+
+/// `struct virtio_fs_config`: `u8 tag[36]; le32 num_request_queues;`.
+const CONFIG_SIZE: usize = TAG_MAX_LEN + 4;
+
+/// The device.
+pub struct FsDevice {
+    tag: String,
+    config: [u8; CONFIG_SIZE],
+    queue_sizes: [u16; NUM_QUEUES],
+    queue_events: Vec<EventFd>,
+    worker: WorkerHandle,
+    active: bool,
+    metrics: Arc<FsMetrics>,
+}
+
+impl std::fmt::Debug for FsDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FsDevice")
+            .field("tag", &self.tag)
+            .field("active", &self.active)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FsDevice {
+    /// Checks `config`, starts the worker and waits until it is confined to the share. Fails if
+    /// the share cannot be confined (the VMM needs CAP_SYS_ADMIN for that).
+    pub fn new(config: &FsConfig) -> Result<Self, FsError> {
+        config.validate()?;
+        let share = config.canonical_dir()?;
+        let evt = || EventFd::new(EFD_NONBLOCK).map_err(FsError::EventFd);
+        let queue_events = vec![evt()?, evt()?];
+        let worker_events = queue_events
+            .iter()
+            .map(|e| e.try_clone().map_err(FsError::EventFd))
+            .collect::<Result<Vec<_>, _>>()?;
+        let metrics = Arc::new(FsMetrics::default());
+        let worker = worker::spawn(WorkerSetup {
+            tag: config.tag.clone(),
+            share,
+            options: ShareOptions {
+                read_only: config.read_only,
+                cache: config.cache,
+            },
+            queue_events: worker_events,
+            metrics: metrics.clone(),
+        })?;
+
+        let mut space = [0u8; CONFIG_SIZE];
+        space[..config.tag.len()].copy_from_slice(config.tag.as_bytes());
+        space[TAG_MAX_LEN..].copy_from_slice(&1u32.to_le_bytes());
+        Ok(Self {
+            tag: config.tag.clone(),
+            config: space,
+            queue_sizes: [QUEUE_SIZE; NUM_QUEUES],
+            queue_events,
+            worker,
+            active: false,
+            metrics,
+        })
+    }
+
+    /// The device's counters.
+    pub fn metrics(&self) -> Arc<FsMetrics> {
+        self.metrics.clone()
+    }
+
+    /// The mount tag the guest sees.
+    pub fn tag(&self) -> &str {
+        &self.tag
+    }
+
+    /// Whether a driver is running the device.
+    pub fn is_active(&self) -> bool {
+        self.active
+    }
+}
+
+impl VirtioDevice for FsDevice {
+    fn device_type(&self) -> u32 {
+        virtio_bindings::virtio_ids::VIRTIO_ID_FS
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &self.queue_sizes
+    }
+
+    fn avail_features(&self) -> u64 {
+        // No INDIRECT_DESC (see vsock): the guest would allocate a table for every request.
+        FEATURE_VERSION_1 | FEATURE_EVENT_IDX
+    }
+
+    fn queue_events(&self) -> &[EventFd] {
+        &self.queue_events
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        for (i, b) in data.iter_mut().enumerate() {
+            *b = offset
+                .checked_add(i as u64)
+                .and_then(|o| usize::try_from(o).ok())
+                .and_then(|o| self.config.get(o).copied())
+                .unwrap_or(0);
+        }
+    }
+
+    fn activate(
+        &mut self,
+        mem: GuestMemoryMmap,
+        queues: Vec<Queue>,
+        features: u64,
+        interrupt: Arc<Interrupt>,
+    ) -> Result<(), ActivateError> {
+        use virtio_queue::QueueT;
+        if queues.len() != NUM_QUEUES {
+            return Err(ActivateError::QueueCount {
+                expected: NUM_QUEUES,
+                got: queues.len(),
+            });
+        }
+        if let Some(i) = queues.iter().position(|q| !q.ready()) {
+            return Err(ActivateError::QueueNotReady(i));
+        }
+        self.active = true;
+        self.worker.send(Command::Activate(Box::new(Activation {
+            mem,
+            queues,
+            interrupt,
+            indirect: features & FEATURE_INDIRECT_DESC != 0,
+        })));
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        if std::mem::take(&mut self.active) {
+            self.worker.send(Command::Reset);
+        }
+    }
+}

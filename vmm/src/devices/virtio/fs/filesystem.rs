@@ -1,0 +1,586 @@
+//! The policy layer between the FUSE server and `fuse-backend-rs`'s `PassthroughFs`.
+//!
+//! `PassthroughFs` already resolves every guest name as one component relative to an `O_PATH`
+//! directory fd with `O_NOFOLLOW`, and never opens anything but regular files and directories
+//! for I/O; it relies on its caller's sandbox for the rest (see [`super::sandbox`]). This layer
+//! adds what a hostile guest needs on top, independent of the sandbox:
+//! - names: `.`, `..`, empty names and names with `/` are refused everywhere (Linux never sends
+//!   them; the crate allows `.`/`..` in LOOKUP for NFS export, which we do not offer);
+//! - open flags: only the ones a file open needs are passed on (no `O_PATH`, `O_TMPFILE`,
+//!   `O_CREAT` smuggled into OPEN, no access mode 3);
+//! - device nodes: MKNOD of block and character devices is refused (the worker also has no
+//!   `CAP_MKNOD`), FIFOs and sockets are fine;
+//! - read-only shares: every mutating request fails with `EROFS`, before the host is touched;
+//! - the FUSE options and cache timeouts of [`FsCache`], and negative-entry caching.
+
+use std::ffi::CStr;
+use std::io;
+use std::time::Duration;
+
+use fuse_backend_rs::abi::fuse_abi::{stat64, statvfs64, Attr, CreateIn};
+use fuse_backend_rs::api::filesystem::{
+    Context, DirEntry, Entry, FileSystem, FsOptions, GetxattrReply, ListxattrReply, OpenOptions,
+    SetattrValid, ZeroCopyReader, ZeroCopyWriter,
+};
+use fuse_backend_rs::passthrough::{CachePolicy, Config, PassthroughFs};
+
+use super::FsCache;
+
+type Inode = u64;
+type Handle = u64;
+
+/// Attribute and entry timeout for [`FsCache::Exclusive`]: only this guest changes the share,
+/// and the guest kernel updates its own caches when it does, so they never go stale (the value
+/// virtiofsd uses for `cache=always`).
+pub const EXCLUSIVE_TIMEOUT: Duration = Duration::from_secs(86_400);
+/// Attribute and entry timeout for [`FsCache::Shared`]: host changes show up within a second.
+pub const SHARED_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Open flags passed on to the host; everything else is dropped.
+const OPEN_FLAGS: i32 = libc::O_ACCMODE
+    | libc::O_APPEND
+    | libc::O_NONBLOCK
+    | libc::O_SYNC
+    | libc::O_DSYNC
+    | libc::O_DIRECT
+    | libc::O_LARGEFILE
+    | libc::O_NOATIME
+    | libc::O_TRUNC
+    | libc::O_DIRECTORY
+    | libc::O_NOFOLLOW
+    | libc::O_CLOEXEC;
+
+/// FUSE options we ask for on top of what `PassthroughFs` asks for. Each one saves round trips:
+/// 1 MiB requests (`MAX_PAGES`, `BIG_WRITES`), concurrent reads and directory operations in the
+/// guest, symlink targets cached in the guest's page cache.
+const EXTRA_OPTIONS: FsOptions = FsOptions::ASYNC_READ
+    .union(FsOptions::BIG_WRITES)
+    .union(FsOptions::MAX_PAGES)
+    .union(FsOptions::PARALLEL_DIROPS)
+    .union(FsOptions::CACHE_SYMLINKS)
+    .union(FsOptions::ASYNC_DIO);
+
+/// Options we never grant: no DAX window, no kill-priv v2 (the guest kernel clears setuid bits
+/// itself), no export support (which would let the guest LOOKUP `..`).
+const REFUSED_OPTIONS: FsOptions = FsOptions::PERFILE_DAX
+    .union(FsOptions::MAP_ALIGNMENT)
+    .union(FsOptions::HANDLE_KILLPRIV_V2)
+    .union(FsOptions::EXPORT_SUPPORT)
+    .union(FsOptions::POSIX_ACL);
+
+/// How one share behaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShareOptions {
+    /// Refuse every change with `EROFS`.
+    pub read_only: bool,
+    /// The caching contract with the guest.
+    pub cache: FsCache,
+}
+
+/// `PassthroughFs` behind the guest-facing policy. `Sync`, so the server can share it.
+pub struct ShareFs {
+    inner: PassthroughFs<()>,
+    options: ShareOptions,
+}
+
+impl std::fmt::Debug for ShareFs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShareFs")
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+fn erofs() -> io::Error {
+    io::Error::from_raw_os_error(libc::EROFS)
+}
+
+fn einval() -> io::Error {
+    io::Error::from_raw_os_error(libc::EINVAL)
+}
+
+/// Refuses names Linux never sends in a request: empty, `.`, `..`, or containing `/`.
+fn check_name(name: &CStr) -> io::Result<()> {
+    let bytes = name.to_bytes();
+    if bytes.is_empty() || bytes == b"." || bytes == b".." || bytes.contains(&b'/') {
+        return Err(einval());
+    }
+    Ok(())
+}
+
+/// Keeps only [`OPEN_FLAGS`]; access mode 3 (no read, no write) is refused.
+fn sanitize_open_flags(flags: u32) -> io::Result<u32> {
+    let flags = flags as i32;
+    if flags & libc::O_ACCMODE == libc::O_ACCMODE {
+        return Err(einval());
+    }
+    Ok((flags & OPEN_FLAGS) as u32)
+}
+
+fn opens_for_writing(flags: u32) -> bool {
+    let flags = flags as i32;
+    flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0
+}
+
+impl ShareFs {
+    /// A file system serving `root_dir` (an absolute path as seen by the calling thread; `/`
+    /// inside the sandbox). Opens `/proc/self/fd` now, so call it before the thread loses the
+    /// host's `/proc`.
+    pub fn new(root_dir: &str, options: ShareOptions) -> io::Result<Self> {
+        let exclusive = options.cache == FsCache::Exclusive;
+        let timeout = if exclusive {
+            EXCLUSIVE_TIMEOUT
+        } else {
+            SHARED_TIMEOUT
+        };
+        // Writeback caching and zero-message opens make writes fail late (at flush) instead of
+        // at open(); a read-only share keeps OPEN so `EROFS` reaches the opener.
+        let lazy = exclusive && !options.read_only;
+        let config = Config {
+            root_dir: root_dir.to_owned(),
+            attr_timeout: timeout,
+            entry_timeout: timeout,
+            cache_policy: if exclusive {
+                CachePolicy::Always
+            } else {
+                CachePolicy::Auto
+            },
+            writeback: lazy,
+            no_open: lazy,
+            no_opendir: lazy,
+            xattr: false,
+            killpriv_v2: false,
+            inode_file_handles: false,
+            do_import: true,
+            ..Config::default()
+        };
+        Ok(Self {
+            inner: PassthroughFs::new(config)?,
+            options,
+        })
+    }
+
+    fn writable(&self) -> io::Result<()> {
+        if self.options.read_only {
+            Err(erofs())
+        } else {
+            Ok(())
+        }
+    }
+
+    /// A negative entry the guest may cache, when only the guest changes the share.
+    fn negative_entry(&self) -> Option<Entry> {
+        (self.options.cache == FsCache::Exclusive).then(|| Entry {
+            inode: 0,
+            generation: 0,
+            attr: stat64::from(Attr::default()),
+            attr_flags: 0,
+            attr_timeout: Duration::ZERO,
+            entry_timeout: EXCLUSIVE_TIMEOUT,
+        })
+    }
+}
+
+impl FileSystem for ShareFs {
+    type Inode = Inode;
+    type Handle = Handle;
+
+    fn init(&self, capable: FsOptions) -> io::Result<FsOptions> {
+        let mut want = self.inner.init(capable)? | EXTRA_OPTIONS;
+        if self.options.cache == FsCache::Shared {
+            // Drop cached file data when the host changed the file (mtime or size).
+            want |= FsOptions::AUTO_INVAL_DATA;
+        }
+        if self.options.read_only {
+            want.remove(FsOptions::WRITEBACK_CACHE);
+        }
+        Ok(want - REFUSED_OPTIONS)
+    }
+
+    fn destroy(&self) {
+        self.inner.destroy()
+    }
+
+    fn lookup(&self, ctx: &Context, parent: Inode, name: &CStr) -> io::Result<Entry> {
+        check_name(name)?;
+        match self.inner.lookup(ctx, parent, name) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => self.negative_entry().ok_or(e),
+            other => other,
+        }
+    }
+
+    fn forget(&self, ctx: &Context, inode: Inode, count: u64) {
+        self.inner.forget(ctx, inode, count)
+    }
+
+    fn batch_forget(&self, ctx: &Context, requests: Vec<(Inode, u64)>) {
+        self.inner.batch_forget(ctx, requests)
+    }
+
+    fn getattr(
+        &self,
+        ctx: &Context,
+        inode: Inode,
+        handle: Option<Handle>,
+    ) -> io::Result<(stat64, Duration)> {
+        self.inner.getattr(ctx, inode, handle)
+    }
+
+    fn setattr(
+        &self,
+        ctx: &Context,
+        inode: Inode,
+        attr: stat64,
+        handle: Option<Handle>,
+        valid: SetattrValid,
+    ) -> io::Result<(stat64, Duration)> {
+        self.writable()?;
+        self.inner.setattr(ctx, inode, attr, handle, valid)
+    }
+
+    fn readlink(&self, ctx: &Context, inode: Inode) -> io::Result<Vec<u8>> {
+        self.inner.readlink(ctx, inode)
+    }
+
+    fn symlink(
+        &self,
+        ctx: &Context,
+        linkname: &CStr,
+        parent: Inode,
+        name: &CStr,
+    ) -> io::Result<Entry> {
+        self.writable()?;
+        check_name(name)?;
+        self.inner.symlink(ctx, linkname, parent, name)
+    }
+
+    fn mknod(
+        &self,
+        ctx: &Context,
+        parent: Inode,
+        name: &CStr,
+        mode: u32,
+        rdev: u32,
+        umask: u32,
+    ) -> io::Result<Entry> {
+        self.writable()?;
+        check_name(name)?;
+        match mode & libc::S_IFMT {
+            libc::S_IFREG | libc::S_IFIFO | libc::S_IFSOCK => {}
+            _ => return Err(io::Error::from_raw_os_error(libc::EPERM)),
+        }
+        self.inner.mknod(ctx, parent, name, mode, rdev, umask)
+    }
+
+    fn mkdir(
+        &self,
+        ctx: &Context,
+        parent: Inode,
+        name: &CStr,
+        mode: u32,
+        umask: u32,
+    ) -> io::Result<Entry> {
+        self.writable()?;
+        check_name(name)?;
+        self.inner.mkdir(ctx, parent, name, mode, umask)
+    }
+
+    fn unlink(&self, ctx: &Context, parent: Inode, name: &CStr) -> io::Result<()> {
+        self.writable()?;
+        check_name(name)?;
+        self.inner.unlink(ctx, parent, name)
+    }
+
+    fn rmdir(&self, ctx: &Context, parent: Inode, name: &CStr) -> io::Result<()> {
+        self.writable()?;
+        check_name(name)?;
+        self.inner.rmdir(ctx, parent, name)
+    }
+
+    fn rename(
+        &self,
+        ctx: &Context,
+        olddir: Inode,
+        oldname: &CStr,
+        newdir: Inode,
+        newname: &CStr,
+        flags: u32,
+    ) -> io::Result<()> {
+        self.writable()?;
+        check_name(oldname)?;
+        check_name(newname)?;
+        self.inner
+            .rename(ctx, olddir, oldname, newdir, newname, flags)
+    }
+
+    fn link(
+        &self,
+        ctx: &Context,
+        inode: Inode,
+        newparent: Inode,
+        newname: &CStr,
+    ) -> io::Result<Entry> {
+        self.writable()?;
+        check_name(newname)?;
+        self.inner.link(ctx, inode, newparent, newname)
+    }
+
+    fn open(
+        &self,
+        ctx: &Context,
+        inode: Inode,
+        flags: u32,
+        fuse_flags: u32,
+    ) -> io::Result<(Option<Handle>, OpenOptions, Option<u32>)> {
+        let flags = sanitize_open_flags(flags)?;
+        if opens_for_writing(flags) {
+            self.writable()?;
+        }
+        self.inner.open(ctx, inode, flags, fuse_flags)
+    }
+
+    fn create(
+        &self,
+        ctx: &Context,
+        parent: Inode,
+        name: &CStr,
+        args: CreateIn,
+    ) -> io::Result<(Entry, Option<Handle>, OpenOptions, Option<u32>)> {
+        self.writable()?;
+        check_name(name)?;
+        let args = CreateIn {
+            flags: sanitize_open_flags(args.flags)? & !(libc::O_DIRECTORY as u32),
+            ..args
+        };
+        self.inner.create(ctx, parent, name, args)
+    }
+
+    fn read(
+        &self,
+        ctx: &Context,
+        inode: Inode,
+        handle: Handle,
+        w: &mut dyn ZeroCopyWriter,
+        size: u32,
+        offset: u64,
+        lock_owner: Option<u64>,
+        flags: u32,
+    ) -> io::Result<usize> {
+        let flags = sanitize_open_flags(flags)?;
+        self.inner
+            .read(ctx, inode, handle, w, size, offset, lock_owner, flags)
+    }
+
+    fn write(
+        &self,
+        ctx: &Context,
+        inode: Inode,
+        handle: Handle,
+        r: &mut dyn ZeroCopyReader,
+        size: u32,
+        offset: u64,
+        lock_owner: Option<u64>,
+        delayed_write: bool,
+        flags: u32,
+        fuse_flags: u32,
+    ) -> io::Result<usize> {
+        self.writable()?;
+        let flags = sanitize_open_flags(flags)?;
+        self.inner.write(
+            ctx,
+            inode,
+            handle,
+            r,
+            size,
+            offset,
+            lock_owner,
+            delayed_write,
+            flags,
+            fuse_flags,
+        )
+    }
+
+    fn flush(
+        &self,
+        ctx: &Context,
+        inode: Inode,
+        handle: Handle,
+        lock_owner: u64,
+    ) -> io::Result<()> {
+        self.inner.flush(ctx, inode, handle, lock_owner)
+    }
+
+    fn fsync(&self, ctx: &Context, inode: Inode, datasync: bool, handle: Handle) -> io::Result<()> {
+        self.inner.fsync(ctx, inode, datasync, handle)
+    }
+
+    fn fallocate(
+        &self,
+        ctx: &Context,
+        inode: Inode,
+        handle: Handle,
+        mode: u32,
+        offset: u64,
+        length: u64,
+    ) -> io::Result<()> {
+        self.writable()?;
+        self.inner
+            .fallocate(ctx, inode, handle, mode, offset, length)
+    }
+
+    fn release(
+        &self,
+        ctx: &Context,
+        inode: Inode,
+        flags: u32,
+        handle: Handle,
+        flush: bool,
+        flock_release: bool,
+        lock_owner: Option<u64>,
+    ) -> io::Result<()> {
+        self.inner
+            .release(ctx, inode, flags, handle, flush, flock_release, lock_owner)
+    }
+
+    fn statfs(&self, ctx: &Context, inode: Inode) -> io::Result<statvfs64> {
+        self.inner.statfs(ctx, inode)
+    }
+
+    fn setxattr(
+        &self,
+        _ctx: &Context,
+        _inode: Inode,
+        _name: &CStr,
+        _value: &[u8],
+        _flags: u32,
+    ) -> io::Result<()> {
+        // No xattrs: `trusted.*`/`security.*` written by a hostile guest would reach the host
+        // (overlayfs and LSMs read them). ENOSYS also stops the guest from asking again.
+        Err(io::Error::from_raw_os_error(libc::ENOSYS))
+    }
+
+    fn getxattr(
+        &self,
+        _ctx: &Context,
+        _inode: Inode,
+        _name: &CStr,
+        _size: u32,
+    ) -> io::Result<GetxattrReply> {
+        Err(io::Error::from_raw_os_error(libc::ENOSYS))
+    }
+
+    fn listxattr(&self, _ctx: &Context, _inode: Inode, _size: u32) -> io::Result<ListxattrReply> {
+        Err(io::Error::from_raw_os_error(libc::ENOSYS))
+    }
+
+    fn removexattr(&self, _ctx: &Context, _inode: Inode, _name: &CStr) -> io::Result<()> {
+        Err(io::Error::from_raw_os_error(libc::ENOSYS))
+    }
+
+    fn opendir(
+        &self,
+        ctx: &Context,
+        inode: Inode,
+        flags: u32,
+    ) -> io::Result<(Option<Handle>, OpenOptions)> {
+        let flags = sanitize_open_flags(flags)?;
+        if opens_for_writing(flags) {
+            return Err(io::Error::from_raw_os_error(libc::EISDIR));
+        }
+        self.inner.opendir(ctx, inode, flags)
+    }
+
+    fn readdir(
+        &self,
+        ctx: &Context,
+        inode: Inode,
+        handle: Handle,
+        size: u32,
+        offset: u64,
+        add_entry: &mut dyn FnMut(DirEntry) -> io::Result<usize>,
+    ) -> io::Result<()> {
+        self.inner
+            .readdir(ctx, inode, handle, size, offset, add_entry)
+    }
+
+    fn readdirplus(
+        &self,
+        ctx: &Context,
+        inode: Inode,
+        handle: Handle,
+        size: u32,
+        offset: u64,
+        add_entry: &mut dyn FnMut(DirEntry, Entry) -> io::Result<usize>,
+    ) -> io::Result<()> {
+        self.inner
+            .readdirplus(ctx, inode, handle, size, offset, add_entry)
+    }
+
+    fn fsyncdir(
+        &self,
+        ctx: &Context,
+        inode: Inode,
+        datasync: bool,
+        handle: Handle,
+    ) -> io::Result<()> {
+        self.inner.fsyncdir(ctx, inode, datasync, handle)
+    }
+
+    fn releasedir(
+        &self,
+        ctx: &Context,
+        inode: Inode,
+        flags: u32,
+        handle: Handle,
+    ) -> io::Result<()> {
+        self.inner.releasedir(ctx, inode, flags, handle)
+    }
+
+    fn access(&self, ctx: &Context, inode: Inode, mask: u32) -> io::Result<()> {
+        if mask as i32 & libc::W_OK != 0 {
+            self.writable()?;
+        }
+        self.inner.access(ctx, inode, mask)
+    }
+
+    fn lseek(
+        &self,
+        ctx: &Context,
+        inode: Inode,
+        handle: Handle,
+        offset: u64,
+        whence: u32,
+    ) -> io::Result<u64> {
+        self.inner.lseek(ctx, inode, handle, offset, whence)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_linux_never_sends_are_refused() {
+        for bad in [&b"\0"[..], b".\0", b"..\0", b"a/b\0", b"/\0"] {
+            let name = CStr::from_bytes_with_nul(bad).unwrap();
+            assert!(check_name(name).is_err(), "{name:?}");
+        }
+        for good in [&b"a\0"[..], b"...\0", b".hidden\0", b"..x\0"] {
+            let name = CStr::from_bytes_with_nul(good).unwrap();
+            assert!(check_name(name).is_ok(), "{name:?}");
+        }
+    }
+
+    #[test]
+    fn open_flags_are_filtered() {
+        let f = |x: i32| sanitize_open_flags(x as u32).map(|v| v as i32);
+        assert_eq!(f(libc::O_RDWR | libc::O_PATH).unwrap(), libc::O_RDWR);
+        assert_eq!(
+            f(libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_TMPFILE).unwrap(),
+            libc::O_WRONLY | libc::O_DIRECTORY
+        );
+        assert!(f(libc::O_ACCMODE).is_err());
+        assert!(opens_for_writing((libc::O_RDONLY | libc::O_TRUNC) as u32));
+        assert!(!opens_for_writing(libc::O_RDONLY as u32));
+    }
+}

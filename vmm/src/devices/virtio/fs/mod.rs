@@ -1,0 +1,183 @@
+//! virtio-fs (device id 26): one host directory shared with the guest over FUSE, served inside
+//! the VMM by `fuse-backend-rs`'s passthrough file system on a confined thread. One device per
+//! tag; a VM may have several.
+//!
+//! - [`device`]: the virtio device: configuration space, activation and reset;
+//! - [`worker`]: the thread that owns the queues and answers requests, confined for its whole
+//!   life by [`sandbox`] (own mount namespace rooted at the share, capabilities) and
+//!   [`seccomp`] (its syscall allowlist);
+//! - [`request`]: one chain → one FUSE request: header checks, server call, error replies;
+//! - [`shadow`]: hands exactly the validated buffers (and our copy of the header) to the server;
+//! - [`filesystem`]: the guest-facing policy around `PassthroughFs` (names, open flags, device
+//!   nodes, read-only shares, FUSE options and cache timeouts);
+//! - [`metrics`]: requests per opcode, notifications, interrupts, errors.
+
+pub mod device;
+pub mod filesystem;
+pub mod metrics;
+pub mod request;
+pub mod sandbox;
+pub mod seccomp;
+pub mod shadow;
+mod worker;
+
+#[cfg(test)]
+mod tests;
+
+use std::path::PathBuf;
+use std::str::FromStr;
+
+pub use device::FsDevice;
+pub use metrics::{FsMetrics, FsMetricsSnapshot};
+
+/// The tag field of the configuration space is 36 bytes (not NUL-terminated when full).
+pub const TAG_MAX_LEN: usize = 36;
+/// Queues: hiprio (FORGET, INTERRUPT) and one request queue.
+pub const NUM_QUEUES: usize = 2;
+/// Size of each queue. Large because without indirect descriptors a 1 MiB request (256 pages,
+/// the `max_pages` we grant) takes ~260 descriptors.
+pub const QUEUE_SIZE: u16 = 1024;
+
+/// How the guest may cache a share.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum FsCache {
+    /// Only this guest changes the share while it runs (a container's rootfs): the guest keeps
+    /// entries, attributes, negative lookups and file data for a day, writes back through its
+    /// page cache, and skips OPEN/RELEASE round trips. Host-side changes are not seen.
+    #[default]
+    Exclusive,
+    /// The host may change files too (a volume edited on the host): one-second timeouts,
+    /// file data dropped when the host changed a file, write-through.
+    Shared,
+}
+
+/// One shared directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FsConfig {
+    /// The tag the guest mounts (`mount -t virtiofs <tag> <dir>`): 1-36 bytes, no NUL.
+    pub tag: String,
+    /// The host directory to share.
+    pub host_dir: PathBuf,
+    /// Refuse every change with `EROFS`.
+    pub read_only: bool,
+    /// The caching contract.
+    pub cache: FsCache,
+}
+
+/// Why a virtio-fs device could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum FsError {
+    /// The tag is empty, too long or contains a NUL.
+    #[error("invalid virtio-fs tag {0:?} (1-{TAG_MAX_LEN} bytes, no NUL)")]
+    InvalidTag(String),
+    /// Two shares with the same tag.
+    #[error("duplicate virtio-fs tag {0:?}")]
+    DuplicateTag(String),
+    /// A `--fs` argument that does not parse.
+    #[error("invalid share {0:?} (expected TAG=DIR[:ro][:shared])")]
+    InvalidSpec(String),
+    /// The shared directory does not exist or is not a directory.
+    #[error("cannot share {path}")]
+    ShareDir {
+        /// The configured path.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// An eventfd could not be created.
+    #[error("cannot create an eventfd")]
+    EventFd(#[source] std::io::Error),
+    /// The worker thread could not be started.
+    #[error("cannot start the virtio-fs worker")]
+    Spawn(#[source] std::io::Error),
+    /// The worker ended before saying whether it is ready.
+    #[error("the virtio-fs worker died while starting")]
+    WorkerGone,
+    /// The passthrough file system could not be created.
+    #[error("cannot create the passthrough file system")]
+    Server(#[source] std::io::Error),
+    /// The worker could not be confined.
+    #[error("cannot confine the virtio-fs worker")]
+    Sandbox(#[from] sandbox::SandboxError),
+    /// The worker's seccomp filter.
+    #[error(transparent)]
+    Seccomp(#[from] seccomp::SeccompError),
+    /// The worker's epoll set.
+    #[error("cannot set up the virtio-fs worker's epoll")]
+    Epoll(#[source] std::io::Error),
+}
+
+impl FsConfig {
+    /// A read-write, exclusive share.
+    pub fn new(tag: impl Into<String>, host_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            tag: tag.into(),
+            host_dir: host_dir.into(),
+            read_only: false,
+            cache: FsCache::Exclusive,
+        }
+    }
+
+    /// Checks the tag.
+    pub fn validate(&self) -> Result<(), FsError> {
+        let len = self.tag.len();
+        if len == 0 || len > TAG_MAX_LEN || self.tag.contains('\0') {
+            return Err(FsError::InvalidTag(self.tag.clone()));
+        }
+        Ok(())
+    }
+
+    /// Checks a VM's shares together: each valid, tags unique.
+    pub fn validate_all(shares: &[FsConfig]) -> Result<(), FsError> {
+        for (i, share) in shares.iter().enumerate() {
+            share.validate()?;
+            if shares[..i].iter().any(|s| s.tag == share.tag) {
+                return Err(FsError::DuplicateTag(share.tag.clone()));
+            }
+        }
+        Ok(())
+    }
+
+    /// The share as an absolute path without symlinks (resolved once, on the host's terms),
+    /// checked to be a directory.
+    pub fn canonical_dir(&self) -> Result<PathBuf, FsError> {
+        let err = |source| FsError::ShareDir {
+            path: self.host_dir.clone(),
+            source,
+        };
+        let dir = std::fs::canonicalize(&self.host_dir).map_err(err)?;
+        if !dir.is_dir() {
+            return Err(err(std::io::Error::from_raw_os_error(libc::ENOTDIR)));
+        }
+        Ok(dir)
+    }
+}
+
+impl FromStr for FsConfig {
+    type Err = FsError;
+
+    /// `TAG=DIR[:ro][:shared]` (the suffixes in any order).
+    fn from_str(spec: &str) -> Result<Self, FsError> {
+        let bad = || FsError::InvalidSpec(spec.to_owned());
+        let (tag, mut dir) = spec.split_once('=').ok_or_else(bad)?;
+        let mut config = FsConfig::new(tag, "");
+        loop {
+            if let Some(rest) = dir.strip_suffix(":ro") {
+                config.read_only = true;
+                dir = rest;
+            } else if let Some(rest) = dir.strip_suffix(":shared") {
+                config.cache = FsCache::Shared;
+                dir = rest;
+            } else {
+                break;
+            }
+        }
+        if dir.is_empty() {
+            return Err(bad());
+        }
+        config.host_dir = PathBuf::from(dir);
+        config.validate()?;
+        Ok(config)
+    }
+}

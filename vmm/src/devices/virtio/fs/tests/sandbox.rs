@@ -1,0 +1,211 @@
+//! The worker's confinement as the kernel reports it, and the seccomp filter's verdicts.
+
+use std::path::Path;
+
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::{fork, ForkResult};
+
+use super::client::*;
+use super::harness::*;
+use crate::devices::virtio::fs::sandbox::KEPT_CAPABILITIES;
+use crate::devices::virtio::fs::seccomp;
+
+/// The thread id of the worker serving `tag` (its name is "fs-<tag>", cut to 15 bytes).
+fn worker_tid(tag: &str) -> String {
+    let comm = format!("fs-{tag}");
+    let comm = &comm[..comm.len().min(15)];
+    let tids: Vec<String> = std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|e| {
+            let tid = e.unwrap().file_name().into_string().unwrap();
+            let name = std::fs::read_to_string(format!("/proc/self/task/{tid}/comm")).ok()?;
+            (name.trim_end() == comm).then_some(tid)
+        })
+        .collect();
+    assert_eq!(tids.len(), 1, "worker threads named {comm:?}: {tids:?}");
+    tids[0].clone()
+}
+
+fn status_field(tid: &str, field: &str) -> String {
+    let status = std::fs::read_to_string(format!("/proc/self/task/{tid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .unwrap_or_else(|| panic!("no {field} in status"))
+        .trim()
+        .to_owned()
+}
+
+#[test]
+fn worker_is_confined_and_the_rest_of_the_process_is_not() {
+    if !can_confine("worker_is_confined_and_the_rest_of_the_process_is_not") {
+        return;
+    }
+    let mem = test_mem();
+    let mut h = Harness::with(
+        &mem,
+        |t| std::fs::write(t.join("share/f"), b"x").unwrap(),
+        |c| c.tag = "sbx-rw".into(),
+    );
+    let tid = worker_tid("sbx-rw");
+
+    assert_eq!(status_field(&tid, "Seccomp"), "2", "seccomp filter mode");
+    assert_eq!(status_field(&tid, "NoNewPrivs"), "1");
+    let kept: u64 = KEPT_CAPABILITIES.iter().map(|c| 1u64 << c.index()).sum();
+    for set in ["CapEff", "CapPrm", "CapBnd"] {
+        let v = u64::from_str_radix(&status_field(&tid, set), 16).unwrap();
+        assert_eq!(v, kept, "{set}: {v:#x}");
+    }
+    assert_eq!(status_field(&tid, "CapInh"), "0000000000000000");
+    assert_eq!(status_field(&tid, "CapAmb"), "0000000000000000");
+    // Process-directed signals are blocked on the worker (they go to other threads).
+    let blocked = u64::from_str_radix(&status_field(&tid, "SigBlk"), 16).unwrap();
+    for sig in [
+        libc::SIGTERM,
+        libc::SIGINT,
+        libc::SIGHUP,
+        libc::SIGCHLD,
+        libc::SIGUSR1,
+    ] {
+        assert_ne!(
+            blocked & (1 << (sig - 1)),
+            0,
+            "signal {sig} not blocked: {blocked:#x}"
+        );
+    }
+
+    // Its own mount namespace with one mount: the share at /, with the hardening options.
+    let ns = |p: &str| std::fs::read_link(p).unwrap();
+    assert_ne!(
+        ns(&format!("/proc/self/task/{tid}/ns/mnt")),
+        ns("/proc/self/ns/mnt")
+    );
+    let mountinfo = std::fs::read_to_string(format!("/proc/self/task/{tid}/mountinfo")).unwrap();
+    let mounts: Vec<&str> = mountinfo.lines().collect();
+    assert_eq!(mounts.len(), 1, "{mountinfo}");
+    let fields: Vec<&str> = mounts[0].split(' ').collect();
+    assert_eq!(fields[4], "/", "mount point: {mountinfo}");
+    for opt in ["rw", "nosuid", "nodev", "noexec", "nosymfollow"] {
+        assert!(
+            fields[5].split(',').any(|o| o == opt),
+            "{opt} in {}",
+            fields[5]
+        );
+    }
+    // Its root directory is the share.
+    assert_eq!(
+        std::fs::read_dir(format!("/proc/self/task/{tid}/root"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect::<Vec<_>>(),
+        ["f"]
+    );
+
+    // Meanwhile this thread (like the VMM's others) still sees the host.
+    assert!(Path::new("/proc/self/exe").exists());
+    assert!(h.outside.join("secret").exists());
+    let f = h.lookup(ROOT, "f").unwrap().nodeid;
+    assert_eq!(h.read(f, 0, 0, 10).unwrap(), b"x");
+}
+
+#[test]
+fn read_only_share_is_mounted_read_only_for_the_worker() {
+    if !can_confine("read_only_share_is_mounted_read_only_for_the_worker") {
+        return;
+    }
+    let mem = test_mem();
+    let _h = Harness::with(
+        &mem,
+        |t| {
+            // A volume mounted inside the share: it must come along, read-only too.
+            std::fs::create_dir(t.join("share/vol")).unwrap();
+            nix::mount::mount(
+                Some(&t.join("outside")),
+                &t.join("share/vol"),
+                None::<&str>,
+                nix::mount::MsFlags::MS_BIND,
+                None::<&str>,
+            )
+            .unwrap();
+        },
+        |c| {
+            c.tag = "sbx-ro".into();
+            c.read_only = true;
+        },
+    );
+    let tid = worker_tid("sbx-ro");
+    let mountinfo = std::fs::read_to_string(format!("/proc/self/task/{tid}/mountinfo")).unwrap();
+    let mounts: Vec<Vec<&str>> = mountinfo.lines().map(|l| l.split(' ').collect()).collect();
+    assert_eq!(mounts.len(), 2, "{mountinfo}");
+    assert_eq!((mounts[0][4], mounts[1][4]), ("/", "/vol"));
+    for m in &mounts {
+        assert!(m[5].split(',').any(|o| o == "ro"), "{}", m[5]);
+        assert!(m[5].split(',').any(|o| o == "nosymfollow"), "{}", m[5]);
+    }
+    // The host's own mount is untouched (still read-write, still there).
+    let vol = _h.tmp.path().join("share/vol");
+    std::fs::write(vol.join("host-write"), b"ok").unwrap();
+    std::fs::remove_file(vol.join("host-write")).unwrap();
+    nix::mount::umount2(&vol, nix::mount::MntFlags::MNT_DETACH).unwrap();
+}
+
+/// Runs `syscall(nr, args)` in a forked child under the worker's filter; returns how it ended.
+fn run_filtered(nr: libc::c_long, args: [libc::c_long; 3]) -> WaitStatus {
+    let filter = seccomp::worker_filter().unwrap();
+    // SAFETY: the child only makes raw system calls (prctl, seccomp, the probe, exit) before it
+    // exits, all async-signal-safe; it touches no lock another thread may hold.
+    match unsafe { fork() }.unwrap() {
+        ForkResult::Child => {
+            let code = if seccomp::install(&filter).is_ok() {
+                0
+            } else {
+                3
+            };
+            // SAFETY: raw syscalls with plain integer arguments.
+            unsafe {
+                libc::syscall(nr, args[0], args[1], args[2], 0, 0, 0);
+                libc::syscall(libc::SYS_exit, code);
+            }
+            unreachable!("exit returned")
+        }
+        ForkResult::Parent { child } => waitpid(child, None).unwrap(),
+    }
+}
+
+#[test]
+fn seccomp_filter_allows_file_work_and_kills_the_rest() {
+    let killed = |s: WaitStatus| matches!(s, WaitStatus::Signaled(_, nix::sys::signal::SIGSYS, _));
+    let fine = |s: WaitStatus| matches!(s, WaitStatus::Exited(_, 0));
+    for nr in [libc::SYS_getpid, libc::SYS_fsync, libc::SYS_close] {
+        let s = run_filtered(nr, [-1, 0, 0]);
+        assert!(fine(s), "syscall {nr}: {s:?}");
+    }
+    for nr in [
+        libc::SYS_open_by_handle_at,
+        libc::SYS_name_to_handle_at,
+        libc::SYS_execve,
+        libc::SYS_socket,
+        libc::SYS_mount,
+        libc::SYS_umount2,
+        libc::SYS_unshare,
+        libc::SYS_setns,
+        libc::SYS_chroot,
+        libc::SYS_pivot_root,
+        libc::SYS_ptrace,
+        libc::SYS_clone,
+        libc::SYS_ioctl,
+        libc::SYS_open,
+        libc::SYS_process_vm_writev,
+        libc::SYS_capset,
+        libc::SYS_kill,
+    ] {
+        let s = run_filtered(nr, [-1, 0, 0]);
+        assert!(killed(s), "syscall {nr} must kill: {s:?}");
+    }
+    // Memory: never executable.
+    let rw = i64::from(libc::PROT_READ | libc::PROT_WRITE);
+    let rwx = rw | i64::from(libc::PROT_EXEC);
+    assert!(fine(run_filtered(libc::SYS_mprotect, [0, 0, rw])));
+    assert!(killed(run_filtered(libc::SYS_mprotect, [0, 0, rwx])));
+    assert!(killed(run_filtered(libc::SYS_mmap, [0, 4096, rwx])));
+}
