@@ -23,6 +23,9 @@ use bulkhead_bench::{
 };
 use clap::Parser;
 
+#[path = "boot_exit_guest.rs"]
+mod exit_guest;
+
 const SHARE: &str = "/usr/local/share/bulkhead";
 
 /// Boot bulkhead-vmm and QEMU microvm alternately and compare.
@@ -59,6 +62,12 @@ struct Args {
     /// Give up on a run after this many seconds.
     #[arg(long, default_value_t = 600)]
     timeout: u64,
+    /// Extra bulkhead-vmm starts, stopped at the first KVM_RUN, for the setup-time median.
+    #[arg(long, default_value_t = 10)]
+    setup_runs: usize,
+    /// Port-I/O exits per run of the exit-cost guest (0 skips that part).
+    #[arg(long, default_value_t = 100_000)]
+    exit_iterations: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -88,6 +97,7 @@ struct Run {
     user: f64,
     sys: f64,
     cmdline: Option<String>,
+    exits: u64,
 }
 
 impl Run {
@@ -213,6 +223,12 @@ fn run_once(mut cmd: Command, kind: Kind, args: &Args) -> Result<Run, String> {
                     region = addr.zip(size);
                 } else if let Some(c) = log_field(&line, "cmdline") {
                     run.cmdline = Some(c.to_string());
+                } else if line.contains(" exits ") {
+                    for field in ["io_in", "io_out", "mmio_read", "mmio_write", "other"] {
+                        run.exits += log_field(&line, field)
+                            .and_then(|v| v.parse::<u64>().ok())
+                            .unwrap_or(0);
+                    }
                 }
                 tail.push(line);
                 if tail.len() > 20 {
@@ -294,6 +310,113 @@ fn fmt_mib(v: Option<u64>) -> String {
     })
 }
 
+/// Starts bulkhead-vmm `n` times, each stopped right after its first `KVM_RUN`; returns the
+/// setup times in ms.
+fn setup_times(args: &Args, vmm: &Path, kernel: &Path, initrd: &Path, n: usize) -> Vec<f64> {
+    let mut times = Vec::new();
+    for _ in 0..n {
+        let mut cmd = vmm_command(args, vmm, kernel, initrd);
+        let t0 = monotonic_ns();
+        let Ok(mut child) = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+        else {
+            continue;
+        };
+        if let Some(err) = child.stderr.take() {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                if line.contains("first KVM_RUN") {
+                    if let Some(ns) =
+                        log_field(&line, "monotonic_ns").and_then(|v| v.parse::<u64>().ok())
+                    {
+                        times.push(ns.saturating_sub(t0) as f64 / 1e6);
+                    }
+                    break;
+                }
+            }
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    times
+}
+
+/// Wall time and user/system CPU seconds of one run of `cmd`, or `None` if it failed.
+fn time_process(mut cmd: Command) -> Option<(f64, f64, f64)> {
+    let (u0, s0) = children_cpu_seconds();
+    let t0 = monotonic_ns();
+    let status = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .ok()?;
+    let wall = monotonic_ns().saturating_sub(t0) as f64 / 1e9;
+    let (u1, s1) = children_cpu_seconds();
+    status.success().then_some((wall, u1 - u0, s1 - s0))
+}
+
+/// Per-exit cost (µs) of each VMM: wall, user CPU, user+system CPU, from the exit guest run
+/// with `n` exits minus the same guest with none, medians over `runs` pairs.
+fn exit_costs(
+    args: &Args,
+    vmm: &Path,
+    qemu_cpu: &str,
+    n: u32,
+) -> Result<[(Kind, [f64; 3]); 2], String> {
+    let dir = std::env::temp_dir().join(format!("boot-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let guests = [dir.join("exits-0.elf"), dir.join(format!("exits-{n}.elf"))];
+    for (path, count) in guests.iter().zip([0, n]) {
+        std::fs::write(path, exit_guest::elf(count))
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    }
+    let command = |kind: Kind, guest: &Path| match kind {
+        Kind::Bulkhead => {
+            let mut c = Command::new(vmm);
+            c.arg("--kernel").arg(guest);
+            c
+        }
+        Kind::Qemu => {
+            let mut c = Command::new(&args.qemu);
+            c.args([
+                "-M",
+                "microvm",
+                "-device",
+                "i8042",
+                "-enable-kvm",
+                "-cpu",
+                qemu_cpu,
+            ])
+            .args(["-m", "128", "-nographic", "-no-reboot", "-kernel"])
+            .arg(guest);
+            c
+        }
+    };
+    let mut out = [(Kind::Bulkhead, [0.0; 3]), (Kind::Qemu, [0.0; 3])];
+    for (kind, costs) in out.iter_mut() {
+        let mut samples: [Vec<f64>; 3] = Default::default();
+        for _ in 0..args.runs {
+            let base = time_process(command(*kind, &guests[0]));
+            let full = time_process(command(*kind, &guests[1]));
+            let (Some(b), Some(f)) = (base, full) else {
+                return Err(format!("{} failed to run the exit guest", kind.name()));
+            };
+            let per = |x: f64, y: f64| (y - x) / f64::from(n) * 1e6;
+            samples[0].push(per(b.0, f.0));
+            samples[1].push(per(b.1, f.1));
+            samples[2].push(per(b.1 + b.2, f.1 + f.2));
+        }
+        for (c, v) in costs.iter_mut().zip(&samples) {
+            *c = median(v).unwrap_or(f64::NAN);
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(out)
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     let env_or = |var: &str, file: &str| {
@@ -332,6 +455,9 @@ fn main() -> ExitCode {
     );
     println!("  bulkhead-vmm: {}", vmm.display());
     println!("  qemu: {} -M microvm -cpu {qemu_cpu}", args.qemu.display());
+    if let Ok(load) = std::fs::read_to_string("/proc/loadavg") {
+        println!("  host load average at start: {}", load.trim());
+    }
 
     let mut results: Vec<(Kind, Run)> = Vec::new();
     let mut cmdline: Option<String> = None;
@@ -350,14 +476,15 @@ fn main() -> ExitCode {
             match run_once(cmd, kind, &args) {
                 Ok(run) => {
                     println!(
-                        "run {i} {:<13} marker {:>9}  exit {:>9}  setup {:>9}  overhead {:>10}  cpu user {:.2} s sys {:.2} s",
+                        "run {i} {:<13} marker {:>9}  exit {:>9}  setup {:>9}  overhead {:>10}  cpu user {:.2} s sys {:.2} s{}",
                         kind.name(),
                         fmt_s(run.to_marker),
                         fmt_s(Some(run.to_exit)),
                         run.setup_ms.map_or("-".into(), |v| format!("{v:.2} ms")),
                         fmt_mib(run.overhead()),
                         run.user,
-                        run.sys
+                        run.sys,
+                        if run.exits > 0 { format!("  exits to user space {}", run.exits) } else { String::new() }
                     );
                     if kind == Kind::Bulkhead && cmdline.is_none() {
                         cmdline = run.cmdline.clone();
@@ -374,6 +501,19 @@ fn main() -> ExitCode {
             }
         }
     }
+    let mut setups: Vec<f64> = results.iter().filter_map(|(_, r)| r.setup_ms).collect();
+    setups.extend(setup_times(&args, &vmm, &kernel, &initrd, args.setup_runs));
+    let exits = if args.exit_iterations > 0 {
+        match exit_costs(&args, &vmm, &qemu_cpu, args.exit_iterations) {
+            Ok(e) => Some(e),
+            Err(e) => {
+                eprintln!("boot-bench: exit cost: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        None
+    };
 
     let pick = |kind: Kind, f: &dyn Fn(&Run) -> Option<f64>| {
         let v: Vec<f64> = results
@@ -387,12 +527,17 @@ fn main() -> ExitCode {
     let marker_q = pick(Kind::Qemu, &|r| r.to_marker);
     let exit_b = pick(Kind::Bulkhead, &|r| Some(r.to_exit));
     let exit_q = pick(Kind::Qemu, &|r| Some(r.to_exit));
-    let setup = pick(Kind::Bulkhead, &|r| r.setup_ms);
+    let cpu_b = pick(Kind::Bulkhead, &|r| Some(r.user + r.sys));
+    let cpu_q = pick(Kind::Qemu, &|r| Some(r.user + r.sys));
     let over_b = pick(Kind::Bulkhead, &|r| r.overhead().map(|v| v as f64));
     let over_q = pick(Kind::Qemu, &|r| r.overhead().map(|v| v as f64));
     let user_b = pick(Kind::Bulkhead, &|r| Some(r.user));
     let user_q = pick(Kind::Qemu, &|r| Some(r.user));
+    let exits_b = pick(Kind::Bulkhead, &|r| Some(r.exits as f64));
+    let setup = median(&setups);
+    let setup_min = setups.iter().copied().fold(f64::INFINITY, f64::min);
     let ratio = |a: Option<f64>, b: Option<f64>| a.zip(b).map(|(a, b)| a / b);
+    let fmt_ratio = |r: Option<f64>| r.map_or("-".into(), |r| format!("{r:.3}"));
     let verdict = |ok: bool| if ok { "ok" } else { "MISSED" };
 
     println!("medians of {} runs:", args.runs);
@@ -401,19 +546,26 @@ fn main() -> ExitCode {
         "  start → marker: bulkhead-vmm {}, qemu {}, ratio {} (target ≤ 1.0: {})",
         fmt_s(marker_b),
         fmt_s(marker_q),
-        r.map_or("-".into(), |r| format!("{r:.3}")),
+        fmt_ratio(r),
         verdict(r.is_some_and(|r| r <= 1.0))
     );
-    let r = ratio(exit_b, exit_q);
     println!(
         "  start → exit:   bulkhead-vmm {}, qemu {}, ratio {}",
         fmt_s(exit_b),
         fmt_s(exit_q),
-        r.map_or("-".into(), |r| format!("{r:.3}"))
+        fmt_ratio(ratio(exit_b, exit_q))
     );
     println!(
-        "  bulkhead-vmm setup (start → first KVM_RUN): {} (target ≤ 10 ms: {})",
+        "  CPU time (user+sys) per boot: bulkhead-vmm {}, qemu {}, ratio {}",
+        fmt_s(cpu_b),
+        fmt_s(cpu_q),
+        fmt_ratio(ratio(cpu_b, cpu_q))
+    );
+    println!(
+        "  bulkhead-vmm setup (start → first KVM_RUN), {} starts: median {}, min {:.2} ms (target ≤ 10 ms: {})",
+        setups.len(),
         setup.map_or("-".into(), |v| format!("{v:.2} ms")),
+        setup_min,
         verdict(setup.is_some_and(|v| v <= 10.0))
     );
     println!(
@@ -423,10 +575,26 @@ fn main() -> ExitCode {
         verdict(over_b.is_some_and(|v| v <= 4.0 * (1u64 << 20) as f64))
     );
     println!(
-        "  user-space CPU time of the VMM process (exit handling): bulkhead-vmm {:.3} s, qemu {:.3} s",
+        "  user CPU of the VMM process per boot: bulkhead-vmm {:.3} s for {:.0} exits to user space, qemu {:.3} s",
         user_b.unwrap_or(f64::NAN),
+        exits_b.unwrap_or(f64::NAN),
         user_q.unwrap_or(f64::NAN)
     );
+    if let Some([(_, b), (_, q)]) = exits {
+        println!(
+            "  cost of one port-I/O exit ({} exits, run minus empty run): wall {:.2} µs vs qemu {:.2} µs (ratio {:.3}); \
+             user CPU {:.3} µs vs {:.3} µs; user+sys CPU {:.2} µs vs {:.2} µs (ratio {:.3})",
+            args.exit_iterations,
+            b[0],
+            q[0],
+            b[0] / q[0],
+            b[1],
+            q[1],
+            b[2],
+            q[2],
+            b[2] / q[2]
+        );
+    }
     ExitCode::SUCCESS
 }
 

@@ -34,6 +34,17 @@ pub struct Vcpu {
     fd: VcpuFd,
 }
 
+/// Exits that reached user space, by kind; kept on the vCPU thread's stack (no sharing, no
+/// atomics) and logged once when the vCPU stops.
+#[derive(Debug, Default)]
+struct ExitCounts {
+    io_in: u64,
+    io_out: u64,
+    mmio_read: u64,
+    mmio_write: u64,
+    other: u64,
+}
+
 /// What to do after an exit.
 enum Next {
     Continue,
@@ -109,13 +120,34 @@ pub fn monotonic_ns() -> u64 {
 
 /// Runs until a stop is requested (returns `None`) or this vCPU ends the VM (returns why).
 fn run_loop(index: u8, fd: &mut VcpuFd, ctx: &VcpuContext) -> Option<ExitReason> {
+    let mut counts = ExitCounts::default();
+    let reason = run_until_stop(index, fd, ctx, &mut counts);
+    tracing::debug!(
+        vcpu = index,
+        io_in = counts.io_in,
+        io_out = counts.io_out,
+        mmio_read = counts.mmio_read,
+        mmio_write = counts.mmio_write,
+        other = counts.other,
+        "exits"
+    );
+    reason
+}
+
+fn run_until_stop(
+    index: u8,
+    fd: &mut VcpuFd,
+    ctx: &VcpuContext,
+    counts: &mut ExitCounts,
+) -> Option<ExitReason> {
     loop {
         if ctx.control.is_stopping() {
             return None;
         }
         let next = match fd.run() {
-            Ok(exit) => handle_exit(exit, ctx),
+            Ok(exit) => handle_exit(exit, ctx, counts),
             Err(e) if e.errno() == libc::EINTR => {
+                counts.other += 1;
                 fd.set_kvm_immediate_exit(0);
                 Next::Continue
             }
@@ -140,29 +172,36 @@ fn run_loop(index: u8, fd: &mut VcpuFd, ctx: &VcpuContext) -> Option<ExitReason>
     }
 }
 
-fn handle_exit(exit: VcpuExit<'_>, ctx: &VcpuContext) -> Next {
+fn handle_exit(exit: VcpuExit<'_>, ctx: &VcpuContext, counts: &mut ExitCounts) -> Next {
     match exit {
         VcpuExit::IoIn(port, data) => {
+            counts.io_in += 1;
             if !ctx.pio.read(u64::from(port), data) {
                 data.fill(0);
             }
             Next::Continue
         }
         VcpuExit::IoOut(port, data) => {
+            counts.io_out += 1;
             ctx.pio.write(u64::from(port), data);
             Next::Continue
         }
         VcpuExit::MmioRead(addr, data) => {
+            counts.mmio_read += 1;
             if !ctx.mmio.read(addr, data) {
                 data.fill(0);
             }
             Next::Continue
         }
         VcpuExit::MmioWrite(addr, data) => {
+            counts.mmio_write += 1;
             ctx.mmio.write(addr, data);
             Next::Continue
         }
-        VcpuExit::Intr | VcpuExit::IrqWindowOpen | VcpuExit::Hlt => Next::Continue,
+        VcpuExit::Intr | VcpuExit::IrqWindowOpen | VcpuExit::Hlt => {
+            counts.other += 1;
+            Next::Continue
+        }
         VcpuExit::SystemEvent(kind, _) => match kind {
             KVM_SYSTEM_EVENT_SHUTDOWN => Next::Stop(ExitReason::PowerOff),
             KVM_SYSTEM_EVENT_RESET => Next::Stop(ExitReason::Reset),
