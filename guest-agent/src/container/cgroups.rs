@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 use nix::unistd::Pid;
 use oci_spec::runtime::{LinuxResources, LinuxThrottleDevice};
 
+use super::device_filter;
+
 /// Controllers we enable for containers when the parent offers them.
 const CONTROLLERS: [&str; 7] = ["cpu", "cpuset", "io", "memory", "pids", "hugetlb", "rdma"];
 
@@ -40,6 +42,8 @@ pub enum CgroupError {
     Key(String),
     #[error("timed out waiting for {0}")]
     Timeout(&'static str),
+    #[error("{0}")]
+    Bpf(&'static str, #[source] nix::errno::Errno),
 }
 
 /// Limit value meaning "no limit" (cgroup's `max`), as the agent protocol reports it.
@@ -280,8 +284,9 @@ impl Cgroup {
         self.dir.as_raw_fd()
     }
 
-    /// Writes `linux.resources`.
+    /// Writes `linux.resources`; device rules become the group's device program.
     pub fn apply(&self, resources: &LinuxResources) -> Result<(), CgroupError> {
+        let devices = device_filter::program(resources.devices().as_deref().unwrap_or_default())?;
         for (file, value) in writes(resources)? {
             match write(&self.path.join(&file), &value) {
                 // Without swap accounting (no swap in the guest) there is no swap to limit.
@@ -289,6 +294,9 @@ impl Cgroup {
                     if file == "memory.swap.max" && e.kind() == ErrorKind::NotFound => {}
                 other => other?,
             }
+        }
+        if let Some(prog) = devices {
+            device_filter::attach(self.fd(), &prog)?;
         }
         Ok(())
     }

@@ -17,6 +17,7 @@ mod bpf;
 mod caps;
 mod cgroups;
 mod create;
+mod device_filter;
 mod devices;
 mod error;
 mod exec;

@@ -128,6 +128,21 @@ pub const DOCKER_CAPS: [&str; 14] = [
     "CAP_AUDIT_WRITE",
 ];
 
+/// Docker's device cgroup rules: deny everything, then allow the usual nodes and any mknod.
+#[allow(non_snake_case)]
+fn DOCKER_DEVICE_RULES() -> Value {
+    let allow = |major: i64, minor: i64| json!({"allow": true, "type": "c", "major": major, "minor": minor, "access": "rwm"});
+    json!([
+        {"allow": false, "access": "rwm"},
+        allow(1, 5), allow(1, 3), allow(1, 9), allow(1, 8), allow(5, 0), allow(5, 1), allow(1, 7),
+        allow(10, 200), allow(5, 2),
+        {"allow": true, "type": "c", "major": 136, "access": "rwm"},
+        {"allow": false, "type": "c", "major": 10, "minor": 229, "access": "rwm"},
+        {"allow": true, "type": "c", "access": "m"},
+        {"allow": true, "type": "b", "access": "m"}
+    ])
+}
+
 /// A spec like the one Docker writes for `docker run busybox sh -c <script>`.
 pub fn base_spec(script: &str) -> Value {
     json!({
@@ -157,7 +172,7 @@ pub fn base_spec(script: &str) -> Value {
             {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", "mode=1777"]}
         ],
         "linux": {
-            "resources": {},
+            "resources": {"devices": DOCKER_DEVICE_RULES()},
             "namespaces": [
                 {"type": "mount"}, {"type": "network"}, {"type": "uts"}, {"type": "pid"},
                 {"type": "ipc"}, {"type": "cgroup"}

@@ -133,3 +133,23 @@ container_test! {
         );
     }
 }
+
+container_test! {
+    fn device_rules_block_unlisted_devices() {
+        let bundle = Bundle::busybox();
+        // /dev/fuse (c 10:229): Docker's rules deny it explicitly; this host lets root open it,
+        // so the same open succeeding without rules proves the program is what refuses it.
+        if std::fs::File::open("/dev/fuse").is_err() {
+            eprintln!("skipped: this host does not let us open /dev/fuse");
+            return;
+        }
+        let script = "mknod /dev/f c 10 229 && { true < /dev/f; } 2>&1 && echo opened; \
+                      head -c 1 /dev/zero | wc -c; echo ok > /dev/null && echo null-ok";
+        let out = sh(&bundle, script, |_| {});
+        assert_eq!(out, "sh: can't open /dev/f: Operation not permitted\n1\nnull-ok\n");
+        let out = sh(&bundle, script, |s| {
+            s["linux"]["resources"] = json!({});
+        });
+        assert_eq!(out, "opened\n1\nnull-ok\n");
+    }
+}

@@ -1,0 +1,263 @@
+//! `linux.resources.devices` on cgroup v2: an eBPF program of type `CGROUP_DEVICE` attached to
+//! the container's group, which the kernel asks before every device open and `mknod`.
+//!
+//! Rules are read like cgroup v1 read them, as runc does: start from "allow everything", later
+//! rules override earlier ones. The program therefore checks the rules from the last to the
+//! first and the first match decides; an allow rule matches when it grants every requested
+//! access, a deny rule when it refuses any of them.
+
+use std::os::fd::RawFd;
+
+use oci_spec::runtime::{LinuxDeviceCgroup, LinuxDeviceType};
+
+use super::cgroups::CgroupError;
+use super::sys;
+
+/// `struct bpf_insn`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Insn {
+    code: u8,
+    /// dst in the low nibble, src in the high one.
+    regs: u8,
+    off: i16,
+    imm: i32,
+}
+
+const LDX_W: u8 = 0x61; // BPF_LDX | BPF_W | BPF_MEM
+const AND32_K: u8 = 0x54; // BPF_ALU | BPF_AND | BPF_K
+const RSH32_K: u8 = 0x74; // BPF_ALU | BPF_RSH | BPF_K
+const MOV32_X: u8 = 0xbc; // BPF_ALU | BPF_MOV | BPF_X
+const MOV64_K: u8 = 0xb7; // BPF_ALU64 | BPF_MOV | BPF_K
+const JEQ_K: u8 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
+const JNE_K: u8 = 0x55; // BPF_JMP | BPF_JNE | BPF_K
+const EXIT: u8 = 0x95; // BPF_JMP | BPF_EXIT
+
+/// `BPF_DEVCG_DEV_*` and `BPF_DEVCG_ACC_*`.
+const DEV_BLOCK: i32 = 1;
+const DEV_CHAR: i32 = 2;
+const ACC_MKNOD: i32 = 1;
+const ACC_READ: i32 = 2;
+const ACC_WRITE: i32 = 4;
+const ACC_ALL: i32 = ACC_MKNOD | ACC_READ | ACC_WRITE;
+
+fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> Insn {
+    Insn {
+        code,
+        regs: (src << 4) | (dst & 0xf),
+        off,
+        imm,
+    }
+}
+
+/// One rule, reduced to what the program compares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Rule {
+    allow: bool,
+    /// `None`: any type.
+    kind: Option<i32>,
+    major: Option<i32>,
+    minor: Option<i32>,
+    access: i32,
+}
+
+fn rule(d: &LinuxDeviceCgroup) -> Result<Option<Rule>, CgroupError> {
+    let kind = match d.typ().unwrap_or(LinuxDeviceType::A) {
+        LinuxDeviceType::A => None,
+        LinuxDeviceType::B => Some(DEV_BLOCK),
+        LinuxDeviceType::C | LinuxDeviceType::U => Some(DEV_CHAR),
+        // FIFOs are not devices to the device controller (runc skips them too).
+        LinuxDeviceType::P => return Ok(None),
+    };
+    let number = |n: Option<i64>| -> Result<Option<i32>, CgroupError> {
+        match n {
+            None | Some(-1) => Ok(None),
+            Some(v) => i32::try_from(v)
+                .ok()
+                .filter(|v| *v >= 0)
+                .map(Some)
+                .ok_or(CgroupError::Invalid("device number out of range")),
+        }
+    };
+    let mut access = 0;
+    for c in d.access().as_deref().unwrap_or("rwm").chars() {
+        access |= match c {
+            'r' => ACC_READ,
+            'w' => ACC_WRITE,
+            'm' => ACC_MKNOD,
+            _ => {
+                return Err(CgroupError::Invalid(
+                    "device access must be made of r, w and m",
+                ))
+            }
+        };
+    }
+    if access == 0 {
+        access = ACC_ALL;
+    }
+    Ok(Some(Rule {
+        allow: d.allow(),
+        kind,
+        major: number(d.major())?,
+        minor: number(d.minor())?,
+        access,
+    }))
+}
+
+/// The checks of one rule; each `JNE`/`JEQ` skips to the end of the block on mismatch.
+fn block(r: &Rule) -> Vec<Insn> {
+    // (code, register, immediate) of the "does not match" jumps, filled in below.
+    let mut body: Vec<Insn> = Vec::new();
+    if let Some(kind) = r.kind {
+        body.push(insn(JNE_K, 2, 0, 0, kind));
+    }
+    if r.allow && r.access != ACC_ALL {
+        // Matches when nothing outside the rule's access is asked for.
+        body.push(insn(MOV32_X, 1, 3, 0, 0));
+        body.push(insn(AND32_K, 1, 0, 0, !r.access & ACC_ALL));
+        body.push(insn(JNE_K, 1, 0, 0, 0));
+    } else if !r.allow && r.access != ACC_ALL {
+        // Matches when anything the rule refuses is asked for.
+        body.push(insn(MOV32_X, 1, 3, 0, 0));
+        body.push(insn(AND32_K, 1, 0, 0, r.access));
+        body.push(insn(JEQ_K, 1, 0, 0, 0));
+    }
+    if let Some(major) = r.major {
+        body.push(insn(JNE_K, 4, 0, 0, major));
+    }
+    if let Some(minor) = r.minor {
+        body.push(insn(JNE_K, 5, 0, 0, minor));
+    }
+    body.push(insn(MOV64_K, 0, 0, 0, i32::from(r.allow)));
+    body.push(insn(EXIT, 0, 0, 0, 0));
+    let len = body.len();
+    for (i, ins) in body.iter_mut().enumerate() {
+        if ins.code == JNE_K || ins.code == JEQ_K {
+            // To the first instruction after this block.
+            ins.off = (len - i - 1) as i16;
+        }
+    }
+    body
+}
+
+/// The program for `rules`; `None` when there are none (nothing to restrict).
+pub fn program(rules: &[LinuxDeviceCgroup]) -> Result<Option<Vec<Insn>>, CgroupError> {
+    let parsed: Vec<Rule> = rules
+        .iter()
+        .map(rule)
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
+        .flatten()
+        .collect();
+    if parsed.is_empty() {
+        return Ok(None);
+    }
+    let mut out = vec![
+        // r2 = type, r3 = access, r4 = major, r5 = minor (struct bpf_cgroup_dev_ctx).
+        insn(LDX_W, 2, 1, 0, 0),
+        insn(AND32_K, 2, 0, 0, 0xffff),
+        insn(LDX_W, 3, 1, 0, 0),
+        insn(RSH32_K, 3, 0, 0, 16),
+        insn(LDX_W, 4, 1, 4, 0),
+        insn(LDX_W, 5, 1, 8, 0),
+    ];
+    for r in parsed.iter().rev() {
+        out.extend(block(r));
+        if r.kind.is_none() && r.major.is_none() && r.minor.is_none() && r.access == ACC_ALL {
+            // Matches everything: what comes after would be dead code, which the verifier
+            // refuses.
+            return Ok(Some(out));
+        }
+    }
+    // No rule matched: cgroup v1's default, allow.
+    out.push(insn(MOV64_K, 0, 0, 0, 1));
+    out.push(insn(EXIT, 0, 0, 0, 0));
+    Ok(Some(out))
+}
+
+/// Loads `prog` and attaches it to the cgroup directory `cgroup`, replacing the group's
+/// previous device program.
+pub fn attach(cgroup: RawFd, prog: &[Insn]) -> Result<(), CgroupError> {
+    // SAFETY: `Insn` is the kernel's `struct bpf_insn` layout (8 bytes, no padding).
+    let bytes = unsafe {
+        std::slice::from_raw_parts(prog.as_ptr().cast::<u8>(), std::mem::size_of_val(prog))
+    };
+    let fd = sys::bpf_load_cgroup_device(bytes, prog.len())
+        .map_err(|e| CgroupError::Bpf("load device program", e))?;
+    let attached = sys::bpf_attach_cgroup_device(cgroup, fd)
+        .map_err(|e| CgroupError::Bpf("attach device program", e));
+    sys::close(fd);
+    attached
+}
+
+/// Runs `prog` on a device access, for tests.
+#[cfg(test)]
+pub fn run(prog: &[Insn], kind: i32, access: i32, major: u32, minor: u32) -> u64 {
+    let ctx = [(access as u32) << 16 | kind as u32, major, minor];
+    let mut r = [0u64; 11];
+    let mut pc = 0usize;
+    loop {
+        let i = prog[pc];
+        let (dst, src) = ((i.regs & 0xf) as usize, (i.regs >> 4) as usize);
+        pc += 1;
+        match i.code {
+            LDX_W => r[dst] = u64::from(ctx[i.off as usize / 4]),
+            AND32_K => r[dst] = u64::from(r[dst] as u32 & i.imm as u32),
+            RSH32_K => r[dst] = u64::from((r[dst] as u32) >> i.imm),
+            MOV32_X => r[dst] = u64::from(r[src] as u32),
+            MOV64_K => r[dst] = i.imm as i64 as u64,
+            JEQ_K if r[dst] == i.imm as i64 as u64 => pc += i.off as usize,
+            JNE_K if r[dst] != i.imm as i64 as u64 => pc += i.off as usize,
+            JEQ_K | JNE_K => {}
+            EXIT => return r[0],
+            other => panic!("unexpected opcode {other:#x}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dockers_rules_allow_only_the_listed_devices() {
+        let rules: Vec<LinuxDeviceCgroup> = serde_json::from_str(
+            r#"[{"allow":false,"access":"rwm"},
+                {"allow":true,"type":"c","major":1,"minor":5,"access":"rwm"},
+                {"allow":true,"type":"c","major":1,"minor":3,"access":"rwm"},
+                {"allow":true,"type":"c","major":136,"access":"rwm"},
+                {"allow":true,"type":"c","major":5,"minor":1,"access":"r"},
+                {"allow":false,"type":"c","major":1,"minor":5,"access":"w"},
+                {"allow":true,"type":"c","access":"m"},
+                {"allow":true,"type":"b","access":"m"},
+                {"allow":true,"type":"p","major":1,"minor":1}]"#,
+        )
+        .unwrap();
+        let p = program(&rules).unwrap().unwrap();
+        let rw = ACC_READ | ACC_WRITE;
+        assert_eq!(run(&p, DEV_CHAR, rw, 1, 3), 1);
+        assert_eq!(run(&p, DEV_CHAR, ACC_READ, 136, 7), 1);
+        assert_eq!(run(&p, DEV_CHAR, ACC_READ, 5, 1), 1);
+        // Partial access: read-only rule, read-write asked.
+        assert_eq!(run(&p, DEV_CHAR, rw, 5, 1), 0);
+        // A later deny of one access wins over an earlier allow.
+        assert_eq!(run(&p, DEV_CHAR, ACC_READ, 1, 5), 1);
+        assert_eq!(run(&p, DEV_CHAR, rw, 1, 5), 0);
+        // mknod of anything, but no opening of unlisted devices.
+        assert_eq!(run(&p, DEV_BLOCK, ACC_MKNOD, 8, 0), 1);
+        assert_eq!(run(&p, DEV_BLOCK, ACC_READ, 8, 0), 0);
+        assert_eq!(run(&p, DEV_CHAR, ACC_READ, 1, 1), 0);
+        assert!(program(&[]).unwrap().is_none());
+        // Nothing follows a rule that matches everything (the verifier refuses dead code).
+        assert_eq!(p.last(), Some(&insn(EXIT, 0, 0, 0, 0)));
+        assert_eq!(p[p.len() - 2], insn(MOV64_K, 0, 0, 0, 0));
+        let allow_tail: Vec<LinuxDeviceCgroup> =
+            serde_json::from_str(r#"[{"allow":false,"type":"b","access":"r"}]"#).unwrap();
+        let q = program(&allow_tail).unwrap().unwrap();
+        assert_eq!(run(&q, DEV_BLOCK, ACC_READ, 8, 0), 0);
+        assert_eq!(run(&q, DEV_CHAR, ACC_READ, 1, 3), 1);
+        let bad: Vec<LinuxDeviceCgroup> =
+            serde_json::from_str(r#"[{"allow":true,"access":"rx"}]"#).unwrap();
+        assert!(program(&bad).is_err());
+    }
+}
