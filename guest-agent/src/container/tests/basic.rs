@@ -21,6 +21,24 @@ container_test! {
 }
 
 container_test! {
+    fn domainname_and_namespaced_sysctls() {
+        let bundle = Bundle::busybox();
+        let host_shmmax = std::fs::read_to_string("/proc/sys/kernel/shmmax").unwrap();
+        let out = sh(
+            &bundle,
+            "cat /proc/sys/kernel/domainname /proc/sys/kernel/shmmax /proc/sys/fs/mqueue/msg_max",
+            |s| {
+                s["domainname"] = json!("example.org");
+                s["linux"]["sysctl"] = json!({"kernel.shmmax": "123456789", "fs.mqueue.msg_max": "42"});
+            },
+        );
+        assert_eq!(out, "example.org\n123456789\n42\n");
+        // The container's IPC namespace took the value, not the host's.
+        assert_eq!(std::fs::read_to_string("/proc/sys/kernel/shmmax").unwrap(), host_shmmax);
+    }
+}
+
+container_test! {
     fn cwd_is_created_and_env_home_umask_apply() {
         let bundle = Bundle::busybox();
         let out = sh(&bundle, "pwd; echo $FOO; echo $HOME; umask; ls -ld /work/dir | cut -c1-10", |s| {
