@@ -246,6 +246,23 @@ fn create_start_exit_status_and_delete() {
     assert!(o.status.success(), "start: {}", stderr(&o));
     assert_eq!(wait_status(pid), 3);
     assert_eq!(fs::read_to_string(&out).unwrap(), "hi\nerr\n");
+    // The monitor recorded when each phase ended (bench/ reads this).
+    let t: Value =
+        serde_json::from_str(&fs::read_to_string(rt.path("logs/c1.timings.json")).unwrap())
+            .unwrap();
+    let phases = [
+        "host_ready",
+        "agent_ready",
+        "created",
+        "started",
+        "exited",
+        "torn_down",
+    ];
+    let at: Vec<f64> = phases
+        .iter()
+        .map(|p| t[p].as_f64().unwrap_or_else(|| panic!("{p} in {t}")))
+        .collect();
+    assert!(at.windows(2).all(|w| w[0] <= w[1]), "{t}");
     assert_eq!(rt.state("c1")["status"], "stopped");
 
     let o = rt.run(&["start", "c1"]);

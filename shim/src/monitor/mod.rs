@@ -17,6 +17,7 @@ use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use crate::config::{Config, VmSize};
 use crate::hooks::{self, Phase};
@@ -78,6 +79,36 @@ pub(crate) struct Shared {
     pub state: Mutex<State>,
     pub sandbox: Box<dyn Sandbox>,
     pub spec: oci_spec::runtime::Spec,
+    pub timings: Mutex<Timings>,
+}
+
+/// When each phase of the container's life ended, in seconds since the monitor started;
+/// written to `<log_dir>/<id>.timings.json` when the monitor exits (for `bench/`).
+pub(crate) struct Timings {
+    t0: Instant,
+    marks: Vec<(&'static str, f64)>,
+}
+
+impl Timings {
+    fn new() -> Self {
+        Timings {
+            t0: Instant::now(),
+            marks: Vec::new(),
+        }
+    }
+
+    pub fn mark(&mut self, phase: &'static str) {
+        self.marks.push((phase, self.t0.elapsed().as_secs_f64()));
+    }
+
+    fn write(&self, path: &std::path::Path) {
+        let map: serde_json::Map<String, serde_json::Value> = self
+            .marks
+            .iter()
+            .map(|(k, v)| (k.to_string(), serde_json::json!(v)))
+            .collect();
+        let _ = std::fs::write(path, serde_json::Value::Object(map).to_string() + "\n");
+    }
 }
 
 impl Shared {
@@ -106,7 +137,8 @@ pub fn run(plan: Plan, factory: &dyn SandboxFactory, ready: ReadyWriter) -> i32 
     let signals = crate::process::block_forwarded();
     let stdio_fds = crate::process::take_stdio();
     let mut undo = setup::Undo::default();
-    let shared = match prepare(&plan, factory, stdio_fds, &mut undo) {
+    let mut timings = Timings::new();
+    let shared = match prepare(&plan, factory, stdio_fds, &mut undo, &mut timings) {
         Ok(s) => s,
         Err(e) => {
             undo.run();
@@ -146,10 +178,29 @@ pub fn run(plan: Plan, factory: &dyn SandboxFactory, ready: ReadyWriter) -> i32 
             crate::logging::warn(&format!("save state: {e}"));
         }
     }
+    mark(&shared, "exited");
     shared.sandbox.shutdown();
     let _ = std::fs::remove_file(crate::control::socket_path(&plan.state_dir));
     undo.run_share_only();
+    mark(&shared, "torn_down");
+    let timings = plan
+        .config
+        .log_dir
+        .join(format!("{}.timings.json", plan.id));
+    shared
+        .timings
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .write(&timings);
     status
+}
+
+pub(crate) fn mark(shared: &Shared, phase: &'static str) {
+    shared
+        .timings
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .mark(phase);
 }
 
 fn prepare(
@@ -157,6 +208,7 @@ fn prepare(
     factory: &dyn SandboxFactory,
     stdio_fds: [Option<OwnedFd>; 3],
     undo: &mut setup::Undo,
+    timings: &mut Timings,
 ) -> Result<Shared, MonitorError> {
     setup::enter_namespaces(&plan.bundle)?;
     let pid = std::process::id() as i32;
@@ -192,6 +244,7 @@ fn prepare(
     hooks::run(&plan.bundle.spec, Phase::CreateRuntime, &state_json)?;
     hooks::run(&plan.bundle.spec, Phase::Prestart, &state_json)?;
 
+    timings.mark("host_ready");
     let stdio = stdio_for(plan, stdio_fds)?;
     let ctx = BootContext {
         id: plan.id.clone(),
@@ -202,6 +255,7 @@ fn prepare(
         console_log: plan.config.console_log(&plan.id),
     };
     let sandbox = factory.boot(&ctx)?;
+    timings.mark("agent_ready");
     if let Err(e) = sandbox.create(&guest_spec, stdio) {
         sandbox.shutdown();
         return Err(e.into());
@@ -210,11 +264,14 @@ fn prepare(
         sandbox.shutdown();
         return Err(e.into());
     }
+    timings.mark("created");
+    let timings = std::mem::replace(timings, Timings::new());
     Ok(Shared {
         store: plan.store.clone(),
         state: Mutex::new(state),
         sandbox,
         spec: plan.bundle.spec.clone(),
+        timings: Mutex::new(timings),
     })
 }
 

@@ -75,6 +75,7 @@ fn handle(shared: &Shared, req: Request) -> Result<Option<Value>, String> {
                 return Err(e.to_string());
             }
             sb.start().map_err(|e| e.to_string())?;
+            super::mark(shared, "started");
             shared.set_status(Status::Running);
             Ok(None)
         }

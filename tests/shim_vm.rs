@@ -1,0 +1,116 @@
+//! The shim's VM sandbox boots the real guest kernel with the agent's initramfs through the
+//! `bulkhead_vmm` library (in this process, as the monitor does), reaches the agent over the
+//! hybrid-vsock socket, checks its version, and shuts the VM down. Gated by `BULKHEAD_E2E=1`;
+//! one boot, ~30-60 s on PVM-backed KVM.
+//!
+//! The agent initramfs is `$BULKHEAD_AGENT_INITRAMFS`, else the installed one, else built here
+//! (static `bulkhead-agent` packed as `/init` by `images/mkinitramfs.sh`).
+
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use bulkhead_shim::config::{Config, VmSize};
+use bulkhead_shim::sandbox::{BootContext, Sandbox};
+use bulkhead_shim::vm::{vm_config, VmSandbox};
+use bulkhead_tests::{e2e_enabled, kernel, repo_root, SHARE_DIR};
+
+fn agent_initramfs() -> PathBuf {
+    if let Some(p) = std::env::var_os("BULKHEAD_AGENT_INITRAMFS") {
+        return PathBuf::from(p);
+    }
+    let installed = Path::new(SHARE_DIR).join("agent-initramfs.cpio");
+    if installed.exists() {
+        return installed;
+    }
+    let target = repo_root().join("target");
+    let triple = "x86_64-unknown-linux-gnu";
+    let ok = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args([
+            "build",
+            "--quiet",
+            "--release",
+            "--target",
+            triple,
+            "-p",
+            "bulkhead-agent",
+        ])
+        .env("RUSTFLAGS", "-C target-feature=+crt-static")
+        .env("CARGO_TARGET_DIR", &target)
+        .current_dir(repo_root())
+        .status()
+        .unwrap();
+    assert!(ok.success(), "static build of bulkhead-agent failed");
+    let agent = target.join(triple).join("release/bulkhead-agent");
+    let stripped = target.join("bulkhead-images/bulkhead-agent.stripped");
+    std::fs::create_dir_all(stripped.parent().unwrap()).unwrap();
+    assert!(Command::new("objcopy")
+        .arg("--strip-debug")
+        .arg(&agent)
+        .arg(&stripped)
+        .status()
+        .unwrap()
+        .success());
+    let out = target.join("bulkhead-images/agent-initramfs.cpio");
+    let ok = Command::new(repo_root().join("images/mkinitramfs.sh"))
+        .arg(&out)
+        .arg(format!("{}:/init:0755", stripped.display()))
+        .status()
+        .unwrap();
+    assert!(ok.success(), "packing the agent initramfs failed");
+    out
+}
+
+#[test]
+fn vm_sandbox_boots_and_reaches_the_agent() {
+    if !e2e_enabled("vm_sandbox_boots_and_reaches_the_agent") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config {
+        kernel: kernel(),
+        initramfs: agent_initramfs(),
+        log_dir: dir.path().to_path_buf(),
+        boot_timeout_secs: 300,
+        ..Config::default()
+    };
+    bulkhead_shim::vm::check_guest_files(&config).unwrap();
+    let ctx = BootContext {
+        id: "vmtest".into(),
+        console_log: config.console_log("vmtest"),
+        size: VmSize {
+            vcpus: 1,
+            memory_mib: 128,
+        },
+        config,
+        share_dir: dir.path().join("share"),
+        state_dir: dir.path().to_path_buf(),
+    };
+    let t = Instant::now();
+    let vm = VmSandbox::boot(&ctx, vm_config(&ctx), "").unwrap_or_else(|e| {
+        let log = std::fs::read_to_string(&ctx.console_log).unwrap_or_default();
+        panic!("boot: {e}\nconsole:\n{log}")
+    });
+    eprintln!("agent answered after {:?}", t.elapsed());
+    let v = vm.client().version().unwrap();
+    let host = String::from_utf8_lossy(&Command::new("uname").arg("-r").output().unwrap().stdout)
+        .trim()
+        .to_string();
+    assert!(
+        !v.kernel_release.is_empty() && v.kernel_release != host,
+        "guest kernel {:?}",
+        v.kernel_release
+    );
+    assert_eq!(v.protocol_version, bulkhead_protocol::PROTOCOL_VERSION);
+
+    let t = Instant::now();
+    vm.shutdown();
+    eprintln!("shut down in {:?}", t.elapsed());
+    assert!(t.elapsed() < Duration::from_secs(60));
+    // The serial console went to the log file, not to our stdout.
+    assert!(!std::fs::read_to_string(&ctx.console_log)
+        .unwrap()
+        .is_empty());
+}
