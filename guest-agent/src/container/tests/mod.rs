@@ -269,3 +269,9 @@ pub fn wait(pid: Pid) -> ExitStatus {
         .wait_timeout(pid, std::time::Duration::from_secs(60))
         .unwrap_or_else(|| panic!("pid {pid} did not exit"))
 }
+
+#[test]
+fn containers_can_move_between_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<Container>();
+}
