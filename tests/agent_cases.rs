@@ -84,11 +84,38 @@ pub fn stdout_stderr_and_exit_code(client: &Client, ids: &Ids) {
     assert_eq!(status, ExitStatus::Exited(3));
 }
 
+/// Programs start with no blocked signals and SIGPIPE at its default action, whatever the
+/// agent does with its own signals.
+pub fn signals_start_clean(client: &Client, ids: &Ids) {
+    let (out, _, status) = run(
+        client,
+        &ids.next("sigs"),
+        &["sh", "-c", "grep -E '^Sig(Blk|Ign)' /proc/self/status"],
+    );
+    assert_eq!(status, ExitStatus::Exited(0));
+    let out = String::from_utf8_lossy(&out);
+    let mask = |name: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            .unwrap_or_else(|| panic!("no {name} in {out:?}"))
+    };
+    assert_eq!(mask("SigBlk:"), 0, "{out}");
+    // SIGPIPE is signal 13: bit 12.
+    assert_eq!(mask("SigIgn:") & (1 << 12), 0, "{out}");
+}
+
 /// A process killed with SIGKILL is reported as signal 9, not as an exit code.
 pub fn sigkill_is_reported_as_a_signal(client: &Client, ids: &Ids) {
     let id = ids.next("kill");
     client
-        .create_process(&command(&id, &["sleep", "1000"], false, false, false))
+        .create_process(&command(
+            &id,
+            &["sh", "-c", "exec sleep 1000"],
+            false,
+            false,
+            false,
+        ))
         .expect("create");
     let pid = client.start_process(&id).expect("start");
     assert!(pid > 0);
@@ -105,7 +132,7 @@ pub fn sigkill_is_reported_as_a_signal(client: &Client, ids: &Ids) {
 pub fn stdin_is_echoed_by_cat(client: &Client, ids: &Ids) {
     let id = ids.next("cat");
     client
-        .create_process(&command(&id, &["cat"], true, true, false))
+        .create_process(&command(&id, &["sh", "-c", "exec cat"], true, true, false))
         .expect("create");
     let mut stdin = client.open_stream(&id, StreamKind::Stdin).expect("stdin");
     let out = collect(client.open_stream(&id, StreamKind::Stdout).expect("stdout"));
@@ -125,11 +152,13 @@ pub fn stdin_is_echoed_by_cat(client: &Client, ids: &Ids) {
     client.remove_process(&id).expect("remove");
 }
 
-/// `bytes` of random data through stdout; sha256 computed in the guest (on stderr) matches the
-/// host's. `dir` is a writable scratch directory on the agent's side.
+/// `bytes` through stdout; the sha256 the guest computes (sent on stderr) matches the host's.
+/// The data is `seq` output (order-sensitive, and made in user space: /dev/urandom would be
+/// emulated guest-kernel work on PVM hosts). `dir` is a writable directory on the agent's side.
 pub fn big_stdout_matches_sha256(client: &Client, ids: &Ids, bytes: usize, dir: &str) -> Duration {
+    // Numbers up to `bytes` always print more than `bytes` characters.
     let script = format!(
-        "head -c {bytes} /dev/urandom > {dir}/blob && sha256sum {dir}/blob >&2 && cat {dir}/blob && rm {dir}/blob"
+        "seq 1 {bytes} | head -c {bytes} > {dir}/blob && sha256sum {dir}/blob >&2 && cat {dir}/blob && rm {dir}/blob"
     );
     let id = ids.next("big");
     client

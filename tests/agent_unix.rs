@@ -64,6 +64,7 @@ fn processes_run_with_their_streams() {
     let ids = Ids::default();
     cases::stdout_stderr_and_exit_code(&client, &ids);
     cases::sigkill_is_reported_as_a_signal(&client, &ids);
+    cases::signals_start_clean(&client, &ids);
     cases::stdin_is_echoed_by_cat(&client, &ids);
     let dir = agent.path().to_str().unwrap().to_owned();
     let took = cases::big_stdout_matches_sha256(&client, &ids, 32 << 20, &dir);

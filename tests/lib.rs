@@ -178,3 +178,35 @@ pub fn agent_binary() -> PathBuf {
     })
     .clone()
 }
+
+/// The agent initramfs with busybox as /bin/sh, for tests that run programs through the agent:
+/// `$BULKHEAD_AGENT_TEST_INITRAMFS`, or built now by `images/build-agent-initramfs.sh --test`
+/// into this target directory (cargo's cache makes later builds quick).
+pub fn agent_test_initramfs() -> PathBuf {
+    static CPIO: OnceLock<PathBuf> = OnceLock::new();
+    CPIO.get_or_init(|| {
+        if let Some(path) = std::env::var_os("BULKHEAD_AGENT_TEST_INITRAMFS") {
+            return PathBuf::from(path);
+        }
+        let target = profile_dir().parent().expect("target dir").to_owned();
+        let out = Command::new(repo_root().join("images/build-agent-initramfs.sh"))
+            .arg("--test")
+            .env("CARGO_TARGET_DIR", &target)
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("run images/build-agent-initramfs.sh");
+        assert!(
+            out.status.success(),
+            "building the agent test initramfs failed"
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        PathBuf::from(
+            stdout
+                .lines()
+                .last()
+                .expect("script prints the path")
+                .trim(),
+        )
+    })
+    .clone()
+}

@@ -36,7 +36,7 @@ fn transport(args: &[String], pid1: bool) -> Result<Transport, String> {
 fn main() {
     // Before any thread exists, so every thread inherits the mask and only the reaper
     // collects children.
-    if let Err(e) = reaper::block_sigchld() {
+    if let Err(e) = reaper::block_sigchld_and_sigpipe() {
         log(&e.to_string());
         std::process::exit(1);
     }

@@ -53,6 +53,9 @@ struct Table {
     done: HashMap<i32, ExitStatus>,
     order: VecDeque<i32>,
     notifier: Option<Notifier>,
+    /// Threads blocked in `wait`/`wait_timeout`; the condvar is only signalled when there are
+    /// some (a futex wake is a syscall, and in the agent nobody usually blocks).
+    waiting: usize,
 }
 
 /// Handle to the reaping thread; cheap to clone.
@@ -77,6 +80,21 @@ pub fn block_sigchld() -> Result<(), ReaperError> {
     let mut set = SigSet::empty();
     set.add(Signal::SIGCHLD);
     set.thread_block().map_err(ReaperError::Mask)
+}
+
+/// Blocks SIGCHLD and SIGPIPE, and gives SIGPIPE back its default action (Rust's runtime
+/// ignores it, and an ignored signal stays ignored across exec). Blocked, a broken pipe or
+/// socket still fails the agent's write with EPIPE; children start with an empty mask and
+/// nothing pending, so they get a normal SIGPIPE without any per-spawn work.
+pub fn block_sigchld_and_sigpipe() -> Result<(), ReaperError> {
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGCHLD);
+    set.add(Signal::SIGPIPE);
+    set.thread_block().map_err(ReaperError::Mask)?;
+    // SAFETY: installing the default disposition has no handler to be unsafe about.
+    unsafe { nix::sys::signal::signal(Signal::SIGPIPE, nix::sys::signal::SigHandler::SigDfl) }
+        .map(drop)
+        .map_err(ReaperError::Mask)
 }
 
 /// Unblocks every signal in the calling thread; for a child between `fork` and `exec`.
@@ -139,8 +157,14 @@ impl Reaper {
             recorded = true;
         }
         if recorded {
+            let notifier = {
+                let table = self.table();
+                if table.waiting > 0 {
+                    self.inner.1.notify_all();
+                }
+                table.notifier.clone()
+            };
             // Called without the table lock, so the notifier may call back into the reaper.
-            let notifier = self.table().notifier.clone();
             if let Some(notify) = notifier {
                 notify();
             }
@@ -170,7 +194,6 @@ impl Reaper {
                 table.done.remove(&old);
             }
         }
-        self.inner.1.notify_all();
     }
 
     /// Blocks until `pid` has been reaped and returns how it ended. Each status is handed out once.
@@ -181,7 +204,9 @@ impl Reaper {
                 table.order.retain(|p| *p != pid.as_raw());
                 return status;
             }
+            table.waiting += 1;
             table = self.inner.1.wait(table).unwrap_or_else(|p| p.into_inner());
+            table.waiting -= 1;
         }
     }
 
@@ -196,12 +221,14 @@ impl Reaper {
                 return Some(status);
             }
             let left = deadline.checked_duration_since(std::time::Instant::now())?;
+            table.waiting += 1;
             table = self
                 .inner
                 .1
                 .wait_timeout(table, left)
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
+            table.waiting -= 1;
         }
     }
 }

@@ -9,21 +9,18 @@ pub mod relay;
 pub mod spawn;
 pub mod stdio;
 
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 
 use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::unistd::Pid;
 
-use self::relay::{FdKind, Relay, GUEST_ERR, GUEST_IN, GUEST_OUT, HOST_ERR, HOST_IN, HOST_OUT};
+use self::relay::{
+    FdKind, Reg, Relay, GUEST_ERR, GUEST_IN, GUEST_OUT, HOST_ERR, HOST_IN, HOST_OUT,
+};
 pub use self::stdio::Stdio;
 use crate::reaper::ExitStatus;
 use bulkhead_protocol::stream::StreamKind;
-
-/// Size the agent asks for its output pipes: a process writing a lot then blocks (and the
-/// agent wakes) once per MiB instead of once per 64 KiB; each wake-up is emulated guest-kernel
-/// work on PVM hosts. Pages are only used while data sits in the pipe.
-const OUTPUT_PIPE_SIZE: libc::c_int = 1 << 20;
 
 /// Which host streams a process expects before it may start.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -85,7 +82,7 @@ impl Process {
         let child_stdio = match terminal {
             Some(size) => {
                 let pty = pty::open_pty(size)?;
-                relay.attach(GUEST_IN, pty.master, FdKind::Pty);
+                relay.attach(GUEST_IN, pty.master, FdKind::Pty, Reg::No);
                 Stdio::Terminal(pty.slave)
             }
             None => {
@@ -131,8 +128,9 @@ impl Process {
         Ok(slot)
     }
 
-    /// Attaches a host stream connection (non-blocking, close-on-exec).
-    pub fn attach(&mut self, kind: StreamKind, sock: OwnedFd) -> Result<(), AttachError> {
+    /// Attaches a host stream connection (non-blocking, close-on-exec; `reg`: how it stands
+    /// with epoll).
+    pub fn attach(&mut self, kind: StreamKind, sock: OwnedFd, reg: Reg) -> Result<(), AttachError> {
         let slot = self.host_slot(kind)?;
         let flag = match kind {
             StreamKind::Stdin => &mut self.attached.stdin,
@@ -143,7 +141,7 @@ impl Process {
             return Err(AttachError::Duplicate);
         }
         *flag = true;
-        self.relay.attach(slot, sock, FdKind::Socket);
+        self.relay.attach(slot, sock, FdKind::Socket, reg);
         Ok(())
     }
 
@@ -163,18 +161,11 @@ impl Process {
 }
 
 /// Creates a pipe; the agent's end goes into `relay` at `slot` (non-blocking), the child's end
-/// is returned. `output`: the child writes (and the pipe is enlarged).
+/// (blocking, as programs expect) is returned. `output`: the child writes.
 fn pipe(relay: &mut Relay, slot: usize, output: bool) -> Result<OwnedFd, StdioError> {
     let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(StdioError::Pipe)?;
     let (ours, theirs) = if output { (read, write) } else { (write, read) };
     fcntl(ours.as_raw_fd(), FcntlArg::F_SETFL(OFlag::O_NONBLOCK)).map_err(StdioError::Pipe)?;
-    if output {
-        // Best effort: the per-user pipe budget may say no, and 64 KiB still works.
-        let _ = fcntl(
-            ours.as_fd().as_raw_fd(),
-            FcntlArg::F_SETPIPE_SZ(OUTPUT_PIPE_SIZE),
-        );
-    }
-    relay.attach(slot, ours, FdKind::Pipe);
+    relay.attach(slot, ours, FdKind::Pipe, Reg::No);
     Ok(theirs)
 }

@@ -18,6 +18,7 @@
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
 use nix::errno::Errno;
+use nix::fcntl::{fcntl, FcntlArg};
 use nix::sys::epoll::{Epoll, EpollEvent, EpollFlags};
 use nix::sys::socket::{shutdown, Shutdown};
 
@@ -44,13 +45,34 @@ pub enum FdKind {
     Pty,
 }
 
+/// How an fd stands with the server's epoll.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reg {
+    /// Not in the epoll set.
+    No,
+    /// In the set with EPOLLONESHOT after its one event fired (a stream connection whose header
+    /// was read): reports nothing, so it may stay until it is needed (re-armed with one
+    /// `EPOLL_CTL_MOD`) instead of costing a `EPOLL_CTL_DEL` now.
+    Disarmed,
+    /// In the set with this interest.
+    Armed(EpollFlags),
+}
+
 #[derive(Debug)]
 struct Endpoint {
     fd: OwnedFd,
     kind: FdKind,
-    /// Interest currently registered with epoll; empty means not registered.
-    registered: EpollFlags,
+    reg: Reg,
+    /// A pipe already enlarged to OUTPUT_PIPE_SIZE.
+    grown: bool,
 }
+
+/// Output pipes start at the kernel's 64 KiB and are enlarged to this once a read fills the
+/// default size: a process writing a lot then blocks, and the agent wakes, once per MiB
+/// instead of once per 64 KiB (each wake-up is emulated guest-kernel work on PVM hosts), while
+/// processes that write little never pay the extra `fcntl`.
+const OUTPUT_PIPE_SIZE: libc::c_int = 1 << 20;
+const DEFAULT_PIPE_SIZE: usize = 64 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Drain {
@@ -128,12 +150,14 @@ impl Relay {
     }
 
     /// Puts `fd` into `slot` and creates the pump that now has both ends. The fd must be
-    /// non-blocking and close-on-exec. Registers nothing yet; call [`Relay::sync`].
-    pub fn attach(&mut self, slot: usize, fd: OwnedFd, kind: FdKind) {
+    /// non-blocking and close-on-exec; `reg` says how it stands with epoll now. Call
+    /// [`Relay::sync`] afterwards to register what the pumps need.
+    pub fn attach(&mut self, slot: usize, fd: OwnedFd, kind: FdKind, reg: Reg) {
         self.slots[slot] = Some(Endpoint {
             fd,
             kind,
-            registered: EpollFlags::empty(),
+            reg,
+            grown: false,
         });
         let candidates: &[(usize, usize, bool)] = if self.terminal {
             &[(HOST_IN, GUEST_IN, false), (GUEST_IN, HOST_IN, true)]
@@ -209,8 +233,18 @@ impl Relay {
         let any = EpollFlags::EPOLLERR | EpollFlags::EPOLLHUP;
         let readable = events.intersects(EpollFlags::EPOLLIN | any);
         let writable = events.intersects(EpollFlags::EPOLLOUT | any);
+        // A pipe reports EPOLLIN while it holds data and EPOLLHUP once no writer is left: hang-up
+        // alone is EOF, known without a read.
+        let pipe_eof = events.contains(EpollFlags::EPOLLHUP)
+            && !events.contains(EpollFlags::EPOLLIN)
+            && self.slots[slot]
+                .as_ref()
+                .is_some_and(|e| e.kind == FdKind::Pipe);
         for i in 0..self.pumps.len() {
-            let p = &self.pumps[i];
+            let p = &mut self.pumps[i];
+            if p.src == slot && pipe_eof {
+                p.src_eof = true;
+            }
             if (p.dst == slot && writable) || (p.src == slot && readable) {
                 self.pump(i, io);
             }
@@ -241,19 +275,18 @@ impl Relay {
             let Some(ep) = self.slots[slot].as_mut() else {
                 continue;
             };
-            if want == ep.registered {
-                continue;
-            }
             let mut event = EpollEvent::new(want, base | slot as u64);
-            let result = if want.is_empty() {
-                epoll.delete(ep.fd.as_fd())
-            } else if ep.registered.is_empty() {
-                epoll.add(ep.fd.as_fd(), event)
-            } else {
-                epoll.modify(ep.fd.as_fd(), &mut event)
+            let result = match (ep.reg, want.is_empty()) {
+                (Reg::No | Reg::Disarmed, true) => continue,
+                (Reg::Armed(now), _) if now == want => continue,
+                (Reg::Armed(_), true) => epoll.delete(ep.fd.as_fd()).map(|_| Reg::No),
+                (Reg::No, false) => epoll.add(ep.fd.as_fd(), event).map(|_| Reg::Armed(want)),
+                (Reg::Disarmed | Reg::Armed(_), false) => epoll
+                    .modify(ep.fd.as_fd(), &mut event)
+                    .map(|_| Reg::Armed(want)),
             };
-            if result.is_ok() {
-                ep.registered = want;
+            if let Ok(reg) = result {
+                ep.reg = reg;
             }
         }
     }
@@ -295,6 +328,9 @@ impl Relay {
                     continue;
                 }
             };
+            if n >= DEFAULT_PIPE_SIZE {
+                self.grow(self.pumps[i].src);
+            }
             let written = self.write_out(i, &io.scratch[..n]);
             if written < n {
                 let p = &mut self.pumps[i];
@@ -377,11 +413,23 @@ impl Relay {
         }
     }
 
-    /// Drops the fd in `slot`, deregistering it first: a copy held by another process (a
-    /// forked child that has not exec'd yet) would otherwise keep a stale registration alive.
+    /// Enlarges the pipe in `slot` once (see [`OUTPUT_PIPE_SIZE`]).
+    fn grow(&mut self, slot: usize) {
+        if let Some(ep) = self.slots[slot].as_mut() {
+            if ep.kind == FdKind::Pipe && !ep.grown {
+                ep.grown = true;
+                // Best effort: the per-user pipe budget may say no, and 64 KiB still works.
+                let _ = fcntl(ep.fd.as_raw_fd(), FcntlArg::F_SETPIPE_SZ(OUTPUT_PIPE_SIZE));
+            }
+        }
+    }
+
+    /// Drops the fd in `slot`, deregistering it first if it can still report: a copy held by
+    /// another process (a forked child that has not exec'd yet) would otherwise keep a stale
+    /// registration alive. A disarmed one-shot entry reports nothing and goes with its file.
     fn close(&mut self, epoll: &Epoll, slot: usize) {
         if let Some(ep) = self.slots[slot].take() {
-            if !ep.registered.is_empty() {
+            if matches!(ep.reg, Reg::Armed(_)) {
                 let _ = epoll.delete(ep.fd.as_fd());
             }
         }

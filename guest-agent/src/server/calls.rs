@@ -12,7 +12,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use super::{token, Entry, Server, Waiter, START_TIMEOUT, T_PROC};
-use crate::process::relay::{GUEST_IN, HOST_IN};
+use crate::process::relay::{Reg, GUEST_IN, HOST_IN};
 use crate::process::spawn::{ChildFds, Command, Creds, SpawnError};
 use crate::process::{Process, State, Stdio, Streams};
 use crate::reaper::ExitStatus;
@@ -426,7 +426,7 @@ impl Server {
             ));
             return;
         };
-        if let Err(err) = e.process.attach(header.kind, fd) {
+        if let Err(err) = e.process.attach(header.kind, fd, Reg::Disarmed) {
             crate::log(&format!(
                 "{:?} stream of {:?} refused: {err}",
                 header.kind, header.process_id

@@ -103,7 +103,8 @@ pub struct Server {
     transport: Transport,
     control: OwnedFd,
     streams: OwnedFd,
-    wake: Arc<EventFd>,
+    /// The reaper's doorbell (registered in `epoll`; the notifier holds the other handle).
+    _wake: Arc<EventFd>,
     reaper: Reaper,
     conns: Slab<ControlConn>,
     next_serial: u64,
@@ -132,14 +133,16 @@ impl Server {
             EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
                 .map_err(ServerError::EventFd)?,
         );
-        let level = EpollFlags::EPOLLIN;
-        for (fd, kind) in [
-            (control.as_fd(), T_CONTROL_LISTENER),
-            (streams.as_fd(), T_STREAM_LISTENER),
-            (wake.as_fd(), T_WAKE),
+        // The eventfd is a doorbell: edge-triggered, every write makes one event, and it is
+        // never read (one syscall less per exit; its counter cannot overflow in practice).
+        let edge = EpollFlags::EPOLLIN | EpollFlags::EPOLLET;
+        for (fd, kind, flags) in [
+            (control.as_fd(), T_CONTROL_LISTENER, EpollFlags::EPOLLIN),
+            (streams.as_fd(), T_STREAM_LISTENER, EpollFlags::EPOLLIN),
+            (wake.as_fd(), T_WAKE, edge),
         ] {
             epoll
-                .add(fd, EpollEvent::new(level, token(kind, 0)))
+                .add(fd, EpollEvent::new(flags, token(kind, 0)))
                 .map_err(ServerError::Epoll)?;
         }
         let poke = wake.clone();
@@ -160,7 +163,7 @@ impl Server {
             transport,
             control,
             streams,
-            wake,
+            _wake: wake,
             reaper,
             conns: Slab::default(),
             next_serial: 0,
@@ -214,8 +217,11 @@ impl Server {
         }
     }
 
+    /// Accepts one connection per event: the listener is level-triggered, so a second waiting
+    /// connection is reported again, and the usual lone one costs no extra `accept4` that
+    /// would only say EAGAIN.
     fn accept_control(&mut self) {
-        while let Ok(Some(fd)) = listen::accept(&self.control) {
+        if let Ok(Some(fd)) = listen::accept(&self.control) {
             self.next_serial += 1;
             let i = self.conns.insert(ControlConn::new(fd, self.next_serial));
             if let Some(c) = self.conns.get_mut(i) {
@@ -225,7 +231,7 @@ impl Server {
     }
 
     fn accept_streams(&mut self) {
-        while let Ok(Some(fd)) = listen::accept(&self.streams) {
+        if let Ok(Some(fd)) = listen::accept(&self.streams) {
             if self.pending.len() >= MAX_PENDING_STREAMS {
                 // Whoever floods the port loses its oldest half-open connection.
                 if let Some(oldest) = self
@@ -240,9 +246,8 @@ impl Server {
                 }
             }
             let i = self.pending.insert(PendingStream::new(fd));
-            if let Some(p) = self.pending.get(i) {
-                let event = EpollEvent::new(EpollFlags::EPOLLIN, token(T_PENDING, i));
-                if self.epoll.add(p.fd.as_fd(), event).is_err() {
+            if let Some(p) = self.pending.get_mut(i) {
+                if p.arm(&self.epoll, token(T_PENDING, i), true).is_err() {
                     self.pending.remove(i);
                 }
             }
@@ -304,8 +309,14 @@ impl Server {
         let Some(p) = self.pending.get_mut(i) else {
             return;
         };
+        // Registered one-shot: the event that brought us here disarmed it.
+        p.armed = false;
         match p.read() {
-            Header::Incomplete => {}
+            Header::Incomplete => {
+                if p.arm(&self.epoll, token(T_PENDING, i), false).is_err() {
+                    self.pending.remove(i);
+                }
+            }
             Header::Bad(why) => {
                 if let Some(why) = why {
                     crate::log(&format!("stream connection refused: {why}"));
@@ -316,7 +327,7 @@ impl Server {
             }
             Header::Done(header, rest) => {
                 if let Some(p) = self.pending.remove(i) {
-                    let _ = self.epoll.delete(p.fd.as_fd());
+                    // Stays in the epoll set, disarmed, until its relay needs it.
                     self.attach_stream(header, p.fd, &rest);
                 }
             }
@@ -338,7 +349,6 @@ impl Server {
 
     /// Collects exits from the reaper for every running process.
     fn reap(&mut self) {
-        let _ = self.wake.read();
         for i in self.procs.keys() {
             let Some(entry) = self.procs.get_mut(i) else {
                 continue;

@@ -5,13 +5,15 @@ use std::time::Instant;
 
 use bulkhead_protocol::stream::{HeaderError, StreamHeader, MAX_HEADER_LEN};
 use nix::errno::Errno;
-use nix::sys::epoll::Epoll;
+use nix::sys::epoll::{Epoll, EpollEvent, EpollFlags};
 
 /// A connection on the stream port waiting for its header.
 #[derive(Debug)]
 pub struct PendingStream {
     pub fd: OwnedFd,
     pub since: Instant,
+    /// Registered one-shot and not fired yet.
+    pub armed: bool,
     buf: Vec<u8>,
 }
 
@@ -28,8 +30,22 @@ impl PendingStream {
         PendingStream {
             fd,
             since: Instant::now(),
+            armed: false,
             buf: Vec::new(),
         }
+    }
+
+    /// Waits for the next bytes: one-shot, so after the event the fd stays in the epoll set
+    /// but silent, and can be handed to a relay without an `EPOLL_CTL_DEL`.
+    pub fn arm(&mut self, epoll: &Epoll, token: u64, first: bool) -> nix::Result<()> {
+        let mut event = EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLONESHOT, token);
+        if first {
+            epoll.add(self.fd.as_fd(), event)?;
+        } else {
+            epoll.modify(self.fd.as_fd(), &mut event)?;
+        }
+        self.armed = true;
+        Ok(())
     }
 
     /// Reads at most up to the longest header, so stream data after it mostly stays in the
@@ -55,7 +71,10 @@ impl PendingStream {
         }
     }
 
+    /// Drops the connection; an armed registration is removed first (see relay::Reg).
     pub fn close(self, epoll: &Epoll) {
-        let _ = epoll.delete(self.fd.as_fd());
+        if self.armed {
+            let _ = epoll.delete(self.fd.as_fd());
+        }
     }
 }

@@ -48,9 +48,9 @@ fn output_survives_a_slow_reader_and_drains_before_exit_is_reported() {
     let mut relay = Relay::new(false);
     let (pipe_r, pipe_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).unwrap();
     nonblocking(&pipe_r);
-    relay.attach(GUEST_OUT, pipe_r, FdKind::Pipe);
+    relay.attach(GUEST_OUT, pipe_r, FdKind::Pipe, Reg::No);
     let (ours, mut host) = socket();
-    relay.attach(HOST_OUT, ours, FdKind::Socket);
+    relay.attach(HOST_OUT, ours, FdKind::Socket, Reg::No);
     // The "process" writes 4 MiB (more than any socket buffer) and exits.
     let data: Vec<u8> = (0..4u32 << 20).map(|i| (i % 251) as u8).collect();
     let expected = data.clone();
@@ -91,9 +91,9 @@ fn stdin_eof_reaches_the_process_after_all_data() {
     let mut relay = Relay::new(false);
     let (pipe_r, pipe_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).unwrap();
     nonblocking(&pipe_w);
-    relay.attach(GUEST_IN, pipe_w, FdKind::Pipe);
+    relay.attach(GUEST_IN, pipe_w, FdKind::Pipe, Reg::No);
     let (ours, mut host) = socket();
-    relay.attach(HOST_IN, ours, FdKind::Socket);
+    relay.attach(HOST_IN, ours, FdKind::Socket, Reg::No);
     assert!(relay.prefill(HOST_IN, b"early "));
     let child = std::thread::spawn(move || {
         let mut got = Vec::new();
@@ -115,9 +115,9 @@ fn a_vanished_reader_makes_the_pump_discard_instead_of_blocking() {
     let mut relay = Relay::new(false);
     let (pipe_r, pipe_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).unwrap();
     nonblocking(&pipe_r);
-    relay.attach(GUEST_OUT, pipe_r, FdKind::Pipe);
+    relay.attach(GUEST_OUT, pipe_r, FdKind::Pipe, Reg::No);
     let (ours, host) = socket();
-    relay.attach(HOST_OUT, ours, FdKind::Socket);
+    relay.attach(HOST_OUT, ours, FdKind::Socket, Reg::No);
     drop(host);
     let writer = std::thread::spawn(move || {
         // Far more than fits in the pipe: only completes if the relay keeps reading.

@@ -1,0 +1,161 @@
+//! The agent as the guest's init, driven through the VMM's hybrid-vsock socket: the same cases as
+//! the host test (tests/agent_cases.rs) against ONE booted VM (a boot takes ~30 s on PVM hosts),
+//! then a clean shutdown; and a guest without an agent, which must give a clear error in time.
+//! Gated by `BULKHEAD_E2E=1`.
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bulkhead_protocol::client::{Client, ClientConfig, ClientError, Connector};
+use bulkhead_tests::agent_cases::{self as cases, Ids};
+use bulkhead_tests::{agent_test_initramfs, e2e_enabled, kernel, test_initramfs, vmm_binary};
+
+/// A boot is ~30 s on an idle PVM host; CI machines are often busier.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(600);
+/// One call: a fork+exec in the guest takes ~1 s on PVM hosts, more on a loaded machine.
+const CALL_TIMEOUT: Duration = Duration::from_secs(300);
+
+struct Vm {
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+impl Vm {
+    fn boot(initrd: &Path) -> Vm {
+        let dir = tempfile::tempdir().unwrap();
+        let child = Command::new(vmm_binary())
+            .arg("--kernel")
+            .arg(kernel())
+            .arg("--initrd")
+            .arg(initrd)
+            .args(["--mem", "256", "--vcpus", "1"])
+            .arg("--vsock")
+            .arg(dir.path().join("vsock.sock"))
+            .arg("--console")
+            .arg(dir.path().join("console.log"))
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        Vm { child, dir }
+    }
+
+    fn uds(&self) -> PathBuf {
+        self.dir.path().join("vsock.sock")
+    }
+
+    fn console(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("console.log")).unwrap_or_default()
+    }
+
+    /// Waits for the VMM to exit; `None` if it did not within `timeout`.
+    fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        None
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn config(connect: Duration) -> ClientConfig {
+    ClientConfig {
+        connect_timeout: connect,
+        call_timeout: CALL_TIMEOUT,
+        ..ClientConfig::default()
+    }
+}
+
+#[test]
+fn agent_runs_processes_in_a_vm() {
+    if !e2e_enabled("agent_runs_processes_in_a_vm") {
+        return;
+    }
+    let mut vm = Vm::boot(&agent_test_initramfs());
+    let booted = Instant::now();
+    let client = Client::connect(
+        Connector::HybridVsock { uds_path: vm.uds() },
+        config(CONNECT_TIMEOUT),
+    )
+    .unwrap_or_else(|e| panic!("{e}; console:\n{}", vm.console()));
+    let v = client.version().unwrap();
+    eprintln!(
+        "agent {} up after {:.1?} on guest kernel {}",
+        v.agent_version,
+        booted.elapsed(),
+        v.kernel_release
+    );
+    let ids = Ids::default();
+    let step = |name: &str, t: Instant| eprintln!("{name}: {:.1?}", t.elapsed());
+    let t = Instant::now();
+    cases::stdout_stderr_and_exit_code(&client, &ids);
+    step("stdout, stderr, exit 3", t);
+    let t = Instant::now();
+    cases::sigkill_is_reported_as_a_signal(&client, &ids);
+    cases::signals_start_clean(&client, &ids);
+    step("SIGKILL", t);
+    let t = Instant::now();
+    cases::stdin_is_echoed_by_cat(&client, &ids);
+    step("stdin through cat", t);
+    let t = Instant::now();
+    cases::terminal_resize_is_seen(&client, &ids);
+    step("terminal and resize", t);
+    let t = Instant::now();
+    cases::errors_are_clear(&client, &ids);
+    step("errors", t);
+    let mib: usize = std::env::var("BULKHEAD_E2E_STREAM_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(32);
+    let took = cases::big_stdout_matches_sha256(&client, &ids, mib << 20, "/tmp");
+    eprintln!("{mib} MiB through stdout in {took:.1?}");
+    client.shutdown().unwrap();
+    let status = vm.wait_exit(Duration::from_secs(120));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "VMM did not exit cleanly after Shutdown: {status:?}; console:\n{}",
+        vm.console()
+    );
+    // The VM is gone, and the client says so.
+    let err = client.version().unwrap_err();
+    assert!(
+        matches!(err, ClientError::VmGone | ClientError::Closed),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn a_guest_without_an_agent_gives_a_clear_error_in_time() {
+    if !e2e_enabled("a_guest_without_an_agent_gives_a_clear_error_in_time") {
+        return;
+    }
+    // The VMM boot-test init never listens on vsock; it powers off after its checks.
+    let vm = Vm::boot(&test_initramfs());
+    let timeout = Duration::from_secs(240);
+    let start = Instant::now();
+    let err = Client::connect(
+        Connector::HybridVsock { uds_path: vm.uds() },
+        config(timeout),
+    )
+    .err()
+    .expect("nothing in this guest answers");
+    let took = start.elapsed();
+    eprintln!("no agent: {err} after {took:.1?}");
+    assert!(took < timeout + Duration::from_secs(30), "took {took:?}");
+    let text = err.to_string();
+    assert!(
+        text == "vm is gone" || text.starts_with("agent did not come up within"),
+        "unclear error: {text}"
+    );
+}
