@@ -81,7 +81,7 @@ fn an_agent_that_dies_mid_call_gives_a_clear_error() {
     client
         .create_process(&command(id, &["sleep", "1000"], false, false, false))
         .unwrap();
-    client.start_process(id).unwrap();
+    let sleeper = client.start_process(id).unwrap();
     let killer = {
         let pid = agent.child.id() as i32;
         std::thread::spawn(move || {
@@ -102,6 +102,11 @@ fn an_agent_that_dies_mid_call_gives_a_clear_error() {
     let _ = agent.child.wait();
     // New connections fail fast too, and streams cannot be opened.
     assert!(client.open_stream(id, StreamKind::Stdout).is_err());
+    // The agent's child outlived it; do not leave it on the host.
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(sleeper),
+        nix::sys::signal::Signal::SIGKILL,
+    );
 }
 
 #[test]
@@ -112,4 +117,134 @@ fn shutdown_ends_a_test_mode_agent_without_touching_the_host() {
     let status = agent.child.wait().unwrap();
     assert!(status.success(), "{status:?}");
     assert!(!agent.path().join("1024").exists());
+}
+
+/// A busybox rootfs in a temporary directory (the host's static busybox and applet links).
+fn busybox_rootfs() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for d in ["bin", "proc", "dev", "tmp", "etc", "sys"] {
+        std::fs::create_dir_all(dir.path().join(d)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", dir.path().join("bin/busybox")).unwrap();
+    for applet in ["sh", "echo", "sleep", "hostname", "cat"] {
+        std::os::unix::fs::symlink("busybox", dir.path().join("bin").join(applet)).unwrap();
+    }
+    std::fs::write(dir.path().join("etc/passwd"), "root:x:0:0:root:/:/bin/sh\n").unwrap();
+    dir
+}
+
+fn oci_process(script: &str) -> serde_json::Value {
+    serde_json::json!({
+        "terminal": false,
+        "user": {"uid": 0, "gid": 0},
+        "args": ["sh", "-c", script],
+        "env": ["PATH=/bin"],
+        "cwd": "/",
+    })
+}
+
+/// The container calls through the agent: create (init waits), start, exec, list, stats,
+/// pause/resume, signal all, remove. Needs root (real namespaces and a cgroup on the host).
+#[test]
+fn containers_run_through_the_agent() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("containers_run_through_the_agent: skipped (needs root)");
+        return;
+    }
+    let rootfs = busybox_rootfs();
+    let agent = Agent::start();
+    let client = agent.client(Duration::from_secs(60));
+    let id = format!("agent-test-{}", std::process::id());
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        container_calls(&client, &id, rootfs.path())
+    }));
+    // Whatever happened, leave no container (process, cgroup) behind on the host.
+    let _ = client.remove_container(&id, true);
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+fn container_calls(client: &Client, id: &str, rootfs: &Path) {
+    use bulkhead_protocol::api;
+    use bulkhead_protocol::client::ExitStatus;
+    use bulkhead_protocol::protobuf::MessageField;
+    use std::io::{BufRead, BufReader, Read};
+
+    let id = id.to_owned();
+    let spec = serde_json::json!({
+        "ociVersion": "1.0.2",
+        "process": oci_process("echo started; exec sleep 1000"),
+        "root": {"path": rootfs},
+        "hostname": "inside",
+        "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"}],
+        "linux": {"namespaces": [{"type": "mount"}, {"type": "pid"}, {"type": "uts"}, {"type": "ipc"}]}
+    });
+    let streams = || {
+        MessageField::some(api::StdioStreams {
+            stdout: true,
+            stderr: true,
+            ..Default::default()
+        })
+    };
+    let req = api::CreateContainerRequest {
+        id: id.clone(),
+        oci_spec: serde_json::to_vec(&spec).unwrap(),
+        rootfs: rootfs.to_str().unwrap().to_owned(),
+        stdio: streams(),
+        ..Default::default()
+    };
+    let init = client.create_container(&req).unwrap();
+    assert!(init > 0);
+    let out = client.open_stream(&id, StreamKind::Stdout).unwrap();
+    let _err = client.open_stream(&id, StreamKind::Stderr).unwrap();
+    client.start_container(&id).unwrap();
+    let mut out = BufReader::new(out);
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "started\n");
+    assert!(client.list_processes(&id).unwrap().contains(&init));
+    let stats = client.stats(&id).unwrap();
+    assert!(stats.cpu.usage_usec > 0, "{stats:?}");
+
+    // Exec joins the container: its hostname, its pid namespace.
+    let exec_id = format!("{id}-exec");
+    let exec = api::CreateProcessRequest {
+        id: exec_id.clone(),
+        container_id: id.clone(),
+        oci_process: serde_json::to_vec(&oci_process("hostname; echo $$; exit 7")).unwrap(),
+        stdio: streams(),
+        ..Default::default()
+    };
+    client.create_process(&exec).unwrap();
+    let mut exec_out = client.open_stream(&exec_id, StreamKind::Stdout).unwrap();
+    let _exec_err = client.open_stream(&exec_id, StreamKind::Stderr).unwrap();
+    client.start_process(&exec_id).unwrap();
+    let mut text = String::new();
+    exec_out.read_to_string(&mut text).unwrap();
+    let status = client
+        .wait_process(&exec_id, Some(Duration::from_secs(60)))
+        .unwrap();
+    assert_eq!(status, ExitStatus::Exited(7));
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("inside"));
+    let pid: i32 = lines.next().unwrap().parse().unwrap();
+    assert!(
+        pid > 1,
+        "exec'd process is not the container's init: {text:?}"
+    );
+    client.remove_process(&exec_id).unwrap();
+
+    client.pause_container(&id).unwrap();
+    client.resume_container(&id).unwrap();
+    let err = client.remove_container(&id, false).unwrap_err();
+    assert!(err.to_string().contains("is running"), "{err}");
+    client.signal_process(&id, 9, true).unwrap();
+    let status = client
+        .wait_process(&id, Some(Duration::from_secs(60)))
+        .unwrap();
+    assert_eq!(status, ExitStatus::Signaled(9));
+    client.remove_container(&id, false).unwrap();
+    let err = client.stats(&id).unwrap_err();
+    assert_eq!(err.to_string(), format!("container {id:?} does not exist"));
 }

@@ -3,7 +3,7 @@
 //!     bulkhead-agent                      as the guest's /init: vsock ports 1024 and 1025
 //!     bulkhead-agent --listen-unix DIR    on the host, for tests: DIR/1024 and DIR/1025
 
-#[allow(dead_code)] // until the server wires it up
+#[allow(dead_code)] // Container::id and ::is_paused are not needed by the server
 mod container;
 mod init;
 mod process;
@@ -58,6 +58,9 @@ fn main() {
         OnShutdown::Reboot
     } else {
         init::ensure_stdio(Path::new("/dev/null"));
+        // Orphans of container setup come to the agent, as they do to PID 1 in the guest.
+        // SAFETY: PR_SET_CHILD_SUBREAPER takes an integer flag and touches no memory.
+        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
         OnShutdown::Exit
     };
     let result = reaper::Reaper::start()

@@ -59,6 +59,9 @@ pub const CONTROL_PORT: u32 = 1024;
 pub const STREAM_PORT: u32 = 1025;
 /// Version of the API's meaning; reported by the Version call.
 pub const PROTOCOL_VERSION: u32 = 1;
+/// Where the agent mounts a container's virtio-fs share (`CreateContainerRequest.share_tag`);
+/// a relative `rootfs` is taken inside it, and spec paths the host rewrites point below it.
+pub const GUEST_SHARE_DIR: &str = "/run/bulkhead/share";
 /// Longest process or container id.
 pub const MAX_ID_LEN: usize = 1024;
 

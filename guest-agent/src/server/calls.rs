@@ -1,6 +1,6 @@
 //! The agent API's calls: decoding, checking, and acting on the process table.
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::time::Instant;
 
 use bulkhead_protocol::frame::Frame;
@@ -11,29 +11,29 @@ use bulkhead_protocol::{api, validate_id, PROTOCOL_VERSION};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use super::{token, Entry, Server, Waiter, START_TIMEOUT, T_PROC};
+use super::{token, Entry, Launch, Server, Waiter, START_TIMEOUT, T_PROC};
 use crate::process::relay::{Reg, GUEST_IN, HOST_IN};
 use crate::process::spawn::{ChildFds, Command, Creds, SpawnError};
 use crate::process::{Process, State, Stdio, Streams};
 use crate::reaper::ExitStatus;
 
 /// What a handler decided.
-enum Reply {
+pub(super) enum Reply {
     /// Answer now with this encoded message.
     Now(Vec<u8>),
     /// The call was parked; it is answered later.
     Later,
 }
 
-type Handled = Result<Reply, Status>;
+pub(super) type Handled = Result<Reply, Status>;
 
-fn ok<M: Message>(msg: &M) -> Handled {
+pub(super) fn ok<M: Message>(msg: &M) -> Handled {
     msg.write_to_bytes()
         .map(Reply::Now)
         .map_err(|_| Status::new(Code::Internal, "encode response"))
 }
 
-fn empty() -> Handled {
+pub(super) fn empty() -> Handled {
     ok(&api::Empty::new())
 }
 
@@ -46,7 +46,7 @@ fn decode<M: Message>(call: &Call) -> Result<M, Status> {
     })
 }
 
-fn chain(e: &dyn std::error::Error) -> String {
+pub(super) fn chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
@@ -61,16 +61,7 @@ fn not_found(id: &str) -> Status {
     Status::new(Code::NotFound, format!("process {id:?} does not exist"))
 }
 
-fn container_missing(id: &str) -> Status {
-    Status::new(Code::NotFound, format!("container {id:?} does not exist"))
-}
-
-/// Container calls answer this until the container module is wired in.
-fn containers_unavailable() -> Status {
-    Status::new(Code::Unimplemented, "not implemented yet")
-}
-
-fn check_id(id: &str) -> Result<(), Status> {
+pub(super) fn check_id(id: &str) -> Result<(), Status> {
     validate_id(id).map_err(|e| Status::new(Code::InvalidArgument, format!("id {id:?}: {e}")))
 }
 
@@ -83,7 +74,7 @@ fn exit_response(status: ExitStatus) -> api::WaitProcessResponse {
     r
 }
 
-fn size_of(size: &protobuf::MessageField<api::TerminalSize>) -> Option<(u16, u16)> {
+pub(super) fn size_of(size: &protobuf::MessageField<api::TerminalSize>) -> Option<(u16, u16)> {
     size.as_ref()
         .filter(|s| s.rows > 0 && s.cols > 0)
         .map(|s| (clamp16(s.rows), clamp16(s.cols)))
@@ -91,6 +82,41 @@ fn size_of(size: &protobuf::MessageField<api::TerminalSize>) -> Option<(u16, u16
 
 fn clamp16(v: u32) -> u16 {
     u16::try_from(v).unwrap_or(u16::MAX)
+}
+
+/// The child's fds 0-2 for `stdio`; streams the host does not attach get `devnull`.
+fn child_fds(stdio: &Stdio, devnull: RawFd) -> ChildFds {
+    let fd = |f: &Option<OwnedFd>| f.as_ref().map_or(devnull, |f| f.as_raw_fd());
+    match stdio {
+        Stdio::Terminal(slave) => ChildFds {
+            stdin: slave.as_raw_fd(),
+            stdout: slave.as_raw_fd(),
+            stderr: slave.as_raw_fd(),
+            terminal: true,
+        },
+        Stdio::Pipes {
+            stdin,
+            stdout,
+            stderr,
+        } => ChildFds {
+            stdin: fd(stdin),
+            stdout: fd(stdout),
+            stderr: fd(stderr),
+            terminal: false,
+        },
+    }
+}
+
+fn spawn_status(err: SpawnError) -> Status {
+    let code = match err {
+        SpawnError::NotFound(_) => Code::NotFound,
+        SpawnError::Exec {
+            errno: nix::errno::Errno::EACCES,
+            ..
+        } => Code::PermissionDenied,
+        _ => Code::FailedPrecondition,
+    };
+    Status::new(code, err.to_string())
 }
 
 impl Server {
@@ -155,14 +181,23 @@ impl Server {
                 let r: api::RemoveProcessRequest = decode(call)?;
                 self.remove_process(&r.id)
             }
-            Method::CreateContainer
-            | Method::StartContainer
-            | Method::ListProcesses
-            | Method::PauseContainer
-            | Method::ResumeContainer
-            | Method::UpdateContainer
-            | Method::Stats
-            | Method::RemoveContainer => Err(containers_unavailable()),
+            Method::CreateContainer => self.create_container(decode(call)?),
+            Method::StartContainer => {
+                let r: api::StartContainerRequest = decode(call)?;
+                self.start_process(w, &r.id)
+            }
+            Method::ListProcesses => {
+                self.list_processes(&decode::<api::ListProcessesRequest>(call)?.id)
+            }
+            Method::PauseContainer => {
+                self.pause_container(&decode::<api::PauseContainerRequest>(call)?.id, true)
+            }
+            Method::ResumeContainer => {
+                self.pause_container(&decode::<api::ResumeContainerRequest>(call)?.id, false)
+            }
+            Method::UpdateContainer => self.update_container(decode(call)?),
+            Method::Stats => self.stats(&decode::<api::StatsRequest>(call)?.id),
+            Method::RemoveContainer => self.remove_container(decode(call)?),
             Method::Shutdown => {
                 self.shutdown = true;
                 empty()
@@ -170,7 +205,7 @@ impl Server {
         }
     }
 
-    fn index(&self, id: &str) -> Result<usize, Status> {
+    pub(super) fn index(&self, id: &str) -> Result<usize, Status> {
         self.by_id.get(id).copied().ok_or_else(|| not_found(id))
     }
 
@@ -188,9 +223,6 @@ impl Server {
                 format!("process {:?} already exists", r.id),
             ));
         }
-        if !r.container_id.is_empty() {
-            return Err(container_missing(&r.container_id));
-        }
         let streams = Streams {
             stdin: r.stdio.stdin,
             stdout: r.stdio.stdout,
@@ -202,17 +234,23 @@ impl Server {
                 "a terminal process needs its terminal stream (set a stdio flag)",
             ));
         }
-        if r.args.is_empty() {
-            return Err(Status::new(Code::InvalidArgument, "args must not be empty"));
-        }
-        // Checked now so a bad argument fails the create, not the start.
-        let creds = (r.uid != 0 || r.gid != 0 || !r.additional_gids.is_empty()).then(|| Creds {
-            uid: r.uid,
-            gid: r.gid,
-            groups: r.additional_gids.clone(),
-        });
-        let command = Command::new(&r.args, &r.env, &r.cwd, creds)
-            .map_err(|e| Status::new(Code::InvalidArgument, e.to_string()))?;
+        let launch = if r.container_id.is_empty() {
+            if r.args.is_empty() {
+                return Err(Status::new(Code::InvalidArgument, "args must not be empty"));
+            }
+            // Checked now so a bad argument fails the create, not the start.
+            let creds =
+                (r.uid != 0 || r.gid != 0 || !r.additional_gids.is_empty()).then(|| Creds {
+                    uid: r.uid,
+                    gid: r.gid,
+                    groups: r.additional_gids.clone(),
+                });
+            let command = Command::new(&r.args, &r.env, &r.cwd, creds)
+                .map_err(|e| Status::new(Code::InvalidArgument, e.to_string()))?;
+            Launch::Plain(command)
+        } else {
+            self.exec_launch(&r.container_id, &r.oci_process)?
+        };
         let terminal = r.terminal.then(|| size_of(&r.terminal_size));
         let process =
             Process::new(terminal, streams).map_err(|e| Status::new(Code::Internal, chain(&e)))?;
@@ -220,7 +258,7 @@ impl Server {
             process,
             waiters: Vec::new(),
             start: None,
-            command: Some(command),
+            launch: Some(launch),
         });
         self.by_id.insert(r.id, i);
         self.sync_proc(i);
@@ -229,14 +267,15 @@ impl Server {
 
     fn start_process(&mut self, w: Waiter, id: &str) -> Handled {
         let (i, e) = self.entry(id)?;
-        if !matches!(e.process.state, State::Created(None)) || e.start.is_some() {
+        if !matches!(e.process.state, State::Created(_)) || e.launch.is_none() || e.start.is_some()
+        {
             return Err(Status::new(
                 Code::FailedPrecondition,
                 format!("process {id:?} was already started"),
             ));
         }
         if e.process.streams_ready() {
-            let pid = self.spawn(i)?;
+            let pid = self.launch(i)?;
             let mut r = api::StartProcessResponse::new();
             r.pid = pid.as_raw();
             return ok(&r);
@@ -245,59 +284,50 @@ impl Server {
         Ok(Reply::Later)
     }
 
-    /// Starts process `i` (its streams are attached).
-    fn spawn(&mut self, i: usize) -> Result<Pid, Status> {
-        let devnull = self.devnull.as_raw_fd();
+    /// Starts process `i` (its streams are attached): runs a guest program, execs into a
+    /// container, or releases a container's init.
+    fn launch(&mut self, i: usize) -> Result<Pid, Status> {
         let Some(e) = self.procs.get_mut(i) else {
             return Err(Status::new(Code::Internal, "process vanished"));
         };
-        let (Some(command), Some(stdio)) = (e.command.take(), e.process.child_stdio.take()) else {
-            return Err(Status::new(
-                Code::FailedPrecondition,
-                "process already started",
-            ));
-        };
-        let fd = |f: &Option<OwnedFd>| f.as_ref().map_or(devnull, |f| f.as_raw_fd());
-        let fds = match &stdio {
-            Stdio::Terminal(slave) => ChildFds {
-                stdin: slave.as_raw_fd(),
-                stdout: slave.as_raw_fd(),
-                stderr: slave.as_raw_fd(),
-                terminal: true,
-            },
-            Stdio::Pipes {
-                stdin,
-                stdout,
-                stderr,
-            } => ChildFds {
-                stdin: fd(stdin),
-                stdout: fd(stdout),
-                stderr: fd(stderr),
-                terminal: false,
-            },
-        };
-        let result = self.spawner.spawn(&command, fds, &self.reaper);
-        // The child has its copies (or failed); ours must go so EOF can happen.
-        drop(stdio);
-        match result {
-            Ok(pid) => {
-                e.process.state = State::Running(pid);
-                Ok(pid)
+        let already = || Status::new(Code::FailedPrecondition, "process already started");
+        let launch = e.launch.take().ok_or_else(already)?;
+        let result = match launch {
+            Launch::Plain(command) => {
+                let stdio = e.process.child_stdio.take().ok_or_else(already)?;
+                let devnull = self.devnull.as_raw_fd();
+                let result = self
+                    .spawner
+                    .spawn(&command, child_fds(&stdio, devnull), &self.reaper)
+                    .map_err(spawn_status);
+                // The child has its copies (or failed); ours must go so EOF can happen.
+                drop(stdio);
+                result
             }
-            Err(err) => {
-                let code = match err {
-                    SpawnError::NotFound(_) => Code::NotFound,
-                    SpawnError::Exec {
-                        errno: nix::errno::Errno::EACCES,
-                        ..
-                    } => Code::PermissionDenied,
-                    _ => Code::FailedPrecondition,
-                };
-                // It never ran: its streams get EOF, and it stays "created" for removal.
-                e.command = None;
-                Err(Status::new(code, err.to_string()))
+            Launch::Exec { container, process } => {
+                let stdio = e.process.child_stdio.take().ok_or_else(already)?;
+                match self.containers.get(&container) {
+                    Some(c) => c
+                        .container
+                        .exec(&process, stdio)
+                        .map_err(|err| super::containers::status(&err)),
+                    None => Err(super::containers::missing(&container)),
+                }
             }
-        }
+            Launch::Init { container } => match self.containers.get_mut(&container) {
+                Some(c) => c
+                    .container
+                    .start()
+                    .map(|()| c.container.init_pid())
+                    .map_err(|err| super::containers::status(&err)),
+                None => Err(super::containers::missing(&container)),
+            },
+        };
+        // A failed start leaves the process "created" (a container's init exits and is
+        // reaped as usual); it can only be removed.
+        let pid = result?;
+        e.process.state = State::Running(pid);
+        Ok(pid)
     }
 
     fn signal_process(&mut self, r: api::SignalProcessRequest) -> Handled {
@@ -320,6 +350,14 @@ impl Server {
                     format!("invalid signal {}", r.signal),
                 )
             })?;
+        if r.all {
+            if let Some(c) = self.containers.get(&r.id) {
+                c.container
+                    .signal_all(signal)
+                    .map_err(|e| super::containers::status(&e))?;
+                return empty();
+            }
+        }
         // Every process leads its own session and process group.
         let target = if r.all {
             Pid::from_raw(-pid.as_raw())
@@ -397,6 +435,12 @@ impl Server {
     }
 
     fn remove_process(&mut self, id: &str) -> Handled {
+        if self.containers.contains_key(id) {
+            return Err(Status::new(
+                Code::FailedPrecondition,
+                format!("{id:?} is a container's init: remove the container"),
+            ));
+        }
         let (i, e) = self.entry(id)?;
         if matches!(e.process.state, State::Running(_) | State::Created(Some(_))) {
             return Err(Status::new(
@@ -404,8 +448,14 @@ impl Server {
                 format!("process {id:?} is running"),
             ));
         }
+        self.forget(i, id);
+        empty()
+    }
+
+    /// Drops process `i` (named `id`), closing its streams and failing its parked calls.
+    pub(super) fn forget(&mut self, i: usize, id: &str) {
         let Some(mut e) = self.procs.remove(i) else {
-            return Err(not_found(id));
+            return;
         };
         self.by_id.remove(id);
         e.process.relay.close_all(&self.epoll);
@@ -414,7 +464,6 @@ impl Server {
         for w in start.map(|s| s.0).into_iter().chain(waiters) {
             self.fail(w, Code::NotFound, format!("process {id:?} was removed"));
         }
-        empty()
     }
 
     /// A stream connection's header arrived: hand the connection to its process.
@@ -451,7 +500,7 @@ impl Server {
         let Some((w, _)) = e.start.take() else {
             return;
         };
-        match self.spawn(i) {
+        match self.launch(i) {
             Ok(pid) => {
                 let mut r = api::StartProcessResponse::new();
                 r.pid = pid.as_raw();
@@ -464,7 +513,7 @@ impl Server {
     }
 
     /// Registers process `i`'s fds for what its relay needs now.
-    fn sync_proc(&mut self, i: usize) {
+    pub(super) fn sync_proc(&mut self, i: usize) {
         if let Some(e) = self.procs.get_mut(i) {
             e.process.relay.sync(&self.epoll, token(T_PROC, i << 3));
         }

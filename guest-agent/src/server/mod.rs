@@ -11,6 +11,7 @@
 
 mod calls;
 mod conn;
+mod containers;
 pub mod listen;
 mod slab;
 mod streams;
@@ -90,12 +91,26 @@ pub enum OnShutdown {
 #[derive(Debug)]
 struct Entry {
     process: Process,
-    /// What to run, until it is started.
-    command: Option<crate::process::spawn::Command>,
+    /// What starting it does; `None` once started (or after a failed start).
+    launch: Option<Launch>,
     /// Parked WaitProcess calls.
     waiters: Vec<Waiter>,
     /// A parked StartProcess and when it gives up.
     start: Option<(Waiter, Instant)>,
+}
+
+/// What StartProcess / StartContainer does for a process.
+#[derive(Debug)]
+enum Launch {
+    /// Run a program in the guest itself.
+    Plain(crate::process::spawn::Command),
+    /// Exec into a running container.
+    Exec {
+        container: String,
+        process: Box<oci_spec::runtime::Process>,
+    },
+    /// Release a created container's init.
+    Init { container: String },
 }
 
 pub struct Server {
@@ -111,6 +126,7 @@ pub struct Server {
     pending: Slab<PendingStream>,
     procs: Slab<Entry>,
     by_id: HashMap<String, usize>,
+    containers: HashMap<String, containers::Entry>,
     spawner: Spawner,
     devnull: OwnedFd,
     scratch: Vec<u8>,
@@ -170,6 +186,7 @@ impl Server {
             pending: Slab::default(),
             procs: Slab::default(),
             by_id: HashMap::new(),
+            containers: HashMap::new(),
             spawner: Spawner::default(),
             devnull,
             scratch: vec![0; SCRATCH],
