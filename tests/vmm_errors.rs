@@ -89,6 +89,20 @@ fn kvm_device_missing() {
 }
 
 #[test]
+fn missing_initrd_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let k = some_kernel(dir.path());
+    let line = one_line_error(
+        &["--kernel", &k, "--initrd", "/nonexistent/initrd.cpio"],
+        &[],
+    );
+    assert!(
+        line.contains("cannot read initrd /nonexistent/initrd.cpio"),
+        "{line}"
+    );
+}
+
+#[test]
 fn zero_vcpus() {
     let dir = tempfile::tempdir().unwrap();
     let k = some_kernel(dir.path());

@@ -83,6 +83,10 @@ pub fn build_vm(config: &VmConfig) -> Result<Vm, BuildError> {
     }
     let mem_bytes = memory::check_size(config.mem_mib)?;
     let mut kernel = loader::KernelImage::open(&config.kernel)?;
+    let mut initrd = match &config.initrd {
+        Some(path) => Some(loader::InitrdImage::open(path)?),
+        None => None,
+    };
     let profile = config.profile.unwrap_or_else(HostProfile::probe);
 
     let kvm = kvm::open(&config.kvm_device)?;
@@ -92,8 +96,8 @@ pub fn build_vm(config: &VmConfig) -> Result<Vm, BuildError> {
     let control = Controller::new(vcpu_fds.len());
 
     let loaded = loader::load_kernel(&mem, &mut kernel)?;
-    let initrd = match &config.initrd {
-        Some(path) => Some(loader::load_initrd(&mem, path, &loaded)?),
+    let initrd = match &mut initrd {
+        Some(image) => Some(loader::load_initrd(&mem, image, &loaded)?),
         None => None,
     };
 

@@ -84,6 +84,8 @@ pub enum FaultKind {
         /// The errno.
         errno: i32,
     },
+    /// The vCPU thread panicked (a VMM bug).
+    Panicked,
     /// An exit we do not handle.
     UnexpectedExit {
         /// Its name.
@@ -115,6 +117,7 @@ impl fmt::Display for FaultKind {
                 "KVM_RUN failed: {}",
                 std::io::Error::from_raw_os_error(*errno)
             ),
+            FaultKind::Panicked => f.write_str("vcpu thread panicked"),
             FaultKind::UnexpectedExit { exit } => write!(f, "unexpected exit {exit}"),
         }
     }

@@ -251,18 +251,39 @@ pub fn initrd_address(size: u64, kernel_end: u64, low_end: u64, addr_max: u64) -
     (addr >= kernel_end).then_some(addr)
 }
 
-/// Copies the initrd at `path` into `mem` above `kernel`; returns (address, size).
+/// An opened initrd (opened early so a bad path is reported before anything is allocated).
+#[derive(Debug)]
+pub struct InitrdImage {
+    file: File,
+    size: u64,
+}
+
+impl InitrdImage {
+    /// Opens the initrd at `path`.
+    pub fn open(path: &Path) -> Result<Self, LoaderError> {
+        let open_err = |source| LoaderError::OpenInitrd {
+            path: path.to_owned(),
+            source,
+        };
+        let file = File::open(path).map_err(open_err)?;
+        let meta = file.metadata().map_err(open_err)?;
+        if meta.is_dir() {
+            return Err(open_err(std::io::Error::from_raw_os_error(libc::EISDIR)));
+        }
+        Ok(Self {
+            file,
+            size: meta.len(),
+        })
+    }
+}
+
+/// Copies `initrd` into `mem` above `kernel`; returns (address, size).
 pub fn load_initrd(
     mem: &GuestMemoryMmap,
-    path: &Path,
+    initrd: &mut InitrdImage,
     kernel: &LoadedKernel,
 ) -> Result<(u64, u32), LoaderError> {
-    let open_err = |source| LoaderError::OpenInitrd {
-        path: path.to_owned(),
-        source,
-    };
-    let mut file = File::open(path).map_err(open_err)?;
-    let size = file.metadata().map_err(open_err)?.len();
+    let size = initrd.size;
     let addr_max = kernel
         .setup_header
         .map(|h| u64::from(h.initrd_addr_max))
@@ -273,7 +294,7 @@ pub fn load_initrd(
     let addr =
         initrd_address(size, kernel.end, low_ram_end(mem), addr_max).ok_or_else(too_large)?;
     prefault(mem, addr, size);
-    mem.read_exact_volatile_from(GuestAddress(addr), &mut file, size as usize)
+    mem.read_exact_volatile_from(GuestAddress(addr), &mut initrd.file, size as usize)
         .map_err(LoaderError::CopyInitrd)?;
     Ok((addr, size32))
 }
@@ -370,7 +391,8 @@ mod tests {
         };
         let mut f = tempfile::NamedTempFile::new().unwrap();
         f.write_all(b"070701 cpio bytes").unwrap();
-        let (addr, size) = load_initrd(&mem, f.path(), &kernel).unwrap();
+        let mut initrd = InitrdImage::open(f.path()).unwrap();
+        let (addr, size) = load_initrd(&mem, &mut initrd, &kernel).unwrap();
         assert_eq!(size, 17);
         let mut buf = [0u8; 6];
         mem.read_slice(&mut buf, GuestAddress(addr)).unwrap();
@@ -378,9 +400,14 @@ mod tests {
 
         let big = tempfile::NamedTempFile::new().unwrap();
         big.as_file().set_len(16 << 20).unwrap();
+        let mut big = InitrdImage::open(big.path()).unwrap();
         assert!(matches!(
-            load_initrd(&mem, big.path(), &kernel),
+            load_initrd(&mem, &mut big, &kernel),
             Err(LoaderError::InitrdTooLarge { .. })
+        ));
+        assert!(matches!(
+            InitrdImage::open(Path::new("/nonexistent/initrd")),
+            Err(LoaderError::OpenInitrd { .. })
         ));
     }
 }

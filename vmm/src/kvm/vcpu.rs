@@ -107,6 +107,14 @@ impl<'a> Registration<'a> {
 impl Drop for Registration<'_> {
     fn drop(&mut self) {
         self.control.unregister_vcpu_thread(self.index);
+        if std::thread::panicking() {
+            // A bug of ours, not the guest's; the other vCPUs must not run on without this one.
+            self.control.request(ExitReason::Fault(Box::new(VcpuFault {
+                vcpu: self.index as u8,
+                kind: FaultKind::Panicked,
+                dump: None,
+            })));
+        }
     }
 }
 
