@@ -622,3 +622,22 @@ fn list_pause_resume_and_events() {
     assert!(o.status.success(), "delete: {}", stderr(&o));
     rt.assert_clean("c9", &bundle);
 }
+
+#[test]
+fn long_ids_and_roots_fit_the_socket_path_limit() {
+    let Some(rt) = Rt::new() else { return };
+    // Like containerd's /run/containerd/runc/<namespace>/<64 hex>: past sun_path's 108 bytes.
+    let id = format!("{}{}", "a".repeat(64), "b".repeat(40));
+    assert!(rt.root().join(&id).join("control.sock").as_os_str().len() > 108);
+    let bundle = rt.bundle("b10", &["sleep", "100"], |_| {});
+    let (o, pid) = rt.create(&id, &bundle, &rt.path("out"));
+    assert!(o.status.success(), "create: {}", stderr(&o));
+    assert!(rt.run(&["start", &id]).status.success());
+    assert_eq!(rt.state(&id)["status"], "running");
+    let o = rt.run(&["exec", &id, "true"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(rt.run(&["kill", &id, "KILL"]).status.success());
+    assert_eq!(wait_status(pid.unwrap()), 137);
+    assert!(rt.run(&["delete", &id]).status.success());
+    rt.assert_clean(&id, &bundle);
+}

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use bulkhead_shim::config::{Config, VmSize};
 use bulkhead_shim::sandbox::{BootContext, Sandbox};
-use bulkhead_shim::vm::{vm_config, VmSandbox};
+use bulkhead_shim::vm::{vm_config, vsock_path, VmSandbox};
 use bulkhead_tests::{e2e_enabled, kernel, repo_root, SHARE_DIR};
 
 fn agent_initramfs() -> PathBuf {
@@ -89,7 +89,9 @@ fn vm_sandbox_boots_and_reaches_the_agent() {
         state_dir: dir.path().to_path_buf(),
     };
     let t = Instant::now();
-    let vm = VmSandbox::boot(&ctx, vm_config(&ctx), "").unwrap_or_else(|e| {
+    let vsock = vsock_path(&ctx).unwrap();
+    let cfg = vm_config(&ctx, &vsock.path);
+    let vm = VmSandbox::boot(&ctx, cfg, "", vsock).unwrap_or_else(|e| {
         let log = std::fs::read_to_string(&ctx.console_log).unwrap_or_default();
         panic!("boot: {e}\nconsole:\n{log}")
     });

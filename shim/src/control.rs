@@ -102,6 +102,37 @@ pub fn socket_path(state_dir: &Path) -> PathBuf {
     state_dir.join(SOCKET_NAME)
 }
 
+/// Longest path `sun_path` holds (108 bytes with the NUL).
+const MAX_SUN_PATH: usize = 107;
+
+/// A unix socket path short enough for bind/connect. Engines choose long roots and ids
+/// (`/run/containerd/runc/<namespace>/<64 hex>/control.sock` can pass 108 bytes), so a long path
+/// is reached as `/proc/self/fd/<n>/<name>` through an open fd of its directory, held here.
+#[derive(Debug)]
+pub struct SockPath {
+    pub path: PathBuf,
+    _dir: Option<std::fs::File>,
+}
+
+pub fn sock_path(dir: &Path, name: &str) -> std::io::Result<SockPath> {
+    let full = dir.join(name);
+    if full.as_os_str().len() <= MAX_SUN_PATH {
+        return Ok(SockPath {
+            path: full,
+            _dir: None,
+        });
+    }
+    let f = std::fs::File::open(dir)?;
+    let path = PathBuf::from(format!(
+        "/proc/self/fd/{}/{name}",
+        std::os::fd::AsRawFd::as_raw_fd(&f)
+    ));
+    Ok(SockPath {
+        path,
+        _dir: Some(f),
+    })
+}
+
 /// A connection to a monitor.
 pub struct Client {
     path: PathBuf,
@@ -111,7 +142,11 @@ pub struct Client {
 impl Client {
     pub fn connect(state_dir: &Path) -> Result<Client, ControlError> {
         let path = socket_path(state_dir);
-        let stream = match UnixStream::connect(&path) {
+        let short = sock_path(state_dir, SOCKET_NAME).map_err(|source| ControlError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let stream = match UnixStream::connect(&short.path) {
             Ok(s) => s,
             Err(e)
                 if matches!(
@@ -268,6 +303,21 @@ mod tests {
             Client::connect(d.path()),
             Err(ControlError::Unreachable)
         ));
+    }
+
+    #[test]
+    fn long_socket_paths_work() {
+        let d = tempfile::tempdir().unwrap();
+        let long = d.path().join("x".repeat(100));
+        std::fs::create_dir(&long).unwrap();
+        let p = sock_path(&long, SOCKET_NAME).unwrap();
+        assert!(p.path.starts_with("/proc/self/fd/"));
+        let l = std::os::unix::net::UnixListener::bind(&p.path).unwrap();
+        assert!(long.join(SOCKET_NAME).exists());
+        let _c = Client::connect(&long).unwrap();
+        drop(l.accept().unwrap());
+        let short = sock_path(d.path(), SOCKET_NAME).unwrap();
+        assert_eq!(short.path, d.path().join(SOCKET_NAME));
     }
 
     #[test]

@@ -77,10 +77,12 @@ fn wait_forwarding(client: Client, signals: nix::sys::signal::SigSet) -> i32 {
         });
     }
     let mut client = client;
+    // No exit event means the monitor went away (the container stopped, its VM is gone) and
+    // the exec'd process died with it: report it as killed.
     client
         .read_exec_event()
         .map(|e| e.exit_status)
-        .unwrap_or(255)
+        .unwrap_or(crate::signal::killed_status(libc::SIGKILL))
 }
 
 /// The exec'd process's stdio as fds to send.

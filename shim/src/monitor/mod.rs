@@ -147,7 +147,9 @@ pub fn run(plan: Plan, factory: &dyn SandboxFactory, ready: ReadyWriter) -> i32 
             return 1;
         }
     };
-    let listener = match UnixListener::bind(crate::control::socket_path(&plan.state_dir)) {
+    let sock = crate::control::sock_path(&plan.state_dir, crate::control::SOCKET_NAME);
+    // `_sock` keeps the directory fd of a long socket path open while the monitor lives.
+    let (listener, _sock) = match sock.and_then(|s| UnixListener::bind(&s.path).map(|l| (l, s))) {
         Ok(l) => l,
         Err(e) => {
             shared.sandbox.shutdown();

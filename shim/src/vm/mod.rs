@@ -21,6 +21,7 @@ use serde_json::Value;
 
 pub use agent::{AgentSandbox, SHARE_ROOTFS, SHARE_TAG};
 
+use crate::control::SockPath;
 use crate::sandbox::{BootContext, Sandbox, SandboxError, SandboxFactory, Stdio};
 
 /// Name of the hybrid-vsock socket in the container's state directory.
@@ -34,9 +35,10 @@ pub struct VmFactory;
 impl SandboxFactory for VmFactory {
     fn boot(&self, ctx: &BootContext) -> Result<Box<dyn Sandbox>, SandboxError> {
         check_guest_files(&ctx.config)?;
-        let mut cfg = vm_config(ctx);
+        let vsock = vsock_path(ctx)?;
+        let mut cfg = vm_config(ctx, &vsock.path);
         attach_share(&mut cfg, &ctx.share_dir)?;
-        Ok(Box::new(VmSandbox::boot(ctx, cfg, SHARE_TAG)?))
+        Ok(Box::new(VmSandbox::boot(ctx, cfg, SHARE_TAG, vsock)?))
     }
 }
 
@@ -57,14 +59,20 @@ pub fn check_guest_files(cfg: &crate::config::Config) -> Result<(), SandboxError
     Ok(())
 }
 
+/// The hybrid-vsock socket in the state directory (short enough for `sun_path`).
+pub fn vsock_path(ctx: &BootContext) -> Result<SockPath, SandboxError> {
+    crate::control::sock_path(&ctx.state_dir, VSOCK_SOCKET)
+        .map_err(|e| SandboxError::Failed(format!("vsock socket path: {e}")))
+}
+
 /// The VM configuration for a container (without the share).
-pub fn vm_config(ctx: &BootContext) -> VmConfig {
+pub fn vm_config(ctx: &BootContext, vsock: &Path) -> VmConfig {
     let mut cfg = VmConfig::new(&ctx.config.kernel);
     cfg.initrd = Some(ctx.config.initramfs.clone());
     cfg.mem_mib = u64::from(ctx.size.memory_mib);
     cfg.vcpus = u8::try_from(ctx.size.vcpus).unwrap_or(u8::MAX);
     cfg.console = ConsoleOutput::File(ctx.console_log.clone());
-    cfg.vsock = Some(VsockConfig::new(ctx.state_dir.join(VSOCK_SOCKET)));
+    cfg.vsock = Some(VsockConfig::new(vsock));
     if !ctx.config.kernel_args.is_empty() {
         cfg.cmdline = Some(ctx.config.kernel_args.clone());
     }
@@ -126,6 +134,8 @@ impl VmOwner {
 pub struct VmSandbox {
     agent: AgentSandbox,
     vm: VmOwner,
+    /// Keeps a long vsock socket path reachable (see [`crate::control::SockPath`]).
+    _vsock: SockPath,
 }
 
 impl VmSandbox {
@@ -134,6 +144,7 @@ impl VmSandbox {
         ctx: &BootContext,
         cfg: VmConfig,
         share_tag: &str,
+        vsock: SockPath,
     ) -> Result<VmSandbox, SandboxError> {
         let uds_path = cfg
             .vsock
@@ -173,6 +184,7 @@ impl VmSandbox {
         Ok(VmSandbox {
             agent: AgentSandbox::new(&ctx.id, client, share_tag),
             vm,
+            _vsock: vsock,
         })
     }
 
