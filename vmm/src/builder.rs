@@ -13,6 +13,7 @@ use crate::control::Controller;
 use crate::devices::i8042::I8042;
 use crate::devices::manager::{DeviceError, DeviceManager};
 use crate::devices::serial::{ConsoleOut, SerialDevice, SerialError, StdinInput};
+use crate::devices::virtio::fs::{FsConfig, FsDevice, FsError, FsMetrics};
 use crate::devices::virtio::mmio::{MmioError, MmioTransport};
 use crate::devices::virtio::vsock::{VsockConfig, VsockDevice, VsockError};
 use crate::event_loop::{EventLoop, EventLoopError};
@@ -49,6 +50,9 @@ pub enum BuildError {
     /// The vsock device.
     #[error("cannot create the vsock device")]
     Vsock(#[from] VsockError),
+    /// A virtio-fs device (or its share).
+    #[error(transparent)]
+    Fs(#[from] FsError),
     /// A virtio-mmio transport.
     #[error("cannot create a virtio-mmio transport")]
     Transport(#[from] MmioError),
@@ -88,6 +92,10 @@ pub fn build_vm(config: &VmConfig) -> Result<Vm, BuildError> {
         None => None,
     };
     let profile = config.profile.unwrap_or_else(HostProfile::probe);
+    FsConfig::validate_all(&config.fs)?;
+    for share in &config.fs {
+        share.canonical_dir()?;
+    }
 
     let kvm = kvm::open(&config.kvm_device)?;
     let mem = memory::create(config.mem_mib)?;
@@ -115,6 +123,11 @@ pub fn build_vm(config: &VmConfig) -> Result<Vm, BuildError> {
     if let Some(vsock) = &config.vsock {
         attach_vsock_device(&mut devices, &vm, &mem, vsock)?;
     }
+    let fs_metrics = config
+        .fs
+        .iter()
+        .map(|share| attach_fs_device(&mut devices, &vm, &mem, share))
+        .collect::<Result<Vec<_>, _>>()?;
 
     let cmdline = cmdline::build(
         profile.kernel_params(),
@@ -143,6 +156,7 @@ pub fn build_vm(config: &VmConfig) -> Result<Vm, BuildError> {
         serial,
         cmdline,
         profile,
+        fs_metrics,
     }))
 }
 
@@ -202,6 +216,23 @@ fn attach_vsock_device(
     let transport = MmioTransport::new(mem.clone(), device.clone(), irq)?;
     devices.attach_virtio_mmio(vm, slot, Arc::new(Mutex::new(transport)), Some(device))?;
     Ok(())
+}
+
+/// A virtio-fs device behind a virtio-mmio transport. The device serves the share on its own
+/// confined worker thread (not the event loop, which keeps the host's view of the file system),
+/// so there is no event-loop subscriber. Returns the tag and the device's counters.
+fn attach_fs_device(
+    devices: &mut DeviceManager,
+    vm: &VmFd,
+    mem: &GuestMemoryMmap,
+    config: &FsConfig,
+) -> Result<(String, Arc<FsMetrics>), BuildError> {
+    let device = FsDevice::new(config)?;
+    let metrics = device.metrics();
+    let (slot, irq) = devices.allocate_virtio_slot(vm)?;
+    let transport = MmioTransport::new(mem.clone(), Arc::new(Mutex::new(device)), irq)?;
+    devices.attach_virtio_mmio(vm, slot, Arc::new(Mutex::new(transport)), None)?;
+    Ok((config.tag.clone(), metrics))
 }
 
 /// CPUID, MSRs and registers for every vCPU.

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use crate::compat::HostProfile;
 use crate::devices::serial::ConsoleOutput;
+use crate::devices::virtio::fs::FsConfig;
 use crate::devices::virtio::vsock::VsockConfig;
 use crate::kvm::DEFAULT_KVM_DEVICE;
 
@@ -33,6 +34,9 @@ pub struct VmConfig {
     pub profile: Option<HostProfile>,
     /// A virtio-vsock device with a hybrid (Unix socket) host side.
     pub vsock: Option<VsockConfig>,
+    /// Host directories shared over virtio-fs, one device per tag (`tag`, `host_dir`,
+    /// `read_only`, cache mode).
+    pub fs: Vec<FsConfig>,
 }
 
 impl VmConfig {
@@ -49,6 +53,7 @@ impl VmConfig {
             kvm_device: PathBuf::from(DEFAULT_KVM_DEVICE),
             profile: None,
             vsock: None,
+            fs: Vec::new(),
         }
     }
 }

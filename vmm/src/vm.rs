@@ -11,6 +11,7 @@ use crate::config::VmConfig;
 use crate::control::{Controller, ExitReason, VmHandle};
 use crate::devices::manager::Devices;
 use crate::devices::serial::SerialDevice;
+use crate::devices::virtio::fs::FsMetrics;
 use crate::event_loop::EventLoopError;
 use crate::kvm::kick;
 use crate::kvm::vcpu::{Vcpu, VcpuContext};
@@ -41,6 +42,8 @@ pub(crate) struct VmParts {
     pub serial: Arc<Mutex<SerialDevice>>,
     pub cmdline: String,
     pub profile: HostProfile,
+    /// Counters of each virtio-fs device, by tag.
+    pub fs_metrics: Vec<(String, Arc<FsMetrics>)>,
 }
 
 /// A VM, built and ready to run.
@@ -76,6 +79,16 @@ impl Vm {
     /// Guest memory.
     pub fn memory(&self) -> &GuestMemoryMmap {
         &self.parts.mem
+    }
+
+    /// The request counters of the virtio-fs device exporting `tag` (they stay readable after
+    /// the VM has run).
+    pub fn fs_metrics(&self, tag: &str) -> Option<Arc<FsMetrics>> {
+        self.parts
+            .fs_metrics
+            .iter()
+            .find(|(t, _)| t == tag)
+            .map(|(_, m)| m.clone())
     }
 
     /// The VM fd, for devices attached after the build.

@@ -8,6 +8,7 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use bulkhead_vmm::devices::virtio::fs::FsConfig;
 use bulkhead_vmm::devices::virtio::vsock::VsockConfig;
 use bulkhead_vmm::{ConsoleOutput, ExitReason, HostProfile, Vm, VmConfig};
 use clap::Parser;
@@ -45,6 +46,11 @@ struct Args {
     /// The guest's vsock CID.
     #[arg(long, default_value_t = bulkhead_vmm::devices::virtio::vsock::DEFAULT_GUEST_CID, requires = "vsock")]
     vsock_cid: u64,
+    /// Share a host directory over virtio-fs (repeatable): the guest mounts it with
+    /// `mount -t virtiofs TAG <dir>`. `:ro` makes it read-only, `:shared` for a directory the
+    /// host changes too (short cache timeouts instead of caching for a day).
+    #[arg(long = "fs", value_name = "TAG=DIR[:ro][:shared]", value_parser = parse_fs)]
+    fs: Vec<FsConfig>,
     /// Host KVM profile (hardware or pvm) instead of probing.
     #[arg(long, value_parser = parse_profile)]
     profile: Option<HostProfile>,
@@ -52,6 +58,11 @@ struct Args {
 
 fn parse_profile(s: &str) -> Result<HostProfile, String> {
     HostProfile::from_name(s).ok_or_else(|| format!("unknown profile {s:?} (hardware or pvm)"))
+}
+
+fn parse_fs(s: &str) -> Result<FsConfig, String> {
+    s.parse()
+        .map_err(|e: bulkhead_vmm::devices::virtio::fs::FsError| e.to_string())
 }
 
 /// `err` and its sources on one line.
@@ -93,6 +104,7 @@ fn main() -> ExitCode {
         .map_or(ConsoleOutput::Stdout, ConsoleOutput::File);
     config.console_input = args.stdin;
     config.profile = args.profile;
+    config.fs = args.fs;
     config.vsock = args.vsock.map(|path| {
         let mut vsock = VsockConfig::new(path);
         vsock.guest_cid = args.vsock_cid;

@@ -181,3 +181,56 @@ impl FromStr for FsConfig {
         Ok(config)
     }
 }
+
+#[cfg(test)]
+mod config_tests {
+    use super::*;
+
+    #[test]
+    fn specs_parse() {
+        let c: FsConfig = "rootfs=/srv/a".parse().unwrap();
+        assert_eq!(c, FsConfig::new("rootfs", "/srv/a"));
+        let c: FsConfig = "v=/srv/b:ro:shared".parse().unwrap();
+        assert!(c.read_only && c.cache == FsCache::Shared);
+        assert_eq!(c.host_dir, PathBuf::from("/srv/b"));
+        let c: FsConfig = "v=/srv/b:shared:ro".parse().unwrap();
+        assert!(c.read_only && c.cache == FsCache::Shared);
+        // Colons inside the directory stay.
+        let c: FsConfig = "v=/srv/a:b".parse().unwrap();
+        assert_eq!(c.host_dir, PathBuf::from("/srv/a:b"));
+        for bad in [
+            "",
+            "novalue",
+            "=/x",
+            "t=",
+            "t=:ro",
+            &format!("{}=/x", "t".repeat(37)),
+        ] {
+            assert!(bad.parse::<FsConfig>().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn tags_are_checked_together() {
+        let a = FsConfig::new("a", "/x");
+        let max = FsConfig::new("t".repeat(TAG_MAX_LEN), "/x");
+        assert!(FsConfig::validate_all(&[a.clone(), max]).is_ok());
+        assert!(matches!(
+            FsConfig::validate_all(&[a.clone(), a]),
+            Err(FsError::DuplicateTag(t)) if t == "a"
+        ));
+        assert!(FsConfig::new("a\0b", "/x").validate().is_err());
+    }
+
+    #[test]
+    fn share_must_be_a_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f");
+        std::fs::write(&file, b"x").unwrap();
+        assert!(FsConfig::new("a", dir.path()).canonical_dir().is_ok());
+        assert!(FsConfig::new("a", &file).canonical_dir().is_err());
+        assert!(FsConfig::new("a", dir.path().join("nope"))
+            .canonical_dir()
+            .is_err());
+    }
+}
