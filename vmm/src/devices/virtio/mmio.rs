@@ -435,6 +435,18 @@ impl MmioTransport {
     }
 }
 
+impl Drop for MmioTransport {
+    fn drop(&mut self) {
+        tracing::info!(
+            device = self.device_type,
+            register_accesses = self.metrics.accesses.load(Ordering::Relaxed),
+            notify_writes = self.metrics.notify_writes.load(Ordering::Relaxed),
+            interrupts = self.interrupt.raised(),
+            "virtio-mmio: transport closed"
+        );
+    }
+}
+
 impl BusDevice for MmioTransport {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         self.metrics.accesses.fetch_add(1, Ordering::Relaxed);

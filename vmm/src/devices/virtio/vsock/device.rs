@@ -271,6 +271,12 @@ impl VsockDevice {
     }
 }
 
+impl Drop for VsockDevice {
+    fn drop(&mut self) {
+        tracing::info!(metrics = ?self.metrics.snapshot(), "vsock: device closed");
+    }
+}
+
 impl VirtioDevice for VsockDevice {
     fn device_type(&self) -> u32 {
         virtio_bindings::virtio_ids::VIRTIO_ID_VSOCK
