@@ -9,11 +9,21 @@
 //! has packets for, then raises at most one interrupt. With EVENT_IDX it asks for TX kicks only
 //! after it caught up, and for RX kicks only when it ran out of buffers while holding data, so
 //! a busy stream costs few exits.
+//!
+//! TX chains are consumed at once but *returned* lazily: the driver needs them back only to
+//! free memory, and an interrupt is the most expensive thing we can do to a guest whose kernel
+//! is emulated. Consumed heads are held until an interrupt is raised anyway (an RX packet,
+//! e.g. the credit update a sending guest soon needs), until a quarter of the ring is held, or
+//! until [`TX_RETURN_DELAY`] passes. Holding buffers longer is always allowed to a device; the
+//! spec's interrupt rules apply from the moment they are returned.
 
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::sync::Arc;
+use std::time::Duration;
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
+use nix::sys::time::TimeSpec;
+use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFlags};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestAddress;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -33,12 +43,18 @@ const RX: usize = 0;
 const TX: usize = 1;
 const NUM_QUEUES: usize = 3;
 
+/// Longest we hold consumed TX chains before returning them (see the module docs).
+pub const TX_RETURN_DELAY: Duration = Duration::from_millis(2);
+
 /// Errors creating the device.
 #[derive(Debug, thiserror::Error)]
 pub enum VsockError {
     /// An eventfd could not be created.
     #[error("cannot create an eventfd")]
     EventFd(#[source] std::io::Error),
+    /// The TX completion timer could not be created.
+    #[error("cannot create a timerfd")]
+    Timer(#[source] nix::Error),
     /// The host socket could not be set up.
     #[error(transparent)]
     Unix(#[from] UnixError),
@@ -53,11 +69,26 @@ struct Active {
     queues: Vec<Queue>,
     broken: [bool; NUM_QUEUES],
     used: [bool; NUM_QUEUES],
+    /// Consumed TX heads not yet returned to the driver.
+    held_tx: Vec<u16>,
     interrupt: Arc<Interrupt>,
     indirect: bool,
 }
 
 impl Active {
+    /// Returns every held TX chain to the driver.
+    fn return_tx(&mut self, metrics: &VsockMetrics) {
+        for i in 0..self.held_tx.len() {
+            let head = self.held_tx[i];
+            if let Err(e) = self.queues[TX].add_used(&self.mem, head, 0) {
+                self.held_tx.clear();
+                return self.break_queue(TX, &QueueError::Ring(e), metrics);
+            }
+            self.used[TX] = true;
+        }
+        self.held_tx.clear();
+    }
+
     fn break_queue(&mut self, index: usize, err: &QueueError, metrics: &VsockMetrics) {
         tracing::warn!("vsock: queue {index} is broken: {err}");
         self.broken[index] = true;
@@ -83,6 +114,7 @@ pub struct VsockDevice {
     queue_sizes: [u16; NUM_QUEUES],
     queue_events: Vec<EventFd>,
     ctl_event: EventFd,
+    tx_timer: TimerFd,
     muxer: Muxer,
     active: Option<Active>,
     reset_pending: bool,
@@ -112,6 +144,11 @@ impl VsockDevice {
             queue_sizes: [QUEUE_SIZE; NUM_QUEUES],
             queue_events,
             ctl_event: evt()?,
+            tx_timer: TimerFd::new(
+                ClockId::CLOCK_MONOTONIC,
+                TimerFlags::TFD_NONBLOCK | TimerFlags::TFD_CLOEXEC,
+            )
+            .map_err(VsockError::Timer)?,
             muxer: Muxer::new(config, metrics.clone())?,
             active: None,
             reset_pending: false,
@@ -173,10 +210,16 @@ impl VsockDevice {
                         add(&self.metrics.dropped_packets, 1);
                     }
                 }
-                if let Err(e) = active.queues[TX].add_used(&active.mem, head, 0) {
-                    return active.break_queue(TX, &QueueError::Ring(e), &self.metrics);
+                if active.held_tx.is_empty() {
+                    let delay = Expiration::OneShot(TimeSpec::from_duration(TX_RETURN_DELAY));
+                    if let Err(e) = self.tx_timer.set(delay, TimerSetTimeFlags::empty()) {
+                        tracing::warn!("vsock: cannot arm the TX timer: {e}");
+                    }
                 }
-                active.used[TX] = true;
+                active.held_tx.push(head);
+                if active.held_tx.len() >= usize::from(active.queues[TX].size() / 4).max(1) {
+                    active.return_tx(&self.metrics);
+                }
             }
             match active.queues[TX].enable_notification(&active.mem) {
                 Ok(true) => continue,
@@ -240,12 +283,16 @@ impl VsockDevice {
     }
 
     /// Raises one interrupt for everything used since the last call, if the driver wants it.
+    /// When RX needs an interrupt anyway, held TX chains are returned with it.
     fn signal_used(&mut self) {
         let Some(active) = self.active.as_mut() else {
             return;
         };
         let mut raise = false;
-        for i in 0..NUM_QUEUES {
+        for i in [RX, TX] {
+            if i == TX && raise && !active.held_tx.is_empty() {
+                active.return_tx(&self.metrics);
+            }
             if !std::mem::take(&mut active.used[i]) || active.broken[i] {
                 continue;
             }
@@ -329,6 +376,7 @@ impl VirtioDevice for VsockDevice {
             queues,
             broken: [false; NUM_QUEUES],
             used: [false; NUM_QUEUES],
+            held_tx: Vec::new(),
             interrupt,
             indirect: features & FEATURE_INDIRECT_DESC != 0,
         });
@@ -349,7 +397,10 @@ impl VirtioDevice for VsockDevice {
 
 impl MutEventSubscriber for VsockDevice {
     fn init(&mut self, ops: &mut EventOps) {
-        let mut fds = vec![Events::new(&self.ctl_event, EventSet::IN)];
+        let mut fds = vec![
+            Events::new(&self.ctl_event, EventSet::IN),
+            Events::new_raw(self.tx_timer.as_fd().as_raw_fd(), EventSet::IN),
+        ];
         fds.extend(
             self.queue_events
                 .iter()
@@ -369,6 +420,12 @@ impl MutEventSubscriber for VsockDevice {
         self.finish_reset(ops);
         if fd == self.ctl_event.as_raw_fd() {
             drain_event(&self.ctl_event);
+        } else if fd == self.tx_timer.as_fd().as_raw_fd() {
+            // Non-blocking: a timer re-armed after it fired just reads EAGAIN.
+            let _ = self.tx_timer.wait();
+            if let Some(active) = self.active.as_mut() {
+                active.return_tx(&self.metrics);
+            }
         } else if let Some(q) = self.queue_events.iter().position(|e| e.as_raw_fd() == fd) {
             add(
                 &self.metrics.notifications,

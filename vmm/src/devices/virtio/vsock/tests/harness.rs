@@ -262,8 +262,22 @@ impl<'m> Harness<'m> {
         self.pump();
     }
 
+    /// Sends one packet and lets the device look at it exactly once, without waiting for
+    /// timers.
+    pub fn send_nowait(&mut self, hdr: Header, data: &[u8]) {
+        self.post_tx(hdr, data);
+        self.kick(TX);
+        while self.em.run_with_timeout(0).unwrap() > 0 {}
+    }
+
     /// Sends one packet as Linux does: a header descriptor and, with data, a data descriptor.
     pub fn send(&mut self, hdr: Header, data: &[u8]) {
+        self.post_tx(hdr, data);
+        self.kick(TX);
+        self.pump();
+    }
+
+    fn post_tx(&mut self, hdr: Header, data: &[u8]) {
         let mut hdr = hdr;
         hdr.len = data.len() as u32;
         let haddr = self.alloc(HDR_SIZE as u32);
@@ -277,8 +291,6 @@ impl<'m> Harness<'m> {
             bufs.push((daddr, data.len() as u32, false));
         }
         self.q[TX].add_chain(&bufs);
-        self.kick(TX);
-        self.pump();
     }
 
     /// Packets delivered to the guest since the last call.
