@@ -41,7 +41,7 @@ struct Args {
     /// Add a virtio-vsock device whose host side is this Unix socket (Firecracker's hybrid
     /// vsock: connect and send `CONNECT <port>\n`; guest connections to port P go to
     /// `<socket>_P`).
-    #[arg(long)]
+    #[arg(long, visible_alias = "vsock-uds")]
     vsock: Option<PathBuf>,
     /// The guest's vsock CID.
     #[arg(long, default_value_t = bulkhead_vmm::devices::virtio::vsock::DEFAULT_GUEST_CID, requires = "vsock")]

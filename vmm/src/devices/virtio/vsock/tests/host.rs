@@ -337,3 +337,36 @@ fn device_reset_closes_host_streams() {
     assert_eq!(h.dev.lock().unwrap().connections(), 0);
     assert!(!h.dev.lock().unwrap().is_active());
 }
+
+#[test]
+fn guest_rst_with_unread_data_drains_to_the_host_first() {
+    let mem = test_mem();
+    let window = 64 * 1024;
+    let mut h = Harness::with(&mem, |c| c.buf_alloc = window);
+    let (mut host, g) = established(&mut h, 256 * 1024);
+    h.send(g.hdr(OP_CREDIT_REQUEST), &[]);
+    let sent = send_within_credit(&mut h, &g, 0, 4 << 20);
+    assert!(h.dev.lock().unwrap().buffered_bytes() > 0);
+    // The guest gives up (as Linux does 8 s after a close we did not answer).
+    h.send(g.hdr(OP_RST), &[]);
+    assert_eq!(h.dev.lock().unwrap().connections(), 0);
+    assert!(
+        h.recv().iter().all(|p| p.0.op != OP_RST),
+        "no RST answers an RST"
+    );
+    // The host still gets every byte, then end of file.
+    host.set_nonblocking(true).unwrap();
+    let mut got = Vec::new();
+    let mut b = vec![0u8; 65536];
+    for _ in 0..10_000 {
+        match host.read(&mut b) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&b[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => h.pump(),
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(got.len(), sent);
+    assert!(got.iter().enumerate().all(|(i, &b)| b == (i % 251) as u8));
+    assert_eq!(h.dev.lock().unwrap().buffered_bytes(), 0);
+}
