@@ -28,7 +28,7 @@ use crate::spec::Bundle;
 use crate::state::{State, Status, Store};
 
 /// Where the guest mounts the share (the agent uses the same path for the rootfs tag).
-pub const GUEST_SHARE_ROOT: &str = "/run/bulkhead/share";
+pub const GUEST_SHARE_ROOT: &str = bulkhead_protocol::GUEST_SHARE_DIR;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MonitorError {
