@@ -15,6 +15,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use bulkhead_protocol::client::{Client, ClientConfig, Connector};
+use bulkhead_vmm::devices::virtio::fs::{FsCache, FsConfig};
 use bulkhead_vmm::devices::virtio::vsock::VsockConfig;
 use bulkhead_vmm::{ConsoleOutput, ExitReason, RunError, Vm, VmConfig, VmHandle};
 use serde_json::Value;
@@ -37,7 +38,11 @@ impl SandboxFactory for VmFactory {
         check_guest_files(&ctx.config)?;
         let vsock = vsock_path(ctx)?;
         let mut cfg = vm_config(ctx, &vsock.path);
-        attach_share(&mut cfg, &ctx.share_dir)?;
+        attach_share(
+            &mut cfg,
+            &ctx.share_dir,
+            ctx.share_dir.join("mounts").exists(),
+        );
         Ok(Box::new(VmSandbox::boot(ctx, cfg, SHARE_TAG, vsock)?))
     }
 }
@@ -79,12 +84,20 @@ pub fn vm_config(ctx: &BootContext, vsock: &Path) -> VmConfig {
     cfg
 }
 
-/// Exports the share to the guest. The VMM has no virtio-fs device yet (issue 4), so the
-/// container's rootfs cannot reach the guest: refuse before spending a boot on it.
-fn attach_share(_cfg: &mut VmConfig, _share: &Path) -> Result<(), SandboxError> {
-    Err(SandboxError::Unsupported(
-        "sharing the container rootfs with the guest (the VMM has no virtio-fs device yet)",
-    ))
+/// Exports the share to the guest as virtio-fs tag [`SHARE_TAG`]. The guest may cache it as its
+/// own only when nothing in it is a host directory the host may also change (a volume).
+fn attach_share(cfg: &mut VmConfig, share: &Path, has_volumes: bool) {
+    let cache = if has_volumes {
+        FsCache::Shared
+    } else {
+        FsCache::Exclusive
+    };
+    cfg.fs.push(FsConfig {
+        tag: SHARE_TAG.to_string(),
+        host_dir: share.to_path_buf(),
+        read_only: false,
+        cache,
+    });
 }
 
 /// The VM half: owns the running VM.
