@@ -11,10 +11,15 @@
 //! - device nodes: MKNOD of block and character devices is refused (the worker also has no
 //!   `CAP_MKNOD`), FIFOs and sockets are fine;
 //! - read-only shares: every mutating request fails with `EROFS`, before the host is touched;
-//! - the FUSE options and cache timeouts of [`FsCache`], and negative-entry caching.
+//! - the FUSE options and cache timeouts of [`FsCache`], and negative-entry caching;
+//! - READ/WRITE never make the crate `fcntl` a handle (see [`ShareFs::io_flags`]: a failing
+//!   `fcntl` makes it close a handle's fd twice).
 
+use std::collections::HashMap;
 use std::ffi::CStr;
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use fuse_backend_rs::abi::fuse_abi::{stat64, statvfs64, Attr, CreateIn};
@@ -81,6 +86,10 @@ pub struct ShareOptions {
 pub struct ShareFs {
     inner: PassthroughFs<()>,
     options: ShareOptions,
+    /// Whether the crate runs zero-message opens (mirrors its own rule, decided at INIT).
+    zero_open: AtomicBool,
+    /// The open flags the crate stored with each handle it gave out (see [`Self::io_flags`]).
+    handle_flags: Mutex<HashMap<Handle, u32>>,
 }
 
 impl std::fmt::Debug for ShareFs {
@@ -157,7 +166,40 @@ impl ShareFs {
         Ok(Self {
             inner: PassthroughFs::new(config)?,
             options,
+            zero_open: AtomicBool::new(false),
+            handle_flags: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The `flags` to hand the crate's READ/WRITE: exactly what it stored with the handle.
+    ///
+    /// The crate `fcntl(F_SETFL)`s a handle's fd to the request's flags when they differ from
+    /// the stored ones, and if that fails (`O_DIRECT` on a directory, clearing `O_APPEND` on an
+    /// append-only file) it returns early while a `File` it built over the handle's raw fd is
+    /// still in scope: the fd is closed twice, and its number — reused by whatever the VMM opens
+    /// next — stays in the handle. Passing the stored flags means the `fcntl` never happens. The
+    /// guest loses nothing it needs: open-time flags apply, and append/direct writes arrive with
+    /// their offsets computed by the guest kernel.
+    fn io_flags(&self, handle: Handle, zero_open_flags: i32) -> u32 {
+        if self.zero_open.load(Ordering::Relaxed) {
+            // Zero-message I/O opens a fresh fd with these flags and stores them.
+            return zero_open_flags as u32;
+        }
+        self.handle_flags
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&handle)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    fn remember_handle(&self, handle: Option<Handle>, flags: u32) {
+        if let Some(h) = handle {
+            self.handle_flags
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(h, flags);
+        }
     }
 
     fn writable(&self) -> io::Result<()> {
@@ -187,6 +229,11 @@ impl FileSystem for ShareFs {
 
     fn init(&self, capable: FsOptions) -> io::Result<FsOptions> {
         let mut want = self.inner.init(capable)? | EXTRA_OPTIONS;
+        // The crate's rule for zero-message opens (it only ever switches them on).
+        let exclusive = self.options.cache == FsCache::Exclusive;
+        if exclusive && !self.options.read_only && capable.contains(FsOptions::ZERO_MESSAGE_OPEN) {
+            self.zero_open.store(true, Ordering::Relaxed);
+        }
         if self.options.cache == FsCache::Shared {
             // Drop cached file data when the host changed the file (mtime or size).
             want |= FsOptions::AUTO_INVAL_DATA;
@@ -198,6 +245,10 @@ impl FileSystem for ShareFs {
     }
 
     fn destroy(&self) {
+        self.handle_flags
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
         self.inner.destroy()
     }
 
@@ -336,7 +387,9 @@ impl FileSystem for ShareFs {
         if opens_for_writing(flags) {
             self.writable()?;
         }
-        self.inner.open(ctx, inode, flags, fuse_flags)
+        let opened = self.inner.open(ctx, inode, flags, fuse_flags)?;
+        self.remember_handle(opened.0, flags);
+        Ok(opened)
     }
 
     fn create(
@@ -352,7 +405,9 @@ impl FileSystem for ShareFs {
             flags: sanitize_open_flags(args.flags)? & !(libc::O_DIRECTORY as u32),
             ..args
         };
-        self.inner.create(ctx, parent, name, args)
+        let created = self.inner.create(ctx, parent, name, args)?;
+        self.remember_handle(created.1, args.flags);
+        Ok(created)
     }
 
     fn read(
@@ -366,7 +421,8 @@ impl FileSystem for ShareFs {
         lock_owner: Option<u64>,
         flags: u32,
     ) -> io::Result<usize> {
-        let flags = sanitize_open_flags(flags)?;
+        let _ = flags;
+        let flags = self.io_flags(handle, libc::O_RDONLY);
         self.inner
             .read(ctx, inode, handle, w, size, offset, lock_owner, flags)
     }
@@ -385,7 +441,8 @@ impl FileSystem for ShareFs {
         fuse_flags: u32,
     ) -> io::Result<usize> {
         self.writable()?;
-        let flags = sanitize_open_flags(flags)?;
+        let _ = flags;
+        let flags = self.io_flags(handle, libc::O_RDWR);
         self.inner.write(
             ctx,
             inode,
@@ -439,7 +496,13 @@ impl FileSystem for ShareFs {
         lock_owner: Option<u64>,
     ) -> io::Result<()> {
         self.inner
-            .release(ctx, inode, flags, handle, flush, flock_release, lock_owner)
+            .release(ctx, inode, flags, handle, flush, flock_release, lock_owner)?;
+        // Only once the crate has really dropped the handle (it refuses a wrong inode).
+        self.handle_flags
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&handle);
+        Ok(())
     }
 
     fn statfs(&self, ctx: &Context, inode: Inode) -> io::Result<statvfs64> {

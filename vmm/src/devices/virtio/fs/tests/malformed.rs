@@ -270,3 +270,51 @@ fn structural_errors_break_the_queue() {
         std::thread::sleep(std::time::Duration::from_millis(1));
     }
 }
+
+/// READ/WRITE flags the host refuses to set on the fd (`O_DIRECT` on a directory) must not make
+/// the crate close a handle's fd twice (debug builds abort on that; release builds would leave
+/// a reused fd number in the handle).
+#[test]
+fn io_flags_the_host_refuses_leave_fds_alone() {
+    if !can_confine("io_flags_the_host_refuses_leave_fds_alone") {
+        return;
+    }
+    for cache in [
+        crate::devices::virtio::fs::FsCache::Exclusive,
+        crate::devices::virtio::fs::FsCache::Shared,
+    ] {
+        let mem = test_mem();
+        let mut h = Harness::with(
+            &mem,
+            |t| std::fs::write(t.join("share/f"), b"data").unwrap(),
+            |c| c.cache = cache,
+        );
+        let f = h.lookup(ROOT, "f").unwrap().nodeid;
+        let fh = h.open(f, libc::O_RDWR).map(|o| o.fh).unwrap_or(0);
+        let dir_fh = h.opendir(ROOT).map(|o| o.fh).unwrap_or(0);
+        for (node, handle) in [(ROOT, dir_fh), (f, fh)] {
+            let read = ReadIn {
+                fh: handle,
+                size: 16,
+                flags: (libc::O_DIRECT | libc::O_APPEND | libc::O_NOATIME) as u32,
+                ..Default::default()
+            };
+            let mut m = header(OP_READ, 80, node).as_slice().to_vec();
+            m.extend_from_slice(read.as_slice());
+            let _ = send_msg(&mut h, &m, 64);
+            let write = WriteIn {
+                fh: handle,
+                size: 1,
+                flags: libc::O_DIRECT as u32,
+                ..Default::default()
+            };
+            let mut m = header(OP_WRITE, 81, node).as_slice().to_vec();
+            m.extend_from_slice(write.as_slice());
+            m.push(b'D');
+            let _ = send_msg(&mut h, &m, 64);
+        }
+        // The file's handle still reads the file.
+        assert_eq!(&h.read(f, fh, 0, 16).unwrap()[1..], b"ata", "{cache:?}");
+        assert_alive(&mut h);
+    }
+}
