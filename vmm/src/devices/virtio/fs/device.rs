@@ -47,6 +47,7 @@ impl FsDevice {
     pub fn new(config: &FsConfig) -> Result<Self, FsError> {
         config.validate()?;
         let share = config.canonical_dir()?;
+        raise_fd_limit();
         let evt = || EventFd::new(EFD_NONBLOCK).map_err(FsError::EventFd);
         let queue_events = vec![evt()?, evt()?];
         let worker_events = queue_events
@@ -154,5 +155,22 @@ impl VirtioDevice for FsDevice {
         if std::mem::take(&mut self.active) {
             self.worker.send(Command::Reset);
         }
+    }
+}
+
+/// Raises this process's soft `RLIMIT_NOFILE` to its hard limit: every inode the guest keeps
+/// looked up is an `O_PATH` fd of the worker, and a guest with a day-long entry cache walking a
+/// rootfs of a few thousand files would otherwise exhaust a 1024 soft limit (virtiofsd raises it
+/// too). The limit is per process, so the VM's other fds share it.
+fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::warn!("virtio-fs: cannot raise the open file limit to {hard}: {e}");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!("virtio-fs: cannot read the open file limit: {e}"),
     }
 }

@@ -209,3 +209,15 @@ fn seccomp_filter_allows_file_work_and_kills_the_rest() {
     assert!(killed(run_filtered(libc::SYS_mprotect, [0, 0, rwx])));
     assert!(killed(run_filtered(libc::SYS_mmap, [0, 4096, rwx])));
 }
+
+#[test]
+fn a_device_raises_the_open_file_limit() {
+    if !can_confine("a_device_raises_the_open_file_limit") {
+        return;
+    }
+    let mem = test_mem();
+    let _h = Harness::with(&mem, |_| {}, |c| c.tag = "rlim".into());
+    let (soft, hard) =
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
+    assert_eq!(soft, hard);
+}
