@@ -1,7 +1,7 @@
 //! Shared set-up for the fuzz targets: a vsock device on real guest memory and a real event
 //! manager, its rings at fixed addresses, and a byte cursor over the fuzzer's input.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex};
 
@@ -194,9 +194,13 @@ impl Vsock {
 
     /// Host side: connect and ask for a guest port.
     pub fn host_connect(&mut self, port: u32) {
-        if let Ok(mut s) = UnixStream::connect(self.dir.path().join("v.sock")) {
+        if let Ok(s) = UnixStream::connect(self.dir.path().join("v.sock")) {
             let _ = s.set_nonblocking(true);
-            let _ = writeln!(s, "CONNECT {port}");
+            let _ = nix::sys::socket::send(
+                std::os::fd::AsRawFd::as_raw_fd(&s),
+                format!("CONNECT {port}\n").as_bytes(),
+                nix::sys::socket::MsgFlags::MSG_NOSIGNAL,
+            );
             self.host = Some(s);
         }
         pump(&mut self.em);
@@ -206,7 +210,13 @@ impl Vsock {
     pub fn host_io(&mut self, action: u8, data: &[u8]) {
         match (action % 3, self.host.as_mut()) {
             (0, Some(s)) => {
-                let _ = s.write(data);
+                // MSG_NOSIGNAL: libFuzzer leaves SIGPIPE at its default, and a SIGPIPE must
+                // only ever come from the device under test.
+                let _ = nix::sys::socket::send(
+                    std::os::fd::AsRawFd::as_raw_fd(s),
+                    data,
+                    nix::sys::socket::MsgFlags::MSG_NOSIGNAL,
+                );
             }
             (1, Some(s)) => {
                 let mut b = [0u8; 4096];

@@ -261,7 +261,7 @@ impl Connection {
         // Bounded by buf_alloc (a u32) just above.
         self.recv_cnt += Wrapping(len as u32);
         if self.txbuf.is_empty() {
-            match data.write_to(&mut &self.stream) {
+            match data.write_to(&mut unix::NoSigPipe(&self.stream)) {
                 Ok(n) => self.fwd_cnt += Wrapping(n as u32),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => {
@@ -343,7 +343,7 @@ impl Connection {
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        let n = self.txbuf.flush_to(&mut &self.stream)?;
+        let n = self.txbuf.flush_to(&mut unix::NoSigPipe(&self.stream))?;
         // At most buf_alloc bytes are ever buffered.
         self.fwd_cnt += Wrapping(n as u32);
         self.check_credit_update();

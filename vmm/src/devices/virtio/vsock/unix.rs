@@ -8,12 +8,14 @@
 //!
 //! Every socket here is non-blocking: the event loop must never wait for a host process.
 
-use std::io::{self, Write};
+use std::io::{self, IoSlice, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
 use nix::sys::socket::{self, AddressFamily, MsgFlags, SockFlag, SockType, UnixAddr};
+use vm_memory::bitmap::BitmapSlice;
+use vm_memory::{VolatileMemoryError, VolatileSlice, WriteVolatile};
 
 /// Longest `CONNECT <port>\n` line we wait for ("CONNECT 4294967295\n" is 19 bytes).
 pub const MAX_CONNECT_LINE: usize = 32;
@@ -131,11 +133,50 @@ pub fn parse_connect_line(line: &[u8]) -> Result<u32, UnixError> {
         .ok_or(UnixError::BadConnectLine)
 }
 
+/// Writes to a host stream with `MSG_NOSIGNAL`: a host peer that went away is an `EPIPE` for us
+/// to handle, never a SIGPIPE that kills whatever process links this library.
+pub struct NoSigPipe<'a>(pub &'a UnixStream);
+
+impl Write for NoSigPipe<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        socket::send(self.0.as_raw_fd(), buf, MsgFlags::MSG_NOSIGNAL).map_err(io::Error::from)
+    }
+
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        socket::sendmsg::<()>(self.0.as_raw_fd(), bufs, &[], MsgFlags::MSG_NOSIGNAL, None)
+            .map_err(io::Error::from)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl WriteVolatile for NoSigPipe<'_> {
+    fn write_volatile<B: BitmapSlice>(
+        &mut self,
+        buf: &VolatileSlice<B>,
+    ) -> Result<usize, VolatileMemoryError> {
+        let guard = buf.ptr_guard();
+        // SAFETY: the guard keeps `buf.len()` bytes at its pointer mapped for the call; `send`
+        // only reads them, and guest memory changing under it is harmless (it is a copy).
+        let n = unsafe {
+            libc::send(
+                self.0.as_raw_fd(),
+                guard.as_ptr().cast(),
+                buf.len(),
+                libc::MSG_NOSIGNAL,
+            )
+        };
+        usize::try_from(n).map_err(|_| VolatileMemoryError::IOError(io::Error::last_os_error()))
+    }
+}
+
 /// Tells a host-initiated connection that the guest accepted: `OK <hostport>\n`.
-pub fn write_ok(mut stream: &UnixStream, local_port: u32) -> io::Result<()> {
+pub fn write_ok(stream: &UnixStream, local_port: u32) -> io::Result<()> {
     let line = format!("OK {local_port}\n");
     // A fresh stream's send buffer is empty, so this cannot block or come up short.
-    let n = stream.write(line.as_bytes())?;
+    let n = NoSigPipe(stream).write(line.as_bytes())?;
     if n == line.len() {
         Ok(())
     } else {
@@ -203,6 +244,23 @@ mod tests {
         let mut sink = [0u8; 64];
         let _ = io::Read::read(&mut &b, &mut sink);
         assert!(matches!(read_connect_line(&b), Err(UnixError::Closed)));
+    }
+
+    #[test]
+    fn writes_to_a_closed_peer_are_epipe_not_sigpipe() {
+        // Test binaries ignore SIGPIPE, so this only checks the error; the fuzz targets run
+        // with the default disposition and would die of a SIGPIPE.
+        let (a, b) = UnixStream::pair().unwrap();
+        drop(b);
+        let err = NoSigPipe(&a).write(b"x").unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EPIPE));
+        let err = NoSigPipe(&a)
+            .write_vectored(&[IoSlice::new(b"x"), IoSlice::new(b"y")])
+            .unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EPIPE));
+        let mut data = *b"zz";
+        let slice = VolatileSlice::from(&mut data[..]);
+        assert!(NoSigPipe(&a).write_volatile(&slice).is_err());
     }
 
     #[test]
