@@ -15,7 +15,7 @@ use crate::devices::manager::{DeviceError, DeviceManager};
 use crate::devices::serial::{ConsoleOut, SerialDevice, SerialError, StdinInput};
 use crate::devices::virtio::fs::{FsConfig, FsDevice, FsError, FsMetrics};
 use crate::devices::virtio::mmio::{MmioError, MmioTransport};
-use crate::devices::virtio::vsock::{VsockConfig, VsockDevice, VsockError};
+use crate::devices::virtio::vsock::{VsockConfig, VsockCounters, VsockDevice, VsockError};
 use crate::event_loop::{EventLoop, EventLoopError};
 use crate::kvm::vcpu::Vcpu;
 use crate::kvm::{self, KvmError};
@@ -120,9 +120,10 @@ pub fn build_vm(config: &VmConfig) -> Result<Vm, BuildError> {
     let serial = attach_serial(&mut devices, &vm, config)?;
     attach_i8042(&mut devices, &control)?;
     attach_io_delay_sink(&mut devices, &vm)?;
-    if let Some(vsock) = &config.vsock {
-        attach_vsock_device(&mut devices, &vm, &mem, vsock)?;
-    }
+    let vsock_counters = match &config.vsock {
+        Some(vsock) => Some(attach_vsock_device(&mut devices, &vm, &mem, vsock)?),
+        None => None,
+    };
     let fs_metrics = config
         .fs
         .iter()
@@ -157,6 +158,7 @@ pub fn build_vm(config: &VmConfig) -> Result<Vm, BuildError> {
         cmdline,
         profile,
         fs_metrics,
+        vsock_counters,
     }))
 }
 
@@ -210,12 +212,16 @@ fn attach_vsock_device(
     vm: &VmFd,
     mem: &GuestMemoryMmap,
     config: &VsockConfig,
-) -> Result<(), BuildError> {
+) -> Result<VsockCounters, BuildError> {
     let device = Arc::new(Mutex::new(VsockDevice::new(config)?));
     let (slot, irq) = devices.allocate_virtio_slot(vm)?;
     let transport = MmioTransport::new(mem.clone(), device.clone(), irq)?;
+    let counters = VsockCounters {
+        device: device.lock().unwrap_or_else(|p| p.into_inner()).metrics(),
+        transport: transport.metrics(),
+    };
     devices.attach_virtio_mmio(vm, slot, Arc::new(Mutex::new(transport)), Some(device))?;
-    Ok(())
+    Ok(counters)
 }
 
 /// A virtio-fs device behind a virtio-mmio transport. The device serves the share on its own

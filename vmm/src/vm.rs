@@ -12,6 +12,7 @@ use crate::control::{Controller, ExitReason, VmHandle};
 use crate::devices::manager::Devices;
 use crate::devices::serial::SerialDevice;
 use crate::devices::virtio::fs::FsMetrics;
+use crate::devices::virtio::vsock::VsockCounters;
 use crate::event_loop::EventLoopError;
 use crate::kvm::kick;
 use crate::kvm::vcpu::{Vcpu, VcpuContext};
@@ -44,6 +45,8 @@ pub(crate) struct VmParts {
     pub profile: HostProfile,
     /// Counters of each virtio-fs device, by tag.
     pub fs_metrics: Vec<(String, Arc<FsMetrics>)>,
+    /// Counters of the vsock device, if there is one.
+    pub vsock_counters: Option<VsockCounters>,
 }
 
 /// A VM, built and ready to run.
@@ -89,6 +92,12 @@ impl Vm {
             .iter()
             .find(|(t, _)| t == tag)
             .map(|(_, m)| m.clone())
+    }
+
+    /// The vsock device's packet, notification and interrupt counters and its transport's
+    /// register accesses, if the VM has one (they stay readable after the VM has run).
+    pub fn vsock_counters(&self) -> Option<VsockCounters> {
+        self.parts.vsock_counters.clone()
     }
 
     /// The VM fd, for devices attached after the build.

@@ -5,6 +5,19 @@
 //! one guest exit) and interrupts (each one at least three exits) per MiB moved.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use crate::devices::virtio::mmio::TransportMetrics;
+
+/// Everything a benchmark needs to count what moving bytes costs the guest: the device's
+/// counters and its register window's (interrupt status reads and acknowledgements).
+#[derive(Debug, Clone)]
+pub struct VsockCounters {
+    /// Packets, notifications, interrupts, connections.
+    pub device: Arc<VsockMetrics>,
+    /// Register accesses that reached the VMM (each one an exit).
+    pub transport: Arc<TransportMetrics>,
+}
 
 /// Live counters.
 #[derive(Debug, Default)]

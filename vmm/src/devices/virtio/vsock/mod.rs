@@ -23,7 +23,7 @@ mod tests;
 use std::path::PathBuf;
 
 pub use device::{VsockDevice, VsockError};
-pub use metrics::{VsockMetrics, VsockMetricsSnapshot};
+pub use metrics::{VsockCounters, VsockMetrics, VsockMetricsSnapshot};
 
 /// The CID a guest gets unless told otherwise (the first one free for guests).
 pub const DEFAULT_GUEST_CID: u64 = 3;
