@@ -57,6 +57,14 @@ struct Args {
     /// Only the process starts (for strace): no pings, no throughput run.
     #[arg(long)]
     starts_only: bool,
+    /// Sample the guest's own counters (context switches, interrupts, the agent's read and
+    /// write syscalls) around each measurement, through the agent; figures that do not depend
+    /// on how fast this host emulates the guest kernel. Each sample is one extra process.
+    #[arg(long)]
+    counters: bool,
+    /// Ask the agent to shut the guest down at the end.
+    #[arg(long)]
+    shutdown: bool,
     /// Program for the starts (PATH lookup in the guest); `true` needs a shell applet in a
     /// busybox-only guest, so the default goes through `sh`.
     #[arg(long, default_value = "sh -c :")]
@@ -84,9 +92,91 @@ fn main() -> ExitCode {
     }
 }
 
+/// Guest counters: context switches and interrupts (/proc/stat), virtio interrupts
+/// (/proc/interrupts), and the agent's read/write syscalls and context switches (/proc/<agent>).
+const COUNTERS: [&str; 7] = [
+    "ctxt",
+    "intr",
+    "virtio_irqs",
+    "agent_syscr",
+    "agent_syscw",
+    "agent_vcsw",
+    "agent_ivcsw",
+];
+
+/// Reads the guest counters by running a small script through the agent (its parent is the
+/// agent, in the guest and in --listen-unix mode alike).
+fn counters(client: &Client, on: bool, n: &mut u32) -> Option<[u64; 7]> {
+    if !on {
+        return None;
+    }
+    *n += 1;
+    let id = format!("counters-{n}");
+    // The main thread is the whole relay; process-wide io counts would include reaped children.
+    let script =
+        "cat /proc/stat /proc/interrupts /proc/$PPID/task/$PPID/io /proc/$PPID/task/$PPID/status";
+    let text = run_capture(client, &id, &["sh", "-c", script]).ok()?;
+    let field = |prefix: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let virtio: u64 = text
+        .lines()
+        .filter(|l| l.contains("virtio"))
+        .map(|l| {
+            l.split_whitespace()
+                .skip(1)
+                .map_while(|v| v.parse::<u64>().ok())
+                .sum::<u64>()
+        })
+        .sum();
+    Some([
+        field("ctxt "),
+        field("intr "),
+        virtio,
+        field("syscr: "),
+        field("syscw: "),
+        field("voluntary_ctxt_switches:"),
+        field("nonvoluntary_ctxt_switches:"),
+    ])
+}
+
+/// Prints counter deltas divided by `per` (per call, per MiB).
+fn report(what: &str, before: Option<[u64; 7]>, after: Option<[u64; 7]>, per: f64) {
+    if let (Some(b), Some(a)) = (before, after) {
+        let parts: Vec<String> = COUNTERS
+            .iter()
+            .zip(a.iter().zip(b.iter()))
+            .map(|(name, (a, b))| format!("{name} {:.1}", a.saturating_sub(*b) as f64 / per))
+            .collect();
+        println!("  guest per {what}: {}", parts.join(", "));
+    }
+}
+
+/// Runs a process with stdout attached; returns its output.
+fn run_capture(client: &Client, id: &str, args: &[&str]) -> Result<String, String> {
+    let e = |e: bulkhead_protocol::client::ClientError| e.to_string();
+    client
+        .create_process(&request(id, args, Streams::Out))
+        .map_err(e)?;
+    let mut out = client.open_stream(id, StreamKind::Stdout).map_err(e)?;
+    let _err = client.open_stream(id, StreamKind::Stderr).map_err(e)?;
+    client.start_process(id).map_err(e)?;
+    let mut text = String::new();
+    out.read_to_string(&mut text).map_err(|e| e.to_string())?;
+    client.wait_process(id, None).map_err(e)?;
+    client.remove_process(id).map_err(e)?;
+    Ok(text)
+}
+
 fn run(args: &Args, connector: Connector) -> Result<(), String> {
     let config = ClientConfig {
-        call_timeout: Duration::from_secs(300),
+        // A boot takes ~30 s on an idle PVM host, minutes on a loaded one.
+        connect_timeout: Duration::from_secs(900),
+        call_timeout: Duration::from_secs(600),
         ..ClientConfig::default()
     };
     let client = Client::connect(connector, config).map_err(|e| e.to_string())?;
@@ -95,7 +185,10 @@ fn run(args: &Args, connector: Connector) -> Result<(), String> {
         "agent {} on kernel {} (protocol {})",
         v.agent_version, v.kernel_release, v.protocol_version
     );
+    let mut samples = 0;
+    let mut sample = || counters(&client, args.counters, &mut samples);
     if !args.starts_only && args.pings > 0 {
+        let before = sample();
         let mut rtts = Vec::with_capacity(args.pings);
         for _ in 0..args.pings {
             let t = Instant::now();
@@ -109,9 +202,11 @@ fn run(args: &Args, connector: Connector) -> Result<(), String> {
             median(&rtts).unwrap_or(0.0),
             rtts.len()
         );
+        report("ping", before, sample(), args.pings as f64);
     }
     if args.starts > 0 {
         let program: Vec<&str> = args.program.split_whitespace().collect();
+        let before = sample();
         let mut times = Vec::with_capacity(args.starts);
         for i in 0..args.starts {
             let t = Instant::now();
@@ -125,14 +220,32 @@ fn run(args: &Args, connector: Connector) -> Result<(), String> {
             median(&times).unwrap_or(0.0),
             times.len()
         );
+        report("process start", before, sample(), args.starts as f64);
     }
     if !args.starts_only && args.mib > 0 {
+        // The same writer with its output thrown away in the guest: what the relay adds is the
+        // difference.
+        let before = sample();
+        let t = Instant::now();
+        let script = format!("exec head -c {} /dev/zero >/dev/null", args.mib << 20);
+        start_one(&client, "baseline", &["sh", "-c", &script], Streams::None)?;
+        println!(
+            "baseline (head -c {} MiB to /dev/null in the guest): {:.2} s",
+            args.mib,
+            t.elapsed().as_secs_f64()
+        );
+        report("MiB, baseline", before, sample(), args.mib as f64);
+        let before = sample();
         let (secs, bytes) = throughput(&client, args.mib)?;
         println!(
             "stdout throughput: {:.1} MiB/s ({} MiB in {secs:.2} s)",
             bytes as f64 / (1 << 20) as f64 / secs,
             bytes >> 20
         );
+        report("MiB through the agent", before, sample(), args.mib as f64);
+    }
+    if args.shutdown {
+        client.shutdown().map_err(|e| e.to_string())?;
     }
     Ok(())
 }

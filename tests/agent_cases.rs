@@ -84,13 +84,17 @@ pub fn stdout_stderr_and_exit_code(client: &Client, ids: &Ids) {
     assert_eq!(status, ExitStatus::Exited(3));
 }
 
-/// Programs start with no blocked signals and SIGPIPE at its default action, whatever the
-/// agent does with its own signals.
+/// Programs start with no blocked signals, SIGPIPE at its default action and the normal
+/// scheduling policy, whatever the agent does with its own signals and policy.
 pub fn signals_start_clean(client: &Client, ids: &Ids) {
     let (out, _, status) = run(
         client,
         &ids.next("sigs"),
-        &["sh", "-c", "grep -E '^Sig(Blk|Ign)' /proc/self/status"],
+        &[
+            "sh",
+            "-c",
+            "grep -E '^Sig(Blk|Ign)' /proc/self/status; cat /proc/self/stat",
+        ],
     );
     assert_eq!(status, ExitStatus::Exited(0));
     let out = String::from_utf8_lossy(&out);
@@ -103,6 +107,11 @@ pub fn signals_start_clean(client: &Client, ids: &Ids) {
     assert_eq!(mask("SigBlk:"), 0, "{out}");
     // SIGPIPE is signal 13: bit 12.
     assert_eq!(mask("SigIgn:") & (1 << 12), 0, "{out}");
+    // /proc/self/stat field 41 is the policy (0: SCHED_OTHER); fields after "(comm)" start at 3.
+    let stat = out.lines().last().unwrap_or_default();
+    let after_comm = stat.rsplit_once(") ").map_or("", |(_, rest)| rest);
+    let policy = after_comm.split_whitespace().nth(41 - 3);
+    assert_eq!(policy, Some("0"), "{stat}");
 }
 
 /// A process killed with SIGKILL is reported as signal 9, not as an exit code.

@@ -24,6 +24,13 @@ struct Vm {
 
 impl Vm {
     fn boot(initrd: &Path) -> Vm {
+        // Otherwise the VMM fails at once and "no agent" would pass for the wrong reason.
+        assert!(
+            kernel().is_file(),
+            "no guest kernel at {} (run scripts/setup.sh or set BULKHEAD_KERNEL)",
+            kernel().display()
+        );
+        assert!(initrd.is_file(), "no initramfs at {}", initrd.display());
         let dir = tempfile::tempdir().unwrap();
         let child = Command::new(vmm_binary())
             .arg("--kernel")
@@ -151,7 +158,7 @@ fn a_guest_without_an_agent_gives_a_clear_error_in_time() {
     .err()
     .expect("nothing in this guest answers");
     let took = start.elapsed();
-    eprintln!("no agent: {err} after {took:.1?}");
+    eprintln!("no agent: {err} after {took:.1?}; console:\n{}", vm.console());
     assert!(took < timeout + Duration::from_secs(30), "took {took:?}");
     let text = err.to_string();
     assert!(
