@@ -158,7 +158,10 @@ fn a_guest_without_an_agent_gives_a_clear_error_in_time() {
     .err()
     .expect("nothing in this guest answers");
     let took = start.elapsed();
-    eprintln!("no agent: {err} after {took:.1?}; console:\n{}", vm.console());
+    eprintln!(
+        "no agent: {err} after {took:.1?}; console:\n{}",
+        vm.console()
+    );
     assert!(took < timeout + Duration::from_secs(30), "took {took:?}");
     let text = err.to_string();
     assert!(
