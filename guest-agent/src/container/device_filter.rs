@@ -140,9 +140,42 @@ fn block(r: &Rule) -> Vec<Insn> {
     body
 }
 
-/// The program for `rules`; `None` when there are none (nothing to restrict).
+/// What runc allows after the spec's rules, whatever they say (its `AllowedDevices`): `mknod`
+/// of any node, and the devices every container gets (null, random, full, tty, zero, urandom,
+/// the pty devices, tun). Engines rely on it: Docker's rules deny everything and list only some
+/// of these, yet runc's containers always have, e.g., `/dev/full`.
+const RUNC_ALLOWED: [Rule; 11] = {
+    const fn allow(kind: i32, major: Option<i32>, minor: Option<i32>, access: i32) -> Rule {
+        Rule {
+            allow: true,
+            kind: Some(kind),
+            major,
+            minor,
+            access,
+        }
+    }
+    const fn node(major: i32, minor: Option<i32>) -> Rule {
+        allow(DEV_CHAR, Some(major), minor, ACC_ALL)
+    }
+    [
+        allow(DEV_CHAR, None, None, ACC_MKNOD),
+        allow(DEV_BLOCK, None, None, ACC_MKNOD),
+        node(1, Some(3)),
+        node(1, Some(8)),
+        node(1, Some(7)),
+        node(5, Some(0)),
+        node(1, Some(5)),
+        node(1, Some(9)),
+        node(136, None),
+        node(5, Some(2)),
+        node(10, Some(200)),
+    ]
+};
+
+/// The program for `rules` followed by [`RUNC_ALLOWED`]; `None` when there are no rules
+/// (nothing to restrict).
 pub fn program(rules: &[LinuxDeviceCgroup]) -> Result<Option<Vec<Insn>>, CgroupError> {
-    let parsed: Vec<Rule> = rules
+    let mut parsed: Vec<Rule> = rules
         .iter()
         .map(rule)
         .collect::<Result<Vec<_>, _>>()?
@@ -152,6 +185,7 @@ pub fn program(rules: &[LinuxDeviceCgroup]) -> Result<Option<Vec<Insn>>, CgroupE
     if parsed.is_empty() {
         return Ok(None);
     }
+    parsed.extend(RUNC_ALLOWED);
     let mut out = vec![
         // r2 = type, r3 = access, r4 = major, r5 = minor (struct bpf_cgroup_dev_ctx).
         insn(LDX_W, 2, 1, 0, 0),
@@ -223,13 +257,11 @@ mod tests {
     fn dockers_rules_allow_only_the_listed_devices() {
         let rules: Vec<LinuxDeviceCgroup> = serde_json::from_str(
             r#"[{"allow":false,"access":"rwm"},
-                {"allow":true,"type":"c","major":1,"minor":5,"access":"rwm"},
+                {"allow":true,"type":"c","major":4,"minor":1,"access":"rwm"},
                 {"allow":true,"type":"c","major":1,"minor":3,"access":"rwm"},
                 {"allow":true,"type":"c","major":136,"access":"rwm"},
                 {"allow":true,"type":"c","major":5,"minor":1,"access":"r"},
-                {"allow":false,"type":"c","major":1,"minor":5,"access":"w"},
-                {"allow":true,"type":"c","access":"m"},
-                {"allow":true,"type":"b","access":"m"},
+                {"allow":false,"type":"c","major":4,"minor":1,"access":"w"},
                 {"allow":true,"type":"p","major":1,"minor":1}]"#,
         )
         .unwrap();
@@ -241,10 +273,14 @@ mod tests {
         // Partial access: read-only rule, read-write asked.
         assert_eq!(run(&p, DEV_CHAR, rw, 5, 1), 0);
         // A later deny of one access wins over an earlier allow.
-        assert_eq!(run(&p, DEV_CHAR, ACC_READ, 1, 5), 1);
-        assert_eq!(run(&p, DEV_CHAR, rw, 1, 5), 0);
-        // mknod of anything, but no opening of unlisted devices.
+        assert_eq!(run(&p, DEV_CHAR, ACC_READ, 4, 1), 1);
+        assert_eq!(run(&p, DEV_CHAR, rw, 4, 1), 0);
+        // runc's defaults: mknod of anything, the standard devices (full is not in the list),
+        // but no opening of unlisted devices.
         assert_eq!(run(&p, DEV_BLOCK, ACC_MKNOD, 8, 0), 1);
+        assert_eq!(run(&p, DEV_CHAR, ACC_MKNOD, 1, 7), 1);
+        assert_eq!(run(&p, DEV_CHAR, rw, 1, 7), 1);
+        assert_eq!(run(&p, DEV_CHAR, rw, 136, 3), 1);
         assert_eq!(run(&p, DEV_BLOCK, ACC_READ, 8, 0), 0);
         assert_eq!(run(&p, DEV_CHAR, ACC_READ, 1, 1), 0);
         assert!(program(&[]).unwrap().is_none());
