@@ -5,7 +5,7 @@
 //! for cgroup v2, so `docker run -m/--cpus/--pids-limit` mean the same as under runc.
 
 use std::fs;
-use std::io::ErrorKind;
+use std::io::{ErrorKind, Write};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -165,8 +165,15 @@ fn read(path: &Path) -> Result<String, CgroupError> {
     fs::read_to_string(path).map_err(|e| CgroupError::Read(path.display().to_string(), e))
 }
 
+/// Writes an existing control file. Never with `O_CREAT`: cgroupfs cannot create files, and a
+/// missing one (e.g. `memory.swap.max` in a kernel without swap) must read as "not found", which
+/// is what the callers match on, not the `EACCES` that creating it would give.
 fn write(path: &Path, value: &str) -> Result<(), CgroupError> {
-    fs::write(path, value).map_err(|e| CgroupError::Write(path.display().to_string(), e))
+    fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .and_then(|mut f| f.write_all(value.as_bytes()))
+        .map_err(|e| CgroupError::Write(path.display().to_string(), e))
 }
 
 /// Where cgroup2 is mounted, from `/proc/self/mountinfo`.
@@ -241,13 +248,9 @@ fn enable_controllers(parent: &Path) -> Result<(), CgroupError> {
     if !enable.is_empty() {
         // EBUSY: the agent's group has processes and is not the root; then children get
         // no controllers and resource writes fail with a clear "write <file>" error.
-        match fs::write(parent.join("cgroup.subtree_control"), enable.join(" ")) {
-            Ok(()) => {}
-            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {}
-            Err(e) => {
-                let file = parent.join("cgroup.subtree_control");
-                return Err(CgroupError::Write(file.display().to_string(), e));
-            }
+        match write(&parent.join("cgroup.subtree_control"), &enable.join(" ")) {
+            Err(CgroupError::Write(_, e)) if e.raw_os_error() == Some(libc::EBUSY) => {}
+            other => other?,
         }
     }
     Ok(())
@@ -349,15 +352,9 @@ impl Cgroup {
 
     /// SIGKILLs everything in the group (`cgroup.kill`, Linux 5.14+; else one by one, frozen).
     pub fn kill_all(&self) -> Result<(), CgroupError> {
-        match fs::write(self.path.join("cgroup.kill"), "1") {
-            Ok(()) => return Ok(()),
-            Err(e) if e.kind() == ErrorKind::NotFound => {}
-            Err(e) => {
-                return Err(CgroupError::Write(
-                    self.path.join("cgroup.kill").display().to_string(),
-                    e,
-                ))
-            }
+        match write(&self.path.join("cgroup.kill"), "1") {
+            Err(CgroupError::Write(_, e)) if e.kind() == ErrorKind::NotFound => {}
+            other => return other,
         }
         self.signal_each(libc::SIGKILL)
     }
