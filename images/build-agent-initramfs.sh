@@ -37,10 +37,10 @@ mkdir -p "$out_dir" || die "cannot create $out_dir"
 # Static glibc binary: there is no musl target on the build machines. The agent uses no NSS.
 export RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static"
 build_log="$out_dir/agent-build.log"
-cargo build --release --target "$triple" -p bulkhead-agent --manifest-path "$repo/Cargo.toml" \
+cargo build --profile guest --target "$triple" -p bulkhead-agent --manifest-path "$repo/Cargo.toml" \
     --target-dir "$target_dir" >"$build_log" 2>&1 \
     || { tail -n 20 "$build_log" >&2; die "cargo build of bulkhead-agent failed (log: $build_log)"; }
-bin="$target_dir/$triple/release/bulkhead-agent"
+bin="$target_dir/$triple/guest/bulkhead-agent"
 [[ -x "$bin" ]] || die "built binary not found at $bin"
 # A program interpreter means it needs the dynamic loader, which the guest does not have.
 is_dynamic() { readelf -l "$1" 2>/dev/null | grep -q 'Requesting program interpreter'; }

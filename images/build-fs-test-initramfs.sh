@@ -23,16 +23,14 @@ command -v objcopy >/dev/null || die "objcopy not found (install binutils)"
 mkdir -p "$out_dir" || die "cannot create $out_dir"
 
 export RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static"
-size_profile=(--config 'profile.release.opt-level="z"' --config 'profile.release.lto=true'
-    --config 'profile.release.codegen-units=1' --config 'profile.release.panic="abort"'
-    --config 'profile.release.debug=false')
-cargo_target="$out_dir/cargo-target"
+# Small binary (the workspace's `guest` profile): the initramfs is unpacked by emulated guest
+# kernel code on PVM hosts.
 
 build_log="$out_dir/fs-test-init-build.log"
-cargo build "${size_profile[@]}" --release --target "$triple" -p bulkhead-fs-test-init \
-    --manifest-path "$repo/Cargo.toml" --target-dir "$cargo_target" >"$build_log" 2>&1 \
+cargo build --profile guest --target "$triple" -p bulkhead-fs-test-init \
+    --manifest-path "$repo/Cargo.toml" --target-dir "$target_dir" >"$build_log" 2>&1 \
     || { tail -n 20 "$build_log" >&2; die "cargo build of bulkhead-fs-test-init failed (log: $build_log)"; }
-bin="$cargo_target/$triple/release/bulkhead-fs-test-init"
+bin="$target_dir/$triple/guest/bulkhead-fs-test-init"
 [[ -x "$bin" ]] || die "built binary not found at $bin"
 
 objcopy --strip-all "$bin" "$out_dir/fs-init.stripped" || die "objcopy --strip-all failed"

@@ -4,8 +4,8 @@
 #   images/build-test-initramfs.sh        # last line of stdout: path of the .cpio
 #
 # Output: $TARGET_DIR/bulkhead-images/test-initramfs.cpio, where TARGET_DIR is
-# $CARGO_TARGET_DIR or, without it, the workspace's target/ directory; the size-optimised
-# cargo build lives beside it in bulkhead-images/cargo-target/. cargo's incremental build is
+# $CARGO_TARGET_DIR or, without it, the workspace's target/ directory (the binary is built with
+# the workspace's size-optimised `guest` profile). cargo's incremental build is
 # the cache and packing is deterministic (see mkinitramfs.sh), so a rerun takes seconds.
 # Needs: cargo with the x86_64-unknown-linux-gnu target and static glibc (libc6-dev),
 # python3, binutils (objcopy).
@@ -26,18 +26,14 @@ mkdir -p "$out_dir" || die "cannot create $out_dir"
 
 # Static glibc binary: there is no musl target on the build machines.
 export RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static"
-# Small binary: unpacking the initramfs costs ~4 s per MiB of guest kernel time on PVM hosts.
-# Own target dir, so these profile settings never mix with the workspace's release builds.
-size_profile=(--config 'profile.release.opt-level="z"' --config 'profile.release.lto=true'
-    --config 'profile.release.codegen-units=1' --config 'profile.release.panic="abort"'
-    --config 'profile.release.debug=false')
-cargo_target="$out_dir/cargo-target"
+# Small binary (the workspace's `guest` profile): the initramfs is unpacked by emulated guest
+# kernel code on PVM hosts.
 
 build_log="$out_dir/test-init-build.log"
-cargo build "${size_profile[@]}" --release --target "$triple" -p bulkhead-test-init \
-    --manifest-path "$repo/Cargo.toml" --target-dir "$cargo_target" >"$build_log" 2>&1 \
+cargo build --profile guest --target "$triple" -p bulkhead-test-init \
+    --manifest-path "$repo/Cargo.toml" --target-dir "$target_dir" >"$build_log" 2>&1 \
     || { tail -n 20 "$build_log" >&2; die "cargo build of bulkhead-test-init failed (log: $build_log)"; }
-bin="$cargo_target/$triple/release/bulkhead-test-init"
+bin="$target_dir/$triple/guest/bulkhead-test-init"
 [[ -x "$bin" ]] || die "built binary not found at $bin"
 
 # Every byte of the initramfs is copied by emulated guest kernel code on PVM hosts: strip it.
