@@ -45,13 +45,11 @@ impl Default for Relays {
 
 impl Relays {
     /// guest stream → host fd, to EOF.
-    pub fn output(&mut self, mut stream: UnixStream, host: OwnedFd) {
+    pub fn output(&mut self, stream: UnixStream, host: OwnedFd) {
         let tx = self.tx.clone();
         self.outputs += 1;
         self.threads.push(std::thread::spawn(move || {
-            let mut host = File::from(host);
-            let _ = std::io::copy(&mut stream, &mut host);
-            drop(host);
+            copy_out(stream, File::from(host));
             let _ = tx.send(());
         }));
     }
@@ -84,6 +82,28 @@ impl Relays {
 impl Drop for Relays {
     fn drop(&mut self) {
         self.done.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Copies the stream to the host fd until EOF or a write error, with plain `read`/`write`.
+///
+/// Not `std::io::copy`: into a pipe (what engines give as stdout) it uses `splice(2)`, and
+/// Linux holds the pipe's mutex for the whole splice, including the wait for socket data. The
+/// engine's `read` of the pipe then blocks on that mutex, and when the splicing thread wins the
+/// mutex back first after moving a chunk, that chunk sits in the pipe, unreadable, until the
+/// next one arrives: `docker logs` missed a container's first line about one run in three.
+fn copy_out(mut stream: UnixStream, mut host: File) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match stream.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => return,
+        };
+        if host.write_all(&buf[..n]).is_err() {
+            return;
+        }
     }
 }
 
@@ -148,6 +168,33 @@ mod tests {
         let mut got = String::new();
         (&guest_in).read_to_string(&mut got).unwrap();
         assert_eq!(got, "typed");
+    }
+
+    /// A chunk already in the engine's pipe is readable while the relay waits for the next
+    /// one (a `splice`-based copy holds the pipe's lock during that wait).
+    #[test]
+    fn output_pipe_stays_readable_between_chunks() {
+        let (mut guest_out, host_out_stream) = UnixStream::pair().unwrap();
+        let (r, w) = nix::unistd::pipe().unwrap();
+        let mut relays = Relays::default();
+        relays.output(host_out_stream, w);
+        guest_out.write_all(b"first\n").unwrap();
+        // Let the relay move the chunk and go back to waiting on the (now empty) stream.
+        std::thread::sleep(Duration::from_millis(200));
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 16];
+            let n = nix::unistd::read(r.as_raw_fd(), &mut buf).unwrap_or(0);
+            let _ = tx.send(buf[..n].to_vec());
+        });
+        let got = rx.recv_timeout(Duration::from_secs(10));
+        drop(guest_out);
+        assert_eq!(
+            got.as_deref(),
+            Ok(&b"first\n"[..]),
+            "the pipe was not readable"
+        );
+        relays.finish(Duration::from_secs(5));
     }
 
     #[test]
