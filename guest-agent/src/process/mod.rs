@@ -73,15 +73,17 @@ pub struct Process {
 
 impl Process {
     /// Creates the process's pipes or terminal; `expected` says which host streams will come
-    /// (for a terminal: one terminal stream, expected if any flag is set).
+    /// (for a terminal: one terminal stream, expected if any flag is set). A terminal comes
+    /// from `ptmx` when given (a container's devpts), else from the agent's.
     pub fn new(
         terminal: Option<Option<(u16, u16)>>,
         expected: Streams,
+        ptmx: Option<OwnedFd>,
     ) -> Result<Process, StdioError> {
         let mut relay = Relay::new(terminal.is_some());
         let child_stdio = match terminal {
             Some(size) => {
-                let pty = pty::open_pty(size)?;
+                let pty = pty::open_pty(size, ptmx)?;
                 relay.attach(GUEST_IN, pty.master, FdKind::Pty, Reg::No);
                 Stdio::Terminal(pty.slave)
             }

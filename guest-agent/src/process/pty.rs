@@ -3,7 +3,7 @@
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use nix::errno::Errno;
-use nix::fcntl::{open, OFlag};
+use nix::fcntl::{fcntl, open, FcntlArg, OFlag};
 use nix::sys::stat::Mode;
 
 /// A new terminal: the agent keeps the master, the process gets the slave.
@@ -25,18 +25,31 @@ pub enum PtyError {
     Size(#[source] Errno),
 }
 
-/// Opens a terminal (master non-blocking) with the given size, if any.
+/// Opens a terminal (master non-blocking) with the given size, if any, from `ptmx` (an opened
+/// `ptmx` of another devpts instance, e.g. a container's) or else the agent's `/dev/ptmx`.
 /// Four syscalls: open, unlock, TIOCGPTPEER (no path lookup of the slave, and right in any
 /// mount namespace), TIOCSWINSZ.
-pub fn open_pty(size: Option<(u16, u16)>) -> Result<Pty, PtyError> {
-    let master = open(
-        "/dev/ptmx",
-        OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK,
-        Mode::empty(),
-    )
-    .map_err(PtyError::Open)?;
-    // SAFETY: `open` returned a new fd that nothing else owns.
-    let master = unsafe { OwnedFd::from_raw_fd(master) };
+pub fn open_pty(size: Option<(u16, u16)>, ptmx: Option<OwnedFd>) -> Result<Pty, PtyError> {
+    let master = match ptmx {
+        Some(fd) => {
+            let flags = OFlag::from_bits_truncate(
+                fcntl(fd.as_raw_fd(), FcntlArg::F_GETFL).map_err(PtyError::Open)?,
+            );
+            fcntl(fd.as_raw_fd(), FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))
+                .map_err(PtyError::Open)?;
+            fd
+        }
+        None => {
+            let fd = open(
+                "/dev/ptmx",
+                OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK,
+                Mode::empty(),
+            )
+            .map_err(PtyError::Open)?;
+            // SAFETY: `open` returned a new fd that nothing else owns.
+            unsafe { OwnedFd::from_raw_fd(fd) }
+        }
+    };
     let unlock: libc::c_int = 0;
     // SAFETY: TIOCSPTLCK reads one int from the valid pointer.
     if unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSPTLCK, &unlock) } < 0 {
@@ -82,7 +95,7 @@ mod tests {
 
     #[test]
     fn slave_sees_the_size() {
-        let pty = open_pty(Some((33, 101))).unwrap();
+        let pty = open_pty(Some((33, 101)), None).unwrap();
         let mut ws: libc::winsize = libc::winsize {
             ws_row: 0,
             ws_col: 0,

@@ -252,8 +252,16 @@ impl Server {
             self.exec_launch(&r.container_id, &r.oci_process)?
         };
         let terminal = r.terminal.then(|| size_of(&r.terminal_size));
-        let process =
-            Process::new(terminal, streams).map_err(|e| Status::new(Code::Internal, chain(&e)))?;
+        // An exec'd terminal comes from the container's devpts, as runc's does.
+        let ptmx = match &launch {
+            Launch::Exec { container, .. } if terminal.is_some() => self
+                .containers
+                .get(container)
+                .and_then(|c| c.container.ptmx()),
+            _ => None,
+        };
+        let process = Process::new(terminal, streams, ptmx)
+            .map_err(|e| Status::new(Code::Internal, chain(&e)))?;
         let i = self.procs.insert(Entry {
             process,
             waiters: Vec::new(),

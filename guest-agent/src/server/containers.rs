@@ -156,7 +156,7 @@ impl Server {
             ));
         }
         let terminal = r.terminal.then(|| size_of(&r.terminal_size));
-        let mut process = match Process::new(terminal, streams) {
+        let mut process = match Process::new(terminal, streams, None) {
             Ok(p) => p,
             Err(e) => {
                 unmount(&share);

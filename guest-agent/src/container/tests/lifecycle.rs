@@ -260,6 +260,43 @@ container_test! {
     }
 }
 
+container_test! {
+    /// An exec'd terminal from the container's own devpts is a `/dev/pts/N` in there.
+    fn an_exec_terminal_comes_from_the_containers_devpts() {
+        let bundle = Bundle::busybox();
+        let mut c = running(&bundle, "sleep 1000", |_| {});
+        let ptmx = c.ptmx().expect("the container has its own devpts");
+        let pty = crate::process::pty::open_pty(Some((24, 80)), Some(ptmx)).unwrap();
+        let pid = c
+            .exec(
+                &process(json!({"args": ["sh", "-c", "tty; stty size"], "env": ["PATH=/bin"],
+                                "user": {"uid": 0, "gid": 0},
+                                "cwd": "/", "terminal": true})),
+                Stdio::Terminal(pty.slave),
+            )
+            .unwrap();
+        assert_eq!(wait(pid), ExitStatus::Exited(0));
+        let mut out = Vec::new();
+        let mut master = std::fs::File::from(pty.master);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let mut buf = [0u8; 256];
+        // Non-blocking master: EAGAIN until the output is there, EIO once the slave is closed.
+        while std::time::Instant::now() < deadline {
+            match master.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
+                Err(_) => break,
+            }
+        }
+        let out = String::from_utf8_lossy(&out).replace("\r\n", "\n");
+        assert!(out.starts_with("/dev/pts/") && out.ends_with("24 80\n"), "{out:?}");
+        c.destroy().unwrap();
+    }
+}
+
 /// A pty pair (master, slave); the slave is opened with O_NOCTTY.
 fn pty() -> (std::os::fd::OwnedFd, std::os::fd::OwnedFd) {
     use nix::fcntl::OFlag;
