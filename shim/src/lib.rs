@@ -4,7 +4,8 @@
 //! [`state`] is the state store; [`monitor`] is the per-container sandbox monitor process and
 //! [`control`] its socket protocol; [`sandbox`] is the seam to what runs the container, with
 //! [`vm`] the one real implementation; [`spec`], [`share`], [`cgroups`], [`hooks`], [`console`],
-//! [`config`], [`logging`], [`signal`] and [`process`] are the pieces they are built from.
+//! [`mountpoints`], [`config`], [`logging`], [`signal`] and [`process`] are the pieces they are
+//! built from.
 
 pub mod cgroups;
 pub mod cli;
@@ -15,6 +16,7 @@ pub mod control;
 pub mod hooks;
 pub mod logging;
 pub mod monitor;
+pub mod mountpoints;
 pub mod process;
 pub mod sandbox;
 pub mod share;

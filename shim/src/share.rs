@@ -1,7 +1,7 @@
 //! The per-container shared directory that the VM's virtio-fs device exports.
 //!
 //! Layout under `<root>/<id>/share`: `rootfs` (bind of the bundle's rootfs, read-only when
-//! `root.readonly`) and `mounts/<n>` (bind of the n-th OCI bind mount's source — volumes, and
+//! `root.readonly`, after [`crate::mountpoints`] created the mount points in it) and `mounts/<n>` (bind of the n-th OCI bind mount's source — volumes, and
 //! Docker's `/etc/hosts`, `/etc/resolv.conf`, `/etc/hostname` — file or directory, read-only when
 //! its options say `ro`). The spec sent to the guest is rewritten so `root.path` and each bind
 //! source name the guest-side paths inside the share; nothing else in it changes.
@@ -38,6 +38,8 @@ pub enum ShareError {
     },
     #[error("make {path} read-only")]
     ReadOnly { path: PathBuf, source: nix::Error },
+    #[error(transparent)]
+    MountPoint(#[from] crate::mountpoints::MountPointError),
 }
 
 /// A prepared share and the spec rewritten for the guest.
@@ -101,6 +103,10 @@ impl Share {
             .unwrap_or(false);
         let rootfs = self.dir.join("rootfs");
         mkdir(&rootfs)?;
+        if readonly_root {
+            // The guest cannot create them in a read-only export; runc creates them too.
+            crate::mountpoints::ensure(&bundle.rootfs, &bundle.dir, &bundle.raw)?;
+        }
         self.bind(&bundle.rootfs, &rootfs, true, readonly_root)?;
         self.guest_spec["root"]["path"] =
             Value::String(guest_root.join("rootfs").display().to_string());
