@@ -1,6 +1,5 @@
 //! containerd's `ctr run --runc-binary` drives Bulkhead like runc (issue 5): the core cases,
-//! against runc first (which proves them), then against Bulkhead once the runtime can share a
-//! rootfs with its guest. A private containerd (own root, state, socket, namespace; CRI off)
+//! against runc first (which proves them), then against Bulkhead. A private containerd (own root, state, socket, namespace; CRI off)
 //! runs for the test. Gated by `BULKHEAD_E2E=1`.
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
@@ -14,7 +13,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use bulkhead_tests::{e2e_enabled, workspace_binary};
-use docker_common::{bulkhead_runs_containers, busybox_tar, ensure_docker, processes_of, text};
+use docker_common::{busybox_tar, ensure_docker, processes_of, text};
 
 struct Containerd {
     dir: tempfile::TempDir,
@@ -247,10 +246,6 @@ fn ctr_drives_bulkhead_like_runc() {
     assert!(left.is_empty(), "state left: {left:?}");
     assert!(processes_of(&bin).is_empty(), "bulkhead processes left");
 
-    if !bulkhead_runs_containers(&bin) {
-        eprintln!("bulkhead half skipped: the runtime cannot share a rootfs with its guest yet (no virtio-fs in the VMM)");
-        return;
-    }
     suite(&c, &bin, true);
     assert!(processes_of(&bin).is_empty(), "bulkhead processes left");
 }

@@ -1,8 +1,7 @@
 //! Docker drives Bulkhead like runc (issue 5). One suite of `docker` cases, run against runc
 //! first — which proves the cases themselves — and then against `--runtime bulkhead`.
-//! Gated by `BULKHEAD_E2E=1`; the Bulkhead half runs once `bulkhead features` says the runtime
-//! can share a rootfs with its guest (the VMM's virtio-fs device, issue 4), and until then says
-//! it is skipped. A create failure through Docker (bad guest kernel path) is checked either way.
+//! A create failure through Docker (bad guest kernel path) is checked too. Gated by
+//! `BULKHEAD_E2E=1`.
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
@@ -12,7 +11,7 @@ mod docker_common;
 use std::fs;
 
 use bulkhead_tests::{e2e_enabled, workspace_binary};
-use docker_common::{bulkhead_runs_containers, ensure_docker, suite, text, Dockerd, IMAGE};
+use docker_common::{ensure_docker, suite, text, Dockerd, IMAGE};
 
 /// Nothing of the runtime is left: no state directories, monitors or share mounts.
 fn assert_nothing_left(d: &Dockerd, bin: &std::path::Path) {
@@ -51,10 +50,6 @@ fn docker_drives_bulkhead_like_runc() {
     );
     assert_nothing_left(&d, &bin);
 
-    if !bulkhead_runs_containers(&bin) {
-        eprintln!("bulkhead half skipped: the runtime cannot share a rootfs with its guest yet (no virtio-fs in the VMM)");
-        return;
-    }
     suite(&d.cli(), "bulkhead", IMAGE, true);
     assert_nothing_left(&d, &bin);
 }

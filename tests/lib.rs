@@ -4,6 +4,7 @@
 //! when `BULKHEAD_E2E=1` (set by `scripts/test.sh`, which CI runs). `cargo test` alone stays quick.
 
 pub mod agent_cases;
+pub mod cli;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};

@@ -1,6 +1,5 @@
 //! podman drives Bulkhead like runc (issue 5): the same cases as the Docker suite through
-//! `podman --runtime`, against runc first (which proves the cases), then against Bulkhead once
-//! the runtime can share a rootfs with its guest. Gated by `BULKHEAD_E2E=1`. podman runs with
+//! `podman --runtime`, against runc first (which proves the cases), then against Bulkhead. Gated by `BULKHEAD_E2E=1`. podman runs with
 //! its own storage and run roots in a temporary directory, the cgroupfs manager (no systemd
 //! here) and `--network none`.
 
@@ -14,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use bulkhead_tests::{e2e_enabled, workspace_binary};
-use docker_common::{bulkhead_runs_containers, busybox_tar, processes_of, suite, text, EngineCli};
+use docker_common::{busybox_tar, processes_of, suite, text, EngineCli};
 
 const IMAGE: &str = "localhost/bulkhead-busybox:test";
 const PODMAN: &str = "/usr/bin/podman";
@@ -152,10 +151,6 @@ fn podman_drives_bulkhead_like_runc() {
         "share mounts left"
     );
 
-    if !bulkhead_runs_containers(&bin) {
-        eprintln!("bulkhead half skipped: the runtime cannot share a rootfs with its guest yet (no virtio-fs in the VMM)");
-        return;
-    }
     suite(&cli, bin.to_str().unwrap(), IMAGE, true);
     assert!(processes_of(&bin).is_empty(), "bulkhead processes left");
 }

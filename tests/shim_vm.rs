@@ -1,67 +1,18 @@
 //! The shim's VM sandbox boots the real guest kernel with the agent's initramfs through the
 //! `bulkhead_vmm` library (in this process, as the monitor does), reaches the agent over the
 //! hybrid-vsock socket, checks its version, and shuts the VM down. Gated by `BULKHEAD_E2E=1`;
-//! one boot, ~30-60 s on PVM-backed KVM.
-//!
-//! The agent initramfs is `$BULKHEAD_AGENT_INITRAMFS`, else the installed one, else built here
-//! (static `bulkhead-agent` packed as `/init` by `images/mkinitramfs.sh`).
+//! one boot, ~20 s on PVM-backed KVM. The agent initramfs is `bulkhead_tests::cli::agent_initramfs()`.
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bulkhead_shim::config::{Config, VmSize};
 use bulkhead_shim::sandbox::{BootContext, Sandbox};
 use bulkhead_shim::vm::{vm_config, vsock_path, VmSandbox};
-use bulkhead_tests::{e2e_enabled, kernel, repo_root, SHARE_DIR};
-
-fn agent_initramfs() -> PathBuf {
-    if let Some(p) = std::env::var_os("BULKHEAD_AGENT_INITRAMFS") {
-        return PathBuf::from(p);
-    }
-    let installed = Path::new(SHARE_DIR).join("agent-initramfs.cpio");
-    if installed.exists() {
-        return installed;
-    }
-    let target = repo_root().join("target");
-    let triple = "x86_64-unknown-linux-gnu";
-    let ok = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args([
-            "build",
-            "--quiet",
-            "--release",
-            "--target",
-            triple,
-            "-p",
-            "bulkhead-agent",
-        ])
-        .env("RUSTFLAGS", "-C target-feature=+crt-static")
-        .env("CARGO_TARGET_DIR", &target)
-        .current_dir(repo_root())
-        .status()
-        .unwrap();
-    assert!(ok.success(), "static build of bulkhead-agent failed");
-    let agent = target.join(triple).join("release/bulkhead-agent");
-    let stripped = target.join("bulkhead-images/bulkhead-agent.stripped");
-    std::fs::create_dir_all(stripped.parent().unwrap()).unwrap();
-    assert!(Command::new("objcopy")
-        .arg("--strip-debug")
-        .arg(&agent)
-        .arg(&stripped)
-        .status()
-        .unwrap()
-        .success());
-    let out = target.join("bulkhead-images/agent-initramfs.cpio");
-    let ok = Command::new(repo_root().join("images/mkinitramfs.sh"))
-        .arg(&out)
-        .arg(format!("{}:/init:0755", stripped.display()))
-        .status()
-        .unwrap();
-    assert!(ok.success(), "packing the agent initramfs failed");
-    out
-}
+use bulkhead_tests::cli::agent_initramfs;
+use bulkhead_tests::{e2e_enabled, kernel};
 
 #[test]
 fn vm_sandbox_boots_and_reaches_the_agent() {

@@ -1,0 +1,184 @@
+//! Driving the shipped `bulkhead` binary like an engine does, with real micro-VMs: a private
+//! `--root`, a config naming the installed (or freshly built) guest kernel and agent initramfs,
+//! and console logs in the test's own directory.
+
+#![allow(clippy::unwrap_used)] // test helpers: a failed unwrap is a failed test
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use crate::{kernel, repo_root, workspace_binary, SHARE_DIR};
+
+/// The production agent initramfs: `$BULKHEAD_AGENT_INITRAMFS`, else the installed one, else
+/// built now by `images/build-agent-initramfs.sh`.
+pub fn agent_initramfs() -> PathBuf {
+    if let Some(p) = std::env::var_os("BULKHEAD_AGENT_INITRAMFS") {
+        return PathBuf::from(p);
+    }
+    let installed = Path::new(SHARE_DIR).join("agent-initramfs.cpio");
+    if installed.exists() {
+        return installed;
+    }
+    let o = Command::new(repo_root().join("images/build-agent-initramfs.sh"))
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "agent initramfs: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    PathBuf::from(
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .last()
+            .unwrap()
+            .trim(),
+    )
+}
+
+/// Waits for a child (or, as a subreaper, an orphaned descendant) and returns its status the
+/// way a shell shows it (128 + signal when killed).
+pub fn wait_status(pid: i32) -> i32 {
+    use nix::sys::wait::{waitpid, WaitStatus};
+    loop {
+        match waitpid(nix::unistd::Pid::from_raw(pid), None).unwrap() {
+            WaitStatus::Exited(_, c) => return c,
+            WaitStatus::Signaled(_, s, _) => return 128 + s as i32,
+            _ => continue,
+        }
+    }
+}
+
+/// Makes this process a child subreaper, as containerd's shim and conmon are, so it can wait
+/// for the monitors whose pids `create` writes.
+pub fn become_subreaper() {
+    // SAFETY: prctl with integer arguments only.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+}
+
+/// The `bulkhead` CLI with its own root, config and log directory under a temporary directory.
+pub struct Cli {
+    pub tmp: tempfile::TempDir,
+    pub bin: PathBuf,
+}
+
+impl Cli {
+    /// A CLI whose containers boot the guest kernel with the production agent initramfs.
+    pub fn new() -> Cli {
+        let tmp = tempfile::tempdir().unwrap();
+        let config = format!(
+            "kernel = {:?}\ninitramfs = {:?}\nlog_dir = {:?}\n",
+            kernel().display().to_string(),
+            agent_initramfs().display().to_string(),
+            tmp.path().join("logs").display().to_string()
+        );
+        fs::write(tmp.path().join("config.toml"), config).unwrap();
+        Cli {
+            tmp,
+            bin: workspace_binary("bulkhead"),
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.tmp.path()
+    }
+
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(&self.bin);
+        c.env("BULKHEAD_CONFIG", self.dir().join("config.toml"))
+            .arg("--root")
+            .arg(self.dir().join("root"))
+            .args(args)
+            .stdin(Stdio::null());
+        c
+    }
+
+    /// Runs with stdout and stderr in the file `out`: monitors and exec'd processes inherit it
+    /// and may write to it after the command returned.
+    pub fn run_to(&self, args: &[&str], out: &Path) -> Output {
+        let f = fs::File::create(out).unwrap();
+        let status = self
+            .cmd(args)
+            .stdout(f.try_clone().unwrap())
+            .stderr(f)
+            .status()
+            .unwrap();
+        let text = fs::read(out).unwrap();
+        Output {
+            status,
+            stdout: text.clone(),
+            stderr: text,
+        }
+    }
+
+    /// Runs to completion; exit code and combined output.
+    pub fn run(&self, args: &[&str]) -> (Option<i32>, String) {
+        let n = fs::read_dir(self.dir()).unwrap().count();
+        let o = self.run_to(args, &self.dir().join(format!("out-{n}")));
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+        )
+    }
+
+    /// `create --bundle B --pid-file … ID` with the init's output going to `out`; the monitor's
+    /// pid on success.
+    pub fn create(&self, id: &str, bundle: &Path, out: &Path) -> Result<i32, String> {
+        let pid_file = self.dir().join(format!("{id}.pid"));
+        let o = self.run_to(
+            &[
+                "create",
+                "--bundle",
+                bundle.to_str().unwrap(),
+                "--pid-file",
+                pid_file.to_str().unwrap(),
+                id,
+            ],
+            out,
+        );
+        if !o.status.success() {
+            return Err(format!(
+                "create: {}\nconsole: {}",
+                String::from_utf8_lossy(&o.stdout),
+                self.console(id)
+            ));
+        }
+        Ok(fs::read_to_string(&pid_file)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap())
+    }
+
+    /// The guest console log of container `id` (empty if no VM was ever started).
+    pub fn console(&self, id: &str) -> String {
+        fs::read_to_string(self.console_path(id)).unwrap_or_default()
+    }
+
+    pub fn console_path(&self, id: &str) -> PathBuf {
+        self.dir().join(format!("logs/{id}.console.log"))
+    }
+
+    /// The monitor's phase timings of container `id`, as JSON text.
+    pub fn timings(&self, id: &str) -> String {
+        fs::read_to_string(self.dir().join(format!("logs/{id}.timings.json"))).unwrap_or_default()
+    }
+
+    /// Nothing of container `id` is left: no state directory, no mounts under our directory.
+    pub fn assert_gone(&self, id: &str) {
+        assert!(!self.dir().join("root").join(id).exists(), "state left");
+        let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert!(
+            !mounts.contains(self.dir().to_str().unwrap()),
+            "mounts left under {}",
+            self.dir().display()
+        );
+    }
+}
+
+impl Default for Cli {
+    fn default() -> Self {
+        Cli::new()
+    }
+}
