@@ -177,6 +177,25 @@ impl Cli {
     }
 }
 
+/// A failed test must not leave its VMs behind: whatever is still under the root is
+/// force-deleted (kills the monitor, unmounts the share, removes the state).
+impl Drop for Cli {
+    fn drop(&mut self) {
+        let Ok(entries) = fs::read_dir(self.dir().join("root")) else {
+            return;
+        };
+        for e in entries.filter_map(Result::ok) {
+            if let Some(id) = e.file_name().to_str() {
+                let _ = self
+                    .cmd(&["delete", "--force", id])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status();
+            }
+        }
+    }
+}
+
 impl Default for Cli {
     fn default() -> Self {
         Cli::new()

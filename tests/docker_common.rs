@@ -392,11 +392,11 @@ pub fn suite(e: &EngineCli, runtime: &str, image: &str, guest_kernel: bool) {
         Some(0),
         "pids limit not enforced"
     );
-    // One 100 MB read buffer that the kernel fills: the fewest guest-kernel instructions per
+    // One 48 MiB read buffer that the kernel fills: the fewest guest-kernel instructions per
     // charged page (a guest's page faults are emulated on PVM hosts; ~1 min here).
-    let hog = ["dd", "if=/dev/zero", "of=/dev/null", "bs=100M", "count=1"];
+    let hog = ["dd", "if=/dev/zero", "of=/dev/null", "bs=48M", "count=1"];
     assert_eq!(
-        c.code(&[&["--memory", "64m", image][..], &hog].concat()),
+        c.code(&[&["--memory", "32m", image][..], &hog].concat()),
         Some(137),
         "OOM kill not reported"
     );
