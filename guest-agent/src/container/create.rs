@@ -113,7 +113,7 @@ impl InitPlan {
         let i = f.index as usize;
         let lossy = |c: &CString| c.to_string_lossy().into_owned();
         let what = match f.step {
-            Step::MountTarget | Step::Mount | Step::MountAttr => self
+            Step::MountTarget | Step::Mount | Step::MountAttr | Step::CopyUp => self
                 .mounts
                 .get(i)
                 .map(|m| format!("/{}", lossy(&m.dest)))

@@ -88,6 +88,7 @@ pub enum Step {
     MountTarget,
     Mount,
     MountAttr,
+    CopyUp,
     Device,
     DeviceLink,
     Console,
@@ -120,7 +121,7 @@ pub enum Step {
 }
 
 impl Step {
-    const ALL: [Step; 36] = [
+    const ALL: [Step; 37] = [
         Step::JoinNamespace,
         Step::MountPrivate,
         Step::BindRoot,
@@ -128,6 +129,7 @@ impl Step {
         Step::MountTarget,
         Step::Mount,
         Step::MountAttr,
+        Step::CopyUp,
         Step::Device,
         Step::DeviceLink,
         Step::Console,
@@ -174,6 +176,7 @@ impl Step {
             Step::MountTarget => "create mount point",
             Step::Mount => "mount",
             Step::MountAttr => "set mount attributes on",
+            Step::CopyUp => "copy up (tmpcopyup) into",
             Step::Device => "create device",
             Step::DeviceLink => "create /dev symlink",
             Step::Console => "bind console",

@@ -16,6 +16,7 @@
 mod bpf;
 mod caps;
 mod cgroups;
+mod copyup;
 mod create;
 mod device_filter;
 mod devices;

@@ -11,12 +11,14 @@ use std::ffi::CString;
 use std::os::fd::RawFd;
 use std::path::Path;
 
+use nix::errno::Errno;
 use oci_spec::runtime::Spec;
 
+use super::copyup;
 use super::error::{AtStep, ChildResult, Step};
 use super::rootfs_path::{self, Create, FdPath};
 use super::spec::{clean_relative, cstring, SpecError};
-use super::sys::{self, MountAttr};
+use super::sys::{self, MountAttr, SysResult};
 
 const ATTR_RDONLY: u64 = 0x1;
 const ATTR_NOSUID: u64 = 0x2;
@@ -40,6 +42,10 @@ pub struct MountStep {
     target: Create,
     top: Option<MountAttr>,
     recursive: Option<MountAttr>,
+    /// `tmpcopyup`: the new mount starts with a copy of what it covers (see `copyup`).
+    copy_up: bool,
+    /// A tmpfs without `mode=`: it takes the covered directory's mode.
+    keep_mode: bool,
 }
 
 impl std::fmt::Debug for MountAttr {
@@ -60,6 +66,7 @@ struct Options {
     top: MountAttr,
     recursive: MountAttr,
     data: Vec<String>,
+    copy_up: bool,
 }
 
 impl Options {
@@ -159,7 +166,8 @@ impl Options {
                 continue;
             }
             match opt.as_str() {
-                "tmpcopyup" | "idmap" | "ridmap" | "copy-symlink" => {
+                "tmpcopyup" => o.copy_up = true,
+                "idmap" | "ridmap" | "copy-symlink" => {
                     return Err(SpecError::MountOption(opt.clone()))
                 }
                 _ if opt.starts_with("X-") || opt.starts_with("x-") => {}
@@ -226,6 +234,8 @@ pub fn plan(spec: &Spec, private_ns: bool) -> Result<Vec<MountStep>, SpecError> 
                 target: Create::Dir,
                 top: nonzero(o.top),
                 recursive: nonzero(o.recursive),
+                copy_up: false,
+                keep_mode: false,
             }
         } else if o.bind {
             let source = m
@@ -246,6 +256,8 @@ pub fn plan(spec: &Spec, private_ns: bool) -> Result<Vec<MountStep>, SpecError> 
                 data: None,
                 top: nonzero(o.top),
                 recursive: nonzero(o.recursive),
+                copy_up: false,
+                keep_mode: false,
             }
         } else {
             let source = match m.source() {
@@ -265,6 +277,9 @@ pub fn plan(spec: &Spec, private_ns: bool) -> Result<Vec<MountStep>, SpecError> 
                 target: Create::Dir,
                 top: nonzero(o.top),
                 recursive: nonzero(o.recursive),
+                // As runc: only a tmpfs is copied up into; elsewhere the option means nothing.
+                copy_up: o.copy_up && typ == "tmpfs",
+                keep_mode: typ == "tmpfs" && !o.data.iter().any(|d| d.starts_with("mode=")),
             }
         };
         steps.push(step);
@@ -295,8 +310,32 @@ impl MountStep {
 /// Performs the mounts below the rootfs opened as `root` (child side).
 pub fn apply(root: RawFd, steps: &[MountStep]) -> ChildResult<()> {
     for (i, m) in steps.iter().enumerate() {
-        let fd = rootfs_path::resolve(root, m.dest.as_bytes(), m.target)
-            .step_at(Step::MountTarget, i)?;
+        let dest = m.dest.as_bytes();
+        // A tmpfs takes the mode of the directory it covers unless its options name one, as
+        // runc does (`--tmpfs /tmp` over a 1777 /tmp stays 1777); a new mount point keeps
+        // tmpfs's default.
+        let (fd, covered_mode) = match m.keep_mode {
+            false => (None, None),
+            true => match rootfs_path::open(root, dest) {
+                Ok(fd) => {
+                    let mode = sys::stat_mode(FdPath::new(fd).as_cstr());
+                    (Some(fd), Some(mode.step_at(Step::MountTarget, i)?))
+                }
+                Err(Errno::ENOENT) => (None, None),
+                Err(e) => return Err(e).step_at(Step::MountTarget, i),
+            },
+        };
+        let fd = match fd {
+            Some(fd) => fd,
+            None => rootfs_path::resolve(root, dest, m.target).step_at(Step::MountTarget, i)?,
+        };
+        // With tmpcopyup, what the mount will cover, still readable through this descriptor.
+        let below = if m.copy_up {
+            let flags = libc::O_RDONLY | libc::O_DIRECTORY;
+            Some(sys::openat(fd, c".", flags, 0).step_at(Step::CopyUp, i)?)
+        } else {
+            None
+        };
         let target = FdPath::new(fd);
         sys::mount(
             m.source.as_deref(),
@@ -306,11 +345,18 @@ pub fn apply(root: RawFd, steps: &[MountStep]) -> ChildResult<()> {
             m.data.as_deref(),
         )
         .step_at(Step::Mount, i)?;
-        if m.top.is_none() && m.recursive.is_none() {
+        if below.is_none() && covered_mode.is_none() && m.top.is_none() && m.recursive.is_none() {
             continue;
         }
         // The descriptor above names the covered mount point; look again to get the new mount.
-        let fd = rootfs_path::open(root, m.dest.as_bytes()).step_at(Step::MountAttr, i)?;
+        let fd = rootfs_path::open(root, dest).step_at(Step::MountAttr, i)?;
+        if let Some(mode) = covered_mode {
+            sys::fchmodat(libc::AT_FDCWD, FdPath::new(fd).as_cstr(), mode & 0o7777)
+                .step_at(Step::Mount, i)?;
+        }
+        if let Some(below) = below {
+            copy_up(fd, below).step_at(Step::CopyUp, i)?;
+        }
         if let Some(attr) = &m.top {
             sys::mount_setattr(fd, c"", libc::AT_EMPTY_PATH as libc::c_uint, attr)
                 .step_at(Step::MountAttr, i)?;
@@ -321,6 +367,19 @@ pub fn apply(root: RawFd, steps: &[MountStep]) -> ChildResult<()> {
         }
     }
     Ok(())
+}
+
+/// Copies the covered directory `below` into the new mount `top` (an `O_PATH` descriptor);
+/// closes `below`.
+fn copy_up(top: RawFd, below: RawFd) -> SysResult<()> {
+    let flags = libc::O_RDONLY | libc::O_DIRECTORY;
+    let copied = sys::openat(top, c".", flags, 0).and_then(|to| {
+        let r = copyup::copy_tree(below, to);
+        sys::close(to);
+        r
+    });
+    sys::close(below);
+    copied
 }
 
 #[cfg(test)]
@@ -385,9 +444,12 @@ mod tests {
         let root = spec(r#"[{"destination":"/a/..","type":"tmpfs"}]"#);
         assert!(matches!(plan(&root, true), Err(SpecError::MountOnRoot(_))));
         let copyup = spec(r#"[{"destination":"/t","type":"tmpfs","options":["tmpcopyup"]}]"#);
+        assert!(plan(&copyup, true).unwrap()[0].copy_up);
+        let idmap =
+            spec(r#"[{"destination":"/t","type":"bind","source":"/","options":["idmap"]}]"#);
         assert_eq!(
-            plan(&copyup, true).unwrap_err().to_string(),
-            "unsupported mount option tmpcopyup"
+            plan(&idmap, true).unwrap_err().to_string(),
+            "unsupported mount option idmap"
         );
         let atime = spec(
             r#"[{"destination":"/b","type":"bind","source":"/","options":["bind","noatime"]}]"#,

@@ -237,6 +237,43 @@ pub fn fchownat(dirfd: RawFd, name: &CStr, uid: u32, gid: u32) -> SysResult<()> 
     check(ret.into()).map(drop)
 }
 
+/// `fstatat(dirfd, name, AT_SYMLINK_NOFOLLOW)`.
+pub fn lstatat(dirfd: RawFd, name: &CStr) -> SysResult<libc::stat> {
+    // SAFETY: an all-zero `struct stat` is a valid value to be overwritten.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `name` is NUL-terminated and `st` a valid out-pointer.
+    let ret = unsafe { libc::fstatat(dirfd, name.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) };
+    check(ret.into())?;
+    Ok(st)
+}
+
+/// `fchmodat(dirfd, name, mode, 0)` (never used on symlinks: Linux cannot change their mode).
+pub fn fchmodat(dirfd: RawFd, name: &CStr, mode: libc::mode_t) -> SysResult<()> {
+    // SAFETY: `name` is NUL-terminated.
+    check(unsafe { libc::fchmodat(dirfd, name.as_ptr(), mode, 0) }.into()).map(drop)
+}
+
+/// `readlinkat(2)` into `buf`; the target's length (not NUL-terminated).
+pub fn readlinkat(dirfd: RawFd, name: &CStr, buf: &mut [u8]) -> SysResult<usize> {
+    // SAFETY: `name` is NUL-terminated; `buf` is a valid writable slice of the given length.
+    let ret = unsafe { libc::readlinkat(dirfd, name.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    check(ret as libc::c_long).map(|n| n as usize)
+}
+
+/// `getdents64(2)` into `buf`; bytes filled, 0 at the end of the directory.
+pub fn getdents64(fd: RawFd, buf: &mut [u8]) -> SysResult<usize> {
+    // SAFETY: the kernel writes at most `buf.len()` bytes into `buf`.
+    let ret = unsafe { libc::syscall(libc::SYS_getdents64, fd, buf.as_mut_ptr(), buf.len()) };
+    check(ret).map(|n| n as usize)
+}
+
+/// `sendfile(out, in, NULL, count)`: bytes copied, 0 at the end of `in`.
+pub fn sendfile(out: RawFd, input: RawFd, count: usize) -> SysResult<usize> {
+    // SAFETY: plain descriptors; a null offset means the file position of `input`.
+    let ret = unsafe { libc::sendfile(out, input, ptr::null_mut(), count) };
+    check(ret as libc::c_long).map(|n| n as usize)
+}
+
 /// `stat(2)`: returns the mode bits.
 pub fn stat_mode(path: &CStr) -> SysResult<libc::mode_t> {
     // SAFETY: an all-zero `struct stat` is a valid value to be overwritten.

@@ -1,5 +1,7 @@
 //! Namespaces, the root filesystem, users, cwd and env.
 
+use std::os::unix::fs::PermissionsExt;
+
 use serde_json::json;
 
 use super::{container_test, sh, Bundle};
@@ -111,6 +113,36 @@ container_test! {
              touch: /newfile: Read-only file system\n\
              tmp-writable\nro,\n"
         );
+    }
+}
+
+container_test! {
+    fn tmpcopyup_tmpfs_starts_with_what_it_covers() {
+        // podman --read-only: a read-only root with tmpcopyup tmpfs mounts on /run and /tmp.
+        let bundle = Bundle::busybox();
+        let run = bundle.rootfs.join("run/lock");
+        std::fs::create_dir_all(&run).unwrap();
+        std::fs::write(run.join("shipped"), "from the image\n").unwrap();
+        std::os::unix::fs::symlink("lock/shipped", bundle.rootfs.join("run/link")).unwrap();
+        std::fs::set_permissions(bundle.rootfs.join("run"), std::fs::Permissions::from_mode(0o710))
+            .unwrap();
+        let out = sh(
+            &bundle,
+            "cat /run/link; echo new > /run/lock/new && cat /run/lock/new; \
+             stat -c %a /run /tmp; touch /tmp/x && echo tmp-ok; \
+             grep -c ' /run .* - tmpfs ' /proc/self/mountinfo",
+            |s| {
+                s["root"]["readonly"] = json!(true);
+                let mounts = s["mounts"].as_array_mut().unwrap();
+                for d in ["/run", "/tmp"] {
+                    mounts.push(json!({"destination": d, "type": "tmpfs", "source": "tmpfs",
+                        "options": ["rw", "rprivate", "nosuid", "nodev", "tmpcopyup"]}));
+                }
+            },
+        );
+        assert_eq!(out, "from the image\nnew\n710\n1777\ntmp-ok\n1\n");
+        // The image's files were copied, not written through.
+        assert!(!run.join("new").exists());
     }
 }
 
