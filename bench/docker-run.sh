@@ -24,7 +24,7 @@ command -v dockerd >/dev/null || { echo "bench: install docker.io" >&2; exit 1; 
 
 work=$(mktemp -d /tmp/bh-bench.XXXXXX)
 logdir="$work/logs"; mkdir -p "$logdir"
-printf 'log_dir = "%s"\n' "$logdir" >"$work/config.toml"
+printf 'log_dir = "%s"\nkeep_logs = true\n' "$logdir" >"$work/config.toml"
 printf '#!/bin/sh\nBULKHEAD_CONFIG=%s exec %s "$@"\n' "$work/config.toml" "$bin" >"$work/bulkhead"
 chmod +x "$work/bulkhead"
 echo '{}' >"$work/daemon.json"

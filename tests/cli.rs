@@ -66,9 +66,14 @@ pub struct Cli {
 impl Cli {
     /// A CLI whose containers boot the guest kernel with the production agent initramfs.
     pub fn new() -> Cli {
+        Cli::with_config("")
+    }
+
+    /// Like [`Cli::new`], with `extra` lines appended to its config.toml.
+    pub fn with_config(extra: &str) -> Cli {
         let tmp = tempfile::tempdir().unwrap();
         let config = format!(
-            "kernel = {:?}\ninitramfs = {:?}\nlog_dir = {:?}\n",
+            "kernel = {:?}\ninitramfs = {:?}\nlog_dir = {:?}\n{extra}",
             kernel().display().to_string(),
             agent_initramfs().display().to_string(),
             tmp.path().join("logs").display().to_string()
@@ -160,7 +165,8 @@ impl Cli {
         self.dir().join(format!("logs/{id}.console.log"))
     }
 
-    /// The monitor's phase timings of container `id`, as JSON text.
+    /// The monitor's phase timings of container `id`, as JSON text (written with
+    /// `keep_logs = true` only).
     pub fn timings(&self, id: &str) -> String {
         fs::read_to_string(self.dir().join(format!("logs/{id}.timings.json"))).unwrap_or_default()
     }

@@ -113,7 +113,7 @@ fn the_spec_is_honoured_inside_the_guest() {
         return;
     }
     become_subreaper();
-    let rt = Cli::new();
+    let rt = Cli::with_config("keep_logs = true\n");
     let d = rt.dir().to_path_buf();
     let bundle = d.join("bundle");
     fs::create_dir_all(&bundle).unwrap();

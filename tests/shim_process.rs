@@ -46,7 +46,10 @@ impl Rt {
         let logs = tmp.path().join("logs");
         fs::write(
             tmp.path().join("config.toml"),
-            format!("log_dir = {:?}\n", logs.display().to_string()),
+            format!(
+                "log_dir = {:?}\nkeep_logs = true\n",
+                logs.display().to_string()
+            ),
         )
         .unwrap();
         Some(Rt { tmp })

@@ -238,8 +238,9 @@ pub struct SpecArgs {
     /// Bundle directory to write config.json into.
     #[arg(short = 'b', long, default_value = ".")]
     pub bundle: PathBuf,
-    /// Write a spec for rootless containers.
-    #[arg(long)]
+    /// A spec for rootless containers: set from the global `--rootless`, which clap also takes
+    /// after `spec` (runc has both; two `--rootless` flags would collide in clap).
+    #[arg(skip)]
     pub rootless: bool,
 }
 
@@ -291,6 +292,25 @@ mod tests {
         let mut v = vec!["bulkhead"];
         v.extend_from_slice(args);
         Cli::try_parse_from(v).unwrap()
+    }
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        // clap checks duplicate flags and type mismatches only here (or at a panic at runtime).
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn spec_takes_rootless_before_or_after_the_command() {
+        for args in [&["spec"][..], &["spec", "-b", "/b"]] {
+            let cli = parse(args);
+            assert!(cli.global.rootless.is_none());
+            assert!(matches!(cli.command, Some(Command::Spec(_))));
+        }
+        for args in [&["spec", "--rootless"][..], &["--rootless", "true", "spec"]] {
+            assert_eq!(parse(args).global.rootless.as_deref(), Some("true"));
+        }
     }
 
     #[test]

@@ -62,6 +62,11 @@ pub struct Config {
     pub host_overhead_mib: u32,
     /// Directory of the per-container serial console logs.
     pub log_dir: PathBuf,
+    /// Keep every container's console log and write its phase timings
+    /// (`<log_dir>/<id>.timings.json`, for `bench/`). Otherwise a console log is removed when
+    /// its container ends normally and kept when the VM or the monitor failed, so the directory
+    /// does not grow with every container.
+    pub keep_logs: bool,
     /// Extra kernel command line arguments.
     pub kernel_args: String,
     /// Seconds allowed for the guest to boot and its agent to answer.
@@ -78,6 +83,7 @@ impl Default for Config {
             guest_overhead_mib: 64,
             host_overhead_mib: 64,
             log_dir: "/var/log/bulkhead".into(),
+            keep_logs: false,
             kernel_args: String::new(),
             boot_timeout_secs: 180,
         }
@@ -234,6 +240,9 @@ mod tests {
             (Some("/k"), 2, 128)
         );
         assert_eq!(c.console_log("x"), PathBuf::from("/l/x.console.log"));
+        assert!(!c.keep_logs);
+        std::fs::write(&p, "keep_logs = true\n").unwrap();
+        assert!(Config::load_from(&p).unwrap().keep_logs);
     }
 
     #[test]

@@ -23,6 +23,7 @@ pub mod share;
 pub mod signal;
 pub mod spec;
 pub mod state;
+pub mod trace_bridge;
 pub mod vm;
 
 use clap::Parser;
@@ -48,6 +49,7 @@ pub fn run(cli: cli::Cli, factory: &dyn sandbox::SandboxFactory) -> i32 {
         format: cli.global.log_format,
         debug: cli.global.debug,
     });
+    trace_bridge::install(cli.global.log.is_some(), cli.global.debug);
     match commands::dispatch(cli, factory) {
         Ok(code) => code,
         Err(e) => {

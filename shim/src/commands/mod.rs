@@ -104,7 +104,10 @@ pub fn dispatch(cli: Cli, factory: &dyn SandboxFactory) -> Result<i32> {
         Command::Pause(a) => pause::run(&ctx, &a.id).map(|()| 0),
         Command::Resume(a) => resume::run(&ctx, &a.id).map(|()| 0),
         Command::Features => features::run().map(|()| 0),
-        Command::Spec(a) => spec::run(&a).map(|()| 0),
+        Command::Spec(mut a) => {
+            a.rootless = ctx.global.rootless.as_deref().is_some_and(|v| v != "false");
+            spec::run(&a).map(|()| 0)
+        }
         Command::Update(a) => update::run(&ctx, &a).map(|()| 0),
         Command::Events(a) => events::run(&ctx, &a).map(|()| 0),
     }

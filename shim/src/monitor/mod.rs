@@ -165,11 +165,11 @@ pub fn run(plan: Plan, factory: &dyn SandboxFactory, ready: ReadyWriter) -> i32 
 
     server::spawn(listener, shared.clone());
     server::spawn_signal_forwarder(signals, shared.clone());
-    let status = match shared.sandbox.wait() {
-        Ok(s) => s,
+    let (status, healthy) = match shared.sandbox.wait() {
+        Ok(s) => (s, true),
         Err(e) => {
             crate::logging::error(&format!("container {}: {e}", plan.id));
-            255
+            (255, false)
         }
     };
     {
@@ -185,15 +185,19 @@ pub fn run(plan: Plan, factory: &dyn SandboxFactory, ready: ReadyWriter) -> i32 
     let _ = std::fs::remove_file(crate::control::socket_path(&plan.state_dir));
     undo.run_share_only();
     mark(&shared, "torn_down");
-    let timings = plan
-        .config
-        .log_dir
-        .join(format!("{}.timings.json", plan.id));
-    shared
-        .timings
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .write(&timings);
+    if plan.config.keep_logs {
+        let timings = plan
+            .config
+            .log_dir
+            .join(format!("{}.timings.json", plan.id));
+        shared
+            .timings
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .write(&timings);
+    } else if healthy {
+        let _ = std::fs::remove_file(plan.config.console_log(&plan.id));
+    }
     status
 }
 
