@@ -434,6 +434,22 @@ pub fn suite(e: &EngineCli, runtime: &str, image: &str, guest_kernel: bool) {
     assert_eq!(c.ok(&["wait", &id]), "137");
     c.ok(&["rm", &id]);
 
+    // run -it: the init's terminal is a /dev/pts/N of the container, /dev/console a bind of it.
+    let script = "tty; [ /dev/console -ef \"$(tty)\" ] && echo console-ok; echo run-tty-ok";
+    let run_it = e.run_args(runtime, "--rm", &["-it", image, "sh", "-c", script]);
+    let line = e.shell_line(runtime, &run_it);
+    let o = Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .envs(e.env.iter().cloned())
+        .output()
+        .unwrap();
+    let s = text(&o.stdout);
+    assert!(
+        s.contains("/dev/pts/") && s.contains("console-ok") && s.contains("run-tty-ok"),
+        "run -it: {s} {}",
+        text(&o.stderr)
+    );
+
     // stop: SIGTERM honoured…
     let id = c.detached(&[
         image,

@@ -22,9 +22,9 @@ use super::error::{AtStep, ChildResult, ContainerError, Failure, Step};
 use super::launch::{self, ProcessPlan};
 use super::lookpath::ExeBuf;
 use super::mounts::{self, MountStep};
-use super::rootfs_path::{self, Create};
+use super::rootfs_path::{self, Create, FdPath};
 use super::spec::{self, clean_absolute, clean_relative, cstring, Namespaces, SpecError};
-use super::stdio::ChildStdio;
+use super::stdio::{claim_terminal, ChildStdio};
 use super::sync::{self, Msg};
 use super::sys::{self, Forked, MountAttr};
 
@@ -138,8 +138,10 @@ impl InitPlan {
         }
     }
 
-    /// The init's work up to "ready", once its stdio is in place (child side).
-    fn build(&self, stdio: &ChildStdio, exe: &mut ExeBuf) -> ChildResult<bool> {
+    /// The init's work up to "ready", once its stdio is in place (child side). Returns whether
+    /// the root was entered with `chroot`, and the master of the container's own terminal for
+    /// the agent (see [`InitPlan::terminal`]).
+    fn build(&self, stdio: &ChildStdio, exe: &mut ExeBuf) -> ChildResult<(bool, Option<RawFd>)> {
         sys::mount(None, c"/", None, self.propagation, None).step(Step::MountPrivate)?;
         sys::umask(0);
         let bind = libc::MS_BIND | libc::MS_REC;
@@ -152,8 +154,15 @@ impl InitPlan {
         )
         .step(Step::OpenRoot)?;
         mounts::apply(root, &self.mounts)?;
+        let master = self.terminal(root, stdio)?;
         if let Some(devices) = &self.devices {
-            devices.apply(root, stdio.terminal())?;
+            // `/dev/console` is a bind of the terminal: ours on fd 0 or the agent's by path.
+            let own = FdPath::new(0);
+            let console = match master {
+                Some(_) => Some(own.as_cstr()),
+                None => stdio.terminal(),
+            };
+            devices.apply(root, console)?;
         }
         if !self.cwd_rel.as_bytes().is_empty() {
             rootfs_path::resolve(root, self.cwd_rel.as_bytes(), Create::Dir).step(Step::Cwd)?;
@@ -188,7 +197,37 @@ impl InitPlan {
             sys::mount_setattr(libc::AT_FDCWD, c"/", 0, &attr).step(Step::RootReadonly)?;
         }
         launch::prepare(&self.process, exe)?;
-        Ok(no_pivot)
+        Ok((no_pivot, master))
+    }
+
+    /// The init's terminal, made as runc makes it: a pty of the container's own devpts (just
+    /// mounted), so `tty` in the container says `/dev/pts/0` and the pty's names mean the same
+    /// inside and out; its slave becomes fds 0–2 and the controlling terminal, and the master
+    /// goes to the agent with "ready". A container without a devpts at `/dev/pts` keeps the
+    /// agent's pty (already installed). `None` also for a process without a terminal.
+    fn terminal(&self, root: RawFd, stdio: &ChildStdio) -> ChildResult<Option<RawFd>> {
+        if !stdio.is_terminal() {
+            return Ok(None);
+        }
+        let size = self.process.console_size;
+        let flags = libc::O_RDWR | libc::O_NOCTTY;
+        let Ok(master) = sys::openat2(root, c"dev/pts/ptmx", flags, rootfs_path::RESOLVE) else {
+            claim_terminal(0, size)?;
+            return Ok(None);
+        };
+        let st = sys::fstat(master).step(Step::Terminal)?;
+        if st.st_mode & libc::S_IFMT != libc::S_IFCHR || st.st_rdev != libc::makedev(5, 2) {
+            sys::close(master);
+            claim_terminal(0, size)?;
+            return Ok(None);
+        }
+        let slave = sys::pty_peer(master).step(Step::Terminal)?;
+        for target in 0..3 {
+            sys::dup2(slave, target).step_at(Step::Stdio, target as usize)?;
+        }
+        sys::close(slave);
+        claim_terminal(0, size)?;
+        Ok(Some(master))
     }
 
     /// Makes the rootfs `/`: `pivot_root`, or `MS_MOVE` + `chroot` where the current root is the
@@ -254,10 +293,13 @@ fn init_main(
             sys::setns(fd.as_raw_fd(), *nstype).step_at(Step::JoinNamespace, i)?;
         }
     }
-    launch::adopt_stdio(&plan.process, stdio, sock)?;
+    launch::adopt_stdio(&plan.process, stdio, sock, false)?;
     let mut exe = ExeBuf::default();
-    let no_pivot = plan.build(stdio, &mut exe)?;
-    sync::send(sock, Msg::Ready { no_pivot }, None).step(Step::Exec)?;
+    let (no_pivot, console_master) = plan.build(stdio, &mut exe)?;
+    sync::send(sock, Msg::Ready { no_pivot }, console_master).step(Step::Exec)?;
+    if let Some(master) = console_master {
+        sys::close(master);
+    }
     let mut buf = [0u8; 16];
     match sys::read(sock, &mut buf) {
         Ok(16) => {}
@@ -298,6 +340,8 @@ pub struct Init {
     pub pid: Pid,
     pub pidfd: OwnedFd,
     pub no_pivot: bool,
+    /// The master of the init's terminal when the init made it in the container's devpts.
+    pub console: Option<OwnedFd>,
 }
 
 /// Clones the init and waits until it is ready (or failed). `sock` is the agent's end of the
@@ -361,10 +405,11 @@ pub fn clone_init(
         e
     };
     match sync::recv(sock) {
-        Ok(Some((Msg::Ready { no_pivot }, _))) => Ok(Init {
+        Ok(Some((Msg::Ready { no_pivot }, console))) => Ok(Init {
             pid,
             pidfd,
             no_pivot,
+            console,
         }),
         Ok(Some((Msg::Failed(f), _))) => Err(fail(plan.error(&f))),
         Ok(None) => {

@@ -31,7 +31,7 @@ fn exec_main(
     sock: RawFd,
     vectors: &Vectors<'_>,
 ) -> ChildResult<Infallible> {
-    launch::adopt_stdio(plan, stdio, sock)?;
+    launch::adopt_stdio(plan, stdio, sock, true)?;
     let mut exe = ExeBuf::default();
     launch::prepare(plan, &mut exe)?;
     Err(launch::exec(plan, vectors, &exe))

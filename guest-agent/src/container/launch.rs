@@ -172,8 +172,15 @@ pub fn close_others(keep: &[RawFd]) -> ChildResult<()> {
 /// The first thing a cloned child does: installs its stdio as 0–2 and closes every other
 /// descriptor but the sync socket, so it holds nothing of the agent's or of other containers'
 /// (a pipe end held here would delay another stream's end-of-file).
-pub fn adopt_stdio(p: &ProcessPlan, stdio: &ChildStdio, sock: RawFd) -> ChildResult<()> {
-    stdio.apply(p.console_size)?;
+/// `claim_tty` false leaves a terminal installed but not yet controlling (the init's, which
+/// may still be swapped for one of the container's devpts).
+pub fn adopt_stdio(
+    p: &ProcessPlan,
+    stdio: &ChildStdio,
+    sock: RawFd,
+    claim_tty: bool,
+) -> ChildResult<()> {
+    stdio.install(p.console_size, claim_tty)?;
     close_others(&[sock])
 }
 

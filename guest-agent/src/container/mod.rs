@@ -80,6 +80,8 @@ pub struct Container {
     no_pivot: bool,
     inherited: Inherited,
     reaper: Reaper,
+    /// The master of the init's terminal from the container's devpts, until taken.
+    console: Option<OwnedFd>,
 }
 
 impl std::fmt::Debug for Container {
@@ -181,7 +183,16 @@ impl Container {
             no_pivot: init.no_pivot,
             inherited,
             reaper: reaper.clone(),
+            console: init.console,
         })
+    }
+
+    /// The master of the init's terminal when the init made it in the container's own devpts
+    /// (runc's way: `tty` in the container says `/dev/pts/0`); it replaces the pty the agent
+    /// passed in, whose slave the init no longer uses. `None` without a terminal, or when the
+    /// container has no devpts and kept the agent's pty.
+    pub fn take_console(&mut self) -> Option<OwnedFd> {
+        self.console.take()
     }
 
     /// The container's id.

@@ -72,8 +72,21 @@ impl ChildStdio {
         self.tty_path.as_deref()
     }
 
-    /// Installs the streams as 0, 1 and 2 (child side).
+    /// True when the streams are a terminal.
+    pub fn is_terminal(&self) -> bool {
+        self.terminal
+    }
+
+    /// Installs the streams as 0, 1 and 2 and makes a terminal the controlling one (child
+    /// side).
     pub fn apply(&self, winsize: Option<(u16, u16)>) -> ChildResult<()> {
+        self.install(winsize, true)
+    }
+
+    /// Like [`ChildStdio::apply`]; with `claim_tty` false a terminal is only installed, for a
+    /// caller that may still swap it (the init, see `create::InitPlan::terminal`) and then
+    /// calls [`claim_terminal`].
+    pub fn install(&self, winsize: Option<(u16, u16)>, claim_tty: bool) -> ChildResult<()> {
         let mut src = self.fds;
         // A source numbered 0–2 would be clobbered by an earlier dup2: move it up first.
         for fd in src.iter_mut() {
@@ -81,16 +94,22 @@ impl ChildStdio {
                 *fd = sys::dup_above(*fd, 3).step(Step::Stdio)?;
             }
         }
-        if self.terminal {
-            sys::setsid().step(Step::Terminal)?;
-            sys::set_controlling_tty(src[0]).step(Step::Terminal)?;
-            if let Some((rows, cols)) = winsize {
-                sys::set_winsize(src[0], rows, cols).step(Step::Terminal)?;
-            }
+        if self.terminal && claim_tty {
+            claim_terminal(src[0], winsize)?;
         }
         for (target, fd) in src.iter().enumerate() {
             sys::dup2(*fd, target as RawFd).step_at(Step::Stdio, target)?;
         }
         Ok(())
     }
+}
+
+/// Starts a new session with terminal `fd` as its controlling terminal, sized `winsize`.
+pub fn claim_terminal(fd: RawFd, winsize: Option<(u16, u16)>) -> ChildResult<()> {
+    sys::setsid().step(Step::Terminal)?;
+    sys::set_controlling_tty(fd).step(Step::Terminal)?;
+    if let Some((rows, cols)) = winsize {
+        sys::set_winsize(fd, rows, cols).step(Step::Terminal)?;
+    }
+    Ok(())
 }

@@ -237,6 +237,27 @@ pub fn fchownat(dirfd: RawFd, name: &CStr, uid: u32, gid: u32) -> SysResult<()> 
     check(ret.into()).map(drop)
 }
 
+/// `fstat(2)`.
+pub fn fstat(fd: RawFd) -> SysResult<libc::stat> {
+    // SAFETY: an all-zero `struct stat` is a valid value to be overwritten.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `st` is a valid out-pointer; `fd` is only read.
+    check(unsafe { libc::fstat(fd, &mut st) }.into())?;
+    Ok(st)
+}
+
+/// Unlocks the slave of pty master `fd` (`TIOCSPTLCK` 0) and opens it with `TIOCGPTPEER`
+/// (no path lookup, so right in any mount namespace); the slave is close-on-exec and not made
+/// the controlling terminal.
+pub fn pty_peer(master: RawFd) -> SysResult<RawFd> {
+    let unlock: libc::c_int = 0;
+    // SAFETY: TIOCSPTLCK reads one int from the valid pointer.
+    check(unsafe { libc::ioctl(master, libc::TIOCSPTLCK, &unlock) }.into())?;
+    let flags = libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC;
+    // SAFETY: TIOCGPTPEER takes open flags by value and returns a new descriptor.
+    check(unsafe { libc::ioctl(master, libc::TIOCGPTPEER, flags) }.into()).map(|fd| fd as RawFd)
+}
+
 /// `fstatat(dirfd, name, AT_SYMLINK_NOFOLLOW)`.
 pub fn lstatat(dirfd: RawFd, name: &CStr) -> SysResult<libc::stat> {
     // SAFETY: an all-zero `struct stat` is a valid value to be overwritten.

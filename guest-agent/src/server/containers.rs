@@ -167,13 +167,20 @@ impl Server {
             unmount(&share);
             return Err(Status::new(Code::Internal, "process without stdio"));
         };
-        let container = match Container::create(&r.id, &spec, &rootfs, stdio, &self.reaper) {
+        let mut container = match Container::create(&r.id, &spec, &rootfs, stdio, &self.reaper) {
             Ok(c) => c,
             Err(e) => {
                 unmount(&share);
                 return Err(status(&e));
             }
         };
+        if let Some(master) = container.take_console() {
+            if let Err(e) = process.replace_terminal(master, terminal.flatten()) {
+                let _ = container.destroy();
+                unmount(&share);
+                return Err(Status::new(Code::Internal, chain(&e)));
+            }
+        }
         let pid = container.init_pid();
         process.state = State::Created(Some(pid));
         let i = self.procs.insert(ProcEntry {

@@ -239,25 +239,73 @@ container_test! {
 }
 
 container_test! {
+    /// As runc: the init's terminal is a pty of the container's own devpts, `/dev/console` is
+    /// a bind of it, and its master comes back from `take_console`.
     fn a_terminal_becomes_the_controlling_tty() {
         let bundle = Bundle::busybox();
-        let (master, slave) = pty();
+        let (_agent_master, slave) = pty();
         let spec = {
-            let mut s = base_spec("tty; stty size; readlink /proc/self/fd/0 | cut -c1-9; ls -l /dev/console | cut -c1");
+            let mut s = base_spec("tty; stty size; readlink /proc/self/fd/0; ls -l /dev/console | cut -c1; \
+                                   [ /dev/console -ef /dev/pts/0 ] && echo console-is-pts0");
             s["process"]["terminal"] = json!(true);
             s["process"]["consoleSize"] = json!({"height": 30, "width": 100});
             s
         };
         let mut c = create(&spec, &bundle.rootfs, Stdio::Terminal(slave), CreateOptions::default()).unwrap();
+        let master = c.take_console().expect("a pty of the container's devpts");
+        c.start().unwrap();
+        assert_eq!(wait(c.init_pid()), ExitStatus::Exited(0));
+        let out = read_master(master);
+        assert_eq!(out, "/dev/pts/0\n30 100\n/dev/pts/0\nc\nconsole-is-pts0\n");
+        c.destroy().unwrap();
+    }
+}
+
+container_test! {
+    /// Without a devpts of its own the container keeps the agent's pty (`tty` then finds it
+    /// only as `/dev/console`).
+    fn a_terminal_without_a_container_devpts_is_the_agents() {
+        let bundle = Bundle::busybox();
+        let (master, slave) = pty();
+        let spec = {
+            let mut s = base_spec("tty; stty size");
+            s["process"]["terminal"] = json!(true);
+            s["process"]["consoleSize"] = json!({"height": 30, "width": 100});
+            let mounts = s["mounts"].as_array_mut().unwrap();
+            mounts.retain(|m| m["destination"] != "/dev/pts");
+            s
+        };
+        let mut c = create(&spec, &bundle.rootfs, Stdio::Terminal(slave), CreateOptions::default()).unwrap();
+        assert!(c.take_console().is_none());
         c.start().unwrap();
         assert_eq!(wait(c.init_pid()), ExitStatus::Exited(0));
         let mut out = String::new();
         let mut master = std::fs::File::from(master);
         // EIO once the slave side is closed.
         let _ = master.read_to_string(&mut out);
-        assert_eq!(out.replace("\r\n", "\n"), "/dev/console\n30 100\n/dev/pts/\nc\n");
+        assert_eq!(out.replace("\r\n", "\n"), "/dev/console\n30 100\n");
         c.destroy().unwrap();
     }
+}
+
+/// Everything written to a (possibly non-blocking) pty master until the slave side closes.
+fn read_master(master: std::os::fd::OwnedFd) -> String {
+    let mut out = Vec::new();
+    let mut master = std::fs::File::from(master);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut buf = [0u8; 256];
+    // Non-blocking master: EAGAIN until the output is there, EIO once the slave is closed.
+    while std::time::Instant::now() < deadline {
+        match master.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(10))
+            }
+            Err(_) => break,
+        }
+    }
+    String::from_utf8_lossy(&out).replace("\r\n", "\n")
 }
 
 container_test! {
@@ -276,22 +324,7 @@ container_test! {
             )
             .unwrap();
         assert_eq!(wait(pid), ExitStatus::Exited(0));
-        let mut out = Vec::new();
-        let mut master = std::fs::File::from(pty.master);
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        let mut buf = [0u8; 256];
-        // Non-blocking master: EAGAIN until the output is there, EIO once the slave is closed.
-        while std::time::Instant::now() < deadline {
-            match master.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => out.extend_from_slice(&buf[..n]),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    std::thread::sleep(Duration::from_millis(10))
-                }
-                Err(_) => break,
-            }
-        }
-        let out = String::from_utf8_lossy(&out).replace("\r\n", "\n");
+        let out = read_master(pty.master);
         assert!(out.starts_with("/dev/pts/") && out.ends_with("24 80\n"), "{out:?}");
         c.destroy().unwrap();
     }
