@@ -42,19 +42,57 @@ pub fn agent_initramfs() -> PathBuf {
 pub fn wait_status(pid: i32) -> i32 {
     use nix::sys::wait::{waitpid, WaitStatus};
     loop {
-        match waitpid(nix::unistd::Pid::from_raw(pid), None).unwrap() {
-            WaitStatus::Exited(_, c) => return c,
-            WaitStatus::Signaled(_, s, _) => return 128 + s as i32,
-            _ => continue,
+        match waitpid(nix::unistd::Pid::from_raw(pid), None) {
+            Ok(WaitStatus::Exited(_, c)) => return c,
+            Ok(WaitStatus::Signaled(_, s, _)) => return 128 + s as i32,
+            Ok(_) => continue,
+            Err(e) => panic!("waitpid {pid}: {e}"),
         }
     }
 }
 
-/// Makes this process a child subreaper, as containerd's shim and conmon are, so it can wait
-/// for the monitors whose pids `create` writes.
+/// Makes this process a child subreaper (once), as containerd's shim and conmon are, so it can
+/// wait for the monitors whose pids `create` writes.
 pub fn become_subreaper() {
-    // SAFETY: prctl with integer arguments only.
-    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: prctl with integer arguments only.
+        let r = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+        assert_eq!(r, 0);
+    });
+}
+
+/// Runs `cmd` with stdout and stderr in files (`<base>.stdout`/`.stderr`, or both in `both`),
+/// waits for it to exit — not for EOF: monitors and exec'd processes it leaves behind inherit
+/// the files — and returns what it wrote.
+pub fn output_via_files(mut cmd: Command, base: &Path, both: Option<&Path>) -> Output {
+    let (out_path, err_path) = match both {
+        Some(p) => (p.to_path_buf(), p.to_path_buf()),
+        None => (base.with_extension("stdout"), base.with_extension("stderr")),
+    };
+    let out = fs::File::create(&out_path).unwrap();
+    let err = if both.is_some() {
+        out.try_clone().unwrap()
+    } else {
+        fs::File::create(&err_path).unwrap()
+    };
+    let status = cmd
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .status()
+        .unwrap();
+    let stdout = fs::read(&out_path).unwrap();
+    let stderr = if both.is_some() {
+        stdout.clone()
+    } else {
+        fs::read(&err_path).unwrap()
+    };
+    Output {
+        status,
+        stdout,
+        stderr,
+    }
 }
 
 /// The `bulkhead` CLI with its own root, config and log directory under a temporary directory.
@@ -102,19 +140,7 @@ impl Cli {
     /// Runs with stdout and stderr in the file `out`: monitors and exec'd processes inherit it
     /// and may write to it after the command returned.
     pub fn run_to(&self, args: &[&str], out: &Path) -> Output {
-        let f = fs::File::create(out).unwrap();
-        let status = self
-            .cmd(args)
-            .stdout(f.try_clone().unwrap())
-            .stderr(f)
-            .status()
-            .unwrap();
-        let text = fs::read(out).unwrap();
-        Output {
-            status,
-            stdout: text.clone(),
-            stderr: text,
-        }
+        output_via_files(self.cmd(args), out, Some(out))
     }
 
     /// Runs to completion; exit code and combined output.

@@ -253,6 +253,16 @@ impl EngineCli {
         v
     }
 
+    /// Runs the engine with `args` on a terminal (under `script`); its stdout and stderr.
+    pub fn in_terminal(&self, runtime: &str, args: &[&str]) -> (String, String) {
+        let o = Command::new("script")
+            .args(["-qec", &self.shell_line(runtime, args), "/dev/null"])
+            .envs(self.env.iter().cloned())
+            .output()
+            .unwrap();
+        (text(&o.stdout), text(&o.stderr))
+    }
+
     /// A shell command line (for `script`, which needs a terminal program to run).
     pub fn shell_line(&self, runtime: &str, args: &[&str]) -> String {
         let mut parts = vec![self.program.display().to_string()];
@@ -415,20 +425,13 @@ pub fn suite(e: &EngineCli, runtime: &str, image: &str, guest_kernel: bool) {
             .code(),
         Some(4)
     );
-    let line = e.shell_line(
+    let (s, err) = e.in_terminal(
         runtime,
         &["exec", "-it", &id, "sh", "-c", "tty; echo tty-ok"],
     );
-    let o = Command::new("script")
-        .args(["-qec", &line, "/dev/null"])
-        .envs(e.env.iter().cloned())
-        .output()
-        .unwrap();
-    let s = text(&o.stdout);
     assert!(
         s.contains("/dev/pts/") && s.contains("tty-ok"),
-        "exec -it: {s} {}",
-        text(&o.stderr)
+        "exec -it: {s} {err}"
     );
     c.ok(&["kill", &id]);
     assert_eq!(c.ok(&["wait", &id]), "137");
@@ -437,17 +440,10 @@ pub fn suite(e: &EngineCli, runtime: &str, image: &str, guest_kernel: bool) {
     // run -it: the init's terminal is a /dev/pts/N of the container, /dev/console a bind of it.
     let script = "tty; [ /dev/console -ef \"$(tty)\" ] && echo console-ok; echo run-tty-ok";
     let run_it = e.run_args(runtime, "--rm", &["-it", image, "sh", "-c", script]);
-    let line = e.shell_line(runtime, &run_it);
-    let o = Command::new("script")
-        .args(["-qec", &line, "/dev/null"])
-        .envs(e.env.iter().cloned())
-        .output()
-        .unwrap();
-    let s = text(&o.stdout);
+    let (s, err) = e.in_terminal(runtime, &run_it);
     assert!(
         s.contains("/dev/pts/") && s.contains("console-ok") && s.contains("run-tty-ok"),
-        "run -it: {s} {}",
-        text(&o.stderr)
+        "run -it: {s} {err}"
     );
 
     // stop: SIGTERM honoured…

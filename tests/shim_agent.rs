@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use bulkhead_tests::agent_binary;
+use bulkhead_tests::cli::{become_subreaper, output_via_files};
 use serde_json::json;
 
 const BIN: &str = env!("CARGO_BIN_EXE_bulkhead-agent-runtime");
@@ -26,8 +27,7 @@ impl Rt {
             eprintln!("skipped: needs root");
             return None;
         }
-        // SAFETY: prctl with integer arguments only; we reap the monitors like an engine.
-        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+        become_subreaper(); // we reap the monitors like an engine
         let tmp = tempfile::tempdir().unwrap();
         fs::write(
             tmp.path().join("config.toml"),
@@ -72,19 +72,7 @@ impl Rt {
 
     /// Runs with stdout and stderr in `out` (processes left behind inherit it).
     fn run_to(&self, args: &[&str], out: &Path) -> Output {
-        let f = fs::File::create(out).unwrap();
-        let status = self
-            .cmd(args)
-            .stdout(f.try_clone().unwrap())
-            .stderr(f)
-            .status()
-            .unwrap();
-        let text = fs::read(out).unwrap();
-        Output {
-            status,
-            stdout: text.clone(),
-            stderr: text,
-        }
+        output_via_files(self.cmd(args), out, Some(out))
     }
 
     fn run(&self, args: &[&str]) -> Output {

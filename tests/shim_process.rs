@@ -9,22 +9,13 @@
 use std::fs;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::sync::Once;
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use bulkhead_tests::cli::{become_subreaper, output_via_files, wait_status};
 use serde_json::{json, Value};
 
 const BIN: &str = env!("CARGO_BIN_EXE_bulkhead-test-runtime");
-
-fn become_subreaper() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        // SAFETY: prctl with integer arguments only.
-        let r = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
-        assert_eq!(r, 0);
-    });
-}
 
 fn is_root() -> bool {
     nix::unistd::Uid::effective().is_root()
@@ -155,51 +146,6 @@ impl Rt {
             assert!(!d.exists(), "cgroup {} left behind", d.display());
             // The shared parent goes once the last test is done with it (busy until then).
             let _ = fs::remove_dir(d.parent().unwrap());
-        }
-    }
-}
-
-/// Runs `cmd` with stdout and stderr in files (stderr in `err`, or both in `both`), waits for
-/// it to exit (not for EOF) and returns what it wrote.
-fn output_via_files(mut cmd: Command, base: &Path, both: Option<&Path>) -> Output {
-    let (out_path, err_path) = match both {
-        Some(p) => (p.to_path_buf(), p.to_path_buf()),
-        None => (base.with_extension("stdout"), base.with_extension("stderr")),
-    };
-    let out = fs::File::create(&out_path).unwrap();
-    let err = if both.is_some() {
-        out.try_clone().unwrap()
-    } else {
-        fs::File::create(&err_path).unwrap()
-    };
-    let status = cmd
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .status()
-        .unwrap();
-    let stdout = fs::read(&out_path).unwrap();
-    let stderr = if both.is_some() {
-        stdout.clone()
-    } else {
-        fs::read(&err_path).unwrap()
-    };
-    Output {
-        status,
-        stdout,
-        stderr,
-    }
-}
-
-/// Waits for a process we are the (sub)reaper of; returns its exit code or 128+signal.
-fn wait_status(pid: i32) -> i32 {
-    use nix::sys::wait::{waitpid, WaitStatus};
-    loop {
-        match waitpid(nix::unistd::Pid::from_raw(pid), None) {
-            Ok(WaitStatus::Exited(_, c)) => return c,
-            Ok(WaitStatus::Signaled(_, s, _)) => return 128 + s as i32,
-            Ok(_) => continue,
-            Err(e) => panic!("waitpid {pid}: {e}"),
         }
     }
 }
