@@ -103,8 +103,7 @@ fn relative(dest: impl AsRef<Path>) -> PathBuf {
 }
 
 fn source_is_file(bundle_dir: &Path, m: &Value) -> bool {
-    let src = m.get("source").and_then(Value::as_str).unwrap_or("");
-    fs::metadata(bundle_dir.join(src)).is_ok_and(|meta| !meta.is_dir())
+    fs::metadata(crate::share::bind_source(bundle_dir, m)).is_ok_and(|meta| !meta.is_dir())
 }
 
 fn resolve(root: &OwnedFd, path: &Path, flags: OFlag) -> nix::Result<OwnedFd> {

@@ -1,9 +1,10 @@
 //! The per-container shared directory that the VM's virtio-fs device exports.
 //!
 //! Layout under `<root>/<id>/share`: `rootfs` (bind of the bundle's rootfs, read-only when
-//! `root.readonly`, after [`crate::mountpoints`] created the mount points in it) and `mounts/<n>` (bind of the n-th OCI bind mount's source — volumes, and
-//! Docker's `/etc/hosts`, `/etc/resolv.conf`, `/etc/hostname` — file or directory, read-only when
-//! its options say `ro`). The spec sent to the guest is rewritten so `root.path` and each bind
+//! `root.readonly`, after [`crate::mountpoints`] created the mount points in it) and
+//! `mounts/<n>` (bind of the n-th OCI bind mount's source — volumes, and Docker's `/etc/hosts`,
+//! `/etc/resolv.conf`, `/etc/hostname` — file or directory, read-only when its options say
+//! `ro`). The spec sent to the guest is rewritten so `root.path` and each bind
 //! source name the guest-side paths inside the share; nothing else in it changes.
 //!
 //! The sandbox monitor calls [`Share::prepare`] after moving into its own mount namespace (with
@@ -50,6 +51,11 @@ pub struct Share {
     /// The spec with guest-side paths.
     pub guest_spec: Value,
     mounted: Vec<PathBuf>,
+}
+
+/// A bind mount's source on the host (relative sources are relative to the bundle).
+pub fn bind_source(bundle_dir: &Path, m: &Value) -> PathBuf {
+    bundle_dir.join(m.get("source").and_then(Value::as_str).unwrap_or(""))
 }
 
 /// True for OCI mounts that bind a host path (these must travel through the share).
@@ -131,8 +137,7 @@ impl Share {
                 .and_then(Value::as_str)
                 .unwrap_or("")
                 .to_string();
-            let raw_src = m.get("source").and_then(Value::as_str).unwrap_or("");
-            let src = bundle.dir.join(raw_src);
+            let src = bind_source(&bundle.dir, &m);
             let meta = fs::metadata(&src).map_err(|_| ShareError::NoSource {
                 src: src.clone(),
                 dest: dest.clone(),

@@ -24,7 +24,7 @@ use super::lookpath::ExeBuf;
 use super::mounts::{self, MountStep};
 use super::rootfs_path::{self, Create, FdPath};
 use super::spec::{self, clean_absolute, clean_relative, cstring, Namespaces, SpecError};
-use super::stdio::{claim_terminal, ChildStdio};
+use super::stdio::{claim_terminal, open_container_ptmx, ChildStdio};
 use super::sync::{self, Msg};
 use super::sys::{self, Forked, MountAttr};
 
@@ -210,17 +210,10 @@ impl InitPlan {
             return Ok(None);
         }
         let size = self.process.console_size;
-        let flags = libc::O_RDWR | libc::O_NOCTTY;
-        let Ok(master) = sys::openat2(root, c"dev/pts/ptmx", flags, rootfs_path::RESOLVE) else {
+        let Some(master) = open_container_ptmx(root) else {
             claim_terminal(0, size)?;
             return Ok(None);
         };
-        let st = sys::fstat(master).step(Step::Terminal)?;
-        if st.st_mode & libc::S_IFMT != libc::S_IFCHR || st.st_rdev != libc::makedev(5, 2) {
-            sys::close(master);
-            claim_terminal(0, size)?;
-            return Ok(None);
-        }
         let slave = sys::pty_peer(master).step(Step::Terminal)?;
         for target in 0..3 {
             sys::dup2(slave, target).step_at(Step::Stdio, target as usize)?;

@@ -38,13 +38,9 @@ fn exec_main(
 }
 
 impl Container {
-    /// Opens the container's own `/dev/pts/ptmx` (its devpts instance), so a terminal for an
-    /// exec'd process is a `/dev/pts/N` *inside* the container, as runc's are: a pty from the
-    /// agent's devpts shows up there under a name that means another device, and `tty` says
-    /// "not a tty". `None` when the container has no devpts of its own.
-    ///
-    /// The path is resolved in the init's root with `RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS`
-    /// (the container controls it) and must lead to a devpts `ptmx` (char 5:2).
+    /// The container's own `/dev/pts/ptmx` (non-blocking), found through the init's root, for
+    /// an exec'd process's terminal (see [`super::stdio::open_container_ptmx`]); `None` when
+    /// the container has no devpts of its own.
     pub fn ptmx(&self) -> Option<std::os::fd::OwnedFd> {
         use std::os::fd::FromRawFd;
         let root = File::options()
@@ -52,19 +48,9 @@ impl Container {
             .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)
             .open(format!("/proc/{}/root", self.init))
             .ok()?;
-        let fd = sys::openat2(
-            root.as_raw_fd(),
-            c"dev/pts/ptmx",
-            libc::O_RDWR | libc::O_NOCTTY,
-            super::rootfs_path::RESOLVE,
-        )
-        .ok()?;
-        // SAFETY: `openat2` returned a new descriptor that nothing else owns.
-        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
-        let meta = nix::sys::stat::fstat(fd.as_raw_fd()).ok()?;
-        let is_ptmx =
-            meta.st_mode & libc::S_IFMT == libc::S_IFCHR && meta.st_rdev == libc::makedev(5, 2);
-        is_ptmx.then_some(fd)
+        let fd = super::stdio::open_container_ptmx(root.as_raw_fd())?;
+        // SAFETY: a new descriptor that nothing else owns.
+        Some(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
     }
 
     /// Starts `process` inside the running container; returns its pid (a child of the agent,

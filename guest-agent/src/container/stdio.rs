@@ -104,6 +104,28 @@ impl ChildStdio {
     }
 }
 
+/// Opens the container's own `dev/pts/ptmx` below `root` (its devpts instance), non-blocking
+/// and close-on-exec, for a terminal whose `/dev/pts/N` name means the same inside the
+/// container: a pty of the agent's devpts shows up there under a name that means another
+/// device. The path is the container's, so it is resolved in-root without magic links and must
+/// lead to a `ptmx` (char 5:2). `None` when the container has none (allocation-free: the init
+/// calls it after the clone, the agent for exec'd processes).
+pub fn open_container_ptmx(root: RawFd) -> Option<RawFd> {
+    let flags = libc::O_RDWR | libc::O_NOCTTY | libc::O_NONBLOCK;
+    let fd = sys::openat2(root, c"dev/pts/ptmx", flags, super::rootfs_path::RESOLVE).ok()?;
+    match sys::fstat(fd) {
+        Ok(st)
+            if st.st_mode & libc::S_IFMT == libc::S_IFCHR && st.st_rdev == libc::makedev(5, 2) =>
+        {
+            Some(fd)
+        }
+        _ => {
+            sys::close(fd);
+            None
+        }
+    }
+}
+
 /// Starts a new session with terminal `fd` as its controlling terminal, sized `winsize`.
 pub fn claim_terminal(fd: RawFd, winsize: Option<(u16, u16)>) -> ChildResult<()> {
     sys::setsid().step(Step::Terminal)?;

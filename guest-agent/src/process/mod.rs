@@ -117,18 +117,15 @@ impl Process {
         })
     }
 
-    /// Relays `master` instead of the terminal made by [`Process::new`] (whose slave the child
-    /// dropped for a pty of its own devpts, see `Container::take_console`); sized as asked.
-    /// Only before the relay is first synced with epoll.
+    /// Relays `master` (non-blocking, as the init opened it) instead of the terminal made by
+    /// [`Process::new`], whose slave the child dropped for a pty of its own devpts (see
+    /// `Container::take_console`); sized as asked. Only before the relay is first synced with
+    /// epoll.
     pub fn replace_terminal(
         &mut self,
         master: OwnedFd,
         size: Option<(u16, u16)>,
     ) -> Result<(), StdioError> {
-        use nix::fcntl::{fcntl, FcntlArg, OFlag};
-        let flags = fcntl(master.as_raw_fd(), FcntlArg::F_GETFL).map_err(pty::PtyError::Open)?;
-        let flags = OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK;
-        fcntl(master.as_raw_fd(), FcntlArg::F_SETFL(flags)).map_err(pty::PtyError::Open)?;
         if let Some((rows, cols)) = size {
             pty::resize(&master, rows, cols)?;
         }

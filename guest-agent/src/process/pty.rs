@@ -3,7 +3,7 @@
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use nix::errno::Errno;
-use nix::fcntl::{fcntl, open, FcntlArg, OFlag};
+use nix::fcntl::{open, OFlag};
 use nix::sys::stat::Mode;
 
 /// A new terminal: the agent keeps the master, the process gets the slave.
@@ -25,20 +25,14 @@ pub enum PtyError {
     Size(#[source] Errno),
 }
 
-/// Opens a terminal (master non-blocking) with the given size, if any, from `ptmx` (an opened
-/// `ptmx` of another devpts instance, e.g. a container's) or else the agent's `/dev/ptmx`.
+/// Opens a terminal (master non-blocking) with the given size, if any, from `ptmx` (an opened,
+/// non-blocking `ptmx` of another devpts instance, e.g. a container's) or else the agent's
+/// `/dev/ptmx`.
 /// Four syscalls: open, unlock, TIOCGPTPEER (no path lookup of the slave, and right in any
 /// mount namespace), TIOCSWINSZ.
 pub fn open_pty(size: Option<(u16, u16)>, ptmx: Option<OwnedFd>) -> Result<Pty, PtyError> {
     let master = match ptmx {
-        Some(fd) => {
-            let flags = OFlag::from_bits_truncate(
-                fcntl(fd.as_raw_fd(), FcntlArg::F_GETFL).map_err(PtyError::Open)?,
-            );
-            fcntl(fd.as_raw_fd(), FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))
-                .map_err(PtyError::Open)?;
-            fd
-        }
+        Some(fd) => fd,
         None => {
             let fd = open(
                 "/dev/ptmx",
