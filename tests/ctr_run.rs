@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use bulkhead_tests::{e2e_enabled, workspace_binary};
+use bulkhead_tests::{e2e_enabled, in_terminal, workspace_binary};
 use docker_common::{busybox_tar, ensure_docker, processes_of, text};
 
 struct Containerd {
@@ -182,14 +182,10 @@ fn suite(c: &Containerd, runtime: &Path, guest_kernel: bool) {
         sock.display(),
         c.namespace
     );
-    let o = Command::new("script")
-        .args(["-qec", &line, "/dev/null"])
-        .output()
-        .unwrap();
-    let s = text(&o.stdout);
+    let (s, err) = in_terminal(&line, &[], Duration::from_secs(300));
     assert!(
         s.contains("/dev/pts/") && s.contains("tty-ok"),
-        "exec -t: {s}"
+        "exec -t: {s} {err}"
     );
     assert!(c
         .ctr(&["task", "kill", "-s", "SIGKILL", "t-long"])

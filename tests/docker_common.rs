@@ -253,14 +253,10 @@ impl EngineCli {
         v
     }
 
-    /// Runs the engine with `args` on a terminal (under `script`); its stdout and stderr.
+    /// Runs the engine with `args` on a terminal; its terminal output and `script`'s stderr.
     pub fn in_terminal(&self, runtime: &str, args: &[&str]) -> (String, String) {
-        let o = Command::new("script")
-            .args(["-qec", &self.shell_line(runtime, args), "/dev/null"])
-            .envs(self.env.iter().cloned())
-            .output()
-            .unwrap();
-        (text(&o.stdout), text(&o.stderr))
+        let line = self.shell_line(runtime, args);
+        bulkhead_tests::in_terminal(&line, &self.env, Duration::from_secs(300))
     }
 
     /// A shell command line (for `script`, which needs a terminal program to run).

@@ -138,6 +138,32 @@ pub fn run(cmd: &mut Command, timeout: Duration) -> Finished {
     }
 }
 
+/// Runs the shell command `line` on a terminal (under util-linux `script`), with `env` added,
+/// and returns its terminal output and `script`'s stderr; fails the test after `timeout`.
+///
+/// `script`'s stdin is a pipe held open until the command has ended: on a stdin at EOF (such as
+/// /dev/null) `script` 2.38 returns with none of the output about one run in five when the
+/// command is quick (seen with `podman run -it` on runc).
+pub fn in_terminal(line: &str, env: &[(String, String)], timeout: Duration) -> (String, String) {
+    let mut child = Command::new("script")
+        .args(["-qec", line, "/dev/null"])
+        .envs(env.iter().cloned())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run script (util-linux): {e}"));
+    let held_open = child.stdin.take();
+    let out = drain(child.stdout.take().expect("stdout piped"));
+    let err = drain(child.stderr.take().expect("stderr piped"));
+    wait_with_timeout(&mut child, timeout);
+    drop(held_open);
+    (
+        out.join().unwrap_or_default(),
+        err.join().unwrap_or_default(),
+    )
+}
+
 /// The workspace root.
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
