@@ -1,7 +1,8 @@
 //! The shipped `bulkhead` binary runs a container in a real micro-VM (issue 5): `create`
 //! (pid file, stdout relayed), `state`, `start`, `exec` (reading and writing a bind-mounted
-//! volume through the virtio-fs share), `kill` (the monitor exits 137), `delete`, and nothing
-//! left behind, not even the console log. One guest boot (~20 s on PVM-backed KVM). Gated by `BULKHEAD_E2E=1`.
+//! volume through the virtio-fs share; `/dev/null` and friends work on a `/dev` that is the
+//! share itself), `kill` (the monitor exits 137), `delete`, and nothing left behind, not even
+//! the console log. One guest boot (~20 s on PVM-backed KVM). Gated by `BULKHEAD_E2E=1`.
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
@@ -41,7 +42,6 @@ fn bulkhead_runs_a_container_in_a_micro_vm() {
         "hostname": "vm",
         "mounts": [
             {"destination": "/proc", "type": "proc", "source": "proc"},
-            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "mode=755"]},
             {"destination": "/data", "type": "bind", "source": vol, "options": ["rbind", "rw"]}
         ],
         "linux": {"namespaces": [{"type": "pid"}, {"type": "mount"}, {"type": "ipc"}, {"type": "uts"}]}
@@ -84,6 +84,24 @@ fn bulkhead_runs_a_container_in_a_micro_vm() {
     ]);
     assert_eq!(code, Some(5), "{}", diag());
     assert_eq!(fs::read_to_string(vol.join("out")).unwrap(), "from guest\n");
+    // No tmpfs on /dev: the share refuses device nodes, so they are the guest's, bound.
+    let (code, devs) = rt.run(&[
+        "exec",
+        "c",
+        "sh",
+        "-c",
+        "echo x > /dev/null && busybox head -c 3 /dev/zero | busybox wc -c; \
+         busybox stat -c %F /dev/null /dev/urandom",
+    ]);
+    assert_eq!(
+        (code, devs.as_str()),
+        (
+            Some(0),
+            "3\ncharacter special file\ncharacter special file\n"
+        ),
+        "{}",
+        diag()
+    );
     let host = String::from_utf8_lossy(&Command::new("uname").arg("-r").output().unwrap().stdout)
         .into_owned();
     let (code, release) = rt.run(&["exec", "c", "uname", "-r"]);

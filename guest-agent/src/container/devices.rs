@@ -2,12 +2,13 @@
 //! the standard symlinks, and the console.
 //!
 //! Nodes are made with `mknodat` on the container's `/dev` (normally a fresh tmpfs from the
-//! spec's mounts; when `/dev` is a bind mount, nothing is created, like runc). The agent is root
-//! in the guest's initial user namespace, so there is no need for runc's bind-mount fallback.
+//! spec's mounts; when `/dev` is a bind mount, nothing is created, like runc). Where `/dev` is
+//! the rootfs itself, a virtio-fs share, the host refuses device nodes (a guest must not make
+//! them on the host's disk): the node is then an empty file with the guest's own device of the
+//! same path bound over it, as runc does in a user namespace.
 
 use std::ffi::{CStr, CString};
 use std::os::fd::RawFd;
-use std::path::Path;
 
 use nix::errno::Errno;
 use oci_spec::runtime::{LinuxDeviceType, Spec};
@@ -28,6 +29,8 @@ struct Node {
     dev: libc::dev_t,
     uid: u32,
     gid: u32,
+    /// The same path in the guest's own root: bound over an empty file where `mknod` is refused.
+    source: CString,
 }
 
 /// The devices runc creates in every container: (name, major, minor).
@@ -93,6 +96,7 @@ impl DevicePlan {
                 dev: libc::makedev(major, minor),
                 uid: d.uid().unwrap_or(0),
                 gid: d.gid().unwrap_or(0),
+                source: cstring("linux.devices.path", [b"/", rel.as_bytes()].concat())?,
             });
         }
         for (name, major, minor) in DEFAULT_NODES {
@@ -108,6 +112,7 @@ impl DevicePlan {
                     dev: libc::makedev(major, minor),
                     uid: 0,
                     gid: 0,
+                    source: cstring("device", [&b"/dev/"[..], name.to_bytes()].concat())?,
                 });
             }
         }
@@ -132,6 +137,10 @@ impl DevicePlan {
             };
             match sys::mknodat(dir, &node.name, node.mode, node.dev) {
                 Ok(()) | Err(Errno::EEXIST) => {}
+                Err(Errno::EPERM) if node.mode & libc::S_IFMT != libc::S_IFIFO => {
+                    bind_device(dir, node).step_at(Step::Device, i)?;
+                    continue;
+                }
                 Err(e) => return Err(e).step_at(Step::Device, i),
             }
             if node.uid != 0 || node.gid != 0 {
@@ -166,14 +175,30 @@ impl DevicePlan {
     /// The path of node `index`, for error messages.
     pub fn describe(&self, index: usize) -> String {
         match self.nodes.get(index) {
-            Some(n) => Path::new("/")
-                .join(n.parent.to_string_lossy().as_ref())
-                .join(n.name.to_string_lossy().as_ref())
-                .display()
-                .to_string(),
+            Some(n) => n.source.to_string_lossy().into_owned(),
             None => "/dev".into(),
         }
     }
+}
+
+/// `node` as an empty file in `dir` with the guest's device of the same path bound over it
+/// (no ownership or mode of the spec's: the guest's node is bound as it is).
+fn bind_device(dir: RawFd, node: &Node) -> sys::SysResult<()> {
+    match sys::mknodat(dir, &node.name, libc::S_IFREG | 0o644, 0) {
+        Ok(()) | Err(Errno::EEXIST) => {}
+        Err(e) => return Err(e),
+    }
+    let fd = rootfs_path::open(dir, node.name.to_bytes())?;
+    let target = FdPath::new(fd);
+    let bound = sys::mount(
+        Some(&node.source),
+        target.as_cstr(),
+        None,
+        libc::MS_BIND,
+        None,
+    );
+    sys::close(fd);
+    bound
 }
 
 /// Splits a clean relative path into (parent, last component); `None` for the empty path.
