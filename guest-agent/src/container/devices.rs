@@ -135,9 +135,21 @@ impl DevicePlan {
                 rootfs_path::resolve(root, node.parent.as_bytes(), Create::Dir)
                     .step_at(Step::Device, i)?
             };
+            let device = node.mode & libc::S_IFMT != libc::S_IFIFO;
             match sys::mknodat(dir, &node.name, node.mode, node.dev) {
-                Ok(()) | Err(Errno::EEXIST) => {}
-                Err(Errno::EPERM) if node.mode & libc::S_IFMT != libc::S_IFIFO => {
+                Ok(()) => {}
+                // A regular file where a device belongs (left by an earlier run on the share,
+                // or shipped in the image) gets the device bound over it; anything else that
+                // is there stays, as under runc.
+                Err(Errno::EEXIST) => {
+                    let file = sys::lstatat(dir, &node.name)
+                        .is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFREG);
+                    if device && file {
+                        bind_device(dir, node).step_at(Step::Device, i)?;
+                        continue;
+                    }
+                }
+                Err(Errno::EPERM) if device => {
                     bind_device(dir, node).step_at(Step::Device, i)?;
                     continue;
                 }

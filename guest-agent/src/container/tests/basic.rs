@@ -208,3 +208,19 @@ container_test! {
         assert!(done.stdout.starts_with("bin\ndev\netc\nhome\nmnt\nproc\nroot\nsys\ntmp\n1\n"), "{}", done.stdout);
     }
 }
+
+container_test! {
+    fn a_regular_file_where_a_device_belongs_gets_the_device_bound() {
+        let bundle = Bundle::busybox();
+        // No tmpfs on /dev, and the image ships an empty /dev/null (as a share leaves it after
+        // an earlier run where the host refused mknod).
+        std::fs::create_dir_all(bundle.rootfs.join("dev")).unwrap();
+        std::fs::write(bundle.rootfs.join("dev/null"), "").unwrap();
+        let script = "echo x > /dev/null; stat -c %F /dev/null /dev/zero; head -c 2 /dev/zero | wc -c";
+        let out = sh(&bundle, script, |s| {
+            s["mounts"].as_array_mut().unwrap().retain(|m| m["destination"] != "/dev");
+        });
+        assert_eq!(out, "character special file\ncharacter special file\n2\n");
+        assert_eq!(std::fs::read(bundle.rootfs.join("dev/null")).unwrap(), b"");
+    }
+}
