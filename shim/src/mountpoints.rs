@@ -10,6 +10,11 @@
 //! made with `mkdirat`/`openat(O_CREAT | O_EXCL)` in a directory resolved that way, so nothing
 //! is ever created outside it. Destinations below an earlier mount (e.g. `/dev/shm` below a
 //! `/dev` tmpfs) are left to the guest, where that mount provides them.
+//!
+//! Without a mount on `/dev`, the guest's `/dev` is the read-only export itself: what the agent
+//! puts there (device nodes, which it binds over empty files on a share, `pts`, `shm`, the
+//! standard symlinks, `console`) must exist beforehand, so they are made here too, as empty
+//! files, directories and links.
 
 use std::fs;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -32,9 +37,22 @@ pub enum MountPointError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Dir,
-    /// The destination of a bind mount of a file.
+    /// The destination of a bind mount of a file (device nodes and the console included).
     File,
+    /// A symlink with this target, kept as it is when something is there already.
+    Link(&'static str),
 }
+
+/// The nodes the agent always makes in `/dev` (runc's defaults).
+const DEFAULT_DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
+/// The agent's symlinks in `/dev`: (name, target).
+const DEV_LINKS: [(&str, &str); 5] = [
+    ("fd", "/proc/self/fd"),
+    ("stdin", "/proc/self/fd/0"),
+    ("stdout", "/proc/self/fd/1"),
+    ("stderr", "/proc/self/fd/2"),
+    ("ptmx", "pts/ptmx"),
+];
 
 /// Creates the missing mount destinations of `spec` and its `process.cwd` in `rootfs`.
 /// `bundle_dir` resolves relative bind sources (to tell file binds from directory binds).
@@ -92,6 +110,35 @@ fn targets(bundle_dir: &Path, spec: &Value) -> Vec<(PathBuf, Kind)> {
             out.push((rel, Kind::Dir));
         }
     }
+    let dev = Path::new("dev");
+    if !covered.iter().any(|c| dev.starts_with(c)) {
+        let mut add = |rel: PathBuf, kind| {
+            if !under(&covered, &rel) && !covered.contains(&rel) {
+                out.push((rel, kind));
+            }
+        };
+        let devices = spec
+            .pointer("/linux/devices")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|d| d.get("path").and_then(Value::as_str));
+        for path in devices {
+            add(relative(path), Kind::File);
+        }
+        for name in DEFAULT_DEVICES {
+            add(dev.join(name), Kind::File);
+        }
+        for name in ["pts", "shm"] {
+            add(dev.join(name), Kind::Dir);
+        }
+        for (name, target) in DEV_LINKS {
+            add(dev.join(name), Kind::Link(target));
+        }
+        if spec.pointer("/process/terminal").and_then(Value::as_bool) == Some(true) {
+            add(dev.join("console"), Kind::File);
+        }
+    }
     out
 }
 
@@ -143,7 +190,13 @@ fn create_following(root: &OwnedFd, path: &Path, kind: Kind, links: usize) -> ni
         let dir = resolve(root, &parent, OFlag::O_DIRECTORY)?;
         let name = parts[i - 1].as_os_str();
         let last = i == parts.len();
-        let made = if last && kind == Kind::File {
+        let made = if let (true, Kind::Link(target)) = (last, kind) {
+            match nix::unistd::symlinkat(target, Some(dir.as_raw_fd()), name) {
+                // Whatever is there (a dangling link to /proc/self/fd is normal) stays.
+                Ok(()) | Err(Errno::EEXIST) => continue,
+                Err(e) => Err(e),
+            }
+        } else if last && kind == Kind::File {
             openat(
                 Some(dir.as_raw_fd()),
                 name,
@@ -226,6 +279,41 @@ mod tests {
         assert_eq!(fs::read_dir(&outside).unwrap().count(), 0);
         // Idempotent.
         ensure(&root, tmp.path(), &spec).unwrap();
+    }
+
+    #[test]
+    fn without_a_dev_mount_what_the_agent_puts_in_dev_is_made() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("rootfs");
+        fs::create_dir_all(root.join("dev")).unwrap();
+        std::os::unix::fs::symlink("/proc/self/fd", root.join("dev/fd")).unwrap();
+        let spec = json!({
+            "process": {"terminal": true},
+            "mounts": [{"destination": "/dev/pts", "type": "devpts", "source": "devpts"}],
+            "linux": {"devices": [{"path": "/dev/net/tun", "type": "c", "major": 10, "minor": 200}]}
+        });
+        ensure(&root, tmp.path(), &spec).unwrap();
+        for file in [
+            "null", "zero", "full", "random", "urandom", "tty", "console", "net/tun",
+        ] {
+            let meta = fs::symlink_metadata(root.join("dev").join(file)).unwrap();
+            assert!(meta.is_file() && meta.len() == 0, "{file}");
+        }
+        assert!(root.join("dev/pts").is_dir() && root.join("dev/shm").is_dir());
+        let link = |name: &str| fs::read_link(root.join("dev").join(name)).unwrap();
+        assert_eq!(link("stderr"), Path::new("/proc/self/fd/2"));
+        assert_eq!(link("ptmx"), Path::new("pts/ptmx"));
+        // The dangling link already there was kept, not followed and created.
+        assert_eq!(link("fd"), Path::new("/proc/self/fd"));
+        assert!(!root.join("proc").exists());
+        ensure(&root, tmp.path(), &spec).unwrap();
+
+        // With a tmpfs on /dev, nothing of it is made.
+        let other = tmp.path().join("other");
+        fs::create_dir_all(&other).unwrap();
+        let spec = json!({"mounts": [{"destination": "/dev", "type": "tmpfs", "source": "tmpfs"}]});
+        ensure(&other, tmp.path(), &spec).unwrap();
+        assert_eq!(fs::read_dir(other.join("dev")).unwrap().count(), 0);
     }
 
     #[test]
