@@ -194,8 +194,14 @@ impl DevicePlan {
 }
 
 /// `node` as an empty file in `dir` with the guest's device of the same path bound over it
-/// (no ownership or mode of the spec's: the guest's node is bound as it is).
+/// (no ownership or mode of the spec's: the guest's node is bound as it is). Only a device of
+/// the node's type is bound (ENODEV otherwise): the spec names the path, and no other file of
+/// the agent's root may end up writable in the container.
 fn bind_device(dir: RawFd, node: &Node) -> sys::SysResult<()> {
+    let kind = node.mode & libc::S_IFMT;
+    if sys::stat_mode(&node.source)? & libc::S_IFMT != kind {
+        return Err(Errno::ENODEV);
+    }
     match sys::mknodat(dir, &node.name, libc::S_IFREG | 0o644, 0) {
         Ok(()) | Err(Errno::EEXIST) => {}
         Err(e) => return Err(e),

@@ -222,5 +222,15 @@ container_test! {
         });
         assert_eq!(out, "character special file\ncharacter special file\n2\n");
         assert_eq!(std::fs::read(bundle.rootfs.join("dev/null")).unwrap(), b"");
+
+        // A spec "device" that is a file of the agent's root is not bound.
+        std::fs::write(bundle.rootfs.join("dev/hosts"), "").unwrap();
+        let mut spec = super::base_spec("true");
+        spec["mounts"].as_array_mut().unwrap().retain(|m| m["destination"] != "/dev");
+        spec["linux"]["devices"] = json!([{"path": "/etc/hosts", "type": "c", "major": 1, "minor": 3}]);
+        std::fs::write(bundle.rootfs.join("etc/hosts"), "").unwrap();
+        let (stdio, _output) = super::Output::capture();
+        let err = super::create(&spec, &bundle.rootfs, stdio, Default::default()).unwrap_err();
+        assert!(err.to_string().contains("/etc/hosts"), "{err}");
     }
 }
