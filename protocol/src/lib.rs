@@ -5,6 +5,7 @@
 //! - [`rpc`] and [`frame`]: the ttrpc wire format — frames, request/response envelopes, methods,
 //!   status codes — used by both ends;
 //! - [`stream`]: the header of the per-stream stdio connections (stdio never rides in a call);
+//! - [`dev`]: the entries the agent makes in a container's `/dev`;
 //! - [`client`]: the host-side client (hybrid-vsock or Unix-socket transport, a timeout on every
 //!   call).
 //!
@@ -14,6 +15,7 @@
 pub use protobuf;
 
 pub mod client;
+pub mod dev;
 pub mod frame;
 pub mod rpc;
 pub mod stream;

@@ -16,10 +16,13 @@
 //! standard symlinks, `console`) must exist beforehand, so they are made here too, as empty
 //! files, directories and links.
 
+use std::ffi::{CStr, OsStr};
 use std::fs;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
+use bulkhead_protocol::dev::{DEFAULT_NODES, DIRS, LINKS};
 use nix::errno::Errno;
 use nix::fcntl::{openat, openat2, OFlag, OpenHow, ResolveFlag};
 use nix::sys::stat::{mkdirat, Mode};
@@ -40,19 +43,8 @@ enum Kind {
     /// The destination of a bind mount of a file (device nodes and the console included).
     File,
     /// A symlink with this target, kept as it is when something is there already.
-    Link(&'static str),
+    Link(&'static CStr),
 }
-
-/// The nodes the agent always makes in `/dev` (runc's defaults).
-const DEFAULT_DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
-/// The agent's symlinks in `/dev`: (name, target).
-const DEV_LINKS: [(&str, &str); 5] = [
-    ("fd", "/proc/self/fd"),
-    ("stdin", "/proc/self/fd/0"),
-    ("stdout", "/proc/self/fd/1"),
-    ("stderr", "/proc/self/fd/2"),
-    ("ptmx", "pts/ptmx"),
-];
 
 /// Creates the missing mount destinations of `spec` and its `process.cwd` in `rootfs`.
 /// `bundle_dir` resolves relative bind sources (to tell file binds from directory binds).
@@ -126,14 +118,15 @@ fn targets(bundle_dir: &Path, spec: &Value) -> Vec<(PathBuf, Kind)> {
         for path in devices {
             add(relative(path), Kind::File);
         }
-        for name in DEFAULT_DEVICES {
-            add(dev.join(name), Kind::File);
+        let in_dev = |name: &CStr| dev.join(OsStr::from_bytes(name.to_bytes()));
+        for (name, _, _) in DEFAULT_NODES {
+            add(in_dev(name), Kind::File);
         }
-        for name in ["pts", "shm"] {
-            add(dev.join(name), Kind::Dir);
+        for name in DIRS {
+            add(in_dev(name), Kind::Dir);
         }
-        for (name, target) in DEV_LINKS {
-            add(dev.join(name), Kind::Link(target));
+        for (name, target) in LINKS {
+            add(in_dev(name), Kind::Link(target));
         }
         if spec.pointer("/process/terminal").and_then(Value::as_bool) == Some(true) {
             add(dev.join("console"), Kind::File);

@@ -10,6 +10,7 @@
 use std::ffi::{CStr, CString};
 use std::os::fd::RawFd;
 
+use bulkhead_protocol::dev::{DEFAULT_NODES, DIRS, LINKS};
 use nix::errno::Errno;
 use oci_spec::runtime::{LinuxDeviceType, Spec};
 
@@ -32,25 +33,6 @@ struct Node {
     /// The same path in the guest's own root: bound over an empty file where `mknod` is refused.
     source: CString,
 }
-
-/// The devices runc creates in every container: (name, major, minor).
-const DEFAULT_NODES: [(&CStr, u32, u32); 6] = [
-    (c"null", 1, 3),
-    (c"zero", 1, 5),
-    (c"full", 1, 7),
-    (c"random", 1, 8),
-    (c"urandom", 1, 9),
-    (c"tty", 5, 0),
-];
-
-/// Symlinks in `/dev`: (name, target).
-const LINKS: [(&CStr, &CStr); 5] = [
-    (c"fd", c"/proc/self/fd"),
-    (c"stdin", c"/proc/self/fd/0"),
-    (c"stdout", c"/proc/self/fd/1"),
-    (c"stderr", c"/proc/self/fd/2"),
-    (c"ptmx", c"pts/ptmx"),
-];
 
 /// What to build in `/dev`.
 #[derive(Debug, Default)]
@@ -116,8 +98,9 @@ impl DevicePlan {
                 });
             }
         }
-        for (name, rel) in [(c"pts", b"dev/pts"), (c"shm", b"dev/shm")] {
-            if !mounts.iter().any(|m| m.is_at(rel)) {
+        for name in DIRS {
+            let rel = [&b"dev/"[..], name.to_bytes()].concat();
+            if !mounts.iter().any(|m| m.is_at(&rel)) {
                 plan.dirs.push(name);
             }
         }
@@ -136,24 +119,26 @@ impl DevicePlan {
                     .step_at(Step::Device, i)?
             };
             let device = node.mode & libc::S_IFMT != libc::S_IFIFO;
-            match sys::mknodat(dir, &node.name, node.mode, node.dev) {
-                Ok(()) => {}
+            let bind = match sys::mknodat(dir, &node.name, node.mode, node.dev) {
+                Ok(()) => false,
                 // A regular file where a device belongs (left by an earlier run on the share,
                 // or shipped in the image) gets the device bound over it; anything else that
                 // is there stays, as under runc.
                 Err(Errno::EEXIST) => {
-                    let file = sys::lstatat(dir, &node.name)
-                        .is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFREG);
-                    if device && file {
-                        bind_device(dir, node).step_at(Step::Device, i)?;
-                        continue;
-                    }
+                    device
+                        && sys::lstatat(dir, &node.name)
+                            .is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFREG)
                 }
                 Err(Errno::EPERM) if device => {
-                    bind_device(dir, node).step_at(Step::Device, i)?;
-                    continue;
+                    sys::mknodat(dir, &node.name, libc::S_IFREG | 0o644, 0)
+                        .step_at(Step::Device, i)?;
+                    true
                 }
                 Err(e) => return Err(e).step_at(Step::Device, i),
+            };
+            if bind {
+                bind_device(dir, node).step_at(Step::Device, i)?;
+                continue;
             }
             if node.uid != 0 || node.gid != 0 {
                 sys::fchownat(dir, &node.name, node.uid, node.gid).step_at(Step::Device, i)?;
@@ -193,18 +178,13 @@ impl DevicePlan {
     }
 }
 
-/// `node` as an empty file in `dir` with the guest's device of the same path bound over it
+/// Binds the guest's device of `node`'s path over the regular file `node` names in `dir`
 /// (no ownership or mode of the spec's: the guest's node is bound as it is). Only a device of
 /// the node's type is bound (ENODEV otherwise): the spec names the path, and no other file of
 /// the agent's root may end up writable in the container.
 fn bind_device(dir: RawFd, node: &Node) -> sys::SysResult<()> {
-    let kind = node.mode & libc::S_IFMT;
-    if sys::stat_mode(&node.source)? & libc::S_IFMT != kind {
+    if sys::stat_mode(&node.source)? & libc::S_IFMT != node.mode & libc::S_IFMT {
         return Err(Errno::ENODEV);
-    }
-    match sys::mknodat(dir, &node.name, libc::S_IFREG | 0o644, 0) {
-        Ok(()) | Err(Errno::EEXIST) => {}
-        Err(e) => return Err(e),
     }
     let fd = rootfs_path::open(dir, node.name.to_bytes())?;
     let target = FdPath::new(fd);

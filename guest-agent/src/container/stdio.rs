@@ -77,15 +77,9 @@ impl ChildStdio {
         self.terminal
     }
 
-    /// Installs the streams as 0, 1 and 2 and makes a terminal the controlling one (child
-    /// side).
-    pub fn apply(&self, winsize: Option<(u16, u16)>) -> ChildResult<()> {
-        self.install(winsize, true)
-    }
-
-    /// Like [`ChildStdio::apply`]; with `claim_tty` false a terminal is only installed, for a
-    /// caller that may still swap it (the init, see `create::InitPlan::terminal`) and then
-    /// calls [`claim_terminal`].
+    /// Installs the streams as 0, 1 and 2 (child side) and, with `claim_tty`, makes a terminal
+    /// the controlling one; without, a terminal is only installed, for a caller that may still
+    /// swap it (the init, see `create::InitPlan::terminal`) and then calls [`claim_terminal`].
     pub fn install(&self, winsize: Option<(u16, u16)>, claim_tty: bool) -> ChildResult<()> {
         let mut src = self.fds;
         // A source numbered 0–2 would be clobbered by an earlier dup2: move it up first.
