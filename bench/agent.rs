@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 
 use bulkhead_bench::median;
 use bulkhead_protocol::api;
-use bulkhead_protocol::client::{Client, ClientConfig, Connector, ExitStatus};
+use bulkhead_protocol::client::blocking::Client;
+use bulkhead_protocol::client::{ClientConfig, Connector, ExitStatus};
 use bulkhead_protocol::protobuf::MessageField;
 use bulkhead_protocol::stream::StreamKind;
 use clap::{Parser, ValueEnum};

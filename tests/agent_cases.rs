@@ -11,7 +11,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use bulkhead_protocol::api;
-use bulkhead_protocol::client::{Client, ClientError, ExitStatus};
+use bulkhead_protocol::client::blocking::Client;
+use bulkhead_protocol::client::{ClientError, ExitStatus};
 use bulkhead_protocol::protobuf::MessageField;
 use bulkhead_protocol::stream::StreamKind;
 

@@ -6,7 +6,8 @@ use std::path::Path;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use bulkhead_protocol::client::{Client, ClientConfig, ClientError, Connector};
+use bulkhead_protocol::client::blocking::Client;
+use bulkhead_protocol::client::{ClientConfig, ClientError, Connector};
 use bulkhead_protocol::stream::StreamKind;
 use bulkhead_tests::agent_binary;
 use bulkhead_tests::agent_cases::{self as cases, command, Ids};

@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use bulkhead_protocol::client::{Client, ClientConfig, ClientError, Connector};
+use bulkhead_protocol::client::blocking::Client;
+use bulkhead_protocol::client::{ClientConfig, ClientError, Connector};
 use bulkhead_tests::agent_cases::{self as cases, Ids};
 use bulkhead_tests::{agent_test_initramfs, e2e_enabled, kernel, test_initramfs, vmm_binary};
 

@@ -5,14 +5,19 @@
 //! the host (no namespaces, no rootfs), so those parts are tested in seconds without a guest.
 //! The shipped `bulkhead` binary never contains this sandbox.
 
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::process::{Child, Command};
-use std::sync::{Condvar, Mutex};
+use std::process::Command;
 
-use bulkhead_shim::sandbox::{BootContext, Sandbox, SandboxError, SandboxFactory, Stdio};
+use bulkhead_shim::error::Kind;
+use bulkhead_shim::sandbox::{BootContext, Sandbox, SandboxError, SandboxFactory, Stdio, Target};
+use bulkhead_shim::stats::GuestStats;
+use oci_spec::runtime::{LinuxResources, Process};
 use serde_json::Value;
+use tokio::process::Child;
+use tokio::sync::watch;
 
 fn main() {
     std::process::exit(bulkhead_shim::main_with(&HostFactory));
@@ -21,72 +26,73 @@ fn main() {
 struct HostFactory;
 
 impl SandboxFactory for HostFactory {
-    fn boot(&self, ctx: &BootContext) -> Result<Box<dyn Sandbox>, SandboxError> {
+    type Sandbox = HostSandbox;
+
+    async fn boot(&self, ctx: &BootContext) -> Result<HostSandbox, SandboxError> {
         // Lets tests prove that a boot failure leaves nothing behind.
         if std::env::var_os("BULKHEAD_TEST_FAIL_BOOT").is_some() {
-            return Err(SandboxError::Failed("test: boot failed".into()));
+            return Err(SandboxError::failed(Kind::Internal, "test: boot failed"));
         }
         std::fs::write(&ctx.console_log, format!("test sandbox for {}\n", ctx.id))
-            .map_err(|e| SandboxError::Failed(format!("console log: {e}")))?;
-        Ok(Box::new(HostSandbox {
-            init: Mutex::new(Init::default()),
-            cv: Condvar::new(),
-            execs: Mutex::new(HashMap::new()),
-        }))
+            .map_err(|e| failed(format!("console log: {e}")))?;
+        Ok(HostSandbox {
+            pending: RefCell::new(None),
+            init: RefCell::new(None),
+            init_pid: Cell::new(None),
+            // `None` until the init is started or dies unstarted.
+            exit: watch::Sender::new(None),
+            started: watch::Sender::new(false),
+            execs: RefCell::new(HashMap::new()),
+            terminal: RefCell::new(None),
+        })
     }
 }
 
-#[derive(Default)]
-struct Init {
-    pending: Option<Command>,
-    pid: Option<i32>,
-    status: Option<i32>,
+struct HostSandbox {
+    pending: RefCell<Option<Command>>,
+    init: RefCell<Option<Child>>,
+    /// Kept apart from the child, which `wait` takes while `kill` still needs the pid.
+    init_pid: Cell<Option<u32>>,
+    exit: watch::Sender<Option<i32>>,
+    started: watch::Sender<bool>,
+    /// Exec'd processes: pid, and the child until `wait` takes it.
+    execs: RefCell<HashMap<String, Exec>>,
+    terminal: RefCell<Option<OwnedFd>>,
 }
 
-struct HostSandbox {
-    init: Mutex<Init>,
-    cv: Condvar,
-    execs: Mutex<HashMap<String, Child>>,
-}
+/// An exec'd process: its pid, and the child until `wait` takes it.
+type Exec = (Option<u32>, Option<Child>);
 
 fn failed(e: impl std::fmt::Display) -> SandboxError {
-    SandboxError::Failed(e.to_string())
+    SandboxError::failed(Kind::Internal, e.to_string())
 }
 
 /// Builds the host command for an OCI process, with runc's "not found" wording.
-fn command(process: &Value, stdio: Stdio) -> Result<Command, SandboxError> {
-    let args: Vec<String> = process
-        .get("args")
-        .and_then(|a| serde_json::from_value(a.clone()).ok())
-        .unwrap_or_default();
+fn command(process: &Process, stdio: Stdio) -> Result<(Command, Option<OwnedFd>), SandboxError> {
+    let args = process.args().clone().unwrap_or_default();
     let Some(prog) = args.first() else {
-        return Err(failed("args must not be empty"));
+        return Err(SandboxError::failed(
+            Kind::InvalidArgument,
+            "args must not be empty",
+        ));
     };
     if !prog.contains('/') && which(prog).is_none() {
-        return Err(failed(format!(
-            "exec: \"{prog}\": executable file not found in $PATH"
-        )));
+        return Err(SandboxError::failed(
+            Kind::NotFound,
+            format!("exec: \"{prog}\": executable file not found in $PATH"),
+        ));
     }
     let mut cmd = Command::new(prog);
     cmd.args(&args[1..]).env_clear();
     bulkhead_shim::process::unblock_signals_in_child(&mut cmd);
-    for kv in process
-        .get("env")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        if let Some((k, v)) = kv.as_str().and_then(|s| s.split_once('=')) {
-            cmd.env(k, v);
-        }
+    let env = process.env().clone().unwrap_or_default();
+    for (k, v) in env.iter().filter_map(|kv| kv.split_once('=')) {
+        cmd.env(k, v);
     }
-    if std::env::var_os("PATH").is_some()
-        && !process
-            .get("env")
-            .is_some_and(|e| e.to_string().contains("PATH="))
-    {
+    if !env.iter().any(|e| e.starts_with("PATH=")) {
         cmd.env("PATH", std::env::var_os("PATH").unwrap_or_default());
     }
+    let mut terminal = None;
     match stdio {
         Stdio::Pipes {
             stdin,
@@ -107,22 +113,21 @@ fn command(process: &Value, stdio: Stdio) -> Result<Command, SandboxError> {
             }
         }
         Stdio::Terminal(t) => {
-            let raw = t.as_raw_fd();
-            cmd.stdin(std::process::Stdio::from(t.try_clone().map_err(failed)?));
-            cmd.stdout(std::process::Stdio::from(t.try_clone().map_err(failed)?));
-            cmd.stderr(std::process::Stdio::from(t));
-            let _ = raw;
-            // SAFETY: setsid and ioctl(TIOCSCTTY) are async-signal-safe.
+            let dup = || t.try_clone().map(std::process::Stdio::from).map_err(failed);
+            cmd.stdin(dup()?).stdout(dup()?).stderr(dup()?);
+            terminal = Some(t);
+            // SAFETY: setsid and ioctl(TIOCSCTTY) are async-signal-safe. The monitor may hold
+            // the terminal as its own controlling terminal (console sockets); 1 takes it over.
             unsafe {
                 cmd.pre_exec(|| {
                     libc::setsid();
-                    libc::ioctl(0, libc::TIOCSCTTY, 0);
+                    libc::ioctl(0, libc::TIOCSCTTY, 1);
                     Ok(())
                 });
             }
         }
     }
-    Ok(cmd)
+    Ok((cmd, terminal))
 }
 
 fn which(prog: &str) -> Option<std::path::PathBuf> {
@@ -137,131 +142,154 @@ fn status_of(s: std::process::ExitStatus) -> i32 {
     s.code().unwrap_or_else(|| 128 + s.signal().unwrap_or(0))
 }
 
+fn spawn(cmd: Command) -> Result<Child, SandboxError> {
+    tokio::process::Command::from(cmd).spawn().map_err(failed)
+}
+
+fn signal(pid: Option<u32>, sig: i32, group: bool) {
+    if let Some(pid) = pid {
+        let pid = pid as i32;
+        // SAFETY: kill(2) with a pid (or process group) and a signal number.
+        unsafe { libc::kill(if group { -pid } else { pid }, sig) };
+    }
+}
+
 impl Sandbox for HostSandbox {
-    fn create(&self, spec: &Value, stdio: Stdio) -> Result<(), SandboxError> {
-        let process = spec.get("process").cloned().unwrap_or_default();
-        let cmd = command(&process, stdio)?;
-        self.init.lock().map_err(failed)?.pending = Some(cmd);
+    async fn create(&self, spec: &Value, stdio: Stdio) -> Result<(), SandboxError> {
+        let process: Process = spec
+            .get("process")
+            .cloned()
+            .map(serde_json::from_value)
+            .transpose()
+            .map_err(failed)?
+            .ok_or_else(|| failed("no process"))?;
+        let (cmd, terminal) = command(&process, stdio)?;
+        *self.pending.borrow_mut() = Some(cmd);
+        *self.terminal.borrow_mut() = terminal;
         Ok(())
     }
 
-    fn start(&self) -> Result<(), SandboxError> {
-        let mut init = self.init.lock().map_err(failed)?;
-        let mut cmd = init.pending.take().ok_or_else(|| failed("not created"))?;
-        let child = cmd.spawn().map_err(failed)?;
-        init.pid = Some(child.id() as i32);
-        drop(cmd);
-        std::mem::forget(child); // reaped by waitpid in wait()
-        self.cv.notify_all();
+    async fn start(&self) -> Result<(), SandboxError> {
+        let cmd = self
+            .pending
+            .borrow_mut()
+            .take()
+            .ok_or_else(|| failed("not created"))?;
+        let child = spawn(cmd)?;
+        self.init_pid.set(child.id());
+        *self.init.borrow_mut() = Some(child);
+        self.started.send_replace(true);
         Ok(())
     }
 
-    fn kill(&self, signal: i32, all: bool) -> Result<(), SandboxError> {
-        let mut init = self.init.lock().map_err(failed)?;
-        match init.pid {
-            // SAFETY: kill(2) with a pid (or process group) and a signal number.
-            Some(pid) => unsafe {
-                libc::kill(if all { -pid } else { pid }, signal);
-            },
-            None => {
-                // Not started: the init "dies" of the signal unless it is harmless.
-                if ![libc::SIGCHLD, libc::SIGWINCH, libc::SIGCONT, libc::SIGURG].contains(&signal) {
-                    init.pending = None;
-                    init.status = Some(128 + signal);
-                    self.cv.notify_all();
+    async fn kill(&self, target: Target<'_>, sig: i32, all: bool) -> Result<(), SandboxError> {
+        match target {
+            Target::Init => {
+                if *self.started.borrow() {
+                    signal(self.init_pid.get(), sig, all);
+                } else if ![libc::SIGCHLD, libc::SIGWINCH, libc::SIGCONT, libc::SIGURG]
+                    .contains(&sig)
+                {
+                    // Not started: the init "dies" of the signal unless it is harmless.
+                    self.pending.borrow_mut().take();
+                    self.exit.send_replace(Some(128 + sig));
                 }
             }
+            Target::Exec(id) => {
+                let pid = self.execs.borrow().get(id).map(|(pid, _)| *pid);
+                signal(pid.ok_or_else(|| failed("no such exec"))?, sig, false);
+            }
         }
         Ok(())
     }
 
-    fn wait(&self) -> Result<i32, SandboxError> {
-        let mut init = self.init.lock().map_err(failed)?;
-        let pid = loop {
-            if let Some(s) = init.status {
-                return Ok(s);
+    async fn wait(&self, target: Target<'_>) -> Result<i32, SandboxError> {
+        let mut child = match target {
+            Target::Init => {
+                let mut exit = self.exit.subscribe();
+                let mut started = self.started.subscribe();
+                tokio::select! {
+                    s = exit.wait_for(Option::is_some) => {
+                        return Ok(s.map(|s| s.unwrap_or(255)).unwrap_or(255));
+                    }
+                    _ = started.wait_for(|s| *s) => {}
+                }
+                self.init.borrow_mut().take()
             }
-            if let Some(pid) = init.pid {
-                break pid;
-            }
-            init = self.cv.wait(init).map_err(failed)?;
-        };
-        drop(init);
-        let mut st = 0;
-        // SAFETY: waitpid on our own child with a valid out-pointer.
-        let r = unsafe { libc::waitpid(pid, &mut st, 0) };
-        if r < 0 {
-            return Err(failed("waitpid"));
+            Target::Exec(id) => self
+                .execs
+                .borrow_mut()
+                .get_mut(id)
+                .and_then(|(_, child)| child.take()),
         }
-        Ok(status_of(std::process::ExitStatus::from_raw(st)))
+        .ok_or_else(|| failed("no such process"))?;
+        let status = child.wait().await.map_err(failed)?;
+        if let Target::Exec(id) = target {
+            self.execs.borrow_mut().remove(id);
+        }
+        Ok(status_of(status))
     }
 
-    fn exec(&self, exec_id: &str, process: &Value, stdio: Stdio) -> Result<(), SandboxError> {
-        let mut cmd = command(process, stdio)?;
-        let child = cmd.spawn().map_err(failed)?;
+    async fn exec(
+        &self,
+        exec_id: &str,
+        process: &Process,
+        stdio: Stdio,
+    ) -> Result<(), SandboxError> {
+        let (cmd, _terminal) = command(process, stdio)?;
+        let child = spawn(cmd)?;
         self.execs
-            .lock()
-            .map_err(failed)?
-            .insert(exec_id.to_string(), child);
+            .borrow_mut()
+            .insert(exec_id.to_string(), (child.id(), Some(child)));
         Ok(())
     }
 
-    fn kill_exec(&self, exec_id: &str, signal: i32) -> Result<(), SandboxError> {
-        let execs = self.execs.lock().map_err(failed)?;
-        let child = execs.get(exec_id).ok_or_else(|| failed("no such exec"))?;
-        // SAFETY: kill(2) with a pid and a signal number.
-        unsafe { libc::kill(child.id() as i32, signal) };
+    async fn resize(
+        &self,
+        target: Target<'_>,
+        size: Option<(u16, u16)>,
+    ) -> Result<(), SandboxError> {
+        // The init shares the host's pty: a size the monitor noticed is already its size.
+        if let (Target::Init, Some((rows, cols))) = (target, size) {
+            if let Some(t) = self.terminal.borrow().as_ref() {
+                bulkhead_shim::console::set_winsize(t.as_raw_fd(), rows, cols);
+            }
+        }
         Ok(())
     }
 
-    fn wait_exec(&self, exec_id: &str) -> Result<i32, SandboxError> {
-        let pid = self
-            .execs
-            .lock()
-            .map_err(failed)?
-            .get(exec_id)
-            .map(|c| c.id() as i32)
-            .ok_or_else(|| failed("no such exec"))?;
-        let mut st = 0;
-        // SAFETY: waitpid on our own child with a valid out-pointer.
-        unsafe { libc::waitpid(pid, &mut st, 0) };
-        Ok(status_of(std::process::ExitStatus::from_raw(st)))
-    }
-
-    fn pids(&self) -> Result<Vec<i32>, SandboxError> {
-        let mut pids: Vec<i32> = self.init.lock().map_err(failed)?.pid.into_iter().collect();
+    async fn pids(&self) -> Result<Vec<i32>, SandboxError> {
+        let mut pids: Vec<i32> = self.init_pid.get().map(|p| p as i32).into_iter().collect();
         pids.extend(
             self.execs
-                .lock()
-                .map_err(failed)?
+                .borrow()
                 .values()
-                .map(|c| c.id() as i32),
+                .filter_map(|(pid, _)| *pid)
+                .map(|p| p as i32),
         );
         Ok(pids)
     }
 
-    fn pause(&self) -> Result<(), SandboxError> {
-        self.kill(libc::SIGSTOP, true)
+    async fn pause(&self) -> Result<(), SandboxError> {
+        self.kill(Target::Init, libc::SIGSTOP, true).await
     }
 
-    fn resume(&self) -> Result<(), SandboxError> {
-        self.kill(libc::SIGCONT, true)
+    async fn resume(&self) -> Result<(), SandboxError> {
+        self.kill(Target::Init, libc::SIGCONT, true).await
     }
 
-    fn update(&self, _resources: &Value) -> Result<(), SandboxError> {
+    async fn update(&self, _resources: &LinuxResources) -> Result<(), SandboxError> {
         Err(SandboxError::Unsupported("update in the host test sandbox"))
     }
 
-    fn stats(&self) -> Result<Value, SandboxError> {
-        Ok(serde_json::json!({"sandbox": "host-test"}))
+    async fn stats(&self) -> Result<GuestStats, SandboxError> {
+        Ok(GuestStats::default())
     }
 
-    fn shutdown(&self) {
-        if let Ok(execs) = self.execs.lock() {
-            for c in execs.values() {
-                // SAFETY: kill(2) with a pid and a signal number.
-                unsafe { libc::kill(c.id() as i32, libc::SIGKILL) };
-            }
+    async fn shutdown(&self) -> Option<String> {
+        for (pid, _) in self.execs.borrow().values() {
+            signal(*pid, libc::SIGKILL, false);
         }
+        None
     }
 }

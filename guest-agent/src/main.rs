@@ -64,8 +64,11 @@ fn main() {
         OnShutdown::Exit
     };
     let result = reaper::Reaper::start()
-        .map_err(|e| error_text(&e))
-        .and_then(|reaper| Server::new(transport, reaper, on_shutdown).map_err(|e| error_text(&e)));
+        .map_err(|e| bulkhead_protocol::error_chain(&e))
+        .and_then(|reaper| {
+            Server::new(transport, reaper, on_shutdown)
+                .map_err(|e| bulkhead_protocol::error_chain(&e))
+        });
     let server = match result {
         Ok(s) => s,
         Err(e) => {
@@ -77,14 +80,14 @@ fn main() {
     match server.run() {
         Ok(next) => finish(next, 0),
         Err(e) => {
-            log(&error_text(&e));
+            log(&bulkhead_protocol::error_chain(&e));
             finish(on_shutdown, 1)
         }
     }
 }
 
 fn fail(e: &dyn std::error::Error) -> ! {
-    log(&error_text(e));
+    log(&bulkhead_protocol::error_chain(e));
     init::power_off()
 }
 
@@ -93,15 +96,4 @@ fn finish(on_shutdown: OnShutdown, code: i32) -> ! {
         OnShutdown::Reboot => init::power_off(),
         OnShutdown::Exit => std::process::exit(code),
     }
-}
-
-fn error_text(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }

@@ -33,6 +33,15 @@ pub enum CgroupError {
     },
 }
 
+impl crate::error::HasKind for CgroupError {
+    fn kind(&self) -> crate::error::Kind {
+        match self {
+            CgroupError::Io { .. } => crate::error::Kind::Internal,
+            _ => crate::error::Kind::InvalidArgument,
+        }
+    }
+}
+
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> CgroupError + '_ {
     move |source| CgroupError::Io {
         path: path.to_path_buf(),
@@ -203,6 +212,33 @@ pub struct HostLimits {
     pub cpu_shares: Option<u64>,
 }
 
+impl HostLimits {
+    /// The one rule, for `create` and `update` alike: the host group holds the whole VM, so a
+    /// container memory limit becomes the VM's memory plus the host overhead (the guest itself
+    /// enforces the container's limit; a lower host limit would OOM-kill the whole VM for guest
+    /// page cache it is entitled to). Pids add the monitor's own threads (in `apply_limits`);
+    /// CPU quota and shares apply as given (the vCPUs are the container's CPUs).
+    pub fn new(
+        res: Option<&oci_spec::runtime::LinuxResources>,
+        size: &crate::config::VmSize,
+        cfg: &crate::config::Config,
+    ) -> HostLimits {
+        let memory_limited = res
+            .and_then(|r| r.memory().as_ref().and_then(|m| m.limit()))
+            .is_some_and(|l| l > 0);
+        let cpu = res.and_then(|r| r.cpu().as_ref());
+        HostLimits {
+            memory: memory_limited.then(|| size.host_memory_limit(cfg)),
+            pids: res
+                .and_then(|r| r.pids().as_ref().map(|p| p.limit()))
+                .filter(|l| *l > 0),
+            cpu_quota: cpu.and_then(|c| c.quota()),
+            cpu_period: cpu.and_then(|c| c.period()),
+            cpu_shares: cpu.and_then(|c| c.shares()),
+        }
+    }
+}
+
 /// Creates `rel` in every hierarchy (a v2 mount alone is one hierarchy), applies `limits` and
 /// moves `pid` in. Returns the directories created, for [`remove`]; on error removes them.
 pub fn join(
@@ -338,7 +374,7 @@ pub fn remove(dirs: &[PathBuf]) {
 }
 
 /// Host-side statistics of the VM's group, in the shape of runc's `events --stats` data.
-pub fn stats(dirs: &[PathBuf]) -> serde_json::Value {
+pub fn stats(dirs: &[PathBuf]) -> crate::stats::Stats {
     let read = |d: &PathBuf, f: &str| {
         fs::read_to_string(d.join(f))
             .ok()
@@ -366,11 +402,24 @@ pub fn stats(dirs: &[PathBuf]) -> serde_json::Value {
         }
         pids = pids.or_else(|| read(d, "pids.current"));
     }
-    serde_json::json!({
-        "cpu": {"usage": {"total": cpu_total.unwrap_or(0)}},
-        "memory": {"usage": {"usage": mem_usage.unwrap_or(0), "limit": mem_limit.unwrap_or(0)}},
-        "pids": {"current": pids.unwrap_or(0)},
-    })
+    use crate::stats::*;
+    Stats {
+        cpu: Cpu {
+            usage: CpuUsage {
+                total: cpu_total.unwrap_or(0),
+            },
+        },
+        memory: Memory {
+            usage: MemoryUsage {
+                usage: mem_usage.unwrap_or(0),
+                limit: mem_limit.unwrap_or(0),
+            },
+        },
+        pids: Pids {
+            current: pids.unwrap_or(0),
+        },
+        guest: None,
+    }
 }
 
 /// Default mount point, for messages and tests.
@@ -527,7 +576,7 @@ mod tests {
             all.extend(dirs);
         }
         let s = stats(&all);
-        assert!(s["pids"]["current"].as_u64().unwrap() >= 1);
+        assert!(s.pids.current >= 1);
         child.kill().unwrap();
         child.wait().unwrap();
         remove(&all);

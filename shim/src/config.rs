@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/bulkhead/config.toml";
 /// Environment variable naming another config file (tests, side-by-side installs).
@@ -140,12 +140,19 @@ impl Config {
 
     /// Serial console log of one container.
     pub fn console_log(&self, id: &str) -> PathBuf {
-        self.log_dir.join(format!("{id}.console.log"))
+        let name = bulkhead_protocol::id_file_name(id);
+        self.log_dir.join(format!("{name}.console.log"))
+    }
+
+    /// Phase timings of one container (written with `keep_logs`).
+    pub fn timings_log(&self, id: &str) -> PathBuf {
+        let name = bulkhead_protocol::id_file_name(id);
+        self.log_dir.join(format!("{name}.timings.json"))
     }
 }
 
 /// The VM shape chosen for one container.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VmSize {
     pub vcpus: u32,
     pub memory_mib: u32,

@@ -98,18 +98,22 @@ pub fn recv_fds(
 
 /// Receives one chunk of a unix stream with whatever fds came with it (possibly none).
 pub fn recv_msg(stream: &UnixStream) -> Result<(Vec<u8>, Vec<OwnedFd>), ConsoleError> {
+    recv_msg_raw(stream.as_raw_fd()).map_err(ConsoleError::Recv)
+}
+
+/// [`recv_msg`] on a raw socket fd (the monitor's are non-blocking: `EAGAIN` comes back).
+pub fn recv_msg_raw(fd: RawFd) -> Result<(Vec<u8>, Vec<OwnedFd>), nix::Error> {
     let mut buf = vec![0u8; 65536];
     let mut cmsg_space = nix::cmsg_space!([RawFd; 8]);
     let mut iov = [std::io::IoSliceMut::new(&mut buf)];
     let msg = recvmsg::<()>(
-        stream.as_raw_fd(),
+        fd,
         &mut iov,
         Some(&mut cmsg_space),
         MsgFlags::MSG_CMSG_CLOEXEC,
-    )
-    .map_err(ConsoleError::Recv)?;
+    )?;
     let mut fds = Vec::new();
-    for c in msg.cmsgs().map_err(ConsoleError::Recv)? {
+    for c in msg.cmsgs()? {
         if let ControlMessageOwned::ScmRights(raw) = c {
             for fd in raw {
                 // SAFETY: the kernel just installed these descriptors in our table for us; we
@@ -155,6 +159,46 @@ pub fn make_raw(fd: impl AsFd) -> Result<(), nix::Error> {
     let mut t = termios::tcgetattr(&fd)?;
     termios::cfmakeraw(&mut t);
     termios::tcsetattr(&fd, termios::SetArg::TCSANOW, &t)
+}
+
+/// Our stdin terminal in raw mode while a container's terminal process uses it (foreground
+/// `run`, `exec -t`), restored when dropped — also on the way out of an error.
+pub struct RawTerminal {
+    saved: nix::sys::termios::Termios,
+}
+
+impl RawTerminal {
+    /// `None` when stdin is not a terminal (nothing to do then).
+    pub fn stdin() -> Option<RawTerminal> {
+        let stdin = std::io::stdin();
+        let saved = nix::sys::termios::tcgetattr(&stdin).ok()?;
+        make_raw(&stdin).ok()?;
+        Some(RawTerminal { saved })
+    }
+}
+
+impl Drop for RawTerminal {
+    fn drop(&mut self) {
+        let _ = nix::sys::termios::tcsetattr(
+            std::io::stdin(),
+            nix::sys::termios::SetArg::TCSANOW,
+            &self.saved,
+        );
+    }
+}
+
+/// Makes `tty` the controlling terminal of a new session led by this process, so that a resize
+/// by whoever holds the master arrives here as SIGWINCH (the kernel signals the session of the
+/// terminal whose size changed). Best effort: without it only the start size reaches the guest.
+/// The process's parent (the engine's subreaper) does not change.
+pub fn take_as_controlling_terminal(tty: &OwnedFd) {
+    if nix::unistd::setsid().is_err() {
+        return;
+    }
+    // SAFETY: TIOCSCTTY takes an int argument; `tty` is an open terminal fd.
+    unsafe {
+        libc::ioctl(tty.as_raw_fd(), libc::TIOCSCTTY, 0);
+    }
 }
 
 #[cfg(test)]

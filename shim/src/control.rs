@@ -1,29 +1,35 @@
 //! The monitor's control socket, `<root>/<id>/control.sock`: JSON lines over a unix stream.
 //!
-//! Each CLI call connects, sends one [`Request`] line and reads one [`Response`] line. `exec`
-//! attaches its stdio fds to the request (SCM_RIGHTS) and keeps the connection: the monitor
-//! later sends an [`ExecEvent`] with the exit status, and the caller may send [`ExecControl`]
-//! lines (signals it received) meanwhile. The connection's end means the caller is gone.
+//! Each CLI call connects, sends one [`Request`] line and reads one [`Reply`] line. `exec`
+//! attaches its stdio fds to the request (SCM_RIGHTS) and keeps the connection: the caller may
+//! send [`ExecControl`] lines meanwhile (signals it received, its terminal's new size), and the
+//! monitor finally sends an [`ExecEvent`] with the exit status. The connection's end means the
+//! caller is gone. The client side here is blocking (every CLI call is a short process); the
+//! monitor's side is in `monitor::server`.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::os::fd::{OwnedFd, RawFd};
+use std::os::fd::RawFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use oci_spec::runtime::{LinuxResources, Process};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+
+use crate::error::{Failure, HasKind, Kind};
+use crate::lifecycle::Status;
+use crate::stats::Stats;
 
 pub const SOCKET_NAME: &str = "control.sock";
 /// Requests and replies are small; anything longer is a broken or hostile peer.
-const MAX_LINE: usize = 1 << 20;
+pub const MAX_LINE: usize = 1 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
     /// The monitor is not there (socket missing or refusing): the container is stopped.
     #[error("container not running")]
     Unreachable,
-    #[error("control socket {path}")]
+    #[error("control socket {}", .path.display())]
     Io {
         path: PathBuf,
         source: std::io::Error,
@@ -36,14 +42,29 @@ pub enum ControlError {
     TooLong,
     #[error("control socket: pass fds")]
     Fds(#[from] crate::console::ConsoleError),
+    #[error("control socket: unexpected reply to {0}")]
+    Unexpected(&'static str),
     /// The monitor refused the request; the message is meant for the user.
-    #[error("{0}")]
-    Remote(String),
+    #[error(transparent)]
+    Remote(Failure),
 }
 
+impl HasKind for ControlError {
+    fn kind(&self) -> Kind {
+        match self {
+            ControlError::Unreachable => Kind::FailedPrecondition,
+            ControlError::Remote(f) => f.kind,
+            _ => Kind::Unavailable,
+        }
+    }
+}
+
+/// What a CLI call asks the monitor.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
+    /// The monitor's own status (waits while the container is being created).
+    Status,
     Start,
     Kill {
         signal: i32,
@@ -52,7 +73,7 @@ pub enum Request {
     /// Run a process; `tty` says the single attached fd is a terminal, else fds are
     /// stdin/stdout/stderr in that order (`stdin: false` when there is none).
     Exec {
-        process: Value,
+        process: Box<Process>,
         tty: bool,
         stdin: bool,
     },
@@ -60,27 +81,52 @@ pub enum Request {
     Pause,
     Resume,
     Update {
-        resources: Value,
+        resources: Box<LinuxResources>,
     },
     Stats,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Response {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub data: Option<Value>,
+impl Request {
+    /// For messages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Request::Status => "status",
+            Request::Start => "start",
+            Request::Kill { .. } => "kill",
+            Request::Exec { .. } => "exec",
+            Request::Pids => "pids",
+            Request::Pause => "pause",
+            Request::Resume => "resume",
+            Request::Update { .. } => "update",
+            Request::Stats => "stats",
+        }
+    }
 }
 
-impl Response {
-    pub fn ok(data: Option<Value>) -> Self {
-        Response { error: None, data }
-    }
-    pub fn err(msg: impl Into<String>) -> Self {
-        Response {
-            error: Some(msg.into()),
-            data: None,
+/// What a request succeeded with.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "data", rename_all = "snake_case")]
+pub enum Done {
+    Nothing,
+    Status { status: Status },
+    Pids { pids: Vec<i32> },
+    Stats { stats: Box<Stats> },
+    ExecStarted { exec_id: String },
+}
+
+/// The monitor's answer to one request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reply {
+    Ok(Done),
+    Err(Failure),
+}
+
+impl From<Result<Done, Failure>> for Reply {
+    fn from(r: Result<Done, Failure>) -> Reply {
+        match r {
+            Ok(d) => Reply::Ok(d),
+            Err(f) => Reply::Err(f),
         }
     }
 }
@@ -95,7 +141,10 @@ pub struct ExecEvent {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum ExecControl {
+    /// A signal the caller received, for the process.
     Signal { signal: i32 },
+    /// The caller's terminal has a new size.
+    Resize { rows: u16, cols: u16 },
 }
 
 pub fn socket_path(state_dir: &Path) -> PathBuf {
@@ -171,12 +220,8 @@ impl Client {
         }
     }
 
-    /// Sends a request (with `fds` attached) and returns the reply's data.
-    pub fn call_with_fds(
-        &mut self,
-        req: &Request,
-        fds: &[RawFd],
-    ) -> Result<Option<Value>, ControlError> {
+    /// Sends a request (with `fds` attached) and returns what it was done with.
+    pub fn call_with_fds(&mut self, req: &Request, fds: &[RawFd]) -> Result<Done, ControlError> {
         let mut line = serde_json::to_vec(req).map_err(ControlError::Protocol)?;
         line.push(b'\n');
         if fds.is_empty() {
@@ -184,14 +229,13 @@ impl Client {
         } else {
             crate::console::send_fds(self.reader.get_ref(), &line, fds)?;
         }
-        let resp: Response = read_json(&mut self.reader)?;
-        match resp.error {
-            Some(e) => Err(ControlError::Remote(e)),
-            None => Ok(resp.data),
+        match read_json::<Reply, _>(&mut self.reader)? {
+            Reply::Ok(done) => Ok(done),
+            Reply::Err(f) => Err(ControlError::Remote(f)),
         }
     }
 
-    pub fn call(&mut self, req: &Request) -> Result<Option<Value>, ControlError> {
+    pub fn call(&mut self, req: &Request) -> Result<Done, ControlError> {
         self.call_with_fds(req, &[])
     }
 
@@ -208,6 +252,11 @@ impl Client {
     pub fn set_read_timeout(&self, t: Option<Duration>) {
         let _ = self.reader.get_ref().set_read_timeout(t);
     }
+}
+
+/// One request to the monitor of the container in `state_dir`.
+pub fn call(state_dir: &Path, req: &Request) -> Result<Done, ControlError> {
+    Client::connect(state_dir)?.call(req)
 }
 
 /// Writes one JSON line.
@@ -230,6 +279,11 @@ pub fn read_json<T: for<'de> Deserialize<'de>, R: Read>(
             path: PathBuf::new(),
             source,
         })?;
+    parse_line(&line, n)
+}
+
+/// Parses a line read by [`read_json`] (or its async twin in the monitor): `n` bytes were read.
+pub fn parse_line<T: for<'de> Deserialize<'de>>(line: &[u8], n: usize) -> Result<T, ControlError> {
     if n == 0 {
         return Err(ControlError::Closed);
     }
@@ -240,36 +294,7 @@ pub fn read_json<T: for<'de> Deserialize<'de>, R: Read>(
             ControlError::Closed
         });
     }
-    serde_json::from_slice(&line).map_err(ControlError::Protocol)
-}
-
-/// Server side: reads the first request of a connection, collecting any fds sent with it.
-/// Reads no further than the request's newline, so later lines stay in the stream.
-pub fn read_request(stream: &UnixStream) -> Result<(Request, Vec<OwnedFd>), ControlError> {
-    let (mut line, fds) = crate::console::recv_msg(stream)?;
-    if line.is_empty() {
-        return Err(ControlError::Closed);
-    }
-    let mut s = stream;
-    while !line.contains(&b'\n') {
-        if line.len() > MAX_LINE {
-            return Err(ControlError::TooLong);
-        }
-        let mut b = [0u8; 1];
-        match s.read(&mut b) {
-            Ok(0) => return Err(ControlError::Closed),
-            Ok(_) => line.push(b[0]),
-            Err(source) => {
-                return Err(ControlError::Io {
-                    path: PathBuf::new(),
-                    source,
-                })
-            }
-        }
-    }
-    let end = line.iter().position(|b| *b == b'\n').unwrap_or(line.len());
-    let req = serde_json::from_slice(&line[..end]).map_err(ControlError::Protocol)?;
-    Ok((req, fds))
+    serde_json::from_slice(line).map_err(ControlError::Protocol)
 }
 
 #[cfg(test)]
@@ -288,6 +313,21 @@ mod tests {
         let r: Request = serde_json::from_value(json!({"op": "start"})).unwrap();
         assert_eq!(r, Request::Start);
         assert!(serde_json::from_value::<Request>(json!({"op": "reboot"})).is_err());
+        // Typed payloads: a process that is not an OCI process is refused at the socket.
+        assert!(serde_json::from_value::<Request>(
+            json!({"op": "exec", "process": {"args": 5}, "tty": false, "stdin": false})
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn replies_keep_the_kind() {
+        let r = Reply::Err(Failure::new(Kind::NotFound, "no such thing"));
+        let line = serde_json::to_string(&r).unwrap();
+        assert_eq!(serde_json::from_str::<Reply>(&line).unwrap(), r);
+        let ok = Reply::Ok(Done::Pids { pids: vec![1, 7] });
+        let line = serde_json::to_string(&ok).unwrap();
+        assert_eq!(serde_json::from_str::<Reply>(&line).unwrap(), ok);
     }
 
     #[test]
@@ -325,12 +365,12 @@ mod tests {
         let data = vec![b'a'; MAX_LINE + 10];
         let mut r = BufReader::new(&data[..]);
         assert!(matches!(
-            read_json::<Value, _>(&mut r),
+            read_json::<serde_json::Value, _>(&mut r),
             Err(ControlError::TooLong)
         ));
         let mut r = BufReader::new(&b""[..]);
         assert!(matches!(
-            read_json::<Value, _>(&mut r),
+            read_json::<serde_json::Value, _>(&mut r),
             Err(ControlError::Closed)
         ));
     }

@@ -50,6 +50,12 @@ pub enum HookError {
     },
 }
 
+impl crate::error::HasKind for HookError {
+    fn kind(&self) -> crate::error::Kind {
+        crate::error::Kind::FailedPrecondition
+    }
+}
+
 /// The hooks of one phase in spec order.
 pub fn hooks_of(spec: &Spec, phase: Phase) -> Vec<Hook> {
     let Some(h) = spec.hooks() else {

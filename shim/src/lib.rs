@@ -1,11 +1,13 @@
 //! Bulkhead's runc-compatible OCI runtime: CLI, sandbox monitor, exec proxies.
 //!
-//! Module map: [`cli`] parses runc's command line; [`commands`] holds one file per subcommand;
-//! [`state`] is the state store; [`monitor`] is the per-container sandbox monitor process and
-//! [`control`] its socket protocol; [`sandbox`] is the seam to what runs the container, with
-//! [`vm`] the one real implementation; [`spec`], [`share`], [`cgroups`], [`hooks`], [`console`],
-//! [`mountpoints`], [`config`], [`logging`], [`signal`] and [`process`] are the pieces they are
-//! built from.
+//! Module map (`docs/ARCHITECTURE.md` walks one `docker run` through them): [`cli`] parses
+//! runc's command line; [`commands`] holds one file per subcommand; [`lifecycle`] is the one
+//! owner of the OCI lifecycle rules; [`state`] is the state store; [`monitor`] is the
+//! per-container sandbox monitor process and [`control`] its socket protocol; [`sandbox`] is
+//! the seam to what runs the container, with [`vm`] the one real implementation; [`error`] is
+//! the error that crosses those seams with its kind; [`spec`], [`share`], [`cgroups`],
+//! [`stats`], [`hooks`], [`console`], [`mountpoints`], [`config`], [`logging`], [`signal`] and
+//! [`process`] are the pieces they are built from.
 
 pub mod cgroups;
 pub mod cli;
@@ -13,7 +15,9 @@ pub mod commands;
 pub mod config;
 pub mod console;
 pub mod control;
+pub mod error;
 pub mod hooks;
+pub mod lifecycle;
 pub mod logging;
 pub mod monitor;
 pub mod mountpoints;
@@ -23,6 +27,7 @@ pub mod share;
 pub mod signal;
 pub mod spec;
 pub mod state;
+pub mod stats;
 pub mod trace_bridge;
 pub mod vm;
 
@@ -30,7 +35,7 @@ use clap::Parser;
 
 /// Parses the process arguments and runs the command with `factory` booting sandboxes.
 /// Returns the process exit status.
-pub fn main_with(factory: &dyn sandbox::SandboxFactory) -> i32 {
+pub fn main_with<F: sandbox::SandboxFactory>(factory: &F) -> i32 {
     let cli = match cli::Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
@@ -43,7 +48,7 @@ pub fn main_with(factory: &dyn sandbox::SandboxFactory) -> i32 {
 }
 
 /// Runs a parsed command line.
-pub fn run(cli: cli::Cli, factory: &dyn sandbox::SandboxFactory) -> i32 {
+pub fn run<F: sandbox::SandboxFactory>(cli: cli::Cli, factory: &F) -> i32 {
     logging::init(logging::Logger {
         file: cli.global.log.clone(),
         format: cli.global.log_format,
@@ -53,7 +58,7 @@ pub fn run(cli: cli::Cli, factory: &dyn sandbox::SandboxFactory) -> i32 {
     match commands::dispatch(cli, factory) {
         Ok(code) => code,
         Err(e) => {
-            logging::error(&e.to_string());
+            logging::error(&bulkhead_protocol::error_chain(&e));
             1
         }
     }

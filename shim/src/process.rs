@@ -166,13 +166,15 @@ pub const FORWARDED: &[Signal] = &[
     Signal::SIGCONT,
 ];
 
-/// Blocks the forwarded signals in this thread (and the threads it will spawn), so that one
-/// thread can take them with [`next_signal`].
+/// Blocks the forwarded signals and SIGWINCH (a terminal's resize, passed on as a new size)
+/// in this thread and the threads it will spawn, so that one place takes them (a signalfd in
+/// the monitor, [`next_signal`] in a thread elsewhere) and no vCPU thread is ever interrupted.
 pub fn block_forwarded() -> SigSet {
     let mut set = SigSet::empty();
     for s in FORWARDED {
         set.add(*s);
     }
+    set.add(Signal::SIGWINCH);
     let _ = set.thread_block();
     set
 }

@@ -1,28 +1,78 @@
 //! The seam between the process model (monitor, control socket, exec proxies) and the thing that
 //! actually runs the container.
 //!
-//! The shipped `bulkhead` binary has exactly one implementation: [`crate::vm::VmFactory`], which
-//! boots the micro-VM in-process and talks to the guest agent. The trait exists so the process
-//! model — double fork, pid file, readiness, exit-status propagation, control requests — can be
-//! tested without a VM by a test-only implementation that lives in the `bulkhead-tests` crate.
+//! The shipped `bulkhead` binary has exactly one implementation: [`crate::vm::VmFactory`], whose
+//! sandbox is [`crate::vm::AgentSandbox`] — the guest agent's API — over a micro-VM booted in the
+//! monitor. The trait exists so the process model (double fork, pid file, readiness,
+//! exit-status propagation, control requests) can be tested without a VM by a test-only
+//! implementation in the `bulkhead-tests` crate.
+//!
+//! Every method is async and runs on the monitor's one runtime thread, so implementations need
+//! no locks and their futures need not be `Send`.
+#![allow(async_fn_in_trait)] // futures stay on the monitor's current-thread runtime
 
 use std::os::fd::OwnedFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
+use oci_spec::runtime::{LinuxResources, Process};
 use serde_json::Value;
 
 use crate::config::{Config, VmSize};
+use crate::error::{Failure, HasKind, Kind};
+use crate::stats::GuestStats;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
-    /// A message from the guest (or the VMM) worth showing the user as is — e.g. runc's
-    /// "executable file not found in $PATH" wording for a missing command.
-    #[error("{0}")]
-    Failed(String),
-    #[error("container not running")]
-    NotRunning,
+    /// Refused by the guest (or by the sandbox) with a kind: the agent's status code, kept.
+    #[error(transparent)]
+    Failed(#[from] Failure),
+    /// The guest kernel or initramfs is missing.
+    #[error("{what} {} not found (install it with scripts/setup.sh, or set it in /etc/bulkhead/config.toml)", .path.display())]
+    MissingFile { what: &'static str, path: PathBuf },
+    /// The VM could not be built or started.
+    #[error("{what}")]
+    Vm {
+        what: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The agent did not come up; `why` says how the VM ended, `log` where its console went.
+    #[error("guest agent: {message} (vm: {why}; console log {})", .log.display())]
+    NoAgent {
+        message: String,
+        why: String,
+        log: PathBuf,
+    },
+    #[error("guest agent speaks protocol {agent}, this runtime {ours}")]
+    Protocol { agent: u32, ours: u32 },
+    /// The connection to the agent failed (timeout, closed, the VM is gone).
+    #[error("guest agent")]
+    Transport(#[source] bulkhead_protocol::client::ClientError),
     #[error("{0} is not supported by this runtime")]
     Unsupported(&'static str),
+}
+
+impl HasKind for SandboxError {
+    fn kind(&self) -> Kind {
+        use bulkhead_protocol::client::ClientError;
+        match self {
+            SandboxError::Failed(f) => f.kind,
+            SandboxError::MissingFile { .. } => Kind::NotFound,
+            SandboxError::Vm { .. } | SandboxError::Protocol { .. } => Kind::Internal,
+            SandboxError::NoAgent { .. } => Kind::Unavailable,
+            SandboxError::Transport(ClientError::Timeout(_)) => Kind::DeadlineExceeded,
+            SandboxError::Transport(ClientError::Agent(status)) => status.code.into(),
+            SandboxError::Transport(_) => Kind::Unavailable,
+            SandboxError::Unsupported(_) => Kind::Unsupported,
+        }
+    }
+}
+
+impl SandboxError {
+    /// A failure of `kind` (test sandboxes and host-side checks).
+    pub fn failed(kind: Kind, message: impl Into<String>) -> SandboxError {
+        SandboxError::Failed(Failure::new(kind, message))
+    }
 }
 
 /// Stdio of a container process, as host fds the sandbox relays to the guest.
@@ -34,9 +84,17 @@ pub enum Stdio {
         stdout: Option<OwnedFd>,
         stderr: Option<OwnedFd>,
     },
-    /// One terminal fd (a pty slave in raw mode, or the caller's own terminal); the sandbox
-    /// forwards its window size to the guest.
+    /// One terminal fd (a pty slave in raw mode, or the caller's own terminal).
     Terminal(OwnedFd),
+}
+
+/// Which process a call is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target<'a> {
+    /// The container's init.
+    Init,
+    /// An exec'd process, by the id the monitor gave it.
+    Exec(&'a str),
 }
 
 /// What a sandbox needs to boot.
@@ -53,36 +111,56 @@ pub struct BootContext {
     pub console_log: PathBuf,
 }
 
-/// One running sandbox. Calls come from several threads: the monitor's main thread waits for
-/// the init to exit while the control-socket threads start, signal, exec and query.
-pub trait Sandbox: Send + Sync {
-    /// Creates the container from the guest-side spec; its init exists and waits for
-    /// [`Sandbox::start`]. Errors carry the guest's message.
-    fn create(&self, spec: &Value, stdio: Stdio) -> Result<(), SandboxError>;
+/// One running sandbox.
+pub trait Sandbox {
+    /// Creates the container from the spec the guest gets (the bundle's `config.json` with the
+    /// share's paths; forwarded unchanged otherwise); its init exists and waits for
+    /// [`Sandbox::start`].
+    async fn create(&self, spec: &Value, stdio: Stdio) -> Result<(), SandboxError>;
     /// Releases the init process.
-    fn start(&self) -> Result<(), SandboxError>;
-    /// Signals the init (or, with `all`, every process of the container).
-    fn kill(&self, signal: i32, all: bool) -> Result<(), SandboxError>;
-    /// Blocks until the init exits; returns its status (128+signal when killed).
-    fn wait(&self) -> Result<i32, SandboxError>;
-    /// Starts an extra process described by an OCI process JSON.
-    fn exec(&self, exec_id: &str, process: &Value, stdio: Stdio) -> Result<(), SandboxError>;
-    fn kill_exec(&self, exec_id: &str, signal: i32) -> Result<(), SandboxError>;
-    /// Blocks until the exec'd process exits; returns its status.
-    fn wait_exec(&self, exec_id: &str) -> Result<i32, SandboxError>;
+    async fn start(&self) -> Result<(), SandboxError>;
+    /// Signals a process (with `all` and the init: every process of the container).
+    async fn kill(&self, target: Target<'_>, signal: i32, all: bool) -> Result<(), SandboxError>;
+    /// Waits until the process has exited and its output reached the caller; its status
+    /// (128+signal when killed).
+    async fn wait(&self, target: Target<'_>) -> Result<i32, SandboxError>;
+    /// Starts an extra process in the container under `exec_id`.
+    async fn exec(
+        &self,
+        exec_id: &str,
+        process: &Process,
+        stdio: Stdio,
+    ) -> Result<(), SandboxError>;
+    /// Sets the size of a process's terminal (`None`: the size of the host terminal it was
+    /// given, for a resize the monitor noticed itself).
+    async fn resize(
+        &self,
+        target: Target<'_>,
+        size: Option<(u16, u16)>,
+    ) -> Result<(), SandboxError>;
     /// Pids (guest pids) of the container's processes.
-    fn pids(&self) -> Result<Vec<i32>, SandboxError>;
-    fn pause(&self) -> Result<(), SandboxError>;
-    fn resume(&self) -> Result<(), SandboxError>;
+    async fn pids(&self) -> Result<Vec<i32>, SandboxError>;
+    async fn pause(&self) -> Result<(), SandboxError>;
+    async fn resume(&self) -> Result<(), SandboxError>;
     /// Applies new `linux.resources` inside the guest.
-    fn update(&self, resources: &Value) -> Result<(), SandboxError>;
-    /// Guest-side statistics (merged into the host cgroup's by the monitor).
-    fn stats(&self) -> Result<Value, SandboxError>;
-    /// Ends the VM; idempotent.
-    fn shutdown(&self);
+    async fn update(&self, resources: &LinuxResources) -> Result<(), SandboxError>;
+    /// The container's statistics as its own cgroup (in the guest) sees them.
+    async fn stats(&self) -> Result<GuestStats, SandboxError>;
+    /// Ends the sandbox (the VM); idempotent. Returns how it ended when that was not clean (a
+    /// guest fault), for the log.
+    async fn shutdown(&self) -> Option<String>;
 }
 
 /// Boots sandboxes.
-pub trait SandboxFactory: Sync {
-    fn boot(&self, ctx: &BootContext) -> Result<Box<dyn Sandbox>, SandboxError>;
+pub trait SandboxFactory {
+    type Sandbox: Sandbox + 'static;
+    /// Boots one; `ctx` says what for.
+    async fn boot(&self, ctx: &BootContext) -> Result<Self::Sandbox, SandboxError>;
+
+    /// Where the agent sees the container's share (`share_dir` on the host), so the spec it
+    /// gets names its rootfs and volumes there: in a VM, where the agent mounts the share.
+    fn share_root(&self, share_dir: &Path) -> PathBuf {
+        let _ = share_dir;
+        PathBuf::from(bulkhead_protocol::GUEST_SHARE_DIR)
+    }
 }

@@ -93,6 +93,11 @@ impl Bundle {
             .collect()
     }
 
+    /// `linux.resources`, if the spec has any.
+    pub fn resources(&self) -> Option<oci_spec::runtime::LinuxResources> {
+        self.spec.linux().as_ref()?.resources().clone()
+    }
+
     pub fn size_hints(&self) -> SizeHints {
         let res = self
             .spec

@@ -24,8 +24,11 @@ pub enum StateError {
     NotExist(String),
     #[error("container with id exists: {0}")]
     Exists(String),
-    #[error("invalid container id {0:?}")]
-    InvalidId(String),
+    #[error("invalid container id {id:?}")]
+    InvalidId {
+        id: String,
+        source: bulkhead_protocol::IdError,
+    },
     #[error("state of container {id:?} is unreadable")]
     Corrupt {
         id: String,
@@ -45,28 +48,7 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StateError + '_ {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Status {
-    Creating,
-    Created,
-    Running,
-    Paused,
-    Stopped,
-}
-
-impl std::fmt::Display for Status {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let s = match self {
-            Status::Creating => "creating",
-            Status::Created => "created",
-            Status::Running => "running",
-            Status::Paused => "paused",
-            Status::Stopped => "stopped",
-        };
-        f.write_str(s)
-    }
-}
+pub use crate::lifecycle::Status;
 
 /// What `<root>/<id>/state.json` holds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -91,6 +73,9 @@ pub struct State {
     /// Host cgroup directories the monitor created and joined (removed on delete).
     #[serde(default)]
     pub cgroup_dirs: Vec<PathBuf>,
+    /// The VM's size (`update` keeps the host limits that cover it).
+    #[serde(default)]
+    pub vm: Option<crate::config::VmSize>,
     /// Exit status of the container init once known (128+signal when killed).
     #[serde(default)]
     pub exit_status: Option<i32>,
@@ -143,10 +128,11 @@ impl Store {
         &self.root
     }
 
-    /// `<root>/<id>`, after checking the id cannot escape the root.
+    /// `<root>/<name>`, after checking the id: the name is the id, or for ids too long to
+    /// name a file, a short stable form of it (`bulkhead_protocol::id_file_name`).
     pub fn dir(&self, id: &str) -> Result<PathBuf, StateError> {
         validate_id(id)?;
-        Ok(self.root.join(id))
+        Ok(self.root.join(&*bulkhead_protocol::id_file_name(id)))
     }
 
     /// Reserves `<root>/<id>`; fails if the container already exists.
@@ -208,37 +194,32 @@ impl Store {
         }
     }
 
-    /// Ids of all containers under the root, sorted; a missing root means none.
-    pub fn list(&self) -> Result<Vec<String>, StateError> {
+    /// States of all containers under the root, sorted by id; a missing root means none.
+    /// (Directory names are not always ids, so each state file says whose it is.)
+    pub fn list(&self) -> Result<Vec<State>, StateError> {
         let entries = match fs::read_dir(&self.root) {
             Ok(e) => e,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(e) => return Err(io_err(&self.root)(e)),
         };
-        let mut ids: Vec<String> = entries
+        let mut states: Vec<State> = entries
             .filter_map(Result::ok)
-            .filter(|e| e.path().join(STATE_FILE).exists())
-            .filter_map(|e| e.file_name().into_string().ok())
+            .filter_map(|e| fs::read(e.path().join(STATE_FILE)).ok())
+            .filter_map(|data| serde_json::from_slice::<State>(&data).ok())
+            .filter(|st| self.dir(&st.id).is_ok())
             .collect();
-        ids.sort();
-        Ok(ids)
+        states.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(states)
     }
 }
 
-/// runc's id rule: `[A-Za-z0-9_+.-]+`, not `.` or `..`.
+/// The one id rule (`bulkhead_protocol::validate_id`: runc's characters, 1..=1024 bytes, not
+/// `.` or `..`), checked before anything is created.
 pub fn validate_id(id: &str) -> Result<(), StateError> {
-    let ok = !id.is_empty()
-        && id != "."
-        && id != ".."
-        && id.len() <= 1024
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_+.-".contains(&b));
-    if ok {
-        Ok(())
-    } else {
-        Err(StateError::InvalidId(id.into()))
-    }
+    bulkhead_protocol::validate_id(id).map_err(|source| StateError::InvalidId {
+        id: id.into(),
+        source,
+    })
 }
 
 /// Start time of a process in clock ticks since boot, `None` if it does not exist.
@@ -288,6 +269,7 @@ mod tests {
             annotations: BTreeMap::new(),
             monitor_start_time: process_start_time(std::process::id() as i32).unwrap(),
             cgroup_dirs: vec![],
+            vm: None,
             exit_status: None,
         }
     }
@@ -307,7 +289,8 @@ mod tests {
         store.save(&sample("a")).unwrap();
         store.save(&sample("b")).unwrap();
         assert_eq!(store.load("a").unwrap(), sample("a"));
-        assert_eq!(store.list().unwrap(), vec!["a", "b"]);
+        let ids: Vec<String> = store.list().unwrap().into_iter().map(|s| s.id).collect();
+        assert_eq!(ids, vec!["a", "b"]);
         // No temporary file is left behind.
         assert_eq!(fs::read_dir(store.dir("a").unwrap()).unwrap().count(), 1);
         store.remove("a").unwrap();
@@ -318,12 +301,36 @@ mod tests {
 
     #[test]
     fn ids_cannot_escape_the_root() {
-        for bad in ["", ".", "..", "a/b", "../x", "a b", "a\0"] {
+        for bad in [
+            "",
+            ".",
+            "..",
+            "a/b",
+            "../x",
+            "a b",
+            "a\0",
+            &"x".repeat(1025),
+        ] {
             assert!(validate_id(bad).is_err(), "{bad:?}");
         }
-        for good in ["a", "A-b_c.d+e", "0123456789abcdef"] {
+        for good in ["a", "A-b_c.d+e", "0123456789abcdef", &"y".repeat(1024)] {
             validate_id(good).unwrap();
         }
+    }
+
+    /// Ids up to 1024 bytes get a state directory (file names end at 255 bytes) and are listed
+    /// by their real id.
+    #[test]
+    fn long_ids_have_state_too() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::new(tmp.path().join("root"));
+        for len in [255, 256, 1024] {
+            let id = "l".repeat(len - 1) + &len.to_string()[..1];
+            store.create_dir(&id).unwrap();
+            store.save(&sample(&id)).unwrap();
+            assert_eq!(store.load(&id).unwrap().id, id);
+        }
+        assert_eq!(store.list().unwrap().len(), 3);
     }
 
     #[test]

@@ -257,9 +257,10 @@ fn enable_controllers(parent: &Path) -> Result<(), CgroupError> {
 }
 
 impl Cgroup {
-    /// Creates `<agent's group>/<id>`, enabling the controllers the agent's group offers.
+    /// Creates `<agent's group>/<id's file name>`, enabling the controllers the agent's group
+    /// offers.
     pub fn create(id: &str) -> Result<Cgroup, CgroupError> {
-        let path = parent_group()?.join(id);
+        let path = parent_group()?.join(&*bulkhead_protocol::id_file_name(id));
         fs::create_dir(&path).map_err(|e| CgroupError::Create(path.display().to_string(), e))?;
         let dir = fs::OpenOptions::new()
             .read(true)

@@ -99,21 +99,10 @@ pub fn clean_absolute(field: &'static str, path: &Path) -> Result<CString, SpecE
     cstring(field, out)
 }
 
-/// Checks a container id: it names the cgroup directory, so no separators or dot names.
+/// Checks a container id with the one id rule (`bulkhead_protocol::validate_id`); its cgroup
+/// directory is named by `bulkhead_protocol::id_file_name`, which fits any valid id.
 pub fn check_id(id: &str) -> Result<(), SpecError> {
-    // The agent's protocol allows longer ids, but a cgroup directory name ends at NAME_MAX.
-    let ok = !id.is_empty()
-        && id.len() <= 255
-        && id != "."
-        && id != ".."
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'+'));
-    if ok {
-        Ok(())
-    } else {
-        Err(SpecError::Id(id.to_string()))
-    }
+    bulkhead_protocol::validate_id(id).map_err(|_| SpecError::Id(id.to_string()))
 }
 
 /// How the container gets each namespace.
@@ -308,9 +297,10 @@ mod tests {
     #[test]
     fn ids_name_a_single_directory() {
         assert!(check_id("abc-1.2_x+y").is_ok());
-        for bad in ["", ".", "..", "a/b", "a b", &"x".repeat(256)] {
+        for bad in ["", ".", "..", "a/b", "a b", &"x".repeat(1025)] {
             assert!(check_id(bad).is_err(), "{bad:?}");
         }
+        assert!(check_id(&"x".repeat(1024)).is_ok());
     }
 
     fn spec_with(json: &str) -> Spec {

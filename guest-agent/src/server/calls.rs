@@ -46,16 +46,7 @@ fn decode<M: Message>(call: &Call) -> Result<M, Status> {
     })
 }
 
-pub(super) fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
-}
+pub(super) use bulkhead_protocol::error_chain as chain;
 
 fn not_found(id: &str) -> Status {
     Status::new(Code::NotFound, format!("process {id:?} does not exist"))

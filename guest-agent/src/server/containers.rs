@@ -300,6 +300,18 @@ impl Server {
         destroyed.map_err(|e| status(&e))?;
         empty()
     }
+
+    /// Kills and removes every container (host test mode's shutdown).
+    pub(super) fn remove_all_containers(&mut self) {
+        let ids: Vec<String> = self.containers.keys().cloned().collect();
+        for id in ids {
+            let _ = self.remove_container(api::RemoveContainerRequest {
+                id,
+                force: true,
+                ..Default::default()
+            });
+        }
+    }
 }
 
 #[cfg(test)]

@@ -211,6 +211,11 @@ impl Server {
             }
             self.expire(Instant::now());
             if self.shutdown && self.conns.keys().iter().all(|&c| !self.conn_has_output(c)) {
+                if self.on_shutdown == OnShutdown::Exit {
+                    // On the host nothing ends with us as it does with a VM: take the
+                    // containers down first, so none outlives the agent.
+                    self.remove_all_containers();
+                }
                 listen::cleanup(&self.transport, &[CONTROL_PORT, STREAM_PORT]);
                 return Ok(self.on_shutdown);
             }

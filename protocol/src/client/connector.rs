@@ -1,10 +1,12 @@
 //! How the host reaches the agent's vsock ports: through the VMM's hybrid-vsock Unix socket, or,
 //! in tests, through per-port Unix sockets of an agent running on the host (`--listen-unix DIR`).
 
-use std::io::{self, Read, Write};
-use std::os::unix::net::UnixStream;
+use std::io;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
 
 /// Longest handshake reply line accepted (`OK <u32>\n` is at most 14 bytes).
 const MAX_REPLY: usize = 64;
@@ -52,19 +54,26 @@ impl ConnectError {
 
 impl Connector {
     /// Opens a byte stream to guest vsock `port`; the handshake (if any) must finish within
-    /// `timeout`. The returned stream has no read or write timeout.
-    pub fn connect(&self, port: u32, timeout: Duration) -> Result<UnixStream, ConnectError> {
+    /// `timeout`.
+    pub async fn connect(&self, port: u32, timeout: Duration) -> Result<UnixStream, ConnectError> {
         match self {
-            Connector::HybridVsock { uds_path } => hybrid_connect(uds_path, port, timeout),
+            Connector::HybridVsock { uds_path } => {
+                match tokio::time::timeout(timeout, hybrid_connect(uds_path, port)).await {
+                    Ok(r) => r,
+                    Err(_) => Err(ConnectError::HandshakeTimeout),
+                }
+            }
             Connector::Unix { dir } => {
                 let path = dir.join(port.to_string());
-                UnixStream::connect(&path).map_err(|e| match e.kind() {
-                    _ if !dir.exists() => ConnectError::VmGone,
-                    io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => {
-                        ConnectError::NotListening(port)
-                    }
-                    _ => ConnectError::Io { path, source: e },
-                })
+                UnixStream::connect(&path)
+                    .await
+                    .map_err(|e| match e.kind() {
+                        _ if !dir.exists() => ConnectError::VmGone,
+                        io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => {
+                            ConnectError::NotListening(port)
+                        }
+                        _ => ConnectError::Io { path, source: e },
+                    })
             }
         }
     }
@@ -73,23 +82,25 @@ impl Connector {
     /// gone" apart from "agent connection closed" after a connection dropped.
     pub fn vm_present(&self) -> bool {
         match self {
-            Connector::HybridVsock { uds_path } => UnixStream::connect(uds_path).is_ok(),
+            // A Unix-socket connect never blocks on a listening socket: fine on a runtime thread.
+            Connector::HybridVsock { uds_path } => {
+                std::os::unix::net::UnixStream::connect(uds_path).is_ok()
+            }
             Connector::Unix { dir } => dir.exists(),
         }
     }
 }
 
-fn hybrid_connect(uds: &Path, port: u32, timeout: Duration) -> Result<UnixStream, ConnectError> {
-    let mut stream = UnixStream::connect(uds).map_err(|e| match e.kind() {
+/// The hybrid-vsock handshake; the caller bounds it with a deadline.
+async fn hybrid_connect(uds: &Path, port: u32) -> Result<UnixStream, ConnectError> {
+    let mut stream = UnixStream::connect(uds).await.map_err(|e| match e.kind() {
         io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => ConnectError::VmGone,
         _ => ConnectError::Io {
             path: uds.to_owned(),
             source: e,
         },
     })?;
-    let deadline = Instant::now() + timeout;
     let io_err = |e: io::Error| match e.kind() {
-        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => ConnectError::HandshakeTimeout,
         // The VMM drops the connection when the guest resets it: no listener on that port.
         io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe => {
             ConnectError::NotListening(port)
@@ -99,20 +110,15 @@ fn hybrid_connect(uds: &Path, port: u32, timeout: Duration) -> Result<UnixStream
             source: e,
         },
     };
-    set_timeouts(&stream, Some(timeout)).map_err(io_err)?;
     stream
         .write_all(format!("CONNECT {port}\n").as_bytes())
+        .await
         .map_err(io_err)?;
     // Byte by byte: whatever follows the newline already belongs to the guest stream.
     let mut line = Vec::with_capacity(16);
     loop {
-        let left = deadline
-            .checked_duration_since(Instant::now())
-            .filter(|d| !d.is_zero())
-            .ok_or(ConnectError::HandshakeTimeout)?;
-        stream.set_read_timeout(Some(left)).map_err(io_err)?;
         let mut byte = [0u8; 1];
-        match stream.read(&mut byte) {
+        match stream.read(&mut byte).await {
             Ok(0) => return Err(ConnectError::NotListening(port)),
             Ok(_) if byte[0] == b'\n' => break,
             Ok(_) if line.len() >= MAX_REPLY => {
@@ -132,21 +138,16 @@ fn hybrid_connect(uds: &Path, port: u32, timeout: Duration) -> Result<UnixStream
     if !ok {
         return Err(ConnectError::BadReply(reply));
     }
-    set_timeouts(&stream, None).map_err(io_err)?;
     Ok(stream)
-}
-
-fn set_timeouts(stream: &UnixStream, timeout: Option<Duration>) -> io::Result<()> {
-    stream.set_read_timeout(timeout)?;
-    stream.set_write_timeout(timeout)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::BufRead;
+    use std::io::{BufRead, Read, Write};
     use std::os::unix::net::UnixListener;
     use std::thread;
+    use std::time::Instant;
 
     /// A fake VMM socket that answers one connection with `reply` (None: close at once).
     fn fake_vmm(dir: &Path, reply: Option<&'static str>) -> (PathBuf, thread::JoinHandle<String>) {
@@ -167,26 +168,26 @@ mod tests {
         (path, handle)
     }
 
-    #[test]
-    fn hybrid_handshake_leaves_following_bytes_in_the_stream() {
+    #[tokio::test]
+    async fn hybrid_handshake_leaves_following_bytes_in_the_stream() {
         let dir = tempfile::tempdir().unwrap();
         let (path, vmm) = fake_vmm(dir.path(), Some("OK 1073741824\nDATA"));
         let c = Connector::HybridVsock { uds_path: path };
-        let mut s = c.connect(1024, Duration::from_secs(5)).unwrap();
+        let mut s = c.connect(1024, Duration::from_secs(5)).await.unwrap();
         let mut data = [0u8; 4];
-        s.read_exact(&mut data).unwrap();
+        s.read_exact(&mut data).await.unwrap();
         assert_eq!(&data, b"DATA");
         drop(s);
         assert_eq!(vmm.join().unwrap(), "CONNECT 1024\n");
     }
 
-    #[test]
-    fn hybrid_close_means_not_listening_and_garbage_is_refused() {
+    #[tokio::test]
+    async fn hybrid_close_means_not_listening_and_garbage_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let (path, vmm) = fake_vmm(dir.path(), None);
         let c = Connector::HybridVsock { uds_path: path };
         assert!(matches!(
-            c.connect(1025, Duration::from_secs(5)),
+            c.connect(1025, Duration::from_secs(5)).await,
             Err(ConnectError::NotListening(1025))
         ));
         vmm.join().unwrap();
@@ -195,62 +196,62 @@ mod tests {
         let (path, vmm) = fake_vmm(dir.path(), Some("NOPE\n"));
         let c = Connector::HybridVsock { uds_path: path };
         assert!(matches!(
-            c.connect(1024, Duration::from_secs(5)),
+            c.connect(1024, Duration::from_secs(5)).await,
             Err(ConnectError::BadReply(r)) if r == "NOPE"
         ));
         vmm.join().unwrap();
     }
 
-    #[test]
-    fn hybrid_handshake_times_out() {
+    #[tokio::test]
+    async fn hybrid_handshake_times_out() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("vsock.sock");
         let _listener = UnixListener::bind(&path).unwrap(); // never answers
         let c = Connector::HybridVsock { uds_path: path };
         let start = Instant::now();
         assert!(matches!(
-            c.connect(1024, Duration::from_millis(200)),
+            c.connect(1024, Duration::from_millis(200)).await,
             Err(ConnectError::HandshakeTimeout)
         ));
         assert!(start.elapsed() < Duration::from_secs(2));
     }
 
-    #[test]
-    fn missing_or_dead_sockets_mean_the_vm_is_gone() {
+    #[tokio::test]
+    async fn missing_or_dead_sockets_mean_the_vm_is_gone() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("vsock.sock");
         let c = Connector::HybridVsock {
             uds_path: path.clone(),
         };
         assert!(matches!(
-            c.connect(1024, Duration::from_secs(1)),
+            c.connect(1024, Duration::from_secs(1)).await,
             Err(ConnectError::VmGone)
         ));
         drop(UnixListener::bind(&path).unwrap()); // socket file left behind, nobody accepts
         assert!(matches!(
-            c.connect(1024, Duration::from_secs(1)),
+            c.connect(1024, Duration::from_secs(1)).await,
             Err(ConnectError::VmGone)
         ));
         assert!(!c.vm_present());
     }
 
-    #[test]
-    fn unix_connector_uses_one_socket_per_port() {
+    #[tokio::test]
+    async fn unix_connector_uses_one_socket_per_port() {
         let dir = tempfile::tempdir().unwrap();
         let c = Connector::Unix {
             dir: dir.path().to_owned(),
         };
         assert!(matches!(
-            c.connect(1024, Duration::from_secs(1)),
+            c.connect(1024, Duration::from_secs(1)).await,
             Err(ConnectError::NotListening(1024))
         ));
         let _l = UnixListener::bind(dir.path().join("1024")).unwrap();
-        assert!(c.connect(1024, Duration::from_secs(1)).is_ok());
+        assert!(c.connect(1024, Duration::from_secs(1)).await.is_ok());
         let gone = Connector::Unix {
             dir: dir.path().join("missing"),
         };
         assert!(matches!(
-            gone.connect(1024, Duration::from_secs(1)),
+            gone.connect(1024, Duration::from_secs(1)).await,
             Err(ConnectError::VmGone)
         ));
     }

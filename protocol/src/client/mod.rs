@@ -1,4 +1,5 @@
-//! The host-side agent client (used by the tests now, by the shim later).
+//! The host-side agent client: async on tokio (the sandbox monitor runs it on its one runtime
+//! thread), with [`blocking::Client`] over the same code for tests and tools.
 //!
 //! Every call has a deadline ([`ClientConfig::call_timeout`], generous by default because on a
 //! PVM host one guest syscall can take milliseconds and a fork+exec a second); `WaitProcess`
@@ -8,28 +9,30 @@
 //! ```no_run
 //! # use bulkhead_protocol::client::*;
 //! # use std::path::PathBuf;
+//! # async fn f() -> Result<(), ClientError> {
 //! let connector = Connector::HybridVsock { uds_path: PathBuf::from("/run/vm/vsock.sock") };
-//! let client = Client::connect(connector, ClientConfig::default())?;
-//! println!("{}", client.version()?.kernel_release);
-//! # Ok::<(), ClientError>(())
+//! let client = Client::connect(connector, ClientConfig::default()).await?;
+//! println!("{}", client.version().await?.kernel_release);
+//! # Ok(()) }
 //! ```
 
+pub mod blocking;
 mod conn;
 mod connector;
 
 use std::fmt;
-use std::os::unix::net::UnixStream;
-use std::thread;
 use std::time::{Duration, Instant};
 
 use protobuf::Message;
+use tokio::io::AsyncWriteExt;
+use tokio::net::UnixStream;
 
-use self::conn::{Conn, Ended, Outcome};
+use self::conn::{Conn, Ended, Reply};
 pub use self::connector::{ConnectError, Connector};
 use crate::api;
 use crate::rpc::{self, Method, RpcError, Status};
 use crate::stream::{HeaderError, StreamHeader, StreamKind};
-use crate::{CONTROL_PORT, STREAM_PORT};
+use crate::{error_chain, CONTROL_PORT, STREAM_PORT};
 
 /// Deadlines of a client.
 #[derive(Debug, Clone)]
@@ -109,7 +112,8 @@ impl ExitStatus {
     }
 }
 
-/// A connected agent client. Calls may be made from several threads at once.
+/// A connected agent client. Calls may be made concurrently (they share one connection, owned by
+/// a task on the runtime that connected).
 pub struct Client {
     connector: Connector,
     config: ClientConfig,
@@ -119,9 +123,12 @@ pub struct Client {
 impl Client {
     /// Connects to the agent's control port, retrying until it listens or
     /// `config.connect_timeout` passes.
-    pub fn connect(connector: Connector, config: ClientConfig) -> Result<Client, ClientError> {
-        let stream = connect_retrying(&connector, CONTROL_PORT, &config)?;
-        let conn = Conn::new(stream, config.call_timeout).map_err(ClientError::Io)?;
+    pub async fn connect(
+        connector: Connector,
+        config: ClientConfig,
+    ) -> Result<Client, ClientError> {
+        let stream = connect_retrying(&connector, CONTROL_PORT, &config).await?;
+        let conn = Conn::new(stream, config.call_timeout);
         Ok(Client {
             connector,
             config,
@@ -139,7 +146,7 @@ impl Client {
     }
 
     /// Makes one call with an explicit deadline (`None`: wait as long as the connection lives).
-    pub fn call<Q: Message, R: Message>(
+    pub async fn call<Q: Message, R: Message>(
         &self,
         method: Method,
         req: &Q,
@@ -147,15 +154,19 @@ impl Client {
     ) -> Result<R, ClientError> {
         let mut bytes = Vec::new();
         rpc::encode_request(0, method, req, timeout, &mut bytes).map_err(ClientError::Encode)?;
-        let outcome = self.conn.call(bytes, timeout);
-        let frame = match outcome {
-            Outcome::Frame(f) => f,
-            Outcome::TimedOut => {
-                return Err(ClientError::Timeout(Secs(timeout.unwrap_or_default())))
+        let reply = match timeout {
+            Some(t) => tokio::time::timeout(t, self.conn.call(bytes))
+                .await
+                .map_err(|_| ClientError::Timeout(Secs(t)))?,
+            None => self.conn.call(bytes).await,
+        };
+        let frame = match reply {
+            Reply::Frame(f) => f,
+            Reply::Ended(Ended::Closed) => return Err(self.closed_error()),
+            Reply::Ended(Ended::WriteTimeout) => {
+                return Err(ClientError::Timeout(Secs(self.config.call_timeout)))
             }
-            Outcome::Ended(Ended::Closed) => return Err(self.closed_error()),
-            Outcome::Ended(Ended::Protocol(why)) => return Err(ClientError::Protocol(why)),
-            Outcome::Write(e) => return Err(ClientError::Io(e)),
+            Reply::Ended(Ended::Protocol(why)) => return Err(ClientError::Protocol(why)),
         };
         let payload = rpc::decode_response(&frame)
             .map_err(|e| ClientError::Protocol(error_chain(&e)))?
@@ -163,12 +174,12 @@ impl Client {
         rpc::decode_message(&payload).map_err(|e| ClientError::Protocol(error_chain(&e)))
     }
 
-    fn call_default<Q: Message, R: Message>(
+    async fn call_default<Q: Message, R: Message>(
         &self,
         method: Method,
         req: &Q,
     ) -> Result<R, ClientError> {
-        self.call(method, req, Some(self.config.call_timeout))
+        self.call(method, req, Some(self.config.call_timeout)).await
     }
 
     fn closed_error(&self) -> ClientError {
@@ -179,30 +190,38 @@ impl Client {
         }
     }
 
-    pub fn version(&self) -> Result<api::VersionResponse, ClientError> {
+    pub async fn version(&self) -> Result<api::VersionResponse, ClientError> {
         self.call_default(Method::Version, &api::VersionRequest::new())
+            .await
     }
 
     /// Creates a process (not started yet); then attach its streams with
     /// [`Client::open_stream`] and call [`Client::start_process`].
-    pub fn create_process(&self, req: &api::CreateProcessRequest) -> Result<(), ClientError> {
+    pub async fn create_process(&self, req: &api::CreateProcessRequest) -> Result<(), ClientError> {
         self.call_default::<_, api::Empty>(Method::CreateProcess, req)
+            .await
             .map(drop)
     }
 
     /// Starts a created process once its declared streams are attached; returns its guest pid.
-    pub fn start_process(&self, id: &str) -> Result<i32, ClientError> {
+    pub async fn start_process(&self, id: &str) -> Result<i32, ClientError> {
         let req = api::StartProcessRequest {
             id: id.to_owned(),
             ..Default::default()
         };
         self.call_default::<_, api::StartProcessResponse>(Method::StartProcess, &req)
+            .await
             .map(|r| r.pid)
     }
 
     /// Sends `signal` to the process (`all`: to every process of the container, or to the
     /// process group of a plain process).
-    pub fn signal_process(&self, id: &str, signal: i32, all: bool) -> Result<(), ClientError> {
+    pub async fn signal_process(
+        &self,
+        id: &str,
+        signal: i32,
+        all: bool,
+    ) -> Result<(), ClientError> {
         let req = api::SignalProcessRequest {
             id: id.to_owned(),
             signal: u32::try_from(signal).unwrap_or(0),
@@ -210,12 +229,13 @@ impl Client {
             ..Default::default()
         };
         self.call_default::<_, api::Empty>(Method::SignalProcess, &req)
+            .await
             .map(drop)
     }
 
     /// Waits until the process has ended and its output has reached the host, for at most
     /// `timeout` (`None`: as long as the connection lives).
-    pub fn wait_process(
+    pub async fn wait_process(
         &self,
         id: &str,
         timeout: Option<Duration>,
@@ -224,7 +244,7 @@ impl Client {
             id: id.to_owned(),
             ..Default::default()
         };
-        let r: api::WaitProcessResponse = self.call(Method::WaitProcess, &req, timeout)?;
+        let r: api::WaitProcessResponse = self.call(Method::WaitProcess, &req, timeout).await?;
         Ok(if r.signal > 0 {
             ExitStatus::Signaled(r.signal)
         } else {
@@ -232,7 +252,7 @@ impl Client {
         })
     }
 
-    pub fn resize_terminal(&self, id: &str, rows: u32, cols: u32) -> Result<(), ClientError> {
+    pub async fn resize_terminal(&self, id: &str, rows: u32, cols: u32) -> Result<(), ClientError> {
         let req = api::ResizeTerminalRequest {
             id: id.to_owned(),
             size: protobuf::MessageField::some(api::TerminalSize {
@@ -243,106 +263,126 @@ impl Client {
             ..Default::default()
         };
         self.call_default::<_, api::Empty>(Method::ResizeTerminal, &req)
+            .await
             .map(drop)
     }
 
     /// Closes the process's stdin (as EOF on the stdin stream does).
-    pub fn close_stdin(&self, id: &str) -> Result<(), ClientError> {
+    pub async fn close_stdin(&self, id: &str) -> Result<(), ClientError> {
         let req = api::CloseStdinRequest {
             id: id.to_owned(),
             ..Default::default()
         };
         self.call_default::<_, api::Empty>(Method::CloseStdin, &req)
+            .await
             .map(drop)
     }
 
     /// Forgets an exited process.
-    pub fn remove_process(&self, id: &str) -> Result<(), ClientError> {
+    pub async fn remove_process(&self, id: &str) -> Result<(), ClientError> {
         let req = api::RemoveProcessRequest {
             id: id.to_owned(),
             ..Default::default()
         };
         self.call_default::<_, api::Empty>(Method::RemoveProcess, &req)
+            .await
             .map(drop)
     }
 
     /// Creates a container (its init waits for [`Client::start_container`]); returns the
     /// init's guest pid.
-    pub fn create_container(&self, req: &api::CreateContainerRequest) -> Result<i32, ClientError> {
+    pub async fn create_container(
+        &self,
+        req: &api::CreateContainerRequest,
+    ) -> Result<i32, ClientError> {
         self.call_default::<_, api::CreateContainerResponse>(Method::CreateContainer, req)
+            .await
             .map(|r| r.pid)
     }
 
-    pub fn start_container(&self, id: &str) -> Result<(), ClientError> {
+    pub async fn start_container(&self, id: &str) -> Result<(), ClientError> {
         let req = api::StartContainerRequest {
             id: id.to_owned(),
             ..Default::default()
         };
         self.call_default::<_, api::Empty>(Method::StartContainer, &req)
+            .await
             .map(drop)
     }
 
     /// Guest pids of every process of the container.
-    pub fn list_processes(&self, id: &str) -> Result<Vec<i32>, ClientError> {
+    pub async fn list_processes(&self, id: &str) -> Result<Vec<i32>, ClientError> {
         let req = api::ListProcessesRequest {
             id: id.to_owned(),
             ..Default::default()
         };
         self.call_default::<_, api::ListProcessesResponse>(Method::ListProcesses, &req)
+            .await
             .map(|r| r.pids)
     }
 
-    pub fn pause_container(&self, id: &str) -> Result<(), ClientError> {
+    pub async fn pause_container(&self, id: &str) -> Result<(), ClientError> {
         let req = api::PauseContainerRequest {
             id: id.to_owned(),
             ..Default::default()
         };
         self.call_default::<_, api::Empty>(Method::PauseContainer, &req)
+            .await
             .map(drop)
     }
 
-    pub fn resume_container(&self, id: &str) -> Result<(), ClientError> {
+    pub async fn resume_container(&self, id: &str) -> Result<(), ClientError> {
         let req = api::ResumeContainerRequest {
             id: id.to_owned(),
             ..Default::default()
         };
         self.call_default::<_, api::Empty>(Method::ResumeContainer, &req)
+            .await
             .map(drop)
     }
 
     /// Applies an OCI `LinuxResources` object (JSON) to the container's cgroup.
-    pub fn update_container(&self, id: &str, resources_json: Vec<u8>) -> Result<(), ClientError> {
+    pub async fn update_container(
+        &self,
+        id: &str,
+        resources_json: Vec<u8>,
+    ) -> Result<(), ClientError> {
         let req = api::UpdateContainerRequest {
             id: id.to_owned(),
             resources: resources_json,
             ..Default::default()
         };
         self.call_default::<_, api::Empty>(Method::UpdateContainer, &req)
+            .await
             .map(drop)
     }
 
-    pub fn stats(&self, id: &str) -> Result<api::StatsResponse, ClientError> {
+    pub async fn stats(&self, id: &str) -> Result<api::StatsResponse, ClientError> {
         let req = api::StatsRequest {
             id: id.to_owned(),
             ..Default::default()
         };
-        self.call_default(Method::Stats, &req)
+        self.call_default(Method::Stats, &req).await
     }
 
-    pub fn remove_container(&self, id: &str, force: bool) -> Result<(), ClientError> {
+    pub async fn remove_container(&self, id: &str, force: bool) -> Result<(), ClientError> {
         let req = api::RemoveContainerRequest {
             id: id.to_owned(),
             force,
             ..Default::default()
         };
         self.call_default::<_, api::Empty>(Method::RemoveContainer, &req)
+            .await
             .map(drop)
     }
 
     /// Asks the agent to sync and power the guest off. The VM may vanish before the answer
     /// arrives, so a dropped connection counts as success.
-    pub fn shutdown(&self) -> Result<(), ClientError> {
-        match self.call_default::<_, api::Empty>(Method::Shutdown, &api::ShutdownRequest::new()) {
+    pub async fn shutdown(&self) -> Result<(), ClientError> {
+        match self
+            .call_default::<_, api::Empty>(Method::Shutdown, &api::ShutdownRequest::new())
+            .await
+        {
             Ok(_) | Err(ClientError::Closed) | Err(ClientError::VmGone) => Ok(()),
             Err(e) => Err(e),
         }
@@ -351,28 +391,29 @@ impl Client {
     /// Opens the `kind` stdio stream of process `id`: a new connection to the stream port that
     /// starts with the stream header. Stdin: write to it, `shutdown(Write)` for EOF. Stdout,
     /// stderr: read to EOF. Terminal: both.
-    pub fn open_stream(&self, id: &str, kind: StreamKind) -> Result<UnixStream, ClientError> {
+    pub async fn open_stream(&self, id: &str, kind: StreamKind) -> Result<UnixStream, ClientError> {
         let header = StreamHeader::new(id, kind)
             .encode()
             .map_err(ClientError::Header)?;
-        let stream = self
+        let mut stream = self
             .connector
             .connect(STREAM_PORT, self.config.handshake_timeout)
+            .await
             .map_err(|e| match e {
                 ConnectError::VmGone => ClientError::VmGone,
                 e => ClientError::Connect(e),
             })?;
-        stream
-            .set_write_timeout(Some(self.config.call_timeout))
+        let timeout = self.config.call_timeout;
+        tokio::time::timeout(timeout, stream.write_all(&header))
+            .await
+            .map_err(|_| ClientError::Timeout(Secs(timeout)))?
             .map_err(ClientError::Io)?;
-        std::io::Write::write_all(&mut &stream, &header).map_err(ClientError::Io)?;
-        stream.set_write_timeout(None).map_err(ClientError::Io)?;
         Ok(stream)
     }
 }
 
 /// Connects to `port`, retrying transient failures until `config.connect_timeout`.
-fn connect_retrying(
+async fn connect_retrying(
     connector: &Connector,
     port: u32,
     config: &ClientConfig,
@@ -384,7 +425,10 @@ fn connect_retrying(
     let mut seen_vm = false;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        match connector.connect(port, config.handshake_timeout.min(left)) {
+        match connector
+            .connect(port, config.handshake_timeout.min(left))
+            .await
+        {
             Ok(s) => return Ok(s),
             Err(ConnectError::VmGone) if seen_vm || !vm_may_appear(connector) => {
                 return Err(ClientError::VmGone)
@@ -397,7 +441,7 @@ fn connect_retrying(
                 if Instant::now() + config.retry_interval >= deadline {
                     return Err(ClientError::NotUp(Secs(config.connect_timeout), e));
                 }
-                thread::sleep(config.retry_interval);
+                tokio::time::sleep(config.retry_interval).await;
             }
         }
     }
@@ -409,17 +453,6 @@ fn vm_may_appear(connector: &Connector) -> bool {
         Connector::HybridVsock { uds_path } => !uds_path.exists(),
         Connector::Unix { dir } => !dir.exists(),
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ use std::path::Path;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use super::blocking::Client;
 use super::*;
 use crate::frame::Decoder;
 use crate::rpc::{Call, Code};

@@ -10,15 +10,21 @@ use super::{Ctx, Result};
 use crate::cli::CreateArgs;
 use crate::config::{Config, VmSize};
 use crate::monitor::{self, Plan, StdioPlan};
+use crate::sandbox::SandboxFactory;
 use crate::spec::Bundle;
 
 /// Creates the container; returns the monitor's pid (a child of this process).
-pub fn run(ctx: &Ctx, args: &CreateArgs) -> Result<Pid> {
-    create(ctx, args, false)
+pub fn run<F: SandboxFactory>(ctx: &Ctx, factory: &F, args: &CreateArgs) -> Result<Pid> {
+    create(ctx, factory, args, false)
 }
 
 /// `own_terminal`: a foreground `run` may hand its own terminal to a terminal process.
-pub fn create(ctx: &Ctx, args: &CreateArgs, own_terminal: bool) -> Result<Pid> {
+pub fn create<F: SandboxFactory>(
+    ctx: &Ctx,
+    factory: &F,
+    args: &CreateArgs,
+    own_terminal: bool,
+) -> Result<Pid> {
     crate::state::validate_id(&args.id)?;
     let bundle = Bundle::load(&args.bundle)?;
     let config = Config::load()?;
@@ -61,7 +67,6 @@ pub fn create(ctx: &Ctx, args: &CreateArgs, own_terminal: bool) -> Result<Pid> {
         created: crate::logging::rfc3339(SystemTime::now()),
     };
     crate::logging::debug(&format!("create {}: vm {:?}", args.id, plan.size));
-    let factory = ctx.factory;
     let forked = crate::process::fork_with_ready(move |ready| monitor::run(plan, factory, ready));
     let (pid, ready) = match forked {
         Ok(x) => x,
@@ -87,7 +92,8 @@ pub fn create(ctx: &Ctx, args: &CreateArgs, own_terminal: bool) -> Result<Pid> {
     Ok(pid)
 }
 
-/// Removes what a failed create may have left: share mounts, cgroups, the state directory.
+/// Removes what a failed create (or a deleted container) may have left: share mounts,
+/// cgroups, the state directory.
 pub fn cleanup(ctx: &Ctx, id: &str) {
     if let Ok(st) = ctx.store.load(id) {
         crate::cgroups::remove(&st.cgroup_dirs);

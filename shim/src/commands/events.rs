@@ -7,28 +7,27 @@ use serde_json::json;
 
 use super::{usage, Ctx, Result};
 use crate::cli::EventsArgs;
-use crate::control::{Client, Request};
+use crate::control::{ControlError, Done, Request};
 use crate::state::Status;
 
 pub fn run(ctx: &Ctx, args: &EventsArgs) -> Result<()> {
     let interval = parse_duration(&args.interval)?;
     loop {
         let (_, status) = ctx.load(&args.id)?;
-        if status == Status::Stopped {
-            return if args.stats {
-                Err(usage("container not running"))
-            } else {
-                Ok(())
-            };
+        // A container that stopped ends the stream; a single --stats asks for a live one.
+        if status == Status::Stopped && !args.stats {
+            return Ok(());
         }
-        let data = match Client::connect(&ctx.store.dir(&args.id)?)
-            .and_then(|mut c| c.call(&Request::Stats))
-        {
-            Ok(d) => d.unwrap_or_default(),
-            Err(crate::control::ControlError::Unreachable) if !args.stats => return Ok(()),
-            Err(e) => return Err(e.into()),
+        if status != Status::Creating {
+            status.can_inspect()?;
+        }
+        let stats = match ctx.call(&args.id, &Request::Stats) {
+            Ok(Done::Stats { stats }) => stats,
+            Ok(_) => return Err(ControlError::Unexpected("stats").into()),
+            Err(super::Error::Control(ControlError::Unreachable)) if !args.stats => return Ok(()),
+            Err(e) => return Err(e),
         };
-        println!("{}", json!({"type": "stats", "id": args.id, "data": data}));
+        println!("{}", json!({"type": "stats", "id": args.id, "data": stats}));
         if args.stats {
             return Ok(());
         }

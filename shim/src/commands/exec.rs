@@ -5,58 +5,56 @@
 
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
-use serde_json::{json, Value};
+use oci_spec::runtime::{Capabilities, Capability, LinuxCapabilities, Process, User};
 
 use super::{io, usage, Ctx, Result};
 use crate::cli::ExecArgs;
+use crate::console::RawTerminal;
 use crate::control::{Client, ExecControl, Request};
 use crate::state::Status;
 
 pub fn run(ctx: &Ctx, args: &ExecArgs) -> Result<i32> {
-    let (st, status) = ctx.load(&args.id)?;
-    match status {
-        Status::Stopped => return Err(usage("cannot exec in a stopped container")),
-        Status::Paused => return Err(usage("cannot exec in a paused container")),
-        _ => {}
-    }
-    let process = process_json(&st.bundle, args)?;
-    let tty = process
-        .get("terminal")
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
+    let st = ctx.check(&args.id, Status::can_exec)?;
+    let process = process(&st.bundle, args)?;
+    let tty = process.terminal().unwrap_or(false);
     let dir = ctx.store.dir(&args.id)?;
     let stdio = ExecStdio::prepare(tty, args)?;
     let request = Request::Exec {
-        process,
+        process: Box::new(process),
         tty,
         stdin: stdio.has_stdin,
     };
+    // Blocked before any thread or fork, so none is lost and one thread takes them.
+    let signals = crate::process::block_forwarded();
     if !args.detach {
-        let signals = crate::process::block_forwarded();
-        let raw = stdio.raw_guard();
+        let _raw = stdio.own_terminal.then(RawTerminal::stdin).flatten();
         let mut client = Client::connect(&dir)?;
         client.call_with_fds(&request, &stdio.raw_fds())?;
+        // Our own terminal's size is read from our stdin, which stays open.
+        let sizes = stdio.own_terminal.then_some(0);
         drop(stdio);
-        let code = wait_forwarding(client, signals);
-        drop(raw);
-        return Ok(code);
+        return Ok(wait_forwarding(client, signals, sizes));
     }
-    let signals = crate::process::block_forwarded();
     let (pid, ready) = crate::process::fork_with_ready(move |ready| {
         let client = match Client::connect(&dir)
             .and_then(|mut c| c.call_with_fds(&request, &stdio.raw_fds()).map(|_| c))
         {
             Ok(c) => c,
             Err(e) => {
-                ready.report(Some(e.to_string()));
+                ready.report(Some(bulkhead_protocol::error_chain(&e)));
                 return 1;
             }
         };
         client.set_read_timeout(None);
-        drop(stdio);
+        // With a console socket the proxy keeps the pty's slave as its controlling terminal,
+        // so the engine's resizes of the master reach it as SIGWINCH.
+        let sizes = stdio
+            .console
+            .inspect(crate::console::take_as_controlling_terminal);
+        drop(stdio.fds);
         ready.report(None);
         crate::process::null_stdio();
-        wait_forwarding(client, signals)
+        wait_forwarding(client, signals, sizes.as_ref().map(AsRawFd::as_raw_fd))
     })?;
     crate::process::wait_ready(ready)?;
     if let Some(p) = &args.pid_file {
@@ -65,12 +63,21 @@ pub fn run(ctx: &Ctx, args: &ExecArgs) -> Result<i32> {
     Ok(0)
 }
 
-/// Forwards our signals to the exec'd process until its exit status arrives.
-fn wait_forwarding(client: Client, signals: nix::sys::signal::SigSet) -> i32 {
+/// Forwards our signals to the exec'd process — and, on SIGWINCH, the new size of the terminal
+/// `sizes` — until its exit status arrives.
+fn wait_forwarding(client: Client, signals: nix::sys::signal::SigSet, sizes: Option<RawFd>) -> i32 {
     if let Ok(stream) = client.try_clone_stream() {
         std::thread::spawn(move || {
             while let Some(signal) = crate::process::next_signal(&signals) {
-                if crate::control::write_json(&stream, &ExecControl::Signal { signal }).is_err() {
+                let msg = if signal == libc::SIGWINCH {
+                    match sizes.and_then(crate::console::get_winsize) {
+                        Some((rows, cols)) => ExecControl::Resize { rows, cols },
+                        None => continue,
+                    }
+                } else {
+                    ExecControl::Signal { signal }
+                };
+                if crate::control::write_json(&stream, &msg).is_err() {
                     break;
                 }
             }
@@ -90,6 +97,8 @@ struct ExecStdio {
     fds: Vec<OwnedFd>,
     has_stdin: bool,
     own_terminal: bool,
+    /// The pty slave when the master went to `--console-socket`.
+    console: Option<OwnedFd>,
 }
 
 impl ExecStdio {
@@ -99,10 +108,12 @@ impl ExecStdio {
                 let pty = crate::console::open_pty()?;
                 crate::console::make_raw(&pty.slave).map_err(|e| io("pty raw mode")(e.into()))?;
                 crate::console::send_to_socket(sock, &pty.name, &pty.master)?;
+                let keep = pty.slave.try_clone().map_err(io("dup pty"))?;
                 return Ok(ExecStdio {
                     fds: vec![pty.slave],
                     has_stdin: false,
                     own_terminal: false,
+                    console: Some(keep),
                 });
             }
             if args.detach {
@@ -115,6 +126,7 @@ impl ExecStdio {
                 fds: vec![t],
                 has_stdin: false,
                 own_terminal: true,
+                console: None,
             });
         }
         let mut fds = Vec::new();
@@ -127,32 +139,12 @@ impl ExecStdio {
             fds,
             has_stdin,
             own_terminal: false,
+            console: None,
         })
     }
 
     fn raw_fds(&self) -> Vec<RawFd> {
         self.fds.iter().map(AsRawFd::as_raw_fd).collect()
-    }
-
-    fn raw_guard(&self) -> Option<RawGuard> {
-        if !self.own_terminal {
-            return None;
-        }
-        let saved = nix::sys::termios::tcgetattr(std::io::stdin()).ok()?;
-        crate::console::make_raw(std::io::stdin()).ok()?;
-        Some(RawGuard(saved))
-    }
-}
-
-struct RawGuard(nix::sys::termios::Termios);
-
-impl Drop for RawGuard {
-    fn drop(&mut self) {
-        let _ = nix::sys::termios::tcsetattr(
-            std::io::stdin(),
-            nix::sys::termios::SetArg::TCSANOW,
-            &self.0,
-        );
     }
 }
 
@@ -165,65 +157,99 @@ fn dup(fd: RawFd) -> Option<OwnedFd> {
 
 /// The OCI process to run: `--process FILE`, or the container's own process with runc's
 /// command-line overrides.
-pub fn process_json(bundle: &std::path::Path, args: &ExecArgs) -> Result<Value> {
+pub fn process(bundle: &std::path::Path, args: &ExecArgs) -> Result<Process> {
     if let Some(path) = &args.process {
         let text = std::fs::read(path).map_err(io(format!("read {}", path.display())))?;
-        let v: Value = serde_json::from_slice(&text)
-            .map_err(|e| usage(format!("{}: invalid JSON: {e}", path.display())))?;
-        match v.get("args").and_then(Value::as_array) {
-            Some(a) if !a.is_empty() => return Ok(v),
-            _ => return Err(usage("process args must not be empty")),
+        let invalid =
+            |e: serde_json::Error| usage(format!("{}: invalid process: {e}", path.display()));
+        let mut raw: serde_json::Value = serde_json::from_slice(&text).map_err(invalid)?;
+        // runc reads the file into a zero-valued process: no `user` means root.
+        if let Some(obj) = raw.as_object_mut() {
+            obj.entry("user")
+                .or_insert_with(|| serde_json::json!({"uid": 0, "gid": 0}));
         }
+        let p: Process = serde_json::from_value(raw).map_err(invalid)?;
+        if p.args().as_ref().is_none_or(Vec::is_empty) {
+            return Err(usage("process args must not be empty"));
+        }
+        return Ok(p);
     }
     if args.command.is_empty() {
         return Err(usage("exec: no command given"));
     }
-    let base = std::fs::read(bundle.join(crate::spec::CONFIG_FILE))
+    let mut p = crate::spec::Bundle::load(bundle)
         .ok()
-        .and_then(|t| serde_json::from_slice::<Value>(&t).ok())
-        .and_then(|s| s.get("process").cloned())
-        .unwrap_or_else(|| json!({"user": {"uid": 0, "gid": 0}, "cwd": "/", "env": []}));
-    let mut p = base;
-    p["args"] = json!(args.command);
-    p["terminal"] = json!(args.tty);
-    let mut env: Vec<String> = p
-        .get("env")
-        .and_then(|e| serde_json::from_value(e.clone()).ok())
-        .unwrap_or_default();
+        .and_then(|b| b.spec.process().clone())
+        .unwrap_or_else(base_process);
+    p.set_args(Some(args.command.clone()));
+    p.set_terminal(Some(args.tty));
+    let mut env = p.env().clone().unwrap_or_default();
     for kv in &args.env {
         let key = kv.split('=').next().unwrap_or("");
         env.retain(|e| e.split('=').next() != Some(key));
         env.push(kv.clone());
     }
-    p["env"] = json!(env);
+    p.set_env(Some(env));
     if let Some(cwd) = &args.cwd {
-        p["cwd"] = json!(cwd);
+        p.set_cwd(cwd.into());
     }
     if let Some(user) = &args.user {
         let (uid, gid) = parse_user(user)?;
-        p["user"] = json!({"uid": uid, "gid": gid});
+        let mut u = User::default();
+        u.set_uid(uid);
+        u.set_gid(gid);
+        p.set_user(u);
     }
     if !args.additional_gids.is_empty() {
-        p["user"]["additionalGids"] = json!(args.additional_gids);
+        p.user_mut()
+            .set_additional_gids(Some(args.additional_gids.clone()));
     }
     if !args.cap.is_empty() {
-        for set in ["bounding", "effective", "permitted"] {
-            let mut caps: Vec<String> = p
-                .pointer(&format!("/capabilities/{set}"))
-                .and_then(|c| serde_json::from_value(c.clone()).ok())
-                .unwrap_or_default();
-            for c in &args.cap {
-                if !caps.contains(c) {
-                    caps.push(c.clone());
-                }
-            }
-            p["capabilities"][set] = json!(caps);
-        }
+        let added = args
+            .cap
+            .iter()
+            .map(|c| {
+                // As the spec spells them (CAP_NET_ADMIN), which is how runc takes them too.
+                serde_json::from_value::<Capability>(serde_json::Value::String(c.clone()))
+                    .map_err(|_| usage(format!("unknown capability {c:?}")))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let mut caps = p.capabilities().clone().unwrap_or_else(no_capabilities);
+        let with = |set: &Option<Capabilities>| {
+            let mut set = set.clone().unwrap_or_default();
+            set.extend(added.iter().copied());
+            Some(set)
+        };
+        caps.set_bounding(with(caps.bounding()));
+        caps.set_effective(with(caps.effective()));
+        caps.set_permitted(with(caps.permitted()));
+        p.set_capabilities(Some(caps));
     }
     if args.no_new_privs {
-        p["noNewPrivileges"] = json!(true);
+        p.set_no_new_privileges(Some(true));
     }
     Ok(p)
+}
+
+/// Empty capability sets (oci-spec's default holds Docker's defaults).
+fn no_capabilities() -> LinuxCapabilities {
+    let mut c = LinuxCapabilities::default();
+    c.set_bounding(None);
+    c.set_effective(None);
+    c.set_inheritable(None);
+    c.set_permitted(None);
+    c.set_ambient(None);
+    c
+}
+
+/// runc's process when the bundle has none: root in `/`, no environment.
+fn base_process() -> Process {
+    let mut p = Process::default();
+    p.set_env(None);
+    p.set_capabilities(None);
+    p.set_rlimits(None);
+    p.set_no_new_privileges(None);
+    p
 }
 
 /// `uid[:gid]`, numeric (names would need the container's /etc/passwd, which is in the guest).
@@ -245,6 +271,7 @@ fn parse_user(s: &str) -> Result<(u32, u32)> {
 mod tests {
     use super::*;
     use clap::Parser;
+    use serde_json::json;
 
     fn exec_args(argv: &[&str]) -> ExecArgs {
         let mut v = vec!["bulkhead", "exec"];
@@ -279,7 +306,7 @@ mod tests {
             "id",
             "-u",
         ]);
-        let p = process_json(d.path(), &a).unwrap();
+        let p = serde_json::to_value(process(d.path(), &a).unwrap()).unwrap();
         assert_eq!(p["args"], json!(["id", "-u"]));
         assert_eq!(p["env"], json!(["PATH=/bin", "A=new"]));
         assert_eq!(
@@ -288,10 +315,11 @@ mod tests {
         );
         assert_eq!(p["cwd"], "/tmp");
         assert_eq!(p["terminal"], false);
-        assert_eq!(
-            p["capabilities"]["bounding"],
-            json!(["CAP_KILL", "CAP_NET_ADMIN"])
-        );
+        let mut bounding: Vec<String> =
+            serde_json::from_value(p["capabilities"]["bounding"].clone()).unwrap();
+        bounding.sort();
+        assert_eq!(bounding, ["CAP_KILL", "CAP_NET_ADMIN"]);
+        assert_eq!(p["capabilities"]["effective"], json!(["CAP_NET_ADMIN"]));
         assert_eq!(p["noNewPrivileges"], true);
     }
 
@@ -299,13 +327,17 @@ mod tests {
     fn process_file_wins_and_is_checked() {
         let d = tempfile::tempdir().unwrap();
         let f = d.path().join("p.json");
-        std::fs::write(&f, r#"{"args":["sh"],"terminal":true,"cwd":"/"}"#).unwrap();
+        let p = r#"{"args":["sh"],"terminal":true,"cwd":"/","user":{"uid":0,"gid":0}}"#;
+        std::fs::write(&f, p).unwrap();
         let a = exec_args(&["--process", f.to_str().unwrap(), "c1"]);
-        assert_eq!(process_json(d.path(), &a).unwrap()["terminal"], true);
-        std::fs::write(&f, r#"{"args":[]}"#).unwrap();
-        assert!(process_json(d.path(), &a).is_err());
+        assert_eq!(process(d.path(), &a).unwrap().terminal(), Some(true));
+        std::fs::write(&f, r#"{"args":[],"cwd":"/","user":{"uid":0,"gid":0}}"#).unwrap();
+        assert!(process(d.path(), &a).is_err());
+        // Not an OCI process: refused here, not in the guest.
+        std::fs::write(&f, r#"{"args":"sh"}"#).unwrap();
+        assert!(process(d.path(), &a).is_err());
         let a = exec_args(&["c1"]);
-        assert!(process_json(d.path(), &a).is_err());
+        assert!(process(d.path(), &a).is_err());
     }
 
     #[test]

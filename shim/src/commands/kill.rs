@@ -2,7 +2,7 @@
 
 use super::{Ctx, Result};
 use crate::cli::KillArgs;
-use crate::control::{Client, Request};
+use crate::control::Request;
 use crate::state::Status;
 
 pub fn run(ctx: &Ctx, args: &KillArgs) -> Result<()> {
@@ -10,13 +10,13 @@ pub fn run(ctx: &Ctx, args: &KillArgs) -> Result<()> {
         Some(s) => crate::signal::parse(s)?,
         None => libc::SIGTERM,
     };
-    let (_, status) = ctx.load(&args.id)?;
-    if status == Status::Stopped {
-        return Err(super::usage("container not running"));
-    }
-    Client::connect(&ctx.store.dir(&args.id)?)?.call(&Request::Kill {
-        signal,
-        all: args.all,
-    })?;
+    ctx.check(&args.id, Status::can_kill)?;
+    ctx.call(
+        &args.id,
+        &Request::Kill {
+            signal,
+            all: args.all,
+        },
+    )?;
     Ok(())
 }

@@ -4,12 +4,7 @@ use super::{Ctx, Result};
 use crate::cli::{ListArgs, ListFormat};
 
 pub fn run(ctx: &Ctx, args: &ListArgs) -> Result<()> {
-    let states: Vec<_> = ctx
-        .store
-        .list()?
-        .iter()
-        .filter_map(|id| ctx.store.load(id).ok())
-        .collect();
+    let states = ctx.store.list()?;
     if args.quiet {
         for s in &states {
             println!("{}", s.id);

@@ -18,6 +18,9 @@ mod update;
 mod version;
 
 use crate::cli::{Cli, Command, GlobalOpts};
+use crate::control::{Done, Request};
+use crate::error::{HasKind, Kind};
+use crate::lifecycle::Refused;
 use crate::sandbox::SandboxFactory;
 use crate::state::{State, Status, Store};
 
@@ -42,6 +45,8 @@ pub enum Error {
     Signal(#[from] crate::signal::SignalError),
     #[error(transparent)]
     Console(#[from] crate::console::ConsoleError),
+    #[error(transparent)]
+    Refused(#[from] Refused),
     #[error("{0}")]
     Usage(String),
     #[error("{what}")]
@@ -53,6 +58,21 @@ pub enum Error {
 
 pub type Result<T> = std::result::Result<T, Error>;
 
+impl HasKind for Error {
+    fn kind(&self) -> Kind {
+        match self {
+            Error::State(crate::state::StateError::NotExist(_)) => Kind::NotFound,
+            Error::State(crate::state::StateError::Exists(_)) => Kind::AlreadyExists,
+            Error::Control(e) => e.kind(),
+            Error::Refused(r) => r.kind(),
+            Error::Spec(_) | Error::Config(_) | Error::Signal(_) | Error::Usage(_) => {
+                Kind::InvalidArgument
+            }
+            _ => Kind::Internal,
+        }
+    }
+}
+
 fn usage(msg: impl Into<String>) -> Error {
     Error::Usage(msg.into())
 }
@@ -63,22 +83,42 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
 }
 
 /// What every command gets.
-pub struct Ctx<'a> {
+pub struct Ctx {
     pub global: GlobalOpts,
     pub store: Store,
-    pub factory: &'a dyn SandboxFactory,
 }
 
-impl Ctx<'_> {
+impl Ctx {
     /// Loads a container's state and its current status.
     fn load(&self, id: &str) -> Result<(State, Status)> {
         let st = self.store.load(id)?;
         let status = st.current_status();
         Ok((st, status))
     }
+
+    /// Loads a container and applies a lifecycle rule to the status on disk, so a stopped
+    /// container (whose monitor is gone) gets runc's answer at once. A container that is
+    /// still being created is left to its monitor, which waits for the creation to end and
+    /// then applies the same rule.
+    fn check(
+        &self,
+        id: &str,
+        rule: fn(Status) -> std::result::Result<(), Refused>,
+    ) -> Result<State> {
+        let (st, status) = self.load(id)?;
+        if status != Status::Creating {
+            rule(status)?;
+        }
+        Ok(st)
+    }
+
+    /// Sends one request to the container's monitor.
+    fn call(&self, id: &str, req: &Request) -> Result<Done> {
+        Ok(crate::control::call(&self.store.dir(id)?, req)?)
+    }
 }
 
-pub fn dispatch(cli: Cli, factory: &dyn SandboxFactory) -> Result<i32> {
+pub fn dispatch<F: SandboxFactory>(cli: Cli, factory: &F) -> Result<i32> {
     if cli.version {
         version::run();
         return Ok(0);
@@ -86,18 +126,17 @@ pub fn dispatch(cli: Cli, factory: &dyn SandboxFactory) -> Result<i32> {
     let ctx = Ctx {
         store: Store::new(cli.global.root.clone()),
         global: cli.global,
-        factory,
     };
     let Some(cmd) = cli.command else {
         return Err(usage("no command given (see --help)"));
     };
     match cmd {
-        Command::Create(a) => create::run(&ctx, &a).map(|_| 0),
+        Command::Create(a) => create::run(&ctx, factory, &a).map(|_| 0),
         Command::Start(a) => start::run(&ctx, &a.id).map(|()| 0),
         Command::State(a) => state::run(&ctx, &a.id).map(|()| 0),
         Command::Kill(a) => kill::run(&ctx, &a).map(|()| 0),
         Command::Delete(a) => delete::run(&ctx, &a.id, a.force).map(|()| 0),
-        Command::Run(a) => run::run(&ctx, &a),
+        Command::Run(a) => run::run(&ctx, factory, &a),
         Command::Exec(a) => exec::run(&ctx, &a),
         Command::Ps(a) => ps::run(&ctx, &a).map(|()| 0),
         Command::List(a) => list::run(&ctx, &a).map(|()| 0),

@@ -3,18 +3,14 @@
 
 use super::{Ctx, Result};
 use crate::cli::{ListFormat, PsArgs};
-use crate::control::{Client, Request};
+use crate::control::{ControlError, Done, Request};
 use crate::state::Status;
 
 pub fn run(ctx: &Ctx, args: &PsArgs) -> Result<()> {
-    let (_, status) = ctx.load(&args.id)?;
-    if status == Status::Stopped {
-        return Err(super::usage("container not running"));
-    }
-    let data = Client::connect(&ctx.store.dir(&args.id)?)?.call(&Request::Pids)?;
-    let pids: Vec<i32> = data
-        .and_then(|d| serde_json::from_value(d).ok())
-        .unwrap_or_default();
+    ctx.check(&args.id, Status::can_inspect)?;
+    let Done::Pids { pids } = ctx.call(&args.id, &Request::Pids)? else {
+        return Err(ControlError::Unexpected("pids").into());
+    };
     match args.format {
         ListFormat::Json => println!(
             "{}",

@@ -5,13 +5,15 @@ use nix::sys::wait::{waitpid, WaitStatus};
 
 use super::{Ctx, Result};
 use crate::cli::RunArgs;
+use crate::console::RawTerminal;
+use crate::sandbox::SandboxFactory;
 
-pub fn run(ctx: &Ctx, args: &RunArgs) -> Result<i32> {
+pub fn run<F: SandboxFactory>(ctx: &Ctx, factory: &F, args: &RunArgs) -> Result<i32> {
     let foreground = !args.create.detach;
     // Signals are blocked before the monitor is forked so none is lost in between.
     let signals = foreground.then(crate::process::block_forwarded);
-    let raw = foreground.then(TerminalGuard::raw_stdin).flatten();
-    let pid = super::create::create(ctx, &args.create, foreground)?;
+    let raw = foreground.then(RawTerminal::stdin).flatten();
+    let pid = super::create::create(ctx, factory, &args.create, foreground)?;
     if let Err(e) = super::start::run(ctx, &args.create.id) {
         let _ = super::delete::run(ctx, &args.create.id, true);
         let _ = waitpid(pid, None);
@@ -38,28 +40,4 @@ pub fn run(ctx: &Ctx, args: &RunArgs) -> Result<i32> {
         super::delete::run(ctx, &args.create.id, true)?;
     }
     Ok(code)
-}
-
-/// Puts our terminal in raw mode while a terminal container runs on it, restoring it after.
-struct TerminalGuard {
-    saved: nix::sys::termios::Termios,
-}
-
-impl TerminalGuard {
-    fn raw_stdin() -> Option<TerminalGuard> {
-        let stdin = std::io::stdin();
-        let saved = nix::sys::termios::tcgetattr(&stdin).ok()?;
-        crate::console::make_raw(&stdin).ok()?;
-        Some(TerminalGuard { saved })
-    }
-}
-
-impl Drop for TerminalGuard {
-    fn drop(&mut self) {
-        let _ = nix::sys::termios::tcsetattr(
-            std::io::stdin(),
-            nix::sys::termios::SetArg::TCSANOW,
-            &self.saved,
-        );
-    }
 }

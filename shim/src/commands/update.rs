@@ -1,35 +1,31 @@
-//! `bulkhead update`: new resource limits, applied in the guest and to the host group (which
-//! keeps its stated overheads on top).
+//! `bulkhead update`: new resource limits, applied in the guest and to the host group (by the
+//! monitor, with the rule `create` used).
 
 use std::io::Read;
 
-use serde_json::{json, Value};
+use oci_spec::runtime::{LinuxPids, LinuxResources};
 
 use super::{io, usage, Ctx, Result};
-use crate::cgroups::HostLimits;
 use crate::cli::UpdateArgs;
-use crate::control::{Client, Request};
+use crate::control::Request;
 use crate::state::Status;
 
 pub fn run(ctx: &Ctx, args: &UpdateArgs) -> Result<()> {
-    let (st, status) = ctx.load(&args.id)?;
-    if status == Status::Stopped {
-        return Err(usage("container not running"));
-    }
+    ctx.check(&args.id, Status::can_inspect)?;
     let resources = resources(args)?;
-    Client::connect(&ctx.store.dir(&args.id)?)?.call(&Request::Update {
-        resources: resources.clone(),
-    })?;
-    let config = crate::config::Config::load()?;
-    let limits = host_limits(&resources, &config);
-    crate::cgroups::update(&st.cgroup_dirs, &limits)?;
+    ctx.call(
+        &args.id,
+        &Request::Update {
+            resources: Box::new(resources),
+        },
+    )?;
     Ok(())
 }
 
-/// The `linux.resources` JSON from --resources (file or `-`) with flag overrides on top.
-pub fn resources(args: &UpdateArgs) -> Result<Value> {
+/// The `linux.resources` from --resources (file or `-`) with flag overrides on top.
+pub fn resources(args: &UpdateArgs) -> Result<LinuxResources> {
     let mut r = match args.resources.as_deref() {
-        None => json!({}),
+        None => LinuxResources::default(),
         Some("-") => {
             let mut s = String::new();
             std::io::stdin()
@@ -39,53 +35,64 @@ pub fn resources(args: &UpdateArgs) -> Result<Value> {
         }
         Some(path) => parse(&std::fs::read_to_string(path).map_err(io(format!("read {path}")))?)?,
     };
-    let mut set = |ptr: &str, v: Value| {
-        let (obj, key) = ptr.split_once('/').unwrap_or((ptr, ""));
-        if !r.get(obj).is_some_and(Value::is_object) {
-            r[obj] = json!({});
+    let bytes = |v: &Option<String>| v.as_deref().map(parse_bytes).transpose();
+    let (limit, reservation, swap) = (
+        bytes(&args.memory)?,
+        bytes(&args.memory_reservation)?,
+        bytes(&args.memory_swap)?,
+    );
+    if limit.is_some() || reservation.is_some() || swap.is_some() {
+        let mut m = r.memory().unwrap_or_default();
+        if limit.is_some() {
+            m.set_limit(limit);
         }
-        r[obj][key] = v;
-    };
-    if let Some(m) = &args.memory {
-        set("memory/limit", json!(parse_bytes(m)?));
+        if reservation.is_some() {
+            m.set_reservation(reservation);
+        }
+        if swap.is_some() {
+            m.set_swap(swap);
+        }
+        r.set_memory(Some(m));
     }
-    if let Some(m) = &args.memory_reservation {
-        set("memory/reservation", json!(parse_bytes(m)?));
+    let cpu_flags = args.cpu_quota.is_some()
+        || args.cpu_period.is_some()
+        || args.cpu_share.is_some()
+        || args.cpuset_cpus.is_some()
+        || args.cpuset_mems.is_some();
+    if cpu_flags {
+        let mut c = r.cpu().clone().unwrap_or_default();
+        if args.cpu_quota.is_some() {
+            c.set_quota(args.cpu_quota);
+        }
+        if args.cpu_period.is_some() {
+            c.set_period(args.cpu_period);
+        }
+        if args.cpu_share.is_some() {
+            c.set_shares(args.cpu_share);
+        }
+        if args.cpuset_cpus.is_some() {
+            c.set_cpus(args.cpuset_cpus.clone());
+        }
+        if args.cpuset_mems.is_some() {
+            c.set_mems(args.cpuset_mems.clone());
+        }
+        r.set_cpu(Some(c));
     }
-    if let Some(m) = &args.memory_swap {
-        set("memory/swap", json!(parse_bytes(m)?));
-    }
-    if let Some(q) = args.cpu_quota {
-        set("cpu/quota", json!(q));
-    }
-    if let Some(p) = args.cpu_period {
-        set("cpu/period", json!(p));
-    }
-    if let Some(s) = args.cpu_share {
-        set("cpu/shares", json!(s));
-    }
-    if let Some(c) = &args.cpuset_cpus {
-        set("cpu/cpus", json!(c));
-    }
-    if let Some(m) = &args.cpuset_mems {
-        set("cpu/mems", json!(m));
-    }
-    if let Some(p) = args.pids_limit {
-        set("pids/limit", json!(p));
+    if let Some(limit) = args.pids_limit {
+        let mut p = LinuxPids::default();
+        p.set_limit(limit);
+        r.set_pids(Some(p));
     }
     if let Some(w) = args.blkio_weight {
-        set("blockIO/weight", json!(w));
+        let mut b = r.block_io().clone().unwrap_or_default();
+        b.set_weight(Some(w));
+        r.set_block_io(Some(b));
     }
     Ok(r)
 }
 
-fn parse(s: &str) -> Result<Value> {
-    let v: Value =
-        serde_json::from_str(s).map_err(|e| usage(format!("resources: invalid JSON: {e}")))?;
-    if !v.is_object() {
-        return Err(usage("resources: not a JSON object"));
-    }
-    Ok(v)
+fn parse(s: &str) -> Result<LinuxResources> {
+    serde_json::from_str(s).map_err(|e| usage(format!("resources: {e}")))
 }
 
 /// `64m`, `1g`, `1024`, `-1` → bytes (runc's units, powers of 1024).
@@ -108,23 +115,6 @@ pub fn parse_bytes(s: &str) -> Result<i64> {
         return Err(bad());
     }
     Ok((n * mult as f64) as i64)
-}
-
-fn host_limits(r: &Value, cfg: &crate::config::Config) -> HostLimits {
-    let i = |p: &str| r.pointer(p).and_then(Value::as_i64);
-    let memory = i("/memory/limit").filter(|m| *m > 0).map(|m| {
-        let mib = (m as u64).div_ceil(1 << 20) as i64
-            + i64::from(cfg.guest_overhead_mib)
-            + i64::from(cfg.host_overhead_mib);
-        mib << 20
-    });
-    HostLimits {
-        memory,
-        pids: i("/pids/limit").filter(|p| *p > 0),
-        cpu_quota: i("/cpu/quota"),
-        cpu_period: r.pointer("/cpu/period").and_then(Value::as_u64),
-        cpu_shares: r.pointer("/cpu/shares").and_then(Value::as_u64),
-    }
 }
 
 #[cfg(test)]
@@ -161,10 +151,11 @@ mod tests {
             blkio_weight: None,
         };
         let r = resources(&args).unwrap();
-        assert_eq!(r["memory"]["limit"], 64 << 20);
-        assert_eq!(r["pids"]["limit"], 5);
-        assert_eq!(r["cpu"]["quota"], 50000);
-        let l = host_limits(&r, &crate::config::Config::default());
-        assert_eq!(l.memory, Some((64 + 64 + 64) << 20));
+        assert_eq!(r.memory().as_ref().and_then(|m| m.limit()), Some(64 << 20));
+        assert_eq!(r.pids().as_ref().map(|p| p.limit()), Some(5));
+        assert_eq!(r.cpu().as_ref().and_then(|c| c.quota()), Some(50000));
+        // Not a LinuxResources object: refused before it reaches the guest.
+        std::fs::write(&f, r#"{"memory":{"limit":"lots"}}"#).unwrap();
+        assert!(resources(&args).is_err());
     }
 }

@@ -1,34 +1,43 @@
 //! The sandbox monitor: the process `create` leaves behind, one per container.
 //!
 //! It is forked by `create` (so it stays a descendant of the engine's subreaper, which waits
-//! for it), and in order: moves into its own mount namespace (share binds stay private and die
-//! with it) and the spec's network namespace, joins the host cgroup, binds the share, runs the
-//! createRuntime/prestart hooks, boots the VM, creates the container in the guest with the
-//! caller's stdio (or a pty whose master went to `--console-socket`), runs the createContainer
-//! hooks, opens `control.sock` and only then tells `create` it is ready. It then serves control
-//! requests until the container's init exits, and exits with the init's status after the VM
-//! is gone. Any failure before readiness undoes every step and is reported to `create` as one
-//! line.
+//! for it). It blocks the signals it forwards (so every thread it starts inherits the mask and
+//! one signalfd takes them), starts one current-thread tokio runtime, and in order: binds
+//! `control.sock` (a `start` that arrives while the VM boots waits instead of failing), moves
+//! into its own mount namespace and the spec's network namespace, joins the host cgroup, binds
+//! the share, runs the createRuntime/prestart hooks, boots the VM, creates the container in the
+//! guest with the caller's stdio (or a pty whose master went to `--console-socket`), runs the
+//! createContainer hooks and only then tells `create` it is ready. It then serves control
+//! requests and forwards signals until the container's init exits, and exits with the init's
+//! status after the VM is gone. Any failure before readiness undoes every step and is reported
+//! to `create` as one line.
+//!
+//! One owner: the monitor's state lives in [`Monitor`], on the runtime's one thread; connection
+//! tasks borrow it between awaits, so there are no locks. Threads besides it are the VM's own
+//! (vCPUs, device loop, virtio-fs worker) and hook runs.
 
+mod exec;
 mod server;
 mod setup;
+mod signals;
 
+use std::cell::{Cell, OnceCell, RefCell};
 use std::os::fd::OwnedFd;
-use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
 
 use crate::config::{Config, VmSize};
-use crate::hooks::{self, Phase};
+use crate::error::{Failure, HasKind, Kind};
+use crate::hooks::Phase;
+use crate::lifecycle::{Refused, Status};
 use crate::process::ReadyWriter;
-use crate::sandbox::{BootContext, Sandbox, SandboxFactory, Stdio};
+use crate::sandbox::{BootContext, Sandbox, SandboxFactory, Stdio, Target};
 use crate::share::Share;
 use crate::spec::Bundle;
-use crate::state::{State, Status, Store};
-
-/// Where the guest mounts the share (the agent uses the same path for the rootfs tag).
-pub const GUEST_SHARE_ROOT: &str = bulkhead_protocol::GUEST_SHARE_DIR;
+use crate::state::{State, Store};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MonitorError {
@@ -44,8 +53,12 @@ pub enum MonitorError {
     State(#[from] crate::state::StateError),
     #[error(transparent)]
     Console(#[from] crate::console::ConsoleError),
-    #[error("listen on control socket")]
+    #[error("control socket")]
     Listen(#[source] std::io::Error),
+    #[error("monitor runtime")]
+    Runtime(#[source] std::io::Error),
+    #[error(transparent)]
+    Failed(#[from] Failure),
 }
 
 /// How the container's terminal or streams reach the monitor.
@@ -73,31 +86,15 @@ pub struct Plan {
     pub created: String,
 }
 
-/// Shared between the monitor's threads.
-pub(crate) struct Shared {
-    pub store: Store,
-    pub state: Mutex<State>,
-    pub sandbox: Box<dyn Sandbox>,
-    pub spec: oci_spec::runtime::Spec,
-    pub timings: Mutex<Timings>,
-}
-
 /// When each phase of the container's life ended, in seconds since the monitor started;
 /// written to `<log_dir>/<id>.timings.json` when the monitor exits (for `bench/`).
-pub(crate) struct Timings {
+struct Timings {
     t0: Instant,
     marks: Vec<(&'static str, f64)>,
 }
 
 impl Timings {
-    fn new() -> Self {
-        Timings {
-            t0: Instant::now(),
-            marks: Vec::new(),
-        }
-    }
-
-    pub fn mark(&mut self, phase: &'static str) {
+    fn mark(&mut self, phase: &'static str) {
         self.marks.push((phase, self.t0.elapsed().as_secs_f64()));
     }
 
@@ -111,127 +108,235 @@ impl Timings {
     }
 }
 
-impl Shared {
-    /// Updates the status and persists it; persisting failures are logged, not fatal (the
-    /// status is also derivable from the monitor being alive).
-    pub fn set_status(&self, status: Status) {
-        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+/// The monitor's state: one per process, owned by its runtime thread.
+pub(crate) struct Monitor<S> {
+    plan: Plan,
+    state: RefCell<State>,
+    status: watch::Sender<Status>,
+    sandbox: OnceCell<S>,
+    timings: RefCell<Timings>,
+    /// A `start` is under way (it awaits the guest; a second one must not pass the rules).
+    starting: Cell<bool>,
+    exec_seq: Cell<u64>,
+}
+
+impl<S: Sandbox> Monitor<S> {
+    fn id(&self) -> &str {
+        &self.plan.id
+    }
+
+    /// Updates the status, tells waiters and persists it; persisting failures are logged, not
+    /// fatal (the status is also derivable from the monitor being alive).
+    fn set_status(&self, status: Status) {
+        self.status.send_replace(status);
+        let mut st = self.state.borrow_mut();
         st.status = status;
-        if let Err(e) = self.store.save(&st) {
-            crate::logging::warn(&format!("save state: {e}"));
+        if let Err(e) = self.plan.store.save(&st) {
+            crate::logging::warn(&format!(
+                "save state: {}",
+                bulkhead_protocol::error_chain(&e)
+            ));
         }
     }
 
-    pub fn status(&self) -> Status {
-        self.state.lock().unwrap_or_else(|e| e.into_inner()).status
+    fn mark(&self, phase: &'static str) {
+        self.timings.borrow_mut().mark(phase);
     }
 
-    pub fn state_json(&self) -> String {
-        let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        st.oci_json().to_string()
+    /// The status once creation has ended (waiting for it, bounded by the boot timeout).
+    async fn settled_status(&self) -> Result<Status, Refused> {
+        let mut rx = self.status.subscribe();
+        let limit = u64::from(self.plan.config.boot_timeout_secs);
+        let settled = tokio::time::timeout(
+            Duration::from_secs(limit),
+            rx.wait_for(|s| *s != Status::Creating),
+        )
+        .await;
+        match settled {
+            Ok(Ok(s)) => Ok(*s),
+            Ok(Err(_)) => Ok(Status::Stopped),
+            Err(_) => Err(Refused::StillCreating(limit)),
+        }
+    }
+
+    fn sandbox(&self) -> Result<&S, Failure> {
+        self.sandbox
+            .get()
+            .ok_or_else(|| Refused::NotRunning.failure())
+    }
+
+    /// The state as the OCI state JSON (hooks get it on stdin).
+    fn state_json(&self) -> String {
+        self.state.borrow().oci_json().to_string()
+    }
+
+    /// Runs the hooks of `phase` off the runtime thread (they are external programs).
+    async fn hooks(&self, phase: Phase) -> Result<(), Failure> {
+        let spec = self.plan.bundle.spec.clone();
+        let state = self.state_json();
+        let run = tokio::task::spawn_blocking(move || crate::hooks::run(&spec, phase, &state));
+        match run.await {
+            Ok(r) => r.map_err(|e| e.failure()),
+            Err(e) => Err(Failure::new(Kind::Internal, format!("hooks: {e}"))),
+        }
     }
 }
 
 /// The monitor's body, run in the forked child. Returns the process exit status.
-pub fn run(plan: Plan, factory: &dyn SandboxFactory, ready: ReadyWriter) -> i32 {
+pub fn run<F: SandboxFactory>(plan: Plan, factory: &F, ready: ReadyWriter) -> i32 {
     let signals = crate::process::block_forwarded();
     let stdio_fds = crate::process::take_stdio();
-    let mut undo = setup::Undo::default();
-    let mut timings = Timings::new();
-    let shared = match prepare(&plan, factory, stdio_fds, &mut undo, &mut timings) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build();
+    let runtime = match runtime {
+        Ok(r) => r,
+        Err(e) => return fail_early(&plan, ready, &MonitorError::Runtime(e)),
+    };
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&runtime, life(plan, factory, ready, signals, stdio_fds))
+}
+
+fn fail_early(plan: &Plan, ready: ReadyWriter, e: &dyn std::error::Error) -> i32 {
+    let _ = plan.store.remove(&plan.id);
+    ready.report(Some(crate::logging::one_line(
+        &bulkhead_protocol::error_chain(e),
+    )));
+    1
+}
+
+async fn life<F: SandboxFactory>(
+    plan: Plan,
+    factory: &F,
+    ready: ReadyWriter,
+    signal_set: nix::sys::signal::SigSet,
+    stdio_fds: [Option<OwnedFd>; 3],
+) -> i32 {
+    let signals = match signals::Signals::new(&signal_set) {
         Ok(s) => s,
-        Err(e) => {
-            undo.run();
-            let _ = plan.store.remove(&plan.id);
-            ready.report(Some(crate::logging::one_line(&e.to_string())));
-            return 1;
-        }
+        Err(e) => return fail_early(&plan, ready, &MonitorError::Runtime(e)),
     };
-    let sock = crate::control::sock_path(&plan.state_dir, crate::control::SOCKET_NAME);
-    // `_sock` keeps the directory fd of a long socket path open while the monitor lives.
-    let (listener, _sock) = match sock.and_then(|s| UnixListener::bind(&s.path).map(|l| (l, s))) {
+    // The control socket comes first, so that callers can wait for the creation.
+    let (listener, socket_file) = match server::bind(&plan.state_dir) {
         Ok(l) => l,
-        Err(e) => {
-            shared.sandbox.shutdown();
-            undo.run();
-            let _ = plan.store.remove(&plan.id);
-            ready.report(Some(MonitorError::Listen(e).to_string()));
-            return 1;
-        }
+        Err(e) => return fail_early(&plan, ready, &MonitorError::Listen(e)),
     };
-    let shared = Arc::new(shared);
-    shared.set_status(Status::Created);
+    let monitor = Rc::new(Monitor {
+        state: RefCell::new(initial_state(&plan)),
+        status: watch::Sender::new(Status::Creating),
+        sandbox: OnceCell::new(),
+        timings: RefCell::new(Timings {
+            t0: Instant::now(),
+            marks: Vec::new(),
+        }),
+        starting: Cell::new(false),
+        exec_seq: Cell::new(1),
+        plan,
+    });
+    let server = tokio::task::spawn_local(server::serve(listener, monitor.clone()));
+
+    let mut undo = setup::Undo::default();
+    match prepare(&monitor, factory, stdio_fds, &mut undo).await {
+        Ok(sandbox) => {
+            let _ = monitor.sandbox.set(sandbox);
+        }
+        Err(e) => {
+            server.abort();
+            socket_file.remove();
+            monitor.status.send_replace(Status::Stopped);
+            undo.run();
+            return fail_early(&monitor.plan, ready, &e);
+        }
+    }
+    monitor.mark("created");
+    monitor.set_status(Status::Created);
     ready.report(None);
 
-    server::spawn(listener, shared.clone());
-    server::spawn_signal_forwarder(signals, shared.clone());
-    let (status, healthy) = match shared.sandbox.wait() {
+    let (status, healthy) = match monitor.supervise(&signals).await {
         Ok(s) => (s, true),
         Err(e) => {
-            crate::logging::error(&format!("container {}: {e}", plan.id));
+            crate::logging::error(&format!("container {}: {}", monitor.id(), e.message));
             (255, false)
         }
     };
-    {
-        let mut st = shared.state.lock().unwrap_or_else(|e| e.into_inner());
-        st.status = Status::Stopped;
-        st.exit_status = Some(status);
-        if let Err(e) = shared.store.save(&st) {
-            crate::logging::warn(&format!("save state: {e}"));
-        }
+    monitor.state.borrow_mut().exit_status = Some(status);
+    monitor.set_status(Status::Stopped);
+    monitor.mark("exited");
+    if status == crate::signal::killed_status(libc::SIGKILL) {
+        monitor.report_oom_kill().await;
     }
-    mark(&shared, "exited");
-    shared.sandbox.shutdown();
-    let _ = std::fs::remove_file(crate::control::socket_path(&plan.state_dir));
+    let fault = match monitor.sandbox.get() {
+        Some(sb) => sb.shutdown().await,
+        None => None,
+    };
+    if let Some(why) = &fault {
+        crate::logging::error(&format!("container {}: vm: {why}", monitor.id()));
+    }
+    server.abort();
+    socket_file.remove();
     undo.run_share_only();
-    mark(&shared, "torn_down");
-    if plan.config.keep_logs {
-        let timings = plan
-            .config
-            .log_dir
-            .join(format!("{}.timings.json", plan.id));
-        shared
-            .timings
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .write(&timings);
-    } else if healthy {
-        let _ = std::fs::remove_file(plan.config.console_log(&plan.id));
-    }
+    monitor.mark("torn_down");
+    monitor.finish_logs(healthy && fault.is_none());
     status
 }
 
-pub(crate) fn mark(shared: &Shared, phase: &'static str) {
-    shared
-        .timings
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .mark(phase);
+impl<S: Sandbox> Monitor<S> {
+    /// Forwards signals to the init until it exits; returns its status.
+    async fn supervise(&self, signals: &signals::Signals) -> Result<i32, Failure> {
+        let sb = self.sandbox()?;
+        let exit = sb.wait(Target::Init);
+        tokio::pin!(exit);
+        loop {
+            tokio::select! {
+                status = &mut exit => return status.map_err(|e| e.failure()),
+                signal = signals.next() => match signal {
+                    Ok(libc::SIGWINCH) => {
+                        let _ = sb.resize(Target::Init, None).await;
+                    }
+                    // An engine that signals the pid it knows means the container.
+                    Ok(signal) => {
+                        let _ = sb.kill(Target::Init, signal, false).await;
+                    }
+                    Err(e) => crate::logging::warn(&format!("signals: {e}")),
+                },
+            }
+        }
+    }
+
+    /// A SIGKILLed init may have been the guest's OOM killer's choice: say so in the log, so a
+    /// guest OOM kill is told apart from a kill of the whole VM (which leaves no monitor to log).
+    async fn report_oom_kill(&self) {
+        let Ok(stats) = self.sandbox().map(|sb| sb.stats()) else {
+            return;
+        };
+        let kills = stats
+            .await
+            .ok()
+            .and_then(|s| s.memory)
+            .map_or(0, |m| m.oom_kill_events);
+        if kills > 0 {
+            crate::logging::warn(&format!(
+                "container {}: killed by the guest's OOM killer ({kills} OOM kill(s) in its memory cgroup)",
+                self.id()
+            ));
+        }
+    }
+
+    /// Console logs of containers that ended normally are removed (unless `keep_logs`); the
+    /// log of a failed VM is what the user reads next, so it stays.
+    fn finish_logs(&self, healthy: bool) {
+        let cfg = &self.plan.config;
+        if cfg.keep_logs {
+            self.timings.borrow().write(&cfg.timings_log(self.id()));
+        } else if healthy {
+            let _ = std::fs::remove_file(cfg.console_log(self.id()));
+        }
+    }
 }
 
-fn prepare(
-    plan: &Plan,
-    factory: &dyn SandboxFactory,
-    stdio_fds: [Option<OwnedFd>; 3],
-    undo: &mut setup::Undo,
-    timings: &mut Timings,
-) -> Result<Shared, MonitorError> {
-    setup::enter_namespaces(&plan.bundle)?;
+fn initial_state(plan: &Plan) -> State {
     let pid = std::process::id() as i32;
-    let limits = setup::host_limits(&plan.bundle, &plan.size, &plan.config);
-    let cgroup_dirs = setup::join_cgroup(&plan.cgroup, pid, &limits)?;
-    undo.cgroup_dirs = cgroup_dirs.clone();
-
-    let share = Share::prepare(
-        &plan.state_dir,
-        &plan.bundle,
-        std::path::Path::new(GUEST_SHARE_ROOT),
-    )?;
-    let share_dir = share.dir.clone();
-    let guest_spec = share.guest_spec.clone();
-    undo.share = Some(share);
-
-    let state = State {
+    State {
         oci_version: crate::state::OCI_VERSION.into(),
         id: plan.id.clone(),
         status: Status::Creating,
@@ -242,15 +347,39 @@ fn prepare(
         owner: String::new(),
         annotations: plan.bundle.annotations(),
         monitor_start_time: crate::state::process_start_time(pid).unwrap_or(0),
-        cgroup_dirs,
+        cgroup_dirs: Vec::new(),
+        vm: Some(plan.size),
         exit_status: None,
-    };
-    plan.store.save(&state)?;
-    let state_json = state.oci_json().to_string();
-    hooks::run(&plan.bundle.spec, Phase::CreateRuntime, &state_json)?;
-    hooks::run(&plan.bundle.spec, Phase::Prestart, &state_json)?;
+    }
+}
 
-    timings.mark("host_ready");
+/// Everything up to a created container. On error the caller runs `undo`.
+async fn prepare<F: SandboxFactory>(
+    monitor: &Monitor<F::Sandbox>,
+    factory: &F,
+    stdio_fds: [Option<OwnedFd>; 3],
+    undo: &mut setup::Undo,
+) -> Result<F::Sandbox, MonitorError> {
+    let plan = &monitor.plan;
+    setup::enter_namespaces(&plan.bundle)?;
+    let pid = std::process::id() as i32;
+    let res = plan.bundle.resources();
+    let limits = crate::cgroups::HostLimits::new(res.as_ref(), &plan.size, &plan.config);
+    let cgroup_dirs = setup::join_cgroup(&plan.cgroup, pid, &limits)?;
+    undo.cgroup_dirs = cgroup_dirs.clone();
+    monitor.state.borrow_mut().cgroup_dirs = cgroup_dirs;
+
+    let share_root = factory.share_root(&plan.state_dir.join(crate::share::SHARE_DIR));
+    let share = Share::prepare(&plan.state_dir, &plan.bundle, &share_root)?;
+    let share_dir = share.dir.clone();
+    let guest_spec = share.guest_spec.clone();
+    undo.share = Some(share);
+
+    plan.store.save(&monitor.state.borrow())?;
+    monitor.hooks(Phase::CreateRuntime).await.map_err(hook)?;
+    monitor.hooks(Phase::Prestart).await.map_err(hook)?;
+
+    monitor.mark("host_ready");
     let stdio = stdio_for(plan, stdio_fds)?;
     let ctx = BootContext {
         id: plan.id.clone(),
@@ -260,25 +389,22 @@ fn prepare(
         state_dir: plan.state_dir.clone(),
         console_log: plan.config.console_log(&plan.id),
     };
-    let sandbox = factory.boot(&ctx)?;
-    timings.mark("agent_ready");
-    if let Err(e) = sandbox.create(&guest_spec, stdio) {
-        sandbox.shutdown();
-        return Err(e.into());
+    let sandbox = factory.boot(&ctx).await?;
+    monitor.mark("agent_ready");
+    let created = async {
+        sandbox.create(&guest_spec, stdio).await?;
+        monitor.hooks(Phase::CreateContainer).await.map_err(hook)
+    };
+    if let Err(e) = created.await {
+        sandbox.shutdown().await;
+        return Err(e);
     }
-    if let Err(e) = hooks::run(&plan.bundle.spec, Phase::CreateContainer, &state_json) {
-        sandbox.shutdown();
-        return Err(e.into());
-    }
-    timings.mark("created");
-    let timings = std::mem::replace(timings, Timings::new());
-    Ok(Shared {
-        store: plan.store.clone(),
-        state: Mutex::new(state),
-        sandbox,
-        spec: plan.bundle.spec.clone(),
-        timings: Mutex::new(timings),
-    })
+    Ok(sandbox)
+}
+
+/// A hook's failure, already one line, as a monitor error.
+fn hook(f: Failure) -> MonitorError {
+    MonitorError::Failed(f)
 }
 
 fn stdio_for(plan: &Plan, fds: [Option<OwnedFd>; 3]) -> Result<Stdio, MonitorError> {
@@ -297,6 +423,9 @@ fn stdio_for(plan: &Plan, fds: [Option<OwnedFd>; 3]) -> Result<Stdio, MonitorErr
             let pty = crate::console::open_pty()?;
             crate::console::make_raw(&pty.slave).map_err(|_| setup::SetupError::NoTerminal)?;
             crate::console::send_to_socket(path, &pty.name, &pty.master)?;
+            // The pty becomes our controlling terminal, so a resize by whoever holds the
+            // master (the engine) reaches us as SIGWINCH, as it would reach runc's init.
+            crate::console::take_as_controlling_terminal(&pty.slave);
             Ok(Stdio::Terminal(pty.slave))
         }
     }

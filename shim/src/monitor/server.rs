@@ -1,48 +1,70 @@
-//! The monitor's control-socket server and signal forwarder.
+//! The monitor's control-socket server: one task per connection on the monitor's runtime, each
+//! answering one request with the lifecycle rules applied to the monitor's own status.
 
-use std::io::BufReader;
-use std::os::unix::net::{UnixListener, UnixStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::Duration;
 
-use serde_json::{json, Value};
+use tokio::io::{AsyncWriteExt, Interest};
+use tokio::net::{UnixListener, UnixStream};
 
-use super::Shared;
-use crate::control::{self, ExecControl, ExecEvent, Request, Response};
-use crate::hooks::{self, Phase};
-use crate::sandbox::Stdio;
-use crate::state::Status;
+use super::Monitor;
+use crate::control::{self, ControlError, Done, Reply, Request, MAX_LINE};
+use crate::error::{Failure, HasKind, Kind};
+use crate::hooks::Phase;
+use crate::lifecycle::Refused;
+use crate::lifecycle::Status;
+use crate::sandbox::{Sandbox, Target};
 
-static EXEC_SEQ: AtomicU64 = AtomicU64::new(1);
+/// How long the accept loop rests after an error (out of fds, …) before it tries again.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// Most fds one request may carry (stdin, stdout, stderr).
+const MAX_FDS: usize = 3;
 
-/// Serves control connections on a thread each.
-pub(super) fn spawn(listener: UnixListener, shared: Arc<Shared>) {
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(conn) = conn else { continue };
-            let shared = shared.clone();
-            std::thread::spawn(move || serve(conn, &shared));
-        }
-    });
+/// `control.sock` on disk; [`SocketFile::remove`] takes it away when the monitor is done.
+pub(super) struct SocketFile {
+    path: PathBuf,
+    /// Keeps a long socket path's directory fd open (see [`control::SockPath`]).
+    _short: control::SockPath,
 }
 
-/// Forwards signals sent to the monitor (e.g. by an engine that signals the pid it knows) to
-/// the container's init, as if they had been sent to it.
-pub(super) fn spawn_signal_forwarder(set: nix::sys::signal::SigSet, shared: Arc<Shared>) {
-    std::thread::spawn(move || {
-        while let Some(sig) = crate::process::next_signal(&set) {
-            if shared.status() != Status::Stopped {
-                let _ = shared.sandbox.kill(sig, false);
+impl SocketFile {
+    pub(super) fn remove(&self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Binds the control socket in `state_dir`.
+pub(super) fn bind(state_dir: &Path) -> io::Result<(UnixListener, SocketFile)> {
+    let short = control::sock_path(state_dir, control::SOCKET_NAME)?;
+    let listener = UnixListener::bind(&short.path)?;
+    let file = SocketFile {
+        path: control::socket_path(state_dir),
+        _short: short,
+    };
+    Ok((listener, file))
+}
+
+/// Accepts connections until the task is aborted.
+pub(super) async fn serve<S: Sandbox + 'static>(listener: UnixListener, monitor: Rc<Monitor<S>>) {
+    loop {
+        match listener.accept().await {
+            Ok((conn, _)) => {
+                tokio::task::spawn_local(connection(conn, monitor.clone()));
             }
+            // Out of fds or memory: rest instead of spinning on an error that persists.
+            Err(_) => tokio::time::sleep(ACCEPT_BACKOFF).await,
         }
-    });
+    }
 }
 
-fn serve(conn: UnixStream, shared: &Shared) {
-    let (req, fds) = match control::read_request(&conn) {
+async fn connection<S: Sandbox + 'static>(mut conn: UnixStream, monitor: Rc<Monitor<S>>) {
+    let (req, fds) = match read_request(&conn).await {
         Ok(r) => r,
         Err(e) => {
-            let _ = control::write_json(&conn, &Response::err(e.to_string()));
+            let _ = write_json(&mut conn, &Reply::Err(e.failure())).await;
             return;
         }
     };
@@ -52,153 +74,160 @@ fn serve(conn: UnixStream, shared: &Shared) {
         stdin,
     } = req
     {
-        serve_exec(conn, shared, &process, tty, stdin, fds);
+        super::exec::serve(conn, monitor, *process, tty, stdin, fds).await;
         return;
     }
-    let resp = match handle(shared, req) {
-        Ok(data) => Response::ok(data),
-        Err(msg) => Response::err(msg),
-    };
-    let _ = control::write_json(&conn, &resp);
+    let reply = Reply::from(monitor.handle(req).await);
+    let _ = write_json(&mut conn, &reply).await;
 }
 
-fn handle(shared: &Shared, req: Request) -> Result<Option<Value>, String> {
-    let status = shared.status();
-    let sb = &shared.sandbox;
-    match req {
-        Request::Start => {
-            if status != Status::Created {
-                return Err(format!("cannot start a container that is {status}"));
+impl<S: Sandbox> Monitor<S> {
+    /// Answers one request (not `exec`, which keeps its connection).
+    async fn handle(&self, req: Request) -> Result<Done, Failure> {
+        let status = self.settled_status().await.map_err(|e| e.failure())?;
+        let refused = |r: Result<(), Refused>| r.map_err(|e| e.failure());
+        match req {
+            Request::Status => Ok(Done::Status { status }),
+            Request::Start => {
+                refused(status.can_start())?;
+                self.start().await
             }
-            if let Err(e) = hooks::run(&shared.spec, Phase::StartContainer, &shared.state_json()) {
-                let _ = sb.kill(libc::SIGKILL, true);
-                return Err(e.to_string());
+            Request::Kill { signal, all } => {
+                refused(status.can_kill())?;
+                self.sandbox()?
+                    .kill(Target::Init, signal, all)
+                    .await
+                    .map_err(|e| e.failure())?;
+                Ok(Done::Nothing)
             }
-            sb.start().map_err(|e| e.to_string())?;
-            super::mark(shared, "started");
-            shared.set_status(Status::Running);
-            Ok(None)
-        }
-        Request::Kill { signal, all } => {
-            if status == Status::Stopped {
-                return Err("container not running".into());
+            Request::Pids => {
+                refused(status.can_inspect())?;
+                let pids = self.sandbox()?.pids().await.map_err(|e| e.failure())?;
+                Ok(Done::Pids { pids })
             }
-            sb.kill(signal, all).map_err(|e| e.to_string())?;
-            Ok(None)
-        }
-        Request::Pids => {
-            let pids = sb.pids().map_err(|e| e.to_string())?;
-            Ok(Some(json!(pids)))
-        }
-        Request::Pause => {
-            if status != Status::Running {
-                return Err("container not running".into());
+            Request::Pause => {
+                refused(status.can_pause())?;
+                self.sandbox()?.pause().await.map_err(|e| e.failure())?;
+                self.set_status(Status::Paused);
+                Ok(Done::Nothing)
             }
-            sb.pause().map_err(|e| e.to_string())?;
-            shared.set_status(Status::Paused);
-            Ok(None)
-        }
-        Request::Resume => {
-            if status != Status::Paused {
-                return Err("container not paused".into());
+            Request::Resume => {
+                refused(status.can_resume())?;
+                self.sandbox()?.resume().await.map_err(|e| e.failure())?;
+                self.set_status(Status::Running);
+                Ok(Done::Nothing)
             }
-            sb.resume().map_err(|e| e.to_string())?;
-            shared.set_status(Status::Running);
-            Ok(None)
-        }
-        Request::Update { resources } => {
-            sb.update(&resources).map_err(|e| e.to_string())?;
-            Ok(None)
-        }
-        Request::Stats => {
-            let dirs = shared
-                .state
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .cgroup_dirs
-                .clone();
-            let mut data = crate::cgroups::stats(&dirs);
-            if let Ok(guest) = sb.stats() {
-                data["guest"] = guest;
+            Request::Update { resources } => {
+                refused(status.can_inspect())?;
+                self.update(&resources).await
             }
-            Ok(Some(data))
+            Request::Stats => {
+                refused(status.can_inspect())?;
+                let dirs = self.state.borrow().cgroup_dirs.clone();
+                let mut stats = crate::cgroups::stats(&dirs);
+                stats.guest = self.sandbox()?.stats().await.ok();
+                Ok(Done::Stats {
+                    stats: Box::new(stats),
+                })
+            }
+            Request::Exec { .. } => Err(Failure::new(
+                Kind::InvalidArgument,
+                "exec must carry its stdio",
+            )),
         }
-        Request::Exec { .. } => Err("exec must carry stdio".into()),
     }
-}
 
-/// Runs an exec'd process for the lifetime of this connection: replies once it started, then
-/// forwards signals from the caller and finally sends the exit status. If the caller goes away
-/// first (its proxy was SIGKILLed), the process is killed.
-fn serve_exec(
-    conn: UnixStream,
-    shared: &Shared,
-    process: &Value,
-    tty: bool,
-    stdin: bool,
-    fds: Vec<std::os::fd::OwnedFd>,
-) {
-    let status = shared.status();
-    if status != Status::Running && status != Status::Created {
-        let msg = if status == Status::Paused {
-            "cannot exec in a paused container"
-        } else {
-            "cannot exec in a stopped container"
+    /// Releases the init: startContainer hooks on the host first, as runc runs them just
+    /// before the init's exec.
+    async fn start(&self) -> Result<Done, Failure> {
+        if self.starting.replace(true) {
+            return Err(Refused::StartRunning.failure());
+        }
+        let started = async {
+            let sb = self.sandbox()?;
+            if let Err(e) = self.hooks(Phase::StartContainer).await {
+                let _ = sb.kill(Target::Init, libc::SIGKILL, true).await;
+                return Err(e);
+            }
+            sb.start().await.map_err(|e| e.failure())
         };
-        let _ = control::write_json(&conn, &Response::err(msg));
-        return;
+        let result = started.await;
+        self.starting.set(false);
+        result?;
+        self.mark("started");
+        self.set_status(Status::Running);
+        Ok(Done::Nothing)
     }
-    let stdio = match stdio_from(fds, tty, stdin) {
-        Some(s) => s,
-        None => {
-            let _ = control::write_json(&conn, &Response::err("exec: missing stdio fds"));
-            return;
-        }
-    };
-    let exec_id = format!("exec-{}", EXEC_SEQ.fetch_add(1, Ordering::Relaxed));
-    if let Err(e) = shared.sandbox.exec(&exec_id, process, stdio) {
-        let _ = control::write_json(&conn, &Response::err(e.to_string()));
-        return;
+
+    /// New limits in the guest, then on the host group with the same rule `create` used.
+    async fn update(&self, resources: &oci_spec::runtime::LinuxResources) -> Result<Done, Failure> {
+        self.sandbox()?
+            .update(resources)
+            .await
+            .map_err(|e| e.failure())?;
+        let limits =
+            crate::cgroups::HostLimits::new(Some(resources), &self.plan.size, &self.plan.config);
+        let dirs = self.state.borrow().cgroup_dirs.clone();
+        crate::cgroups::update(&dirs, &limits).map_err(|e| e.failure())?;
+        Ok(Done::Nothing)
     }
-    if control::write_json(&conn, &Response::ok(Some(json!({"exec_id": exec_id})))).is_err() {
-        let _ = shared.sandbox.kill_exec(&exec_id, libc::SIGKILL);
-    }
-    let Ok(reader_conn) = conn.try_clone() else {
-        return;
-    };
-    let sb: &dyn crate::sandbox::Sandbox = &*shared.sandbox;
-    let done = AtomicBool::new(false);
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            let mut r = BufReader::new(reader_conn);
-            while let Ok(ExecControl::Signal { signal }) =
-                control::read_json::<ExecControl, _>(&mut r)
-            {
-                let _ = sb.kill_exec(&exec_id, signal);
-            }
-            // The caller is gone (or we closed the connection after the exit).
-            if !done.load(Ordering::SeqCst) {
-                let _ = sb.kill_exec(&exec_id, libc::SIGKILL);
-            }
-        });
-        let exit_status = sb.wait_exec(&exec_id).unwrap_or(255);
-        done.store(true, Ordering::SeqCst);
-        let _ = control::write_json(&conn, &ExecEvent { exit_status });
-        let _ = conn.shutdown(std::net::Shutdown::Both);
-    });
 }
 
-fn stdio_from(fds: Vec<std::os::fd::OwnedFd>, tty: bool, stdin: bool) -> Option<Stdio> {
-    let mut it = fds.into_iter();
-    if tty {
-        return it.next().map(Stdio::Terminal);
+/// Reads the first request of a connection, with any fds sent with it. Reads no further than
+/// the request's newline, so later lines (an exec caller's signals) stay in the stream.
+async fn read_request(conn: &UnixStream) -> Result<(Request, Vec<OwnedFd>), ControlError> {
+    let (mut line, fds) = loop {
+        conn.readable().await.map_err(io_error)?;
+        match conn.try_io(Interest::READABLE, || recv_with_fds(conn.as_raw_fd())) {
+            Ok(got) => break got,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(io_error(e)),
+        }
+    };
+    while !line.contains(&b'\n') {
+        if line.len() > MAX_LINE {
+            return Err(ControlError::TooLong);
+        }
+        conn.readable().await.map_err(io_error)?;
+        let mut b = [0u8; 1];
+        match conn.try_read(&mut b) {
+            Ok(0) => return Err(ControlError::Closed),
+            Ok(_) => line.push(b[0]),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(io_error(e)),
+        }
     }
-    let stdin_fd = if stdin { Some(it.next()?) } else { None };
-    let stdout = it.next();
-    let stderr = it.next();
-    Some(Stdio::Pipes {
-        stdin: stdin_fd,
-        stdout,
-        stderr,
-    })
+    let end = line.iter().position(|b| *b == b'\n').unwrap_or(line.len());
+    let req = serde_json::from_slice(&line[..end]).map_err(ControlError::Protocol)?;
+    Ok((req, fds))
+}
+
+fn io_error(source: io::Error) -> ControlError {
+    ControlError::Io {
+        path: PathBuf::from(control::SOCKET_NAME),
+        source,
+    }
+}
+
+/// One `recvmsg` on a non-blocking socket: the bytes and the fds that came with them.
+fn recv_with_fds(fd: i32) -> io::Result<(Vec<u8>, Vec<OwnedFd>)> {
+    let (body, mut fds) = crate::console::recv_msg_raw(fd).map_err(io::Error::from)?;
+    if body.is_empty() {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "connection closed before a request",
+        ));
+    }
+    fds.truncate(MAX_FDS);
+    Ok((body, fds))
+}
+
+/// Writes one JSON line.
+pub(super) async fn write_json<T: serde::Serialize>(
+    conn: &mut (impl AsyncWriteExt + Unpin),
+    v: &T,
+) -> io::Result<()> {
+    let mut line = serde_json::to_vec(v).map_err(io::Error::other)?;
+    line.push(b'\n');
+    conn.write_all(&line).await
 }

@@ -6,7 +6,6 @@ use nix::mount::{mount, MsFlags};
 use nix::sched::{setns, unshare, CloneFlags};
 
 use crate::cgroups::{self, HostLimits};
-use crate::config::{Config, VmSize};
 use crate::share::Share;
 use crate::spec::Bundle;
 
@@ -92,30 +91,6 @@ fn join_netns(path: &Path) -> Result<(), SetupError> {
     };
     let f = std::fs::File::open(path).map_err(err)?;
     setns(&f, CloneFlags::CLONE_NEWNET).map_err(|e| err(std::io::Error::from(e)))
-}
-
-/// Host limits that cover the whole VM (see [`crate::cgroups`] for the overheads).
-pub fn host_limits(bundle: &Bundle, size: &VmSize, cfg: &Config) -> HostLimits {
-    let res = bundle
-        .spec
-        .linux()
-        .as_ref()
-        .and_then(|l| l.resources().clone());
-    let memory_limited = res
-        .as_ref()
-        .and_then(|r| r.memory().as_ref().and_then(|m| m.limit()))
-        .is_some_and(|l| l > 0);
-    let cpu = res.as_ref().and_then(|r| r.cpu().clone());
-    HostLimits {
-        memory: memory_limited.then(|| size.host_memory_limit(cfg)),
-        pids: res
-            .as_ref()
-            .and_then(|r| r.pids().as_ref().map(|p| p.limit()))
-            .filter(|l| *l > 0),
-        cpu_quota: cpu.as_ref().and_then(|c| c.quota()),
-        cpu_period: cpu.as_ref().and_then(|c| c.period()),
-        cpu_shares: cpu.as_ref().and_then(|c| c.shares()),
-    }
 }
 
 /// Joins the container's host cgroup in every mounted hierarchy.

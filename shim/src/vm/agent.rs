@@ -1,53 +1,81 @@
-//! The container side of a sandbox: the guest agent's API behind the [`Sandbox`] trait.
+//! The sandbox: the guest agent's API behind the [`Sandbox`] trait, over whatever runs the agent
+//! (a [`Guest`]: the micro-VM, or in tests an agent process on the host).
 //!
 //! One `CreateContainer` call carries the whole spec (every guest syscall is expensive under
 //! PVM, so no extra round trips); the declared stdio streams are then attached and relayed.
 //! Exec'd processes follow the proto's process life: `CreateProcess` → streams →
 //! `StartProcess` → `WaitProcess` → `RemoveProcess`.
+#![allow(async_fn_in_trait)] // futures stay on the monitor's current-thread runtime
 
+use std::cell::RefCell;
 use std::collections::HashMap;
-use std::os::fd::AsRawFd;
-use std::sync::{Arc, Mutex};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::Duration;
 
 use bulkhead_protocol::api;
 use bulkhead_protocol::client::{Client, ClientError};
 use bulkhead_protocol::stream::StreamKind;
-use serde_json::{json, Value};
+use oci_spec::runtime::{LinuxResources, Process};
+use serde_json::Value;
 
+use super::hostio::{Direction, HostIo};
 use super::relay::Relays;
-use crate::sandbox::{SandboxError, Stdio};
+use crate::error::Kind;
+use crate::sandbox::{Sandbox, SandboxError, Stdio, Target};
+use crate::stats::GuestStats;
 
 /// Output still in flight after a process ended gets this long to reach the caller.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time the guest gets to end by itself after the agent's Shutdown before it is stopped.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// How long a dropped agent connection waits for the guest to say why it ended.
+const END_REASON_WAIT: Duration = Duration::from_secs(2);
 
 /// virtio-fs tag of the container share; the agent mounts it and finds the rootfs in it.
 pub const SHARE_TAG: &str = "bulkhead";
 /// The rootfs inside the share (see [`crate::share`]).
 pub const SHARE_ROOTFS: &str = "rootfs";
 
-fn failed(e: ClientError) -> SandboxError {
-    SandboxError::Failed(crate::logging::one_line(&e.to_string()))
+/// What runs the agent.
+pub trait Guest {
+    /// Resolves once the guest has ended by itself (a reset, a fault), saying how.
+    async fn ended(&self) -> String;
+    /// Makes sure the guest is gone, giving it `grace` to end by itself first (the agent was
+    /// just asked to shut down). Returns how it ended when that was not clean.
+    async fn stop(&self, grace: Duration) -> Option<String>;
 }
 
-/// The agent-facing half of a sandbox.
-pub struct AgentSandbox {
+/// The container side of a sandbox.
+pub struct AgentSandbox<G> {
     id: String,
-    client: Arc<Client>,
-    /// Empty when the rootfs is a guest path (tests); else the share's tag.
+    client: Client,
+    guest: G,
+    /// Empty when the rootfs is a path the agent sees directly (tests); else the share's tag.
     share_tag: String,
-    init_relays: Mutex<Option<Relays>>,
-    exec_relays: Mutex<HashMap<String, Relays>>,
+    /// Relays by process id (the init's is the container id).
+    relays: RefCell<HashMap<String, Relays>>,
+    /// The host terminal of each terminal process, for sizes the monitor notices itself.
+    terminals: RefCell<HashMap<String, OwnedFd>>,
 }
 
-impl AgentSandbox {
-    pub fn new(id: &str, client: Client, share_tag: &str) -> Self {
+fn failed(e: ClientError) -> SandboxError {
+    match e {
+        ClientError::Agent(status) => {
+            SandboxError::failed(status.code.into(), status.message.clone())
+        }
+        other => SandboxError::Transport(other),
+    }
+}
+
+impl<G: Guest> AgentSandbox<G> {
+    pub fn new(id: &str, client: Client, guest: G, share_tag: &str) -> Self {
         AgentSandbox {
             id: id.to_string(),
-            client: Arc::new(client),
+            client,
+            guest,
             share_tag: share_tag.to_string(),
-            init_relays: Mutex::new(None),
-            exec_relays: Mutex::new(HashMap::new()),
+            relays: RefCell::new(HashMap::new()),
+            terminals: RefCell::new(HashMap::new()),
         }
     }
 
@@ -55,9 +83,25 @@ impl AgentSandbox {
         &self.client
     }
 
-    /// Opens the declared streams of process `pid_name` and starts relaying.
-    fn attach(&self, process: &str, stdio: Stdio) -> Result<Relays, SandboxError> {
+    pub fn guest(&self) -> &G {
+        &self.guest
+    }
+
+    fn process_id<'a>(&'a self, target: Target<'a>) -> &'a str {
+        match target {
+            Target::Init => &self.id,
+            Target::Exec(id) => id,
+        }
+    }
+
+    /// Opens the declared streams of `process` and starts relaying them.
+    async fn attach(&self, process: &str, stdio: Stdio) -> Result<(), SandboxError> {
         let mut relays = Relays::default();
+        let host = |fd: OwnedFd, dir| {
+            HostIo::new(fd, dir).map_err(|e| {
+                SandboxError::failed(Kind::Internal, format!("stdio of {process}: {e}"))
+            })
+        };
         match stdio {
             Stdio::Pipes {
                 stdin,
@@ -65,48 +109,51 @@ impl AgentSandbox {
                 stderr,
             } => {
                 if let Some(fd) = stdin {
-                    let s = self
-                        .client
-                        .open_stream(process, StreamKind::Stdin)
-                        .map_err(failed)?;
-                    relays.input(fd, s, None);
+                    let s = self.stream(process, StreamKind::Stdin).await?;
+                    relays.input(host(fd, Direction::Read)?, s);
                 }
                 if let Some(fd) = stdout {
-                    let s = self
-                        .client
-                        .open_stream(process, StreamKind::Stdout)
-                        .map_err(failed)?;
-                    relays.output(s, fd);
+                    let s = self.stream(process, StreamKind::Stdout).await?;
+                    relays.output(s, host(fd, Direction::Write)?);
                 }
                 if let Some(fd) = stderr {
-                    let s = self
-                        .client
-                        .open_stream(process, StreamKind::Stderr)
-                        .map_err(failed)?;
-                    relays.output(s, fd);
+                    let s = self.stream(process, StreamKind::Stderr).await?;
+                    relays.output(s, host(fd, Direction::Write)?);
                 }
             }
             Stdio::Terminal(fd) => {
-                let s = self
-                    .client
-                    .open_stream(process, StreamKind::Terminal)
-                    .map_err(failed)?;
-                let out_fd = fd
-                    .try_clone()
-                    .map_err(|e| SandboxError::Failed(format!("dup terminal: {e}")))?;
-                let out_stream = s
-                    .try_clone()
-                    .map_err(|e| SandboxError::Failed(format!("dup stream: {e}")))?;
-                relays.output(out_stream, out_fd);
-                let client = self.client.clone();
-                let name = process.to_string();
-                let resize = Box::new(move |rows: u16, cols: u16| {
-                    let _ = client.resize_terminal(&name, u32::from(rows), u32::from(cols));
-                });
-                relays.input(fd, s, Some(resize));
+                let s = self.stream(process, StreamKind::Terminal).await?;
+                let (from_guest, to_guest) = s.into_split();
+                let dup = |fd: &OwnedFd| {
+                    fd.try_clone().map_err(|e| {
+                        SandboxError::failed(Kind::Internal, format!("dup terminal: {e}"))
+                    })
+                };
+                relays.output(from_guest, host(dup(&fd)?, Direction::Write)?);
+                relays.input(host(dup(&fd)?, Direction::Read)?, to_guest);
+                self.terminals.borrow_mut().insert(process.to_string(), fd);
             }
         }
-        Ok(relays)
+        self.relays.borrow_mut().insert(process.to_string(), relays);
+        Ok(())
+    }
+
+    async fn stream(
+        &self,
+        process: &str,
+        kind: StreamKind,
+    ) -> Result<tokio::net::UnixStream, SandboxError> {
+        self.client.open_stream(process, kind).await.map_err(failed)
+    }
+
+    /// A dropped agent connection usually means the guest ended: say how, if it did.
+    async fn explain(&self, e: ClientError) -> SandboxError {
+        if matches!(e, ClientError::Closed | ClientError::VmGone) {
+            if let Ok(why) = tokio::time::timeout(END_REASON_WAIT, self.guest.ended()).await {
+                return SandboxError::failed(Kind::Unavailable, format!("vm ended: {why}"));
+            }
+        }
+        failed(e)
     }
 }
 
@@ -145,8 +192,12 @@ fn stdio_request(stdio: &Stdio) -> (bool, api::StdioStreams, Option<api::Termina
     }
 }
 
-impl crate::sandbox::Sandbox for AgentSandbox {
-    fn create(&self, spec: &Value, stdio: Stdio) -> Result<(), SandboxError> {
+fn json<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, SandboxError> {
+    serde_json::to_vec(v).map_err(|e| SandboxError::failed(Kind::InvalidArgument, e.to_string()))
+}
+
+impl<G: Guest> Sandbox for AgentSandbox<G> {
+    async fn create(&self, spec: &Value, stdio: Stdio) -> Result<(), SandboxError> {
         let (terminal, streams, size) = stdio_request(&stdio);
         let rootfs = if self.share_tag.is_empty() {
             spec.pointer("/root/path")
@@ -158,7 +209,7 @@ impl crate::sandbox::Sandbox for AgentSandbox {
         };
         let req = api::CreateContainerRequest {
             id: self.id.clone(),
-            oci_spec: serde_json::to_vec(spec).map_err(|e| SandboxError::Failed(e.to_string()))?,
+            oci_spec: json(spec)?,
             share_tag: self.share_tag.clone(),
             rootfs,
             terminal,
@@ -166,109 +217,125 @@ impl crate::sandbox::Sandbox for AgentSandbox {
             stdio: Some(streams).into(),
             ..Default::default()
         };
-        self.client.create_container(&req).map_err(failed)?;
-        let relays = self.attach(&self.id, stdio)?;
-        *self.init_relays.lock().unwrap_or_else(|e| e.into_inner()) = Some(relays);
-        Ok(())
+        self.client.create_container(&req).await.map_err(failed)?;
+        self.attach(&self.id, stdio).await
     }
 
-    fn start(&self) -> Result<(), SandboxError> {
-        self.client.start_container(&self.id).map_err(failed)
+    async fn start(&self) -> Result<(), SandboxError> {
+        self.client.start_container(&self.id).await.map_err(failed)
     }
 
-    fn kill(&self, signal: i32, all: bool) -> Result<(), SandboxError> {
+    async fn kill(&self, target: Target<'_>, signal: i32, all: bool) -> Result<(), SandboxError> {
+        let all = all && target == Target::Init;
         self.client
-            .signal_process(&self.id, signal, all)
+            .signal_process(self.process_id(target), signal, all)
+            .await
             .map_err(failed)
     }
 
-    fn wait(&self) -> Result<i32, SandboxError> {
-        let status = self.client.wait_process(&self.id, None).map_err(failed)?;
-        if let Some(r) = self
-            .init_relays
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-        {
-            r.finish(DRAIN_TIMEOUT);
+    async fn wait(&self, target: Target<'_>) -> Result<i32, SandboxError> {
+        let id = self.process_id(target);
+        let status = tokio::select! {
+            r = self.client.wait_process(id, None) => match r {
+                Ok(s) => s,
+                Err(e) => return Err(self.explain(e).await),
+            },
+            why = self.guest.ended() => {
+                return Err(SandboxError::failed(Kind::Unavailable, format!("vm ended: {why}")))
+            }
+        };
+        let relays = self.relays.borrow_mut().remove(id);
+        if let Some(r) = relays {
+            r.finish(DRAIN_TIMEOUT).await;
+        }
+        self.terminals.borrow_mut().remove(id);
+        if target != Target::Init {
+            let _ = self.client.remove_process(id).await;
         }
         Ok(status.code())
     }
 
-    fn exec(&self, exec_id: &str, process: &Value, stdio: Stdio) -> Result<(), SandboxError> {
+    async fn exec(
+        &self,
+        exec_id: &str,
+        process: &Process,
+        stdio: Stdio,
+    ) -> Result<(), SandboxError> {
         let (terminal, streams, size) = stdio_request(&stdio);
         let req = api::CreateProcessRequest {
             id: exec_id.to_string(),
             container_id: self.id.clone(),
-            oci_process: serde_json::to_vec(process)
-                .map_err(|e| SandboxError::Failed(e.to_string()))?,
+            oci_process: json(process)?,
             terminal,
             terminal_size: size.into(),
             stdio: Some(streams).into(),
             ..Default::default()
         };
-        self.client.create_process(&req).map_err(failed)?;
-        let relays = self.attach(exec_id, stdio)?;
-        self.exec_relays
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(exec_id.to_string(), relays);
-        self.client.start_process(exec_id).map_err(failed)?;
+        self.client.create_process(&req).await.map_err(failed)?;
+        let started = async {
+            self.attach(exec_id, stdio).await?;
+            self.client.start_process(exec_id).await.map_err(failed)
+        };
+        if let Err(e) = started.await {
+            self.relays.borrow_mut().remove(exec_id);
+            self.terminals.borrow_mut().remove(exec_id);
+            let _ = self.client.remove_process(exec_id).await;
+            return Err(e);
+        }
         Ok(())
     }
 
-    fn kill_exec(&self, exec_id: &str, signal: i32) -> Result<(), SandboxError> {
+    async fn resize(
+        &self,
+        target: Target<'_>,
+        size: Option<(u16, u16)>,
+    ) -> Result<(), SandboxError> {
+        let id = self.process_id(target);
+        let size = match size {
+            Some(s) => Some(s),
+            None => self
+                .terminals
+                .borrow()
+                .get(id)
+                .and_then(|t| crate::console::get_winsize(t.as_raw_fd())),
+        };
+        let Some((rows, cols)) = size.filter(|(r, c)| *r > 0 && *c > 0) else {
+            return Ok(());
+        };
         self.client
-            .signal_process(exec_id, signal, false)
+            .resize_terminal(id, rows.into(), cols.into())
+            .await
             .map_err(failed)
     }
 
-    fn wait_exec(&self, exec_id: &str) -> Result<i32, SandboxError> {
-        let status = self.client.wait_process(exec_id, None).map_err(failed)?;
-        if let Some(r) = self
-            .exec_relays
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(exec_id)
-        {
-            r.finish(DRAIN_TIMEOUT);
-        }
-        let _ = self.client.remove_process(exec_id);
-        Ok(status.code())
+    async fn pids(&self) -> Result<Vec<i32>, SandboxError> {
+        self.client.list_processes(&self.id).await.map_err(failed)
     }
 
-    fn pids(&self) -> Result<Vec<i32>, SandboxError> {
-        self.client.list_processes(&self.id).map_err(failed)
+    async fn pause(&self) -> Result<(), SandboxError> {
+        self.client.pause_container(&self.id).await.map_err(failed)
     }
 
-    fn pause(&self) -> Result<(), SandboxError> {
-        self.client.pause_container(&self.id).map_err(failed)
+    async fn resume(&self) -> Result<(), SandboxError> {
+        self.client.resume_container(&self.id).await.map_err(failed)
     }
 
-    fn resume(&self) -> Result<(), SandboxError> {
-        self.client.resume_container(&self.id).map_err(failed)
-    }
-
-    fn update(&self, resources: &Value) -> Result<(), SandboxError> {
-        let bytes =
-            serde_json::to_vec(resources).map_err(|e| SandboxError::Failed(e.to_string()))?;
+    async fn update(&self, resources: &LinuxResources) -> Result<(), SandboxError> {
         self.client
-            .update_container(&self.id, bytes)
+            .update_container(&self.id, json(resources)?)
+            .await
             .map_err(failed)
     }
 
-    fn stats(&self) -> Result<Value, SandboxError> {
-        let s = self.client.stats(&self.id).map_err(failed)?;
-        let cpu = s.cpu.as_ref().map(|c| json!({"usage_usec": c.usage_usec, "user_usec": c.user_usec, "system_usec": c.system_usec, "throttled_usec": c.throttled_usec}));
-        let mem = s.memory.as_ref().map(|m| json!({"usage": m.usage_bytes, "limit": m.limit_bytes, "max_usage": m.max_usage_bytes, "oom_kill_events": m.oom_kill_events}));
-        let pids = s
-            .pids
-            .as_ref()
-            .map(|p| json!({"current": p.current, "limit": p.limit}));
-        Ok(json!({"cpu": cpu, "memory": mem, "pids": pids}))
+    async fn stats(&self) -> Result<GuestStats, SandboxError> {
+        let s = self.client.stats(&self.id).await.map_err(failed)?;
+        Ok(GuestStats::from(&s))
     }
 
-    fn shutdown(&self) {
-        let _ = self.client.shutdown();
+    /// Asks the agent to power the guest off, then makes sure the guest is gone.
+    async fn shutdown(&self) -> Option<String> {
+        self.relays.borrow_mut().clear();
+        let _ = self.client.shutdown().await;
+        self.guest.stop(SHUTDOWN_GRACE).await
     }
 }

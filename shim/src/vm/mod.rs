@@ -3,38 +3,38 @@
 //!
 //! Boot recipe: VM config from the runtime config and the container's size (kernel, agent
 //! initramfs, memory, vCPUs, serial console → per-container log file, hybrid vsock socket in the
-//! state directory, the share as a virtio-fs device) → build → run on its own thread → connect
-//! to the agent (retrying while the guest boots) → check the protocol version.
+//! state directory, the share as a virtio-fs device) → build → run on its own thread, which
+//! reports the VM's end on a channel → connect to the agent (retrying while the guest boots) →
+//! check the protocol version.
 
 mod agent;
+pub mod hostio;
 pub mod relay;
 
 use std::path::Path;
-use std::sync::Mutex;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use bulkhead_protocol::client::{Client, ClientConfig, Connector};
 use bulkhead_vmm::devices::virtio::fs::{FsCache, FsConfig};
 use bulkhead_vmm::devices::virtio::vsock::VsockConfig;
-use bulkhead_vmm::{ConsoleOutput, ExitReason, RunError, Vm, VmConfig, VmHandle};
-use serde_json::Value;
+use bulkhead_vmm::{ConsoleOutput, Vm, VmConfig, VmHandle};
+use tokio::sync::watch;
 
-pub use agent::{AgentSandbox, SHARE_ROOTFS, SHARE_TAG};
+pub use agent::{AgentSandbox, Guest, SHARE_ROOTFS, SHARE_TAG};
 
 use crate::control::SockPath;
-use crate::sandbox::{BootContext, Sandbox, SandboxError, SandboxFactory, Stdio};
+use crate::sandbox::{BootContext, SandboxError, SandboxFactory};
 
 /// Name of the hybrid-vsock socket in the container's state directory.
 pub const VSOCK_SOCKET: &str = "vsock.sock";
-/// Time the guest gets to power off after the agent's Shutdown before the VM is stopped.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// Boots one micro-VM per container.
 pub struct VmFactory;
 
 impl SandboxFactory for VmFactory {
-    fn boot(&self, ctx: &BootContext) -> Result<Box<dyn Sandbox>, SandboxError> {
+    type Sandbox = AgentSandbox<VmGuest>;
+
+    async fn boot(&self, ctx: &BootContext) -> Result<Self::Sandbox, SandboxError> {
         check_guest_files(&ctx.config)?;
         let vsock = vsock_path(ctx)?;
         let mut cfg = vm_config(ctx, &vsock.path);
@@ -43,7 +43,9 @@ impl SandboxFactory for VmFactory {
             &ctx.share_dir,
             ctx.share_dir.join("mounts").exists(),
         );
-        Ok(Box::new(VmSandbox::boot(ctx, cfg, SHARE_TAG, vsock)?))
+        let guest = VmGuest::start(&cfg, vsock)?;
+        let client = connect_agent(ctx, &guest, &cfg).await?;
+        Ok(AgentSandbox::new(&ctx.id, client, guest, SHARE_TAG))
     }
 }
 
@@ -55,10 +57,10 @@ pub fn check_guest_files(cfg: &crate::config::Config) -> Result<(), SandboxError
         ("agent initramfs", &cfg.initramfs),
     ] {
         if !path.is_file() {
-            return Err(SandboxError::Failed(format!(
-                "{what} {} not found (install it with scripts/setup.sh, or set it in /etc/bulkhead/config.toml)",
-                path.display()
-            )));
+            return Err(SandboxError::MissingFile {
+                what,
+                path: path.clone(),
+            });
         }
     }
     Ok(())
@@ -66,8 +68,10 @@ pub fn check_guest_files(cfg: &crate::config::Config) -> Result<(), SandboxError
 
 /// The hybrid-vsock socket in the state directory (short enough for `sun_path`).
 pub fn vsock_path(ctx: &BootContext) -> Result<SockPath, SandboxError> {
-    crate::control::sock_path(&ctx.state_dir, VSOCK_SOCKET)
-        .map_err(|e| SandboxError::Failed(format!("vsock socket path: {e}")))
+    crate::control::sock_path(&ctx.state_dir, VSOCK_SOCKET).map_err(|e| SandboxError::Vm {
+        what: "vsock socket path",
+        source: Box::new(e),
+    })
 }
 
 /// The VM configuration for a container (without the share).
@@ -100,166 +104,122 @@ fn attach_share(cfg: &mut VmConfig, share: &Path, has_volumes: bool) {
     });
 }
 
-/// The VM half: owns the running VM.
-struct VmOwner {
+/// Connects to the agent of a booting VM and checks it speaks our protocol.
+async fn connect_agent(
+    ctx: &BootContext,
+    guest: &VmGuest,
+    cfg: &VmConfig,
+) -> Result<Client, SandboxError> {
+    let uds_path = cfg
+        .vsock
+        .as_ref()
+        .map(|v| v.uds_path.clone())
+        .ok_or(SandboxError::Unsupported("a vm without vsock"))?;
+    let config = ClientConfig {
+        connect_timeout: Duration::from_secs(u64::from(ctx.config.boot_timeout_secs)),
+        ..ClientConfig::default()
+    };
+    let connected = async {
+        let client = Client::connect(Connector::HybridVsock { uds_path }, config).await?;
+        let version = client.version().await?;
+        Ok::<_, bulkhead_protocol::client::ClientError>((client, version))
+    };
+    // A guest that dies while booting ends the wait at once, with its reason.
+    let outcome = tokio::select! {
+        r = connected => r.map_err(|e| bulkhead_protocol::error_chain(&e)),
+        why = guest.ended() => Err(format!("the vm ended before its agent answered: {why}")),
+    };
+    let (client, version) = match outcome {
+        Ok(x) => x,
+        Err(message) => {
+            let why = guest.stop(Duration::ZERO).await.unwrap_or_default();
+            return Err(SandboxError::NoAgent {
+                message,
+                why,
+                log: ctx.console_log.clone(),
+            });
+        }
+    };
+    if version.protocol_version != bulkhead_protocol::PROTOCOL_VERSION {
+        guest.stop(Duration::ZERO).await;
+        return Err(SandboxError::Protocol {
+            agent: version.protocol_version,
+            ours: bulkhead_protocol::PROTOCOL_VERSION,
+        });
+    }
+    crate::logging::debug(&format!(
+        "guest up: kernel {}, agent {}",
+        version.kernel_release, version.agent_version
+    ));
+    Ok(client)
+}
+
+/// How the VM ended, as the VM thread reports it.
+type Ending = Option<(bool, String)>;
+
+/// A VM running on its own thread (the thread runs vCPU 0); its end arrives on a channel.
+pub struct VmGuest {
     handle: VmHandle,
-    thread: Mutex<Option<JoinHandle<Result<ExitReason, RunError>>>>,
-}
-
-impl VmOwner {
-    fn start(cfg: &VmConfig) -> Result<VmOwner, SandboxError> {
-        let vm =
-            Vm::build(cfg).map_err(|e| SandboxError::Failed(format!("build vm: {}", chain(&e))))?;
-        let handle = vm.handle();
-        let thread = std::thread::Builder::new()
-            .name("vm".into())
-            .spawn(move || vm.run())
-            .map_err(|e| SandboxError::Failed(format!("start vm thread: {e}")))?;
-        Ok(VmOwner {
-            handle,
-            thread: Mutex::new(Some(thread)),
-        })
-    }
-
-    /// Waits up to `grace` for the guest to end, then stops the VM; returns why it ended.
-    fn stop(&self, grace: Duration) -> Option<String> {
-        let thread = self
-            .thread
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()?;
-        let deadline = std::time::Instant::now() + grace;
-        while !thread.is_finished() && std::time::Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        if !thread.is_finished() {
-            self.handle.stop();
-        }
-        match thread.join() {
-            Ok(Ok(reason)) => Some(reason.to_string()),
-            Ok(Err(e)) => Some(format!("vm failed: {}", chain(&e))),
-            Err(_) => Some("vm thread panicked".into()),
-        }
-    }
-}
-
-/// A booted VM with its agent.
-pub struct VmSandbox {
-    agent: AgentSandbox,
-    vm: VmOwner,
+    ended: watch::Receiver<Ending>,
     /// Keeps a long vsock socket path reachable (see [`crate::control::SockPath`]).
     _vsock: SockPath,
 }
 
-impl VmSandbox {
-    /// Boots `cfg`, waits for the agent and checks its protocol version.
-    pub fn boot(
-        ctx: &BootContext,
-        cfg: VmConfig,
-        share_tag: &str,
-        vsock: SockPath,
-    ) -> Result<VmSandbox, SandboxError> {
-        let uds_path = cfg
-            .vsock
-            .as_ref()
-            .map(|v| v.uds_path.clone())
-            .ok_or(SandboxError::Unsupported("a vm without vsock"))?;
-        let vm = VmOwner::start(&cfg)?;
-        let config = ClientConfig {
-            connect_timeout: Duration::from_secs(u64::from(ctx.config.boot_timeout_secs)),
-            ..ClientConfig::default()
-        };
-        let client = Client::connect(Connector::HybridVsock { uds_path }, config)
-            .and_then(|c| c.version().map(|v| (c, v)));
-        let (client, version) = match client {
-            Ok(x) => x,
-            Err(e) => {
-                let why = vm.stop(Duration::ZERO).unwrap_or_default();
-                let log = ctx.console_log.display();
-                return Err(SandboxError::Failed(format!(
-                    "guest agent: {} (vm: {why}; console log {log})",
-                    chain(&e)
-                )));
-            }
-        };
-        if version.protocol_version != bulkhead_protocol::PROTOCOL_VERSION {
-            vm.stop(Duration::ZERO);
-            return Err(SandboxError::Failed(format!(
-                "guest agent speaks protocol {}, this runtime {}",
-                version.protocol_version,
-                bulkhead_protocol::PROTOCOL_VERSION
-            )));
-        }
-        crate::logging::debug(&format!(
-            "guest up: kernel {}, agent {}",
-            version.kernel_release, version.agent_version
-        ));
-        Ok(VmSandbox {
-            agent: AgentSandbox::new(&ctx.id, client, share_tag),
-            vm,
+impl VmGuest {
+    /// Builds the VM and starts it. The thread inherits the caller's signal mask: the monitor
+    /// blocks the signals it forwards before anything starts, so vCPUs never take them.
+    fn start(cfg: &VmConfig, vsock: SockPath) -> Result<VmGuest, SandboxError> {
+        let vm = Vm::build(cfg).map_err(|e| SandboxError::Vm {
+            what: "build vm",
+            source: Box::new(e),
+        })?;
+        let handle = vm.handle();
+        let (tx, ended) = watch::channel(None);
+        std::thread::Builder::new()
+            .name("vm".into())
+            .spawn(move || {
+                let ending = match vm.run() {
+                    Ok(reason) => (reason.is_clean(), reason.to_string()),
+                    Err(e) => (
+                        false,
+                        format!("vm failed: {}", bulkhead_protocol::error_chain(&e)),
+                    ),
+                };
+                let _ = tx.send(Some(ending));
+            })
+            .map_err(|e| SandboxError::Vm {
+                what: "start vm thread",
+                source: Box::new(e),
+            })?;
+        Ok(VmGuest {
+            handle,
+            ended,
             _vsock: vsock,
         })
     }
 
-    /// The agent client (tests ask it for the guest's version).
-    pub fn client(&self) -> &Client {
-        self.agent.client()
+    async fn ending(&self) -> (bool, String) {
+        let mut rx = self.ended.clone();
+        let ending = match rx.wait_for(Option::is_some).await {
+            Ok(v) => v.clone(),
+            Err(_) => None,
+        };
+        // The thread is gone without a word: it panicked.
+        ending.unwrap_or_else(|| (false, "vm thread panicked".into()))
     }
 }
 
-impl Sandbox for VmSandbox {
-    fn create(&self, spec: &Value, stdio: Stdio) -> Result<(), SandboxError> {
-        self.agent.create(spec, stdio)
+impl Guest for VmGuest {
+    async fn ended(&self) -> String {
+        self.ending().await.1
     }
-    fn start(&self) -> Result<(), SandboxError> {
-        self.agent.start()
-    }
-    fn kill(&self, signal: i32, all: bool) -> Result<(), SandboxError> {
-        self.agent.kill(signal, all)
-    }
-    fn wait(&self) -> Result<i32, SandboxError> {
-        self.agent.wait()
-    }
-    fn exec(&self, exec_id: &str, process: &Value, stdio: Stdio) -> Result<(), SandboxError> {
-        self.agent.exec(exec_id, process, stdio)
-    }
-    fn kill_exec(&self, exec_id: &str, signal: i32) -> Result<(), SandboxError> {
-        self.agent.kill_exec(exec_id, signal)
-    }
-    fn wait_exec(&self, exec_id: &str) -> Result<i32, SandboxError> {
-        self.agent.wait_exec(exec_id)
-    }
-    fn pids(&self) -> Result<Vec<i32>, SandboxError> {
-        self.agent.pids()
-    }
-    fn pause(&self) -> Result<(), SandboxError> {
-        self.agent.pause()
-    }
-    fn resume(&self) -> Result<(), SandboxError> {
-        self.agent.resume()
-    }
-    fn update(&self, resources: &Value) -> Result<(), SandboxError> {
-        self.agent.update(resources)
-    }
-    fn stats(&self) -> Result<Value, SandboxError> {
-        self.agent.stats()
-    }
-    /// Asks the agent to power the guest off, then makes sure the VM is gone.
-    fn shutdown(&self) {
-        self.agent.shutdown();
-        if let Some(why) = self.vm.stop(SHUTDOWN_GRACE) {
-            crate::logging::debug(&format!("vm ended: {why}"));
+
+    async fn stop(&self, grace: Duration) -> Option<String> {
+        if tokio::time::timeout(grace, self.ending()).await.is_err() {
+            self.handle.stop();
         }
+        let (clean, why) = self.ending().await;
+        crate::logging::debug(&format!("vm ended: {why}"));
+        (!clean).then_some(why)
     }
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(x) = src {
-        s.push_str(": ");
-        s.push_str(&x.to_string());
-        src = x.source();
-    }
-    s
 }

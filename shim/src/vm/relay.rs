@@ -1,212 +1,164 @@
-//! Stdio relays between the caller's fds and the agent's stream connections.
+//! Stdio relays between the caller's fds and the agent's stream connections: one task per
+//! direction on the monitor's runtime, woken by readiness, never by a timer.
 //!
-//! Output (guest → host) is a blocking copy to EOF. Input (host → guest) polls the host fd so it
-//! can stop when the process is gone (a caller's stdin may never reach EOF) and, for terminals,
-//! notice window-size changes on the host side and forward them to the guest's pty — the monitor
-//! is not the pty's session leader, so it gets no SIGWINCH.
+//! Output (guest → host) runs to the stream's EOF; if the host side refuses a write (the engine
+//! closed its end), the stream is dropped, and the agent then discards the process's output so
+//! the process never blocks on it. Input (host → guest) runs until EOF on the host, passed on as
+//! a shutdown of the stream's writing side, or until the process is gone ([`Relays::finish`]):
+//! a caller's stdin may never reach EOF.
 
-use std::fs::File;
-use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc;
-use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
-/// How often an input relay checks for "process gone" and window-size changes.
-const POLL_MS: i32 = 100;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::task::JoinHandle;
 
-/// Called with (rows, cols) when the host terminal's size changes.
-pub type Resize = Box<dyn Fn(u16, u16) + Send>;
+use super::hostio::HostIo;
 
-/// The relay threads of one process.
+/// The relay tasks of one process.
+#[derive(Default)]
 pub struct Relays {
-    done: Arc<AtomicBool>,
-    outputs: usize,
-    finished: mpsc::Receiver<()>,
-    tx: mpsc::Sender<()>,
-    threads: Vec<JoinHandle<()>>,
-}
-
-impl Default for Relays {
-    fn default() -> Self {
-        let (tx, finished) = mpsc::channel();
-        Relays {
-            done: Arc::new(AtomicBool::new(false)),
-            outputs: 0,
-            finished,
-            tx,
-            threads: Vec::new(),
-        }
-    }
+    outputs: Vec<JoinHandle<()>>,
+    inputs: Vec<JoinHandle<()>>,
 }
 
 impl Relays {
     /// guest stream → host fd, to EOF.
-    pub fn output(&mut self, stream: UnixStream, host: OwnedFd) {
-        let tx = self.tx.clone();
-        self.outputs += 1;
-        self.threads.push(std::thread::spawn(move || {
-            copy_out(stream, File::from(host));
-            let _ = tx.send(());
-        }));
+    pub fn output(&mut self, guest: impl AsyncRead + Unpin + Send + 'static, host: HostIo) {
+        self.outputs.push(tokio::spawn(copy_out(guest, host)));
     }
 
-    /// host fd → guest stream, until EOF on the host or [`Relays::finish`]; EOF is passed on as
-    /// a shutdown of the stream's writing side.
-    pub fn input(&mut self, host: OwnedFd, stream: UnixStream, resize: Option<Resize>) {
-        let done = self.done.clone();
-        self.threads.push(std::thread::spawn(move || {
-            pump(host, stream, &done, resize)
-        }));
+    /// host fd → guest stream, until EOF on the host or [`Relays::finish`].
+    pub fn input(&mut self, host: HostIo, guest: impl AsyncWrite + Unpin + Send + 'static) {
+        self.inputs.push(tokio::spawn(copy_in(host, guest)));
     }
 
     /// Waits (up to `timeout`) until every output reached EOF, then stops the input relays.
-    pub fn finish(mut self, timeout: Duration) {
-        let deadline = std::time::Instant::now() + timeout;
-        for _ in 0..self.outputs {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            if self.finished.recv_timeout(left).is_err() {
-                break;
+    pub async fn finish(mut self, timeout: Duration) {
+        let outputs = std::mem::take(&mut self.outputs);
+        let _ = tokio::time::timeout(timeout, async {
+            for task in outputs {
+                let _ = task.await;
             }
-        }
-        self.done.store(true, Ordering::SeqCst);
-        // Input threads notice `done` within one poll interval; they are detached otherwise.
-        self.threads.clear();
-        self.outputs = 0;
+        })
+        .await;
+        // Drop aborts whatever is left (inputs, and outputs that ran out of time).
     }
 }
 
 impl Drop for Relays {
     fn drop(&mut self) {
-        self.done.store(true, Ordering::SeqCst);
+        for task in self.outputs.iter().chain(&self.inputs) {
+            task.abort();
+        }
     }
 }
 
-/// Copies the stream to the host fd until EOF or a write error, with plain `read`/`write`.
+const CHUNK: usize = 64 * 1024;
+
+/// Copies the stream to the host fd with plain reads and writes.
 ///
-/// Not `std::io::copy`: into a pipe (what engines give as stdout) it uses `splice(2)`, and
-/// Linux holds the pipe's mutex for the whole splice, including the wait for socket data. The
-/// engine's `read` of the pipe then blocks on that mutex, and when the splicing thread wins the
-/// mutex back first after moving a chunk, that chunk sits in the pipe, unreadable, until the
-/// next one arrives: `docker logs` missed a container's first line about one run in three.
-fn copy_out(mut stream: UnixStream, mut host: File) {
-    let mut buf = vec![0u8; 64 * 1024];
+/// Never `splice(2)` (which `std::io::copy` uses into a pipe): Linux holds the pipe's mutex for
+/// the whole splice, including the wait for socket data, so the engine's `read` of the pipe
+/// blocks, and a chunk already moved may stay unreadable until the next one arrives (`docker
+/// logs` missed a container's first line about one run in three).
+async fn copy_out(mut guest: impl AsyncRead + Unpin, host: HostIo) {
+    let mut buf = vec![0u8; CHUNK];
     loop {
-        let n = match stream.read(&mut buf) {
-            Ok(0) => return,
+        let n = match guest.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
             Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(_) => return,
         };
-        if host.write_all(&buf[..n]).is_err() {
+        if host.write_all(&buf[..n]).await.is_err() {
             return;
         }
     }
 }
 
-fn pump(host: OwnedFd, mut stream: UnixStream, done: &AtomicBool, resize: Option<Resize>) {
-    let mut src = File::from(host);
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut size = None;
-    while !done.load(Ordering::SeqCst) {
-        if let Some(r) = &resize {
-            let now = crate::console::get_winsize(src.as_raw_fd());
-            if now.is_some() && now != size {
-                size = now;
-                if let Some((rows, cols)) = now {
-                    r(rows, cols);
-                }
-            }
-        }
-        let mut p = libc::pollfd {
-            fd: src.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd on our stack for the duration of the call.
-        let n = unsafe { libc::poll(&mut p, 1, POLL_MS) };
-        if n <= 0 {
-            continue;
-        }
-        match src.read(&mut buf) {
+async fn copy_in(host: HostIo, mut guest: impl AsyncWrite + Unpin) {
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        match host.read(&mut buf).await {
             Ok(0) | Err(_) => break,
             Ok(n) => {
-                if stream.write_all(&buf[..n]).is_err() {
+                if guest.write_all(&buf[..n]).await.is_err() {
                     return;
                 }
             }
         }
     }
-    let _ = stream.shutdown(std::net::Shutdown::Write);
+    let _ = guest.shutdown().await;
 }
 
 #[cfg(test)]
 mod tests {
+    use std::fs::File;
+    use std::io::{Read, Write};
+    use std::os::fd::AsRawFd;
+
+    use super::super::hostio::Direction;
     use super::*;
 
-    #[test]
-    fn output_and_input_relays() {
-        let (mut guest_out, host_out_stream) = UnixStream::pair().unwrap();
+    fn host(fd: std::os::fd::OwnedFd, dir: Direction) -> HostIo {
+        HostIo::new(fd, dir).unwrap()
+    }
+
+    #[tokio::test]
+    async fn output_and_input_relays() {
+        let (guest_out, relay_end) = tokio::net::UnixStream::pair().unwrap();
         let (r, w) = nix::unistd::pipe().unwrap();
         let mut relays = Relays::default();
-        relays.output(host_out_stream, w);
-        guest_out.write_all(b"hello").unwrap();
+        relays.output(relay_end, host(w, Direction::Write));
+        let mut guest_out = guest_out;
+        guest_out.write_all(b"hello").await.unwrap();
         drop(guest_out);
-        relays.finish(Duration::from_secs(5));
+        relays.finish(Duration::from_secs(5)).await;
         let mut got = String::new();
         File::from(r).read_to_string(&mut got).unwrap();
         assert_eq!(got, "hello");
 
-        let (guest_in, host_in_stream) = UnixStream::pair().unwrap();
+        let (mut guest_in, relay_end) = tokio::net::UnixStream::pair().unwrap();
         let (r, w) = nix::unistd::pipe().unwrap();
         let mut relays = Relays::default();
-        relays.input(r, host_in_stream, None);
+        relays.input(host(r, Direction::Read), relay_end);
         File::from(w).write_all(b"typed").unwrap(); // and closed: EOF
         let mut got = String::new();
-        (&guest_in).read_to_string(&mut got).unwrap();
+        guest_in.read_to_string(&mut got).await.unwrap();
         assert_eq!(got, "typed");
+        drop(relays);
     }
 
     /// A chunk already in the engine's pipe is readable while the relay waits for the next
     /// one (a `splice`-based copy holds the pipe's lock during that wait).
-    #[test]
-    fn output_pipe_stays_readable_between_chunks() {
-        let (mut guest_out, host_out_stream) = UnixStream::pair().unwrap();
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn output_pipe_stays_readable_between_chunks() {
+        let (mut guest_out, relay_end) = tokio::net::UnixStream::pair().unwrap();
         let (r, w) = nix::unistd::pipe().unwrap();
         let mut relays = Relays::default();
-        relays.output(host_out_stream, w);
-        guest_out.write_all(b"first\n").unwrap();
-        // Let the relay move the chunk and go back to waiting on the (now empty) stream.
-        std::thread::sleep(Duration::from_millis(200));
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
+        relays.output(relay_end, host(w, Direction::Write));
+        guest_out.write_all(b"first\n").await.unwrap();
+        let reader = std::thread::spawn(move || {
             let mut buf = [0u8; 16];
             let n = nix::unistd::read(r.as_raw_fd(), &mut buf).unwrap_or(0);
-            let _ = tx.send(buf[..n].to_vec());
+            buf[..n].to_vec()
         });
-        let got = rx.recv_timeout(Duration::from_secs(10));
+        let got = tokio::task::spawn_blocking(move || reader.join().unwrap())
+            .await
+            .unwrap();
+        assert_eq!(got, b"first\n", "the pipe was not readable");
         drop(guest_out);
-        assert_eq!(
-            got.as_deref(),
-            Ok(&b"first\n"[..]),
-            "the pipe was not readable"
-        );
-        relays.finish(Duration::from_secs(5));
+        relays.finish(Duration::from_secs(5)).await;
     }
 
-    #[test]
-    fn input_stops_when_finished() {
-        let (_guest_in, host_in_stream) = UnixStream::pair().unwrap();
+    #[tokio::test]
+    async fn input_stops_when_finished() {
+        let (mut guest_in, relay_end) = tokio::net::UnixStream::pair().unwrap();
         let (r, _w) = nix::unistd::pipe().unwrap(); // never written, never closed
         let mut relays = Relays::default();
-        relays.input(r, host_in_stream, None);
-        let t = std::time::Instant::now();
-        let h = relays.threads.pop().unwrap();
-        relays.finish(Duration::from_secs(1));
-        h.join().unwrap();
-        assert!(t.elapsed() < Duration::from_secs(2));
+        relays.input(host(r, Direction::Read), relay_end);
+        relays.finish(Duration::from_secs(600)).await;
+        // The input task is gone, and with it its end of the stream: the guest sees EOF.
+        let mut rest = Vec::new();
+        guest_in.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty());
     }
 }

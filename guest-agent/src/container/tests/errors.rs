@@ -11,13 +11,7 @@ use crate::container::{ContainerError, CreateOptions};
 fn create_fails(bundle: &Bundle, spec: serde_json::Value, want: &str) {
     let (stdio, _output) = Output::capture();
     let err = create(&spec, &bundle.rootfs, stdio, CreateOptions::default()).unwrap_err();
-    let mut text = err.to_string();
-    let mut source = std::error::Error::source(&err);
-    while let Some(s) = source {
-        text.push_str(&format!(": {s}"));
-        source = s.source();
-    }
-    assert_eq!(text, want);
+    assert_eq!(bulkhead_protocol::error_chain(&err), want);
     let leftovers: Vec<_> = std::fs::read_dir(cgroup_parent())
         .unwrap()
         .filter_map(|e| e.ok())
