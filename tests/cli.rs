@@ -188,7 +188,8 @@ impl Cli {
     }
 
     pub fn console_path(&self, id: &str) -> PathBuf {
-        self.dir().join(format!("logs/{id}.console.log"))
+        let name = bulkhead_protocol::id_file_name(id);
+        self.dir().join(format!("logs/{name}.console.log"))
     }
 
     /// The monitor's phase timings of container `id`, as JSON text (written with
@@ -199,7 +200,8 @@ impl Cli {
 
     /// Nothing of container `id` is left: no state directory, no mounts under our directory.
     pub fn assert_gone(&self, id: &str) {
-        assert!(!self.dir().join("root").join(id).exists(), "state left");
+        let name = bulkhead_protocol::id_file_name(id);
+        assert!(!self.dir().join("root").join(&*name).exists(), "state left");
         let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
         assert!(
             !mounts.contains(self.dir().to_str().unwrap()),
@@ -210,22 +212,48 @@ impl Cli {
 }
 
 /// A failed test must not leave its VMs behind: whatever is still under the root is
-/// force-deleted (kills the monitor, unmounts the share, removes the state).
+/// force-deleted (kills the monitor, unmounts the share, removes the state). Directory names
+/// are not always ids (long ids get short names), so the ids come from the state files.
 impl Drop for Cli {
     fn drop(&mut self) {
         let Ok(entries) = fs::read_dir(self.dir().join("root")) else {
             return;
         };
         for e in entries.filter_map(Result::ok) {
-            if let Some(id) = e.file_name().to_str() {
+            let state = fs::read(e.path().join("state.json")).unwrap_or_default();
+            let id = serde_json::from_slice::<serde_json::Value>(&state)
+                .ok()
+                .and_then(|v| v["id"].as_str().map(str::to_string))
+                .or_else(|| e.file_name().to_str().map(str::to_string));
+            if let Some(id) = id {
                 let _ = self
-                    .cmd(&["delete", "--force", id])
+                    .cmd(&["delete", "--force", &id])
                     .stdout(Stdio::null())
                     .stderr(Stdio::null())
                     .status();
             }
         }
     }
+}
+
+/// A busybox rootfs at `dir` (every applet linked, `/etc/passwd` with root and uid 1000), for
+/// bundles of the CLI tests.
+pub fn busybox_rootfs(dir: &Path) -> PathBuf {
+    for sub in ["bin", "etc", "tmp", "proc", "sys", "dev", "data"] {
+        fs::create_dir_all(dir.join(sub)).unwrap();
+    }
+    fs::copy("/bin/busybox", dir.join("bin/busybox")).expect("busybox-static is not installed");
+    let list = Command::new("/bin/busybox").arg("--list").output().unwrap();
+    for applet in String::from_utf8_lossy(&list.stdout)
+        .lines()
+        .filter(|a| *a != "busybox")
+    {
+        let _ = std::os::unix::fs::symlink("busybox", dir.join("bin").join(applet));
+    }
+    let passwd = "root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000::/tmp:/bin/sh\n";
+    fs::write(dir.join("etc/passwd"), passwd).unwrap();
+    fs::write(dir.join("etc/group"), "root:x:0:\nuser:x:1000:\n").unwrap();
+    dir.to_path_buf()
 }
 
 impl Default for Cli {

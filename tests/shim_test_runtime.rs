@@ -33,6 +33,13 @@ impl SandboxFactory for HostFactory {
         if std::env::var_os("BULKHEAD_TEST_FAIL_BOOT").is_some() {
             return Err(SandboxError::failed(Kind::Internal, "test: boot failed"));
         }
+        // Lets tests see a container "creating" for a while, as a booting VM is.
+        if let Some(ms) = std::env::var("BULKHEAD_TEST_BOOT_DELAY_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+        }
         std::fs::write(&ctx.console_log, format!("test sandbox for {}\n", ctx.id))
             .map_err(|e| failed(format!("console log: {e}")))?;
         Ok(HostSandbox {

@@ -510,6 +510,62 @@ mod tests {
         assert!(hs[3].has("memory"));
     }
 
+    /// cgroup v2 files get the VM's limits (this CI host has v1 controllers only, so the v2
+    /// writes are checked on a directory laid out like a v2 group).
+    #[test]
+    fn v2_limits_are_written_in_v2_files() {
+        let d = tempfile::tempdir().unwrap();
+        fs::write(
+            d.path().join("cgroup.controllers"),
+            "cpuset cpu io memory pids\n",
+        )
+        .unwrap();
+        let h = Hierarchy {
+            mount: d.path().to_path_buf(),
+            controllers: Vec::new(),
+            v2: true,
+        };
+        let limits = HostLimits {
+            memory: Some(256 << 20),
+            pids: Some(10),
+            cpu_quota: Some(50_000),
+            cpu_period: Some(100_000),
+            cpu_shares: Some(1024),
+        };
+        apply_limits(&h, d.path(), &limits).unwrap();
+        let read = |f: &str| fs::read_to_string(d.path().join(f)).unwrap();
+        assert_eq!(read("memory.max"), (256u64 << 20).to_string());
+        assert_eq!(read("pids.max"), (10 + HOST_PIDS_OVERHEAD).to_string());
+        assert_eq!(read("cpu.max"), "50000 100000");
+        // runc's shares→weight conversion: 1024 shares is weight 39.
+        assert_eq!(read("cpu.weight"), "39");
+    }
+
+    /// `create` and `update` share one rule: a memory limit becomes the VM's memory plus the
+    /// host overhead, whatever the limit, since the guest enforces the limit itself.
+    #[test]
+    fn host_limits_cover_the_whole_vm() {
+        let cfg = crate::config::Config::default();
+        let size = crate::config::VmSize {
+            vcpus: 2,
+            memory_mib: 512,
+        };
+        let res: oci_spec::runtime::LinuxResources = serde_json::from_value(serde_json::json!({
+            "memory": {"limit": 64 << 20},
+            "pids": {"limit": 20},
+            "cpu": {"quota": 200000, "period": 100000}
+        }))
+        .unwrap();
+        let l = HostLimits::new(Some(&res), &size, &cfg);
+        assert_eq!(
+            l.memory,
+            Some((512 + i64::from(cfg.host_overhead_mib)) << 20)
+        );
+        assert_eq!(l.pids, Some(20));
+        assert_eq!((l.cpu_quota, l.cpu_period), (Some(200000), Some(100000)));
+        assert_eq!(HostLimits::new(None, &size, &cfg), HostLimits::default());
+    }
+
     /// Our own cgroup in hierarchy `h`, from /proc/self/cgroup (tests nest under it so they stay
     /// inside whatever limits the test runner is under).
     fn own_path(h: &Hierarchy) -> PathBuf {

@@ -27,7 +27,7 @@ pub const MAX_LINE: usize = 1 << 20;
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
     /// The monitor is not there (socket missing or refusing): the container is stopped.
-    #[error("container not running")]
+    #[error("{}", crate::lifecycle::Refused::NotRunning)]
     Unreachable,
     #[error("control socket {}", .path.display())]
     Io {
