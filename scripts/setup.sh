@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Bulkhead's one setup command: installs the Debian packages, builds the guest kernel (cached
 # outside the clone by content hash), the guest initramfs images and the binaries, installs them,
-# and runs a first container to show it all works.
+# and runs a first container (a busybox bundle through `bulkhead run`) to show it all works.
 #
 #   scripts/setup.sh [--no-demo]
 #
 # Installs:
 #   /usr/local/bin/bulkhead, /usr/local/bin/bulkhead-vmm
 #   /usr/local/share/bulkhead/{vmlinux,bzImage,agent-initramfs.cpio,test-initramfs.cpio}
-#   /etc/bulkhead/config.toml (only if absent)
+#   /etc/bulkhead/config.toml: every setting, commented out with its default (only if absent)
 #   runtime `bulkhead` in /etc/docker/daemon.json and /etc/containers/containers.conf (merged)
 # Caches: ${BULKHEAD_CACHE_DIR:-/var/cache/bulkhead} (guest kernel builds). Idempotent: a second
 # run reuses the cached kernel and cargo's incremental build.
@@ -72,11 +72,38 @@ if [[ -x "$repo/images/build-agent-initramfs.sh" ]]; then
     install -D -m 0644 "$cpio" "$share/agent-initramfs.cpio"
 fi
 
-note "installed: $bindir/bulkhead-vmm, $bindir/bulkhead, $share/"
+# ---- settings ----------------------------------------------------------------------------
+if [[ ! -e /etc/bulkhead/config.toml ]]; then
+    install -D -m 0644 "$repo/shim/config.toml" /etc/bulkhead/config.toml
+    note "installed /etc/bulkhead/config.toml (every setting, commented out with its default)"
+fi
 
-# ---- first run ---------------------------------------------------------------------------
+note "installed: $bindir/bulkhead-vmm, $bindir/bulkhead, $share/, /etc/bulkhead/config.toml"
+
+# ---- first container ---------------------------------------------------------------------
 if [[ $demo -eq 1 ]]; then
-    note "booting a micro-VM with the test init (about 30 s on PVM-backed KVM, under 1 s on hardware KVM)"
-    bulkhead-vmm --kernel "$share/vmlinux" --initrd "$share/test-initramfs.cpio" --mem 128 \
-        || die "the demo VM failed"
+    note "running a first container: busybox through 'bulkhead run' (about 15-30 s on PVM-backed KVM, about a second on hardware KVM)"
+    demo_dir=$(mktemp -d /tmp/bulkhead-demo.XXXXXX)
+    trap 'rm -rf "$demo_dir"' EXIT
+    mkdir -p "$demo_dir/rootfs/bin" "$demo_dir/rootfs/proc" "$demo_dir/rootfs/dev" "$demo_dir/rootfs/tmp"
+    cp /bin/busybox "$demo_dir/rootfs/bin/busybox"
+    for applet in $(/bin/busybox --list); do
+        [[ $applet == busybox ]] || ln -s busybox "$demo_dir/rootfs/bin/$applet"
+    done
+    (cd "$demo_dir" && bulkhead spec)
+    python3 - "$demo_dir/config.json" <<'PY' || die "cannot write the demo bundle"
+import json, sys
+path = sys.argv[1]
+spec = json.load(open(path))
+spec["process"]["terminal"] = False
+spec["process"]["args"] = ["sh", "-c",
+    'echo "  inside the container: kernel $(uname -r), $(nproc) vCPU(s),'
+    ' $(awk \'/MemTotal/ {print int($2/1024)}\' /proc/meminfo) MiB of RAM,'
+    ' CPU flag \"$(grep -o -m1 -w hypervisor /proc/cpuinfo)\""']
+json.dump(spec, open(path, "w"), indent=2)
+PY
+    echo "  on the host:          kernel $(uname -r), $(nproc) CPU(s), $(awk '/MemTotal/ {print int($2/1024)}' /proc/meminfo) MiB of RAM"
+    bulkhead run --bundle "$demo_dir" "bulkhead-demo-$$" \
+        || die "the first container failed (see /var/log/bulkhead/bulkhead-demo-$$.console.log)"
+    note "the container ran in its own micro-VM: its own kernel, vCPUs and memory"
 fi

@@ -44,7 +44,7 @@ pub enum ConfigError {
     },
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Guest kernel (vmlinux ELF or bzImage).
@@ -227,6 +227,28 @@ fn annotation(
 
 #[cfg(test)]
 mod tests {
+    /// The commented settings file setup installs lists every setting with its default.
+    #[test]
+    fn the_installed_example_lists_every_setting_with_its_default() {
+        let text = include_str!("../config.toml");
+        let uncommented: String = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# "))
+            .filter(|l| {
+                l.split_once(" = ")
+                    .is_some_and(|(k, _)| k.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        // Every key is there (deny_unknown_fields refuses strays) and has the default value.
+        assert_eq!(Config::parse(&uncommented).unwrap(), Config::default());
+        let keys = uncommented.lines().count();
+        let all = toml::to_string(&Config::default()).unwrap().lines().count();
+        assert_eq!(keys, all, "a setting is missing from shim/config.toml");
+        // As installed (all commented out) it changes nothing.
+        assert_eq!(Config::parse(text).unwrap(), Config::default());
+    }
+
     use super::*;
 
     #[test]
