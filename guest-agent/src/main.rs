@@ -8,6 +8,7 @@ mod container;
 mod init;
 mod process;
 mod reaper;
+mod refresh;
 mod server;
 
 use std::io::Write;

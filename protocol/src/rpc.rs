@@ -56,6 +56,7 @@ methods!(
     Stats,
     RemoveContainer,
     Shutdown,
+    Refresh,
 );
 
 /// google.rpc status codes, as carried in `ttrpc.Status.code`.
@@ -264,7 +265,7 @@ mod tests {
 
     #[test]
     fn method_names_round_trip() {
-        assert_eq!(Method::ALL.len(), 17);
+        assert_eq!(Method::ALL.len(), 18);
         for m in Method::ALL {
             assert_eq!(Method::from_name(m.name()), Some(*m));
         }

@@ -193,7 +193,27 @@ impl Server {
                 self.shutdown = true;
                 empty()
             }
+            Method::Refresh => self.refresh(decode(call)?),
         }
+    }
+
+    /// A restored clone becomes its own: the host's entropy, the host's time. On the host (test
+    /// mode) the clock is the host's own and is left alone; the entropy only strengthens it.
+    fn refresh(&mut self, r: api::RefreshRequest) -> Handled {
+        use crate::refresh::{self, RefreshError};
+        let status = |e: RefreshError| {
+            let code = match e {
+                RefreshError::EntropySize(_) | RefreshError::Time(..) => Code::InvalidArgument,
+                _ => Code::Internal,
+            };
+            Status::new(code, chain(&e))
+        };
+        refresh::check(&r.entropy, r.realtime_sec, r.realtime_nsec).map_err(status)?;
+        refresh::mix_entropy(&r.entropy).map_err(status)?;
+        if self.on_shutdown == super::OnShutdown::Reboot {
+            refresh::set_clock(r.realtime_sec, r.realtime_nsec).map_err(status)?;
+        }
+        empty()
     }
 
     pub(super) fn index(&self, id: &str) -> Result<usize, Status> {

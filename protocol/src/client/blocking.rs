@@ -128,6 +128,10 @@ impl Client {
         self.runtime.block_on(self.inner.shutdown())
     }
 
+    pub fn refresh(&self, entropy: Vec<u8>, now: std::time::SystemTime) -> Result<(), ClientError> {
+        self.runtime.block_on(self.inner.refresh(entropy, now))
+    }
+
     /// Opens a stdio stream like [`super::Client::open_stream`], as a blocking std socket.
     pub fn open_stream(&self, id: &str, kind: StreamKind) -> Result<UnixStream, ClientError> {
         let stream = self.runtime.block_on(self.inner.open_stream(id, kind))?;

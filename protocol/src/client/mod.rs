@@ -388,6 +388,27 @@ impl Client {
         }
     }
 
+    /// Makes a guest restored from a template its own: `entropy` into its RNG (reseeded), its
+    /// wall clock set to `now`.
+    pub async fn refresh(
+        &self,
+        entropy: Vec<u8>,
+        now: std::time::SystemTime,
+    ) -> Result<(), ClientError> {
+        let since = now
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let req = api::RefreshRequest {
+            entropy,
+            realtime_sec: i64::try_from(since.as_secs()).unwrap_or(i64::MAX),
+            realtime_nsec: since.subsec_nanos(),
+            ..Default::default()
+        };
+        self.call_default::<_, api::Empty>(Method::Refresh, &req)
+            .await
+            .map(drop)
+    }
+
     /// Opens the `kind` stdio stream of process `id`: a new connection to the stream port that
     /// starts with the stream header. Stdin: write to it, `shutdown(Write)` for EOF. Stdout,
     /// stderr: read to EOF. Terminal: both.

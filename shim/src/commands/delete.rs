@@ -24,7 +24,7 @@ pub fn run(ctx: &Ctx, id: &str, force: bool) -> Result<()> {
         Err(e) => return Err(e),
     };
     if status.can_delete(id, force)? == Delete::StopFirst {
-        stop(ctx, &st);
+        stop(ctx, &st, status);
     }
     if let Ok(bundle) = crate::spec::Bundle::load(&st.bundle) {
         let mut stopped = st.clone();
@@ -42,17 +42,22 @@ pub fn run(ctx: &Ctx, id: &str, force: bool) -> Result<()> {
 }
 
 /// Kills the container through its monitor and waits for the monitor to exit; a monitor that
-/// does not exit in time is killed (which ends its VM: the vCPUs are its threads).
-fn stop(ctx: &Ctx, st: &State) {
-    let _ = ctx.call(
-        &st.id,
-        &Request::Kill {
-            signal: libc::SIGKILL,
-            all: true,
-        },
-    );
+/// does not exit in time is killed (which ends its VM: the vCPUs are its threads). A container
+/// still being created has no init to kill yet: its monitor is killed at once (its mounts go
+/// with its mount namespace; the cgroups and state go in `cleanup`).
+fn stop(ctx: &Ctx, st: &State, status: Status) {
     let (pid, start_time) = (st.pid, st.monitor_start_time);
-    if !crate::process::wait_exit(pid, start_time, STOP_TIMEOUT)
+    let asked = status != Status::Creating
+        && ctx
+            .call(
+                &st.id,
+                &Request::Kill {
+                    signal: libc::SIGKILL,
+                    all: true,
+                },
+            )
+            .is_ok();
+    if !(asked && crate::process::wait_exit(pid, start_time, STOP_TIMEOUT))
         && crate::state::process_alive(pid, start_time)
     {
         let _ = nix::sys::signal::kill(

@@ -241,9 +241,12 @@ async fn life<F: SandboxFactory>(
             let _ = monitor.sandbox.set(sandbox);
         }
         Err(e) => {
+            // Callers waiting for the creation (a `start` right after `create`) get their
+            // refusal before the runtime goes.
+            monitor.status.send_replace(Status::Stopped);
+            tokio::task::yield_now().await;
             server.abort();
             socket_file.remove();
-            monitor.status.send_replace(Status::Stopped);
             undo.run();
             return fail_early(&monitor.plan, ready, &e);
         }

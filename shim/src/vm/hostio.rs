@@ -50,11 +50,18 @@ impl HostIo {
             return Ok(HostIo::Direct(file));
         }
         // Pipes, FIFOs, character devices (terminals, /dev/null).
-        let own = std::fs::OpenOptions::new()
+        let reopened = std::fs::OpenOptions::new()
             .read(dir == Direction::Read)
             .write(dir == Direction::Write)
             .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
-            .open(format!("/proc/self/fd/{}", file.as_raw_fd()))?;
+            .open(format!("/proc/self/fd/{}", file.as_raw_fd()));
+        let own = match reopened {
+            Ok(f) => f,
+            // A pipe whose reader is gone cannot be opened for writing; a write to it fails at
+            // once (EPIPE) instead of waiting, which ends the relay as it should.
+            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => return Ok(HostIo::Direct(file)),
+            Err(e) => return Err(e),
+        };
         // SAFETY: `own` is a descriptor we just opened and hand over; nothing else closes or
         // replaces it while the `AsyncFd` holds it.
         match unsafe { AsyncFd::register(own) } {
@@ -157,6 +164,15 @@ mod tests {
         let mut buf = [0u8; 8];
         assert_eq!(io.read(&mut buf).await.unwrap(), 2);
         assert_eq!(io.read(&mut buf).await.unwrap(), 0, "EOF");
+    }
+
+    #[tokio::test]
+    async fn a_pipe_without_reader_fails_writes_at_once() {
+        let (r, w) = nix::unistd::pipe().unwrap();
+        drop(r);
+        let io = HostIo::new(w, Direction::Write).unwrap();
+        let err = io.write_all(b"nobody reads").await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::BrokenPipe);
     }
 
     #[tokio::test]
