@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use bulkhead_protocol::client::blocking::Client;
 use bulkhead_protocol::client::{ClientConfig, ClientError, Connector};
 use bulkhead_protocol::stream::StreamKind;
-use bulkhead_tests::agent_binary;
 use bulkhead_tests::agent_cases::{self as cases, command, Ids};
+use bulkhead_tests::{agent_binary, require, Need};
 
 struct Agent {
     child: Child,
@@ -148,8 +148,7 @@ fn oci_process(script: &str) -> serde_json::Value {
 /// pause/resume, signal all, remove. Needs root (real namespaces and a cgroup on the host).
 #[test]
 fn containers_run_through_the_agent() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("containers_run_through_the_agent: skipped (needs root)");
+    if !require(&[Need::Root]) {
         return;
     }
     let rootfs = busybox_rootfs();

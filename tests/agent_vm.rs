@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use bulkhead_protocol::client::blocking::Client;
 use bulkhead_protocol::client::{ClientConfig, ClientError, Connector};
 use bulkhead_tests::agent_cases::{self as cases, Ids};
-use bulkhead_tests::{agent_test_initramfs, e2e_enabled, kernel, test_initramfs, vmm_binary};
+use bulkhead_tests::{agent_test_initramfs, kernel, require, test_initramfs, vm_needs, vmm_binary};
 
 /// A boot is ~30 s on an idle PVM host; CI machines are often busier.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(600);
@@ -87,7 +87,7 @@ fn config(connect: Duration) -> ClientConfig {
 
 #[test]
 fn agent_runs_processes_in_a_vm() {
-    if !e2e_enabled("agent_runs_processes_in_a_vm") {
+    if !require(&vm_needs()) {
         return;
     }
     let mut vm = Vm::boot(&agent_test_initramfs());
@@ -145,7 +145,7 @@ fn agent_runs_processes_in_a_vm() {
 
 #[test]
 fn a_guest_without_an_agent_gives_a_clear_error_in_time() {
-    if !e2e_enabled("a_guest_without_an_agent_gives_a_clear_error_in_time") {
+    if !require(&vm_needs()) {
         return;
     }
     // The VMM boot-test init never listens on vsock; it powers off after its checks.

@@ -13,17 +13,15 @@
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
-#[path = "docker_common.rs"]
-mod docker_common;
-
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Instant;
 
+use bulkhead_tests::busybox::busybox_tar;
 use bulkhead_tests::cli::{become_subreaper, wait_status, Cli};
-use bulkhead_tests::e2e_enabled;
+use bulkhead_tests::{require, vm_needs};
 use serde_json::{json, Value};
 
 const HOST_SECRET: &str = "host-only-secret-7f3a";
@@ -113,7 +111,7 @@ fn key_values(text: &str) -> BTreeMap<String, String> {
 
 #[test]
 fn the_spec_is_honoured_inside_the_guest() {
-    if !e2e_enabled("the_spec_is_honoured_inside_the_guest") {
+    if !require(&vm_needs()) {
         return;
     }
     become_subreaper();
@@ -121,7 +119,7 @@ fn the_spec_is_honoured_inside_the_guest() {
     let d = rt.dir().to_path_buf();
     let bundle = d.join("bundle");
     fs::create_dir_all(&bundle).unwrap();
-    docker_common::busybox_tar(&bundle); // leaves the rootfs in bundle/busybox
+    busybox_tar(&bundle); // leaves the rootfs in bundle/busybox
     let rootfs = bundle.join("busybox");
     fs::create_dir_all(rootfs.join("work")).unwrap();
     fs::write(rootfs.join("etc/secret"), "top secret\n").unwrap();

@@ -1,29 +1,44 @@
 //! containerd's `ctr run --runc-binary` drives Bulkhead like runc (issue 5): the core cases,
-//! against runc first (which proves them), then against Bulkhead. A private containerd (own root, state, socket, namespace; CRI off)
-//! runs for the test. Gated by `BULKHEAD_E2E=1`.
+//! each a named trial, against runc first (which proves them), then against Bulkhead. A
+//! private containerd (own root, state, socket, namespace; CRI off) runs for the suite.
+//! Gated by `BULKHEAD_E2E=1`.
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
-
-#[path = "docker_common.rs"]
-mod docker_common;
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bulkhead_tests::{e2e_enabled, in_terminal, workspace_binary};
-use docker_common::{busybox_tar, ensure_docker, processes_of, text};
+use bulkhead_tests::busybox::busybox_tar;
+use bulkhead_tests::engine::dockerd::ensure_docker;
+use bulkhead_tests::engine::suite::{self, trial, Shared};
+use bulkhead_tests::engine::{
+    broken_runtime, output, private_bulkhead, processes_of, text, COMMAND_TIMEOUT,
+};
+use bulkhead_tests::{in_terminal, vm_needs, Need};
+use libtest_mimic::Trial;
+
+const RUNC: &str = "/usr/sbin/runc";
 
 struct Containerd {
     dir: tempfile::TempDir,
     child: Child,
     namespace: String,
     rootfs: PathBuf,
+    /// The private `bulkhead` copy this suite runs (see `engine::private_bulkhead`).
+    bin: PathBuf,
+    /// The long-running task of each half, shared by its exec and kill cases.
+    long: Mutex<Option<Child>>,
 }
 
 impl Containerd {
     fn start() -> Containerd {
+        assert!(
+            ensure_docker(),
+            "containerd (with docker.io) could not be installed"
+        );
         let dir = tempfile::Builder::new()
             .prefix("bh-ctr")
             .tempdir_in("/tmp")
@@ -39,6 +54,7 @@ impl Containerd {
         let child = Command::new("containerd")
             .arg("--config")
             .arg(d.join("config.toml"))
+            .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
@@ -54,16 +70,19 @@ impl Containerd {
             .status()
             .unwrap()
             .success());
+        let bin = private_bulkhead(d);
         let c = Containerd {
             dir,
             child,
             namespace: format!("bhctr{}", std::process::id()),
             rootfs,
+            bin,
+            long: Mutex::new(None),
         };
         let t = Instant::now();
         while !c.ctr(&["version"]).status.success() {
             assert!(
-                t.elapsed() < Duration::from_secs(30),
+                t.elapsed() < Duration::from_secs(300),
                 "containerd did not start"
             );
             std::thread::sleep(Duration::from_millis(100));
@@ -82,11 +101,13 @@ impl Containerd {
     }
 
     fn ctr(&self, args: &[&str]) -> Output {
-        self.cmd(args).output().unwrap()
+        output(&mut self.cmd(args))
     }
 
-    /// `ctr run --rm --runc-binary RUNTIME --rootfs ROOTFS ID ARGS…` as a command.
+    /// `ctr run --rm --runc-binary RUNTIME --rootfs ROOTFS ID ARGS…` as a command. Ids end in
+    /// our pid: Bulkhead names its console logs (in the machine-wide log directory) after them.
     fn run_cmd(&self, runtime: &Path, id: &str, args: &[&str]) -> Command {
+        let id = self.id(id);
         let mut v = vec![
             "run",
             "--rm",
@@ -94,21 +115,35 @@ impl Containerd {
             runtime.to_str().unwrap(),
             "--rootfs",
             self.rootfs.to_str().unwrap(),
-            id,
+            &id,
         ];
         v.extend_from_slice(args);
         self.cmd(&v)
+    }
+
+    fn id(&self, name: &str) -> String {
+        format!("{name}-{}", std::process::id())
+    }
+
+    /// containerd's state directory for our namespace's runc-v2 tasks.
+    fn runtime_root(&self) -> PathBuf {
+        PathBuf::from("/run/containerd/runc").join(&self.namespace)
     }
 }
 
 impl Drop for Containerd {
     fn drop(&mut self) {
+        if let Some(mut long) = self.long.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = self.ctr(&["task", "kill", "-s", "SIGKILL", &self.id("t-long")]);
+            let _ = long.kill();
+            let _ = long.wait();
+        }
         // containerd's (empty) per-namespace runtime root outlives it otherwise.
-        let _ = fs::remove_dir(PathBuf::from("/run/containerd/runc").join(&self.namespace));
+        let _ = fs::remove_dir(self.runtime_root());
         // SAFETY: kill(2) on the containerd we started.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let t = Instant::now();
-        while t.elapsed() < Duration::from_secs(20) {
+        while t.elapsed() < Duration::from_secs(60) {
             if let Ok(Some(_)) = self.child.try_wait() {
                 return;
             }
@@ -119,53 +154,69 @@ impl Drop for Containerd {
     }
 }
 
-fn suite(c: &Containerd, runtime: &Path, guest_kernel: bool) {
-    let o = c
-        .run_cmd(runtime, "t-echo", &["/bin/echo", "hi"])
-        .output()
-        .unwrap();
+type Case = (&'static str, fn(&Containerd, &Path, bool));
+
+const CASES: &[Case] = &[
+    ("run_prints_output_and_exits_0", echo),
+    ("run_reports_exit_code_3", exit_code_3),
+    ("uname_shows_the_expected_kernel", kernel),
+    ("long_task_starts", long_task_starts),
+    ("task_exec_prints_output_and_exit_code_4", task_exec),
+    ("task_exec_t_gets_a_terminal", task_exec_t),
+    ("task_kill_reports_137", task_kill),
+];
+
+fn run(c: &Containerd, runtime: &Path, id: &str, args: &[&str]) -> Output {
+    output(&mut c.run_cmd(runtime, id, args))
+}
+
+fn echo(c: &Containerd, runtime: &Path, _: bool) {
+    let o = run(c, runtime, "t-echo", &["/bin/echo", "hi"]);
     assert_eq!(
         (text(&o.stdout).as_str(), o.status.code()),
         ("hi\n", Some(0)),
         "{}",
         text(&o.stderr)
     );
-    let o = c
-        .run_cmd(runtime, "t-exit", &["/bin/sh", "-c", "exit 3"])
-        .output()
-        .unwrap();
-    assert_eq!(o.status.code(), Some(3), "{}", text(&o.stderr));
-    let host = text(&Command::new("uname").arg("-r").output().unwrap().stdout);
-    let o = c
-        .run_cmd(runtime, "t-uname", &["/bin/uname", "-r"])
-        .output()
-        .unwrap();
-    assert_eq!(
-        text(&o.stdout) != host,
-        guest_kernel,
-        "uname -r: {}",
-        text(&o.stdout)
-    );
+}
 
-    // A long-running task: exec into it, with and without a terminal, then kill it.
+fn exit_code_3(c: &Containerd, runtime: &Path, _: bool) {
+    let o = run(c, runtime, "t-exit", &["/bin/sh", "-c", "exit 3"]);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o.stderr));
+}
+
+fn kernel(c: &Containerd, runtime: &Path, guest_kernel: bool) {
+    let host = text(&Command::new("uname").arg("-r").output().unwrap().stdout);
+    let o = run(c, runtime, "t-uname", &["/bin/uname", "-r"]);
+    let release = text(&o.stdout);
+    assert!(o.status.success() && !release.is_empty(), "{o:?}");
+    assert_eq!(release != host, guest_kernel, "uname -r: {release}");
+}
+
+/// A long-running task for the exec and kill cases; started when `ctr task ls` says RUNNING.
+fn long_task_starts(c: &Containerd, runtime: &Path, _: bool) {
     let log = c.dir.path().join("long.out");
-    let mut long = c
+    let long = c
         .run_cmd(runtime, "t-long", &["/bin/sleep", "1000"])
         .stdout(fs::File::create(&log).unwrap())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    *c.long.lock().unwrap() = Some(long);
     let t = Instant::now();
     while !text(&c.ctr(&["task", "ls"]).stdout).contains("RUNNING") {
-        assert!(t.elapsed() < Duration::from_secs(120), "task did not start");
+        assert!(t.elapsed() < COMMAND_TIMEOUT, "task did not start");
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+fn task_exec(c: &Containerd, _: &Path, _: bool) {
     let o = c.ctr(&[
         "task",
         "exec",
         "--exec-id",
         "e1",
-        "t-long",
+        &c.id("t-long"),
         "/bin/sh",
         "-c",
         "echo in-exec; exit 4",
@@ -176,72 +227,88 @@ fn suite(c: &Containerd, runtime: &Path, guest_kernel: bool) {
         "{}",
         text(&o.stderr)
     );
+}
+
+fn task_exec_t(c: &Containerd, _: &Path, _: bool) {
     let sock = c.dir.path().join("c.sock");
     let line = format!(
-        "ctr -a {} -n {} task exec -t --exec-id e2 t-long /bin/sh -c 'tty; echo tty-ok'",
+        "ctr -a {} -n {} task exec -t --exec-id e2 {} /bin/sh -c 'tty; echo tty-ok'",
         sock.display(),
-        c.namespace
+        c.namespace,
+        c.id("t-long")
     );
-    let (s, err) = in_terminal(&line, &[], Duration::from_secs(300));
+    let (s, err) = in_terminal(&line, &[], COMMAND_TIMEOUT);
     assert!(
         s.contains("/dev/pts/") && s.contains("tty-ok"),
         "exec -t: {s} {err}"
     );
+}
+
+fn task_kill(c: &Containerd, _: &Path, _: bool) {
+    let mut long = c
+        .long
+        .lock()
+        .unwrap()
+        .take()
+        .expect("no long task: long_task_starts failed or did not run");
     assert!(c
-        .ctr(&["task", "kill", "-s", "SIGKILL", "t-long"])
+        .ctr(&["task", "kill", "-s", "SIGKILL", &c.id("t-long")])
         .status
         .success());
     let status = long.wait().unwrap();
     assert_eq!(status.code(), Some(137));
 }
 
-#[test]
-fn ctr_drives_bulkhead_like_runc() {
-    if !e2e_enabled("ctr_drives_bulkhead_like_runc") {
-        return;
-    }
-    assert!(
-        ensure_docker(),
-        "containerd (with docker.io) could not be installed"
-    );
-    let bin = workspace_binary("bulkhead");
-    let c = Containerd::start();
-    suite(&c, Path::new("/usr/sbin/runc"), false);
+/// The trials of one half, named `<prefix>::<case>`.
+fn half(
+    prefix: &str,
+    shared: &Arc<Shared<Containerd>>,
+    runtime: fn(&Containerd) -> PathBuf,
+    guest_kernel: bool,
+) -> Vec<Trial> {
+    CASES
+        .iter()
+        .map(|&(name, case)| {
+            let shared = Arc::clone(shared);
+            trial(format!("{prefix}::{name}"), move || {
+                let c = shared.get();
+                case(c, &runtime(c), guest_kernel)
+            })
+        })
+        .collect()
+}
 
-    let cfg = c.dir.path().join("broken.toml");
-    fs::write(&cfg, "kernel = \"/nonexistent/vmlinux\"\n").unwrap();
-    let wrapper = c.dir.path().join("bulkhead-broken");
-    fs::write(
-        &wrapper,
-        format!(
-            "#!/bin/sh\nBULKHEAD_CONFIG={} exec {} \"$@\"\n",
-            cfg.display(),
-            bin.display()
-        ),
-    )
-    .unwrap();
-    fs::set_permissions(
-        &wrapper,
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
-    let o = c
-        .run_cmd(&wrapper, "t-broken", &["/bin/true"])
-        .output()
-        .unwrap();
-    assert_ne!(o.status.code(), Some(0));
-    assert!(
-        text(&o.stderr).contains("/nonexistent/vmlinux not found"),
-        "{}",
-        text(&o.stderr)
-    );
-    let root = PathBuf::from("/run/containerd/runc").join(&c.namespace);
-    let left: Vec<_> = fs::read_dir(&root)
+/// Nothing of the runtime is left: no state, no monitors of this suite's binary.
+fn assert_nothing_left(c: &Containerd) {
+    let left: Vec<_> = fs::read_dir(c.runtime_root())
         .map(|r| r.filter_map(Result::ok).map(|e| e.path()).collect())
         .unwrap_or_default();
     assert!(left.is_empty(), "state left: {left:?}");
-    assert!(processes_of(&bin).is_empty(), "bulkhead processes left");
+    let left = processes_of(&c.bin);
+    assert!(left.is_empty(), "bulkhead processes left: {left:?}");
+}
 
-    suite(&c, &bin, true);
-    assert!(processes_of(&bin).is_empty(), "bulkhead processes left");
+fn main() {
+    let shared = Shared::new(Containerd::start);
+    let mut trials = half("runc", &shared, |_| RUNC.into(), false);
+    let c = Arc::clone(&shared);
+    trials.push(trial("broken_runtime_fails_create_clearly", move || {
+        let c = c.get();
+        let wrapper = broken_runtime(c.dir.path(), &c.bin);
+        let o = run(c, &wrapper, "t-broken", &["/bin/true"]);
+        assert_ne!(o.status.code(), Some(0));
+        assert!(
+            text(&o.stderr).contains("/nonexistent/vmlinux not found"),
+            "{}",
+            text(&o.stderr)
+        );
+        assert_nothing_left(c);
+    }));
+    trials.extend(half("bulkhead", &shared, |c| c.bin.clone(), true));
+    let c = Arc::clone(&shared);
+    trials.push(trial("bulkhead::nothing_left_behind", move || {
+        assert_nothing_left(c.get())
+    }));
+    let needs = [&vm_needs()[..], &[Need::Root]].concat();
+    suite::run("ctr_run", &needs, trials, shared)
 }

@@ -1,10 +1,14 @@
 //! Helpers shared by the end-to-end tests.
 //!
 //! End-to-end tests boot real VMs, which takes tens of seconds on PVM-backed KVM, so they only run
-//! when `BULKHEAD_E2E=1` (set by `scripts/test.sh`, which CI runs). `cargo test` alone stays quick.
+//! when `BULKHEAD_E2E=1` (set by `scripts/test.sh`, which CI runs). `cargo test` alone stays quick;
+//! every test says what it needs with [`require`], which skips out loud without `BULKHEAD_E2E=1`
+//! and fails with it.
 
 pub mod agent_cases;
+pub mod busybox;
 pub mod cli;
+pub mod engine;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -12,16 +16,19 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+pub use bulkhead_test_support::{requested, require, require_for, Need, SKIP_MARKER};
+
 /// Where the setup script installs the guest images.
 pub const SHARE_DIR: &str = "/usr/local/share/bulkhead";
 
-/// Whether end-to-end tests should run; prints a note when they are skipped.
-pub fn e2e_enabled(test: &str) -> bool {
-    let on = std::env::var("BULKHEAD_E2E").is_ok_and(|v| v == "1");
-    if !on {
-        eprintln!("{test}: skipped (set BULKHEAD_E2E=1 to boot real VMs)");
-    }
-    on
+/// What a test that boots a guest needs: end-to-end tests asked for, `/dev/kvm`, the guest
+/// kernel.
+pub fn vm_needs() -> [Need; 3] {
+    [
+        Need::EndToEnd,
+        Need::Kvm,
+        Need::File(kernel(), "run scripts/setup.sh or set BULKHEAD_KERNEL"),
+    ]
 }
 
 fn from_env_or_share(var: &str, file: &str) -> PathBuf {

@@ -1,19 +1,22 @@
-//! podman drives Bulkhead like runc (issue 5): the same cases as the Docker suite through
-//! `podman --runtime`, against runc first (which proves the cases), then against Bulkhead. Gated by `BULKHEAD_E2E=1`. podman runs with
-//! its own storage and run roots in a temporary directory, the cgroupfs manager (no systemd
-//! here) and `--network none`.
+//! podman drives Bulkhead like runc (issue 5): the cases of `engine::cases` through
+//! `podman --runtime`, each a named trial, against runc first (which proves the cases), then
+//! against Bulkhead. Gated by `BULKHEAD_E2E=1`. podman runs with its own storage and run roots
+//! in a temporary directory, the cgroupfs manager (no systemd here) and `--network none`.
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
-
-#[path = "docker_common.rs"]
-mod docker_common;
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 
-use bulkhead_tests::{e2e_enabled, workspace_binary};
-use docker_common::{busybox_tar, processes_of, suite, text, EngineCli};
+use bulkhead_tests::busybox::busybox_tar;
+use bulkhead_tests::engine::cases::{self, Engine};
+use bulkhead_tests::engine::suite::{self, trial, Shared};
+use bulkhead_tests::engine::{
+    broken_runtime, private_bulkhead, processes_of, share_mounts_under, text, EngineCli,
+};
+use bulkhead_tests::{vm_needs, Need};
 
 const IMAGE: &str = "localhost/bulkhead-busybox:test";
 const PODMAN: &str = "/usr/bin/podman";
@@ -35,15 +38,19 @@ fn ensure_podman() -> bool {
 
 struct Podman {
     dir: tempfile::TempDir,
+    /// The private `bulkhead` copy this suite runs (see `engine::private_bulkhead`).
+    bin: PathBuf,
 }
 
 impl Podman {
     fn new() -> Podman {
+        assert!(ensure_podman(), "podman could not be installed");
         let dir = tempfile::Builder::new()
             .prefix("bh-podman")
             .tempdir_in("/tmp")
             .unwrap();
-        let p = Podman { dir };
+        let bin = private_bulkhead(dir.path());
+        let p = Podman { dir, bin };
         // Not the host's containers.conf: it may register `bulkhead` too (setup does).
         fs::write(p.dir.path().join("containers.conf"), "").unwrap();
         let tar = busybox_tar(p.dir.path());
@@ -61,6 +68,13 @@ impl Podman {
         p
     }
 
+    /// Where the Bulkhead runtime keeps container state under podman (its default root).
+    fn runtime_root(&self) -> PathBuf {
+        PathBuf::from("/run/bulkhead")
+    }
+}
+
+impl Engine for Podman {
     fn cli(&self) -> EngineCli {
         let d = self.dir.path();
         let global = vec![
@@ -97,24 +111,6 @@ impl Podman {
             scratch: d.to_path_buf(),
         }
     }
-
-    /// `bulkhead` with a config naming a guest kernel that does not exist.
-    fn broken_runtime(&self, bin: &Path) -> PathBuf {
-        let d = self.dir.path();
-        fs::write(d.join("broken.toml"), "kernel = \"/nonexistent/vmlinux\"\n").unwrap();
-        let w = d.join("bulkhead-broken");
-        fs::write(
-            &w,
-            format!(
-                "#!/bin/sh\nBULKHEAD_CONFIG={} exec {} \"$@\"\n",
-                d.join("broken.toml").display(),
-                bin.display()
-            ),
-        )
-        .unwrap();
-        fs::set_permissions(&w, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-        w
-    }
 }
 
 impl Drop for Podman {
@@ -124,33 +120,41 @@ impl Drop for Podman {
     }
 }
 
-#[test]
-fn podman_drives_bulkhead_like_runc() {
-    if !e2e_enabled("podman_drives_bulkhead_like_runc") {
-        return;
-    }
-    assert!(ensure_podman(), "podman could not be installed");
-    let bin = workspace_binary("bulkhead");
-    let p = Podman::new();
-    let cli = p.cli();
-    suite(&cli, RUNC, IMAGE, false);
+/// No monitor of this suite's `bulkhead` is left, and no share mount.
+fn assert_nothing_left(p: &Podman) {
+    let left = processes_of(&p.bin);
+    assert!(left.is_empty(), "bulkhead processes left: {left:?}");
+    let mounts = share_mounts_under(&p.runtime_root());
+    assert!(mounts.is_empty(), "share mounts left: {mounts:?}");
+}
 
-    let broken = p.broken_runtime(&bin);
-    let o = cli.output(
-        broken.to_str().unwrap(),
-        &["run", "--rm", "--network", "none", IMAGE, "true"],
-    );
-    assert_ne!(o.status.code(), Some(0));
-    let err = text(&o.stderr);
-    assert!(err.contains("/nonexistent/vmlinux not found"), "{err}");
-    assert!(processes_of(&bin).is_empty(), "bulkhead processes left");
-    assert!(
-        !fs::read_to_string("/proc/self/mountinfo")
-            .unwrap()
-            .contains("/share/rootfs"),
-        "share mounts left"
-    );
-
-    suite(&cli, bin.to_str().unwrap(), IMAGE, true);
-    assert!(processes_of(&bin).is_empty(), "bulkhead processes left");
+fn main() {
+    let shared = Shared::new(Podman::new);
+    let mut trials = cases::trials("runc", &shared, |_| RUNC.into(), IMAGE, false);
+    let p = Arc::clone(&shared);
+    trials.push(trial("broken_runtime_fails_create_clearly", move || {
+        let p = p.get();
+        let broken = broken_runtime(p.dir.path(), &p.bin);
+        let o = p.cli().output(
+            broken.to_str().unwrap(),
+            &["run", "--rm", "--network", "none", IMAGE, "true"],
+        );
+        assert_ne!(o.status.code(), Some(0));
+        let err = text(&o.stderr);
+        assert!(err.contains("/nonexistent/vmlinux not found"), "{err}");
+        assert_nothing_left(p);
+    }));
+    trials.extend(cases::trials(
+        "bulkhead",
+        &shared,
+        |p| p.bin.display().to_string(),
+        IMAGE,
+        true,
+    ));
+    let p = Arc::clone(&shared);
+    trials.push(trial("bulkhead::nothing_left_behind", move || {
+        assert_nothing_left(p.get())
+    }));
+    let needs = [&vm_needs()[..], &[Need::Root]].concat();
+    suite::run("podman_run", &needs, trials, shared)
 }

@@ -4,15 +4,14 @@
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
-#[path = "docker_common.rs"]
-mod docker_common;
-
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use bulkhead_tests::agent_binary;
+use bulkhead_tests::busybox::busybox_tar;
 use bulkhead_tests::cli::{become_subreaper, output_via_files};
+use bulkhead_tests::engine::processes_of;
+use bulkhead_tests::{agent_binary, require, Need};
 use serde_json::json;
 
 const BIN: &str = env!("CARGO_BIN_EXE_bulkhead-agent-runtime");
@@ -23,8 +22,7 @@ struct Rt {
 
 impl Rt {
     fn new() -> Option<Rt> {
-        if !nix::unistd::Uid::effective().is_root() {
-            eprintln!("skipped: needs root");
+        if !require(&[Need::Root]) {
             return None;
         }
         become_subreaper(); // we reap the monitors like an engine
@@ -37,7 +35,7 @@ impl Rt {
             ),
         )
         .unwrap();
-        docker_common::busybox_tar(tmp.path()); // leaves the rootfs in <tmp>/busybox
+        busybox_tar(tmp.path()); // leaves the rootfs in <tmp>/busybox
         Some(Rt { tmp })
     }
 
@@ -169,10 +167,7 @@ fn real_agent_runs_containers_through_the_cli() {
         text(&o)
     );
     assert!(!rt.tmp.path().join("root/a3").exists());
-    assert!(
-        docker_common::processes_of(Path::new(BIN)).is_empty(),
-        "monitors left"
-    );
+    assert!(processes_of(Path::new(BIN)).is_empty(), "monitors left");
     for h in fs::read_dir("/sys/fs/cgroup")
         .unwrap()
         .filter_map(Result::ok)

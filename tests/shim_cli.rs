@@ -10,12 +10,12 @@ use std::fs;
 use std::process::Command;
 
 use bulkhead_tests::cli::{become_subreaper, wait_status, Cli};
-use bulkhead_tests::e2e_enabled;
+use bulkhead_tests::{require, vm_needs};
 use serde_json::json;
 
 #[test]
 fn bulkhead_runs_a_container_in_a_micro_vm() {
-    if !e2e_enabled("bulkhead_runs_a_container_in_a_micro_vm") {
+    if !require(&vm_needs()) {
         return;
     }
     become_subreaper();

@@ -13,13 +13,10 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use bulkhead_tests::cli::{become_subreaper, output_via_files, wait_status};
+use bulkhead_tests::{require, Need};
 use serde_json::{json, Value};
 
 const BIN: &str = env!("CARGO_BIN_EXE_bulkhead-test-runtime");
-
-fn is_root() -> bool {
-    nix::unistd::Uid::effective().is_root()
-}
 
 /// One runtime root, config and bundle directory per test.
 struct Rt {
@@ -28,8 +25,8 @@ struct Rt {
 
 impl Rt {
     fn new() -> Option<Rt> {
-        if !is_root() {
-            eprintln!("skipped: the runtime needs root (mount namespaces, bind mounts, cgroups)");
+        // The runtime needs root: mount namespaces, bind mounts, cgroups.
+        if !require(&[Need::Root]) {
             return None;
         }
         become_subreaper();

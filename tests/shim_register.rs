@@ -7,6 +7,8 @@ use std::fs;
 use std::path::Path;
 use std::process::Command;
 
+use bulkhead_tests::{require, Need};
+
 fn register(dir: &Path, runtime: &str) {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/register-engines.sh");
     let o = Command::new("bash")
@@ -21,8 +23,7 @@ fn register(dir: &Path, runtime: &str) {
 
 #[test]
 fn merges_and_keeps_existing_settings() {
-    if Command::new("python3").arg("--version").output().is_err() {
-        eprintln!("skipped: python3 is not installed");
+    if !require(&[Need::Program("python3")]) {
         return;
     }
     let d = tempfile::tempdir().unwrap();

@@ -12,11 +12,11 @@ use bulkhead_shim::config::{Config, VmSize};
 use bulkhead_shim::sandbox::{BootContext, Sandbox, SandboxFactory};
 use bulkhead_shim::vm::VmFactory;
 use bulkhead_tests::cli::agent_initramfs;
-use bulkhead_tests::{e2e_enabled, kernel};
+use bulkhead_tests::{kernel, require, vm_needs};
 
 #[test]
 fn vm_sandbox_boots_and_reaches_the_agent() {
-    if !e2e_enabled("vm_sandbox_boots_and_reaches_the_agent") {
+    if !require(&vm_needs()) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use bulkhead_tests::{e2e_enabled, kernel, repo_root};
+use bulkhead_tests::{kernel, repo_root, require, vm_needs, Need};
 use bulkhead_vmm::devices::virtio::fs::{FsConfig, FsMetricsSnapshot};
 use bulkhead_vmm::{ConsoleOutput, Vm, VmConfig};
 
@@ -191,7 +191,7 @@ fn boot(l: &Layout) -> (String, Vec<(String, FsMetricsSnapshot)>) {
 
 #[test]
 fn guest_uses_the_shares_and_cannot_escape() {
-    if !e2e_enabled("guest_uses_the_shares_and_cannot_escape") {
+    if !require(&[&vm_needs()[..], &[Need::Root]].concat()) {
         return;
     }
     let l = prepare();

@@ -5,7 +5,9 @@
 use std::process::Command;
 use std::time::Duration;
 
-use bulkhead_tests::{bzimage, e2e_enabled, kernel, run, test_initramfs, vmm_binary, Finished};
+use bulkhead_tests::{
+    bzimage, kernel, require, run, test_initramfs, vm_needs, vmm_binary, Finished,
+};
 
 /// Generous: a PVM boot is ~30 s alone, and CI machines may be busier.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(600);
@@ -40,7 +42,7 @@ fn assert_booted(f: &Finished, console: &str, vcpus: u8) {
 
 #[test]
 fn vmlinux_boots_with_one_vcpu() {
-    if !e2e_enabled("vmlinux_boots_with_one_vcpu") {
+    if !require(&vm_needs()) {
         return;
     }
     let f = boot(&kernel(), 1, &[]);
@@ -49,7 +51,7 @@ fn vmlinux_boots_with_one_vcpu() {
 
 #[test]
 fn vmlinux_boots_with_two_vcpus_console_to_a_file() {
-    if !e2e_enabled("vmlinux_boots_with_two_vcpus_console_to_a_file") {
+    if !require(&vm_needs()) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -66,7 +68,7 @@ fn vmlinux_boots_with_two_vcpus_console_to_a_file() {
 
 #[test]
 fn bzimage_boots() {
-    if !e2e_enabled("bzimage_boots") {
+    if !require(&vm_needs()) {
         return;
     }
     let f = boot(&bzimage(), 1, &[]);

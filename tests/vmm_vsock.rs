@@ -10,7 +10,7 @@ use std::io::{Read, Write};
 use std::os::unix::net::UnixListener;
 use std::time::Duration;
 
-use bulkhead_tests::{e2e_enabled, kernel, repo_root, vmm_binary};
+use bulkhead_tests::{kernel, repo_root, require, vm_needs, vmm_binary};
 
 #[path = "vsock_support/mod.rs"]
 mod vsock_support;
@@ -24,7 +24,7 @@ const TRANSFER: Duration = Duration::from_secs(600);
 
 #[test]
 fn vsock_end_to_end() {
-    if !e2e_enabled("vsock_end_to_end") {
+    if !require(&vm_needs()) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

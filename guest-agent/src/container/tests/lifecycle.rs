@@ -3,6 +3,7 @@
 use std::io::Read;
 use std::time::Duration;
 
+use bulkhead_test_support::{require, Need};
 use nix::sys::signal::Signal;
 use oci_spec::runtime::Process;
 use serde_json::json;
@@ -178,8 +179,7 @@ container_test! {
 
 container_test! {
     fn memory_limit_oom_kills() {
-        if !controller_available("memory") {
-            eprintln!("skipped: the host's cgroup v2 has no memory controller for us");
+        if !require(&[Need::CgroupV2Controller("memory")]) {
             return;
         }
         let bundle = Bundle::busybox();

@@ -1,7 +1,8 @@
 //! Host tests of the container module: real containers from a busybox rootfs, checked from the
 //! inside through their stdout.
 //!
-//! They need root (skipped with a message otherwise) and run each in a fresh copy of the test
+//! They need root ([`require`]: a skip line without `BULKHEAD_E2E=1`, a failure with it) and
+//! run each in a fresh copy of the test
 //! binary ([`isolated`]): that process is the only one whose reaper collects container statuses,
 //! it is a child subreaper (as PID 1 is in the guest), and a crash cannot take other tests along.
 
@@ -12,13 +13,14 @@ mod errors;
 mod lifecycle;
 mod security;
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
+use bulkhead_test_support::{require_for, Need, SKIP_MARKER};
 use nix::unistd::Pid;
 use serde_json::Value;
 
@@ -46,15 +48,14 @@ macro_rules! container_test {
 }
 pub(crate) use container_test;
 
-/// Runs `body` in a fresh test process (see the module doc), or skips when not root.
+/// Runs `body` in a fresh test process (see the module doc); needs root.
 pub fn isolated(path: &str, body: fn()) {
     let name = path.strip_prefix("bulkhead_agent::").unwrap_or(path);
     if std::env::var(ISOLATED_ENV).as_deref() == Ok(name) {
         run_forked(body);
         return;
     }
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped {name}: container tests need root");
+    if !require_for(name, &[Need::Root]) {
         return;
     }
     let mut child = Command::new(std::env::current_exe().unwrap())
@@ -76,12 +77,14 @@ pub fn isolated(path: &str, body: fn()) {
     // The exit status may be collected by another test's reaper in this process: the marker
     // is what counts.
     let _ = child.wait();
+    // The body's own prerequisites are checked in the child: pass its skip line on.
     for line in out
         .lines()
         .chain(err.lines())
-        .filter(|l| l.starts_with("skipped"))
+        .filter(|l| l.starts_with(SKIP_MARKER))
     {
-        eprintln!("{name}: {line}");
+        // Past libtest's capture, as `require` prints it (the parent passes).
+        let _ = writeln!(std::io::stderr(), "{line}");
     }
     assert!(
         out.contains(DONE_MARKER),

@@ -1,5 +1,6 @@
 //! Capabilities, no_new_privs, rlimits and seccomp, seen from inside the container.
 
+use bulkhead_test_support::{require, Need};
 use serde_json::json;
 
 use super::{base_spec, container_test, create, sh, Bundle, Output};
@@ -139,8 +140,7 @@ container_test! {
         let bundle = Bundle::busybox();
         // /dev/fuse (c 10:229): Docker's rules deny it explicitly; this host lets root open it,
         // so the same open succeeding without rules proves the program is what refuses it.
-        if std::fs::File::open("/dev/fuse").is_err() {
-            eprintln!("skipped: this host does not let us open /dev/fuse");
+        if !require(&[Need::Fuse]) {
             return;
         }
         let script = "mknod /dev/f c 10 229 && { true < /dev/f; } 2>&1 && echo opened; \

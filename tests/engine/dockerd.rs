@@ -1,0 +1,194 @@
+//! A private `dockerd` for the Docker suite: its own data root, exec root, socket and containerd
+//! namespace under a temporary directory, `--iptables=false --bridge=none`, with a private copy
+//! of Bulkhead added as runtime `bulkhead` (and `bulkhead-broken`, see
+//! [`super::broken_runtime`]), and a busybox image imported from Debian's busybox-static.
+//! Stopped (and its directory removed) when dropped.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use super::{broken_runtime, private_bulkhead, text, EngineCli};
+use crate::busybox::busybox_tar;
+
+pub const IMAGE: &str = "bulkhead-busybox:test";
+const DOCKERD: &str = "/usr/sbin/dockerd";
+/// Debian's client matching the daemon (another `docker` may come first in PATH).
+const DOCKER: &str = "/usr/bin/docker";
+
+pub fn docker_available() -> bool {
+    Path::new(DOCKERD).exists() && Path::new(DOCKER).exists()
+}
+
+/// Installs Debian's docker.io when missing (the test setup's job, as issue 5 asks).
+pub fn ensure_docker() -> bool {
+    if docker_available() {
+        return true;
+    }
+    eprintln!("installing docker.io (apt-get)");
+    let ok = Command::new("apt-get")
+        .args([
+            "install",
+            "-y",
+            "-q",
+            "--no-install-recommends",
+            "docker.io",
+        ])
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    ok && docker_available()
+}
+
+pub struct Dockerd {
+    pub dir: tempfile::TempDir,
+    child: Child,
+    pub namespace: String,
+    bin: PathBuf,
+}
+
+impl Dockerd {
+    /// Starts dockerd with runtimes `bulkhead` and `bulkhead-broken`; imports the test image.
+    pub fn start() -> Dockerd {
+        assert!(ensure_docker(), "docker.io could not be installed");
+        let dir = tempfile::Builder::new()
+            .prefix("bh-docker")
+            .tempdir_in("/tmp")
+            .expect("temporary directory");
+        let d = dir.path();
+        let bin = private_bulkhead(d);
+        let broken = broken_runtime(d, &bin);
+        let namespace = format!("bhtest{}", std::process::id());
+        let log = fs::File::create(d.join("dockerd.log")).expect("dockerd.log");
+        // Not the host's /etc/docker/daemon.json: it may register `bulkhead` too (setup does).
+        fs::write(d.join("daemon.json"), "{}\n").expect("daemon.json");
+        let child = Command::new(DOCKERD)
+            .arg("--config-file")
+            .arg(d.join("daemon.json"))
+            .arg("--data-root")
+            .arg(d.join("data"))
+            .arg("--exec-root")
+            .arg(d.join("exec"))
+            .arg("-H")
+            .arg(format!("unix://{}", d.join("docker.sock").display()))
+            .arg("--pidfile")
+            .arg(d.join("docker.pid"))
+            .args(["--iptables=false", "--ip-masq=false", "--bridge=none"])
+            .args([
+                "--containerd-namespace",
+                &namespace,
+                "--containerd-plugins-namespace",
+                &format!("{namespace}p"),
+            ])
+            .arg("--add-runtime")
+            .arg(format!("bulkhead={}", bin.display()))
+            .arg("--add-runtime")
+            .arg(format!("bulkhead-broken={}", broken.display()))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup log"))
+            .stderr(log)
+            .spawn()
+            .expect("start dockerd");
+        let dockerd = Dockerd {
+            dir,
+            child,
+            namespace,
+            bin,
+        };
+        let t = Instant::now();
+        while !dockerd.docker(&["info"]).status.success() {
+            assert!(
+                t.elapsed() < Duration::from_secs(300),
+                "dockerd did not start: {}",
+                dockerd.log()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        dockerd.import_busybox();
+        dockerd
+    }
+
+    /// The private `bulkhead` binary registered as runtime `bulkhead`.
+    pub fn bin(&self) -> &Path {
+        &self.bin
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("dockerd.log")).unwrap_or_default()
+    }
+
+    pub fn docker(&self, args: &[&str]) -> Output {
+        super::output(
+            Command::new(DOCKER)
+                .env(
+                    "DOCKER_HOST",
+                    format!("unix://{}", self.dir.path().join("docker.sock").display()),
+                )
+                .args(args),
+        )
+    }
+
+    fn import_busybox(&self) {
+        let tar = busybox_tar(self.dir.path());
+        let o = self.docker(&[
+            "import",
+            "-c",
+            "ENV PATH=/bin",
+            tar.to_str().expect("utf-8 path"),
+            IMAGE,
+        ]);
+        assert!(o.status.success(), "import: {}", text(&o.stderr));
+    }
+
+    /// The docker CLI of this daemon, for the shared cases.
+    pub fn cli(&self) -> EngineCli {
+        EngineCli {
+            program: DOCKER.into(),
+            env: vec![(
+                "DOCKER_HOST".into(),
+                format!("unix://{}", self.dir.path().join("docker.sock").display()),
+            )],
+            global: Vec::new(),
+            runtime_is_global: false,
+            run_extra: Vec::new(),
+            scratch: self.dir.path().to_path_buf(),
+        }
+    }
+
+    /// containerd's state directory for our namespace's runc-v2 tasks (`--root` of the runtime).
+    pub fn runtime_root(&self) -> PathBuf {
+        PathBuf::from("/run/containerd/runc").join(&self.namespace)
+    }
+}
+
+impl super::cases::Engine for Dockerd {
+    fn cli(&self) -> EngineCli {
+        Dockerd::cli(self)
+    }
+}
+
+impl Drop for Dockerd {
+    fn drop(&mut self) {
+        // Whatever a failed case left running.
+        let ids = text(&self.docker(&["ps", "-aq"]).stdout);
+        let ids: Vec<&str> = ids.split_whitespace().collect();
+        if !ids.is_empty() {
+            let _ = self.docker(&[&["rm", "-f", "-v"][..], &ids].concat());
+        }
+        // containerd's (empty) per-namespace runtime root outlives the daemon otherwise.
+        let _ = fs::remove_dir(self.runtime_root());
+        // SAFETY: kill(2) on the dockerd we started; it stops its containerd and unmounts.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(60) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
