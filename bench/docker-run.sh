@@ -10,6 +10,8 @@
 # 2. IDLE containers (default 10) `docker run -d IMG sleep 1d` at once per runtime: host memory
 #    (PSS) per container, summed over the processes in the container's host cgroup (for runc the
 #    container's processes, for Bulkhead its monitor, i.e. the whole VM).
+# 3. OOM: `docker run --memory 32m IMG dd bs=48M count=1` per runtime: exit status (137) and wall
+#    time. The tests check the same path with 16 MiB over 8 MiB; the big run lives here.
 # Uses a private dockerd (own data root and socket, --iptables=false --bridge=none) and a busybox
 # image built from Debian's busybox-static. Needs root, docker.io, busybox-static, python3.
 set -euo pipefail
@@ -98,4 +100,14 @@ for rt in runc bulkhead; do
     done
     echo "$idle idle containers, $rt: PSS per container $((total / idle)) kB"
     docker_ rm -f "${ids[@]}" >/dev/null
+done
+
+for rt in runc bulkhead; do
+    [[ -n "${median[$rt]:-}" ]] || continue
+    t0=$(date +%s.%N)
+    code=0
+    docker_ run --rm --runtime "$rt" --memory 32m bench:busybox \
+        dd if=/dev/zero of=/dev/null bs=48M count=1 >/dev/null 2>&1 || code=$?
+    echo "48 MiB read buffer under --memory 32m, $rt: exit $code (137: OOM kill)" \
+        "after $(echo "$(date +%s.%N) - $t0" | bc) s"
 done

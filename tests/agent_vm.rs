@@ -1,7 +1,8 @@
 //! The agent as the guest's init, driven through the VMM's hybrid-vsock socket: the same cases as
 //! the host test (tests/agent_cases.rs) against ONE booted VM (a boot takes ~30 s on PVM hosts),
 //! then a clean shutdown; and a guest without an agent, which must give a clear error in time.
-//! Gated by `BULKHEAD_E2E=1`.
+//! Gated by `BULKHEAD_E2E=1`. The stdout case moves 4 MiB (`BULKHEAD_E2E_STREAM_MIB` changes
+//! it); the 32 MiB throughput run is `bench/agent-vm.sh --mib 32`.
 #![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
@@ -125,7 +126,7 @@ fn agent_runs_processes_in_a_vm() {
     let mib: usize = std::env::var("BULKHEAD_E2E_STREAM_MIB")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(32);
+        .unwrap_or(4);
     let took = cases::big_stdout_matches_sha256(&client, &ids, mib << 20, "/tmp");
     eprintln!("{mib} MiB through stdout in {took:.1?}");
     client.shutdown().unwrap();

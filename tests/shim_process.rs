@@ -150,7 +150,8 @@ impl Rt {
 fn wait_for(mut cond: impl FnMut() -> bool) {
     let t = Instant::now();
     while !cond() {
-        assert!(t.elapsed() < Duration::from_secs(20), "timed out");
+        // Only turns a hang into a failure: host processes, no VM.
+        assert!(t.elapsed() < Duration::from_secs(120), "timed out");
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -449,7 +450,7 @@ fn console_socket_receives_the_pty_master() {
     let mut seen = String::new();
     let mut buf = [0u8; 256];
     let t = Instant::now();
-    while !seen.contains("got ping") && t.elapsed() < Duration::from_secs(10) {
+    while !seen.contains("got ping") && t.elapsed() < Duration::from_secs(120) {
         match (&master).read(&mut buf) {
             Ok(0) | Err(_) => break,
             Ok(n) => seen.push_str(&String::from_utf8_lossy(&buf[..n])),

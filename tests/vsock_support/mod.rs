@@ -149,7 +149,7 @@ impl VsockVm {
 
     /// Asks the guest to power off and waits for the VMM to exit.
     pub fn poweroff(mut self, timeout: Duration) -> Finished {
-        if let Some(s) = self.connect(GUEST_PORT, Duration::from_secs(30)) {
+        if let Some(s) = self.connect(GUEST_PORT, timeout) {
             let _ = (&s).write_all(b"POWEROFF\n");
         }
         let deadline = Instant::now() + timeout;
