@@ -296,16 +296,21 @@ fn failed_create_leaves_nothing_and_logs_json() {
     };
     assert_eq!(o.status.code(), Some(1));
     assert!(pid.is_none(), "no pid file on failure");
+    // The wording is the host test sandbox's (shim_agent.rs checks the real agent's): what is
+    // checked here is that the one error line on stderr is also the last JSON line of the log,
+    // which containerd reads.
     let err = stderr(&o);
     assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(err.contains("executable file not found in $PATH"), "{err}");
     let last: Value =
         serde_json::from_str(fs::read_to_string(&log).unwrap().lines().last().unwrap()).unwrap();
     assert_eq!(last["level"], "error");
-    assert!(last["msg"]
-        .as_str()
-        .unwrap()
-        .contains("executable file not found in $PATH"));
+    assert_eq!(
+        Some(err.trim()),
+        last["msg"]
+            .as_str()
+            .map(|m| format!("bulkhead: {m}"))
+            .as_deref()
+    );
     rt.assert_clean("c4", &bundle);
 
     // A boot failure, and an invalid bundle, leave nothing either.
@@ -313,7 +318,9 @@ fn failed_create_leaves_nothing_and_logs_json() {
     let mut c = rt.cmd(&["create", "--bundle", bundle.to_str().unwrap(), "c4b"]);
     c.env("BULKHEAD_TEST_FAIL_BOOT", "1");
     let o = output_via_files(c, &rt.path("c4b"), None);
-    assert_eq!(stderr(&o).trim(), "bulkhead: test: boot failed");
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(stderr(&o).lines().count(), 1, "{}", stderr(&o));
+    assert!(stderr(&o).starts_with("bulkhead: "), "{}", stderr(&o));
     rt.assert_clean("c4b", &bundle);
     let bad = rt.bundle("b4c", &["true"], |s| {
         s["linux"]["namespaces"] = json!([{"type": "bogus"}])
@@ -352,9 +359,12 @@ fn exec_foreground_and_detached() {
     assert_eq!(o.status.code(), Some(5), "{}", stderr(&o));
     assert_eq!(String::from_utf8_lossy(&o.stdout), "x=42\n");
 
+    // A failed exec is one error line (its wording is the host test sandbox's; shim_agent.rs
+    // checks the real agent's) and leaves the container running.
     let o = rt.run(&["exec", "c6", "no-such-command-xyz"]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("executable file not found in $PATH"));
+    assert_eq!(stderr(&o).lines().count(), 1, "{}", stderr(&o));
+    assert_eq!(rt.state("c6")["status"], "running");
 
     // Detached: the proxy is left behind, its pid in the file, and exits with the status.
     let proc_file = rt.path("process.json");
