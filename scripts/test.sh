@@ -52,6 +52,22 @@ phase "formatting and lints" "$t"
 
 # ---- build once -------------------------------------------------------------------------
 t=$SECONDS
+# The engines the suites drive, installed now: suites running side by side must not both
+# wait on dpkg's lock (their own install step is then a no-op).
+install_engine() { # apt-get arguments, as the suite's own install step would give them
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@" >/dev/null \
+        || { apt-get update -q >/dev/null \
+            && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@" >/dev/null; } \
+        || die "apt-get install $* failed"
+}
+if ! [[ -x /usr/sbin/dockerd && -x /usr/bin/docker && -x /usr/bin/ctr ]]; then
+    note "installing docker.io (Docker and containerd suites)"
+    install_engine --no-install-recommends docker.io
+fi
+if ! [[ -x /usr/bin/podman && -x /usr/sbin/runc ]]; then
+    note "installing podman (podman suite)"
+    install_engine podman runc
+fi
 rm -rf "$logs" && mkdir -p "$logs"
 note "building every test binary"
 cargo test --locked --workspace --no-run --message-format=json-render-diagnostics \
