@@ -170,7 +170,7 @@ done
 [[ ${#failed[@]} -eq 0 ]] || die "end-to-end suites failed: ${failed[*]} (logs: $logs)"
 
 # A skip line, an old-style "skipped" note or an ignored test means a check did not run.
-skips=$(grep -Hi -e '^bulkhead-test-skip:' -e 'skipped' "$logs"/*.log || true)
+skips=$(grep -HiE -e '^bulkhead-test-skip:' -e '(^|: )skipped\b' "$logs"/*.log || true)
 ignored=$(grep -H -E '^test result: .* [1-9][0-9]* ignored' "$logs"/*.log || true)
 if [[ -n "$skips$ignored" ]]; then
     printf '%s\n' "$skips" "$ignored" | sed '/^$/d' >&2

@@ -62,8 +62,14 @@ fn processes_run_with_their_streams() {
     let v = client.version().unwrap();
     assert_eq!(v.protocol_version, bulkhead_protocol::PROTOCOL_VERSION);
     // On the host, the agent's kernel is the host's.
-    let host = std::process::Command::new("uname").arg("-r").output().unwrap();
-    assert_eq!(v.kernel_release, String::from_utf8_lossy(&host.stdout).trim());
+    let host = std::process::Command::new("uname")
+        .arg("-r")
+        .output()
+        .unwrap();
+    assert_eq!(
+        v.kernel_release,
+        String::from_utf8_lossy(&host.stdout).trim()
+    );
     let ids = Ids::default();
     cases::stdout_stderr_and_exit_code(&client, &ids);
     cases::sigkill_is_reported_as_a_signal(&client, &ids);
