@@ -15,7 +15,7 @@ use bulkhead_tests::busybox::busybox_tar;
 use bulkhead_tests::engine::dockerd::ensure_docker;
 use bulkhead_tests::engine::suite::{self, trial, Shared};
 use bulkhead_tests::engine::{
-    broken_runtime, output, private_bulkhead, processes_of, text, COMMAND_TIMEOUT,
+    broken_runtime, output, private_bulkhead, processes_of, stop_daemon, text, COMMAND_TIMEOUT,
 };
 use bulkhead_tests::{in_terminal, vm_needs, Need};
 use libtest_mimic::Trial;
@@ -140,17 +140,7 @@ impl Drop for Containerd {
         }
         // containerd's (empty) per-namespace runtime root outlives it otherwise.
         let _ = fs::remove_dir(self.runtime_root());
-        // SAFETY: kill(2) on the containerd we started.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let t = Instant::now();
-        while t.elapsed() < Duration::from_secs(60) {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        stop_daemon(&mut self.child);
     }
 }
 

@@ -81,7 +81,7 @@ fn on_path(program: &str) -> bool {
 }
 
 /// The controllers offered to this process's own cgroup v2 group (empty without cgroup2).
-fn cgroup_v2_controllers() -> Vec<String> {
+pub fn cgroup_v2_controllers() -> Vec<String> {
     let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
         return Vec::new();
     };

@@ -179,16 +179,7 @@ impl Drop for Dockerd {
         }
         // containerd's (empty) per-namespace runtime root outlives the daemon otherwise.
         let _ = fs::remove_dir(self.runtime_root());
-        // SAFETY: kill(2) on the dockerd we started; it stops its containerd and unmounts.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let t = Instant::now();
-        while t.elapsed() < Duration::from_secs(60) {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        // dockerd stops its containerd and unmounts on SIGTERM.
+        super::stop_daemon(&mut self.child);
     }
 }

@@ -11,8 +11,8 @@ pub mod suite;
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::time::Duration;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 /// How long one engine command may take before the test fails: a guest boot is ~30 s on an
 /// idle PVM host and several times that on a slow or busy one. Only turns a hang into a
@@ -75,6 +75,21 @@ pub fn broken_runtime(dir: &Path, bin: &Path) -> PathBuf {
     )
     .expect("chmod the wrapper");
     wrapper
+}
+
+/// Stops a daemon we started: SIGTERM, up to a minute to finish, then SIGKILL.
+pub fn stop_daemon(child: &mut Child) {
+    // SAFETY: kill(2) on a child we have not reaped yet, so its pid is still ours.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(60) {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 /// Share mounts (`…/share/rootfs`) of runtime state under `root` still visible here.

@@ -239,25 +239,9 @@ pub fn sh(bundle: &Bundle, script: &str, tweak: impl FnOnce(&mut Value)) -> Stri
 
 /// True when the agent's cgroup offers `controller` to its children (not on every host).
 pub fn controller_available(controller: &str) -> bool {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return false;
-    };
-    let mount = info.lines().find_map(|l| {
-        let (left, right) = l.split_once(" - ")?;
-        (right.split(' ').next()? == "cgroup2").then(|| left.split(' ').nth(4).map(String::from))?
-    });
-    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
-    let rel = own
-        .lines()
-        .find_map(|l| l.strip_prefix("0::"))
-        .unwrap_or("/")
-        .trim_start_matches('/')
-        .to_string();
-    mount
-        .and_then(|m| {
-            std::fs::read_to_string(Path::new(&m).join(rel).join("cgroup.controllers")).ok()
-        })
-        .is_some_and(|c| c.split_whitespace().any(|x| x == controller))
+    bulkhead_test_support::cgroup_v2_controllers()
+        .iter()
+        .any(|c| c == controller)
 }
 
 /// Makes an `OwnedFd` from a raw descriptor the caller owns.
