@@ -1,12 +1,14 @@
 //! The issue-5 cases for any docker-compatible engine CLI and runtime, each a named trial.
 //!
 //! Cases that only read what one container printed share that container (one guest boot for
-//! `-e`, `-w`, `-u` and `uname -r`; one for `--read-only` and `--cap-drop`), and the `exec`
-//! cases share one detached container: a Bulkhead container is a VM boot, tens of seconds on
+//! output and exit code; one for `-e`, `-w`, `-u`, `-v` and `uname -r`; one for `--read-only`
+//! and `--cap-drop`), and the `exec` cases share one detached container: a Bulkhead container is a VM boot, tens of seconds on
 //! PVM hosts. No case waits for a fixed time or measures one: each waits for what the
 //! container says, bounded by a generous timeout that only turns a hang into a failure.
 
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -29,7 +31,9 @@ pub struct Half {
     pub image: &'static str,
     /// The container must see a kernel other than the host's.
     pub guest_kernel: bool,
-    /// The one run that `-e`, `-w`, `-u` and `uname -r` are read from.
+    /// The one run whose output and exit code 3 are checked.
+    printed: OnceLock<Output>,
+    /// The one run that `-e`, `-w`, `-u`, `-v` and `uname -r` are read from.
     flags: OnceLock<Output>,
     /// The one `--read-only --cap-drop ALL` run.
     locked_down: OnceLock<Output>,
@@ -42,8 +46,9 @@ type Case = (&'static str, fn(&Ctx));
 
 /// Everything, in the order it runs.
 pub const CASES: &[Case] = &[
-    ("run_prints_output_and_exits_0", output_and_exit_0),
+    ("run_prints_output", printed_output),
     ("run_reports_exit_code_3", exit_code_3),
+    ("run_reports_exit_code_0", exit_code_0),
     ("run_of_a_missing_command_exits_127", missing_command_127),
     ("flag_e_sets_the_environment", flag_e),
     ("flag_w_sets_the_working_directory", flag_w),
@@ -87,6 +92,7 @@ pub fn trials<E: Engine>(
                     runtime: runtime(engine),
                     image,
                     guest_kernel,
+                    printed: OnceLock::new(),
                     flags: OnceLock::new(),
                     locked_down: OnceLock::new(),
                     detached: Mutex::new(None),
@@ -119,19 +125,6 @@ impl Ctx<'_> {
     fn run(&self, args: &[&str]) -> Output {
         self.e
             .output(self.rt(), &self.e.run_args(self.rt(), "--rm", args))
-    }
-
-    /// `run --rm IMAGE ARGS…`'s stdout; it must succeed.
-    fn out(&self, args: &[&str]) -> String {
-        let o = self.run(args);
-        assert!(
-            o.status.success(),
-            "{} {args:?}: {:?}: {}",
-            self.rt(),
-            o.status,
-            text(&o.stderr)
-        );
-        text(&o.stdout)
     }
 
     fn code(&self, args: &[&str]) -> Option<i32> {
@@ -197,29 +190,51 @@ impl Ctx<'_> {
     }
 }
 
-fn output_and_exit_0(c: &Ctx) {
-    let o = c.run(&[c.image(), "echo", "hi"]);
-    assert_eq!(
-        (o.status.code(), text(&o.stdout).as_str()),
-        (Some(0), "hi\n"),
-        "{}",
-        text(&o.stderr)
-    );
+/// The one container whose output and exit status are checked: `echo hi; exit 3`.
+fn printed<'a>(c: &'a Ctx) -> &'a Output {
+    c.half
+        .printed
+        .get_or_init(|| c.run(&[c.image(), "sh", "-c", "echo hi; exit 3"]))
+}
+
+fn printed_output(c: &Ctx) {
+    let o = printed(c);
+    assert_eq!(text(&o.stdout), "hi\n", "{}", text(&o.stderr));
 }
 
 fn exit_code_3(c: &Ctx) {
-    assert_eq!(c.code(&[c.image(), "sh", "-c", "exit 3"]), Some(3));
+    let o = printed(c);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o.stderr));
+}
+
+/// The flags run ends with a command that succeeded.
+fn exit_code_0(c: &Ctx) {
+    let o = flags_run(c);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
 }
 
 fn missing_command_127(c: &Ctx) {
     assert_eq!(c.code(&[c.image(), "no-such-command"]), Some(127));
 }
 
-/// The one container `-e`, `-w`, `-u` and `uname -r` are read from: `key=value` lines.
+/// The volume of the flags run: a host directory anyone may write to, with a file in it.
+fn volume(c: &Ctx) -> PathBuf {
+    c.e.scratch
+        .join(format!("vol-{}", c.rt().replace('/', "_")))
+}
+
+/// The one container `-e`, `-w`, `-u`, `-v` and `uname -r` are read from: `key=value` lines.
+/// It reads the volume's file and writes one back as uid 1000.
 fn flags_run<'a>(c: &'a Ctx) -> &'a Output {
     c.half.flags.get_or_init(|| {
+        let vol = volume(c);
+        fs::create_dir_all(&vol).expect("volume directory");
+        fs::set_permissions(&vol, fs::Permissions::from_mode(0o777)).expect("chmod the volume");
+        fs::write(vol.join("from-host"), "host data\n").expect("write the volume");
+        let spec = format!("{}:/data", vol.display());
         let script = "echo foo=$FOO; echo cwd=$(pwd); echo ids=$(id -u):$(id -g); \
-                      echo release=$(uname -r)";
+                      echo release=$(uname -r); echo volume=$(cat /data/from-host); \
+                      echo guest data > /data/from-guest && echo wrote=yes";
         c.run(&[
             "-e",
             "FOO=bar",
@@ -227,6 +242,8 @@ fn flags_run<'a>(c: &'a Ctx) -> &'a Output {
             "/tmp",
             "-u",
             "1000:1000",
+            "-v",
+            &spec,
             c.image(),
             "sh",
             "-c",
@@ -235,12 +252,12 @@ fn flags_run<'a>(c: &'a Ctx) -> &'a Output {
     })
 }
 
-/// The value of `key=` in the flags run, which must have succeeded with exactly its 4 lines.
+/// The value of `key=` in the flags run, which must have succeeded with exactly its 6 lines.
 fn flag_value(c: &Ctx, key: &str) -> String {
     let o = flags_run(c);
     let out = text(&o.stdout);
     assert!(
-        o.status.success() && out.lines().count() == 4,
+        o.status.success() && out.lines().count() == 6,
         "{:?}: {out:?} {}",
         o.status,
         text(&o.stderr)
@@ -280,20 +297,12 @@ fn kernel(c: &Ctx) {
     );
 }
 
+/// `-v` both ways: the host's file read, the guest's file written (as uid 1000).
 fn volume_both_ways(c: &Ctx) {
-    let vol =
-        c.e.scratch
-            .join(format!("vol-{}", c.rt().replace('/', "_")));
-    fs::create_dir_all(&vol).expect("volume directory");
-    fs::write(vol.join("from-host"), "host data\n").expect("write the volume");
-    let spec = format!("{}:/data", vol.display());
-    let both = "cat /data/from-host; echo guest data > /data/from-guest";
+    assert_eq!(flag_value(c, "volume"), "host data");
+    assert_eq!(flag_value(c, "wrote"), "yes");
     assert_eq!(
-        c.out(&["-v", &spec, c.image(), "sh", "-c", both]),
-        "host data\n"
-    );
-    assert_eq!(
-        fs::read_to_string(vol.join("from-guest")).expect("the guest's file"),
+        fs::read_to_string(volume(c).join("from-guest")).expect("the guest's file"),
         "guest data\n"
     );
 }
