@@ -565,11 +565,16 @@ fn list_pause_resume_and_events() {
     assert_eq!(wait_status(pid), 137);
     wait_for(|| rt.state("c9")["status"] == "stopped");
     // A VM dies with its monitor; the host test sandbox's process does not, so end it here.
-    let procs = format!(
-        "/sys/fs/cgroup/pids/bulkhead-test/b9-{}/cgroup.procs",
-        std::process::id()
-    );
-    for p in fs::read_to_string(procs).unwrap_or_default().lines() {
+    // Its cgroup: the pids hierarchy of a cgroup v1 host, or the one of a v2 host.
+    let leaf = format!("bulkhead-test/b9-{}/cgroup.procs", std::process::id());
+    let procs = ["/sys/fs/cgroup/pids", "/sys/fs/cgroup"]
+        .iter()
+        .map(|h| Path::new(h).join(&leaf))
+        .find(|p| p.exists())
+        .expect("the container's pids cgroup");
+    let orphans = fs::read_to_string(procs).unwrap();
+    assert_eq!(orphans.lines().count(), 1, "{orphans:?}");
+    for p in orphans.lines() {
         let p: i32 = p.parse().unwrap();
         // SAFETY: kill(2) on the orphaned test process, re-parented to us.
         unsafe { libc::kill(p, libc::SIGKILL) };
