@@ -192,6 +192,14 @@ impl Cli {
         self.dir().join(format!("logs/{name}.console.log"))
     }
 
+    /// Every file in this CLI's log directory: what a check that a log is gone must look at,
+    /// rather than one name the test derives from the implementation's naming.
+    pub fn log_files(&self) -> Vec<PathBuf> {
+        fs::read_dir(self.dir().join("logs"))
+            .map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect())
+            .unwrap_or_default()
+    }
+
     /// The monitor's phase timings of container `id`, as JSON text (written with
     /// `keep_logs = true` only).
     pub fn timings(&self, id: &str) -> String {

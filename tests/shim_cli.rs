@@ -111,14 +111,25 @@ fn bulkhead_runs_a_container_in_a_micro_vm() {
         "guest kernel {release:?}"
     );
 
+    // The guest's console is in its log while the container runs…
+    assert!(
+        rt.console("c").contains("bulkhead-agent: ready"),
+        "no console log at {}: {:?}",
+        rt.console_path("c").display(),
+        rt.log_files()
+    );
     assert_eq!(rt.run(&["kill", "c", "KILL"]).0, Some(0));
     assert_eq!(wait_status(pid), 137);
     let init = fs::read_to_string(&out).unwrap();
     assert!(init.ends_with("init 1\n"), "init said {init:?}");
     assert_eq!(rt.run(&["delete", "c"]).0, Some(0));
     rt.assert_gone("c");
-    // The default config keeps no console log of a container that ended normally.
-    assert!(!rt.console_path("c").exists(), "console log left");
+    // …and the default config keeps no log of a container that ended normally.
+    assert_eq!(
+        rt.log_files(),
+        Vec::<std::path::PathBuf>::new(),
+        "logs left"
+    );
 }
 
 /// `bulkhead spec` (no VM): writes runc's default config.json, refuses to overwrite it, and
