@@ -14,8 +14,8 @@
 #    ~30 s of one core on PVM-backed KVM (see shared/PVM.md) and the machine has two. Each
 #    suite's output goes to a log that is printed when the suite fails; each suite's wall time
 #    is printed, and the total;
-# 6. no silent skips: a skip line (bulkhead-test-skip:, or any "skipped") or an ignored test in
-#    any log fails the run.
+# 6. no silent skips: a skip line (bulkhead-test-skip: anywhere in a line, or a "skipped"
+#    note) or an ignored test in any log fails the run.
 #
 # BULKHEAD_TEST_JOBS sets how many end-to-end suites run at once (default 2).
 set -euo pipefail
@@ -170,7 +170,7 @@ done
 [[ ${#failed[@]} -eq 0 ]] || die "end-to-end suites failed: ${failed[*]} (logs: $logs)"
 
 # A skip line, an old-style "skipped" note or an ignored test means a check did not run.
-skips=$(grep -HiE -e '^bulkhead-test-skip:' -e '(^|: )skipped\b' "$logs"/*.log || true)
+skips=$(grep -HiE -e 'bulkhead-test-skip:' -e '(^|: )skipped\b' "$logs"/*.log || true)
 ignored=$(grep -H -E '^test result: .* [1-9][0-9]* ignored' "$logs"/*.log || true)
 if [[ -n "$skips$ignored" ]]; then
     printf '%s\n' "$skips" "$ignored" | sed '/^$/d' >&2
