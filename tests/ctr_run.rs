@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use bulkhead_tests::busybox::busybox_tar;
 use bulkhead_tests::engine::dockerd::ensure_docker;
-use bulkhead_tests::engine::suite::{self, trial, Shared};
+use bulkhead_tests::engine::suite::{self, half_trials, trial, Shared};
 use bulkhead_tests::engine::{
     broken_runtime, output, private_bulkhead, processes_of, stop_daemon, text, COMMAND_TIMEOUT,
 };
@@ -285,22 +285,12 @@ fn half(
     runtime: fn(&Containerd) -> PathBuf,
     guest_kernel: bool,
 ) -> Vec<Trial> {
-    let half: Arc<OnceLock<Half>> = Arc::new(OnceLock::new());
-    CASES
-        .iter()
-        .map(|&(name, case)| {
-            let (shared, half) = (Arc::clone(shared), Arc::clone(&half));
-            trial(format!("{prefix}::{name}"), move || {
-                let c = shared.get();
-                let h = half.get_or_init(|| Half {
-                    runtime: runtime(c),
-                    guest_kernel,
-                    printed: OnceLock::new(),
-                });
-                case(c, h)
-            })
-        })
-        .collect()
+    let half = move |c: &Containerd| Half {
+        runtime: runtime(c),
+        guest_kernel,
+        printed: OnceLock::new(),
+    };
+    half_trials(prefix, shared, half, CASES.iter().copied())
 }
 
 /// Nothing of the runtime is left: no state, no monitors of this suite's binary.

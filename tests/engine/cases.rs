@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use libtest_mimic::Trial;
 
-use super::suite::{trial, Shared};
+use super::suite::{half_trials, Shared};
 use super::{text, EngineCli, COMMAND_TIMEOUT};
 
 /// What an engine gives the cases.
@@ -81,29 +81,25 @@ pub fn trials<E: Engine>(
     image: &'static str,
     guest_kernel: bool,
 ) -> Vec<Trial> {
-    let half: Arc<OnceLock<Half>> = Arc::new(OnceLock::new());
-    CASES
-        .iter()
-        .map(|&(name, case)| {
-            let (shared, half) = (shared.clone(), half.clone());
-            trial(format!("{prefix}::{name}"), move || {
-                let engine = shared.get();
-                let half = half.get_or_init(|| Half {
-                    runtime: runtime(engine),
-                    image,
-                    guest_kernel,
-                    printed: OnceLock::new(),
-                    flags: OnceLock::new(),
-                    locked_down: OnceLock::new(),
-                    detached: Mutex::new(None),
-                });
-                case(&Ctx {
-                    e: &engine.cli(),
-                    half,
-                })
+    let half = move |engine: &E| Half {
+        runtime: runtime(engine),
+        image,
+        guest_kernel,
+        printed: OnceLock::new(),
+        flags: OnceLock::new(),
+        locked_down: OnceLock::new(),
+        detached: Mutex::new(None),
+    };
+    let cases = CASES.iter().map(|&(name, case)| {
+        let run = move |engine: &E, half: &Half| {
+            case(&Ctx {
+                e: &engine.cli(),
+                half,
             })
-        })
-        .collect()
+        };
+        (name, run)
+    });
+    half_trials(prefix, shared, half, cases)
 }
 
 /// What a case runs with.

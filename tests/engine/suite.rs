@@ -50,6 +50,33 @@ pub fn trial(name: impl Into<String>, body: impl FnOnce() + Send + 'static) -> T
     })
 }
 
+/// The trials of one half of a suite (one runtime), named `<prefix>::<case>`. Each case gets
+/// the shared engine and the half's state, made by `half` when the first of them runs (it may
+/// need the engine, e.g. for the path of the engine's private `bulkhead`).
+pub fn half_trials<E, H, C>(
+    prefix: &str,
+    shared: &Arc<Shared<E>>,
+    half: impl Fn(&E) -> H + Send + Sync + 'static,
+    cases: impl IntoIterator<Item = (&'static str, C)>,
+) -> Vec<Trial>
+where
+    E: Send + Sync + 'static,
+    H: Send + Sync + 'static,
+    C: FnOnce(&E, &H) + Send + 'static,
+{
+    let (make, state) = (Arc::new(half), Arc::new(OnceLock::new()));
+    cases
+        .into_iter()
+        .map(|(name, case)| {
+            let (shared, make, state) = (Arc::clone(shared), Arc::clone(&make), Arc::clone(&state));
+            trial(format!("{prefix}::{name}"), move || {
+                let engine = shared.get();
+                case(engine, state.get_or_init(|| make(engine)))
+            })
+        })
+        .collect()
+}
+
 /// Runs `trials` in order, one at a time (they share one engine and the machine's two cores
 /// run one VM each: another suite runs beside this one), then drops `keep` (the shared engine,
 /// which stops it) and exits with the result.
