@@ -24,7 +24,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use bulkhead_tests::cli::{become_subreaper, busybox_rootfs, Cli};
-use bulkhead_tests::e2e_enabled;
+use bulkhead_tests::{require, vm_needs};
 use nix::sys::wait::{waitpid, WaitStatus};
 use serde_json::{json, Value};
 
@@ -98,7 +98,7 @@ fn read_trimmed(path: impl AsRef<Path>) -> String {
 
 #[test]
 fn lifecycle_on_one_vm_with_a_second_beside_it() {
-    if !e2e_enabled("lifecycle_on_one_vm_with_a_second_beside_it") {
+    if !require(&vm_needs()) {
         return;
     }
     become_subreaper();
@@ -312,7 +312,7 @@ fn set_size(master: &OwnedFd, rows: u16, cols: u16) {
 
 #[test]
 fn terminal_resizes_reach_the_init_and_an_exec() {
-    if !e2e_enabled("terminal_resizes_reach_the_init_and_an_exec") {
+    if !require(&vm_needs()) {
         return;
     }
     become_subreaper();
@@ -388,7 +388,7 @@ fn terminal_resizes_reach_the_init_and_an_exec() {
 
 #[test]
 fn a_guest_that_goes_away_under_its_container_is_a_failure() {
-    if !e2e_enabled("a_guest_that_goes_away_under_its_container_is_a_failure") {
+    if !require(&vm_needs()) {
         return;
     }
     let rt = Cli::new();
