@@ -201,7 +201,7 @@ fn the_spec_is_honoured_inside_the_guest() {
     );
 
     // The memory limit: the init reads past 12 MiB and is OOM-killed. (137 whether the guest's
-    // OOM killer or a host kill of the VM ended it: telling them apart is the shim's part.)
+    // OOM killer or a host kill of the VM ended it: tests/monitor_vm.rs tells them apart.)
     let t = Instant::now();
     assert_eq!(rt.run(&["exec", "c", "touch", "/tmp/oom"]).0, Some(0));
     assert_eq!(

@@ -375,7 +375,7 @@ fn pids_unlimited(c: &Ctx) {
 /// 48 MiB-over-32 MiB run is in `bench/docker-run.sh`.
 ///
 /// 137 here is the same whether the guest's OOM killer ended the process or the host killed
-/// the whole VM; telling them apart needs the shim's report (the lead's part of issue 9).
+/// the whole VM; `tests/monitor_vm.rs` tells them apart through the monitor's log.
 fn memory_limit(c: &Ctx) {
     let hog = ["dd", "if=/dev/zero", "of=/dev/null", "bs=16M", "count=1"];
     let o = c.run(&[&["--memory", "8m", c.image()][..], &hog].concat());
