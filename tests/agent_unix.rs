@@ -92,8 +92,20 @@ fn an_agent_that_dies_mid_call_gives_a_clear_error() {
         .create_process(&command(id, &["sleep", "1000"], false, false, false))
         .unwrap();
     let sleeper = client.start_process(id).unwrap();
-    // Killed once the agent has read the wait call (it reads nothing while idle), not after a
-    // fixed time: on a slow machine the call might not have been sent yet.
+    // Killed once the agent has read the wait call, not after a fixed time: on a slow machine
+    // the call might not have been sent yet. The agent's own reads after a start (the exec
+    // status of the process) are done once the process runs `sleep` and a call has been
+    // answered after that; then the agent reads nothing until the wait call.
+    let t = Instant::now();
+    while std::fs::read_to_string(format!("/proc/{sleeper}/comm")).unwrap_or_default() != "sleep\n"
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(300),
+            "the process never ran"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    client.version().unwrap();
     let pid = agent.child.id();
     let idle = bytes_read(pid);
     let killer = {
