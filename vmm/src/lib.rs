@@ -36,11 +36,15 @@ pub mod event_loop;
 pub mod kvm;
 pub mod layout;
 pub mod memory;
+pub mod restore;
+pub mod snapshot;
 pub mod vm;
 
 pub use builder::BuildError;
 pub use compat::HostProfile;
-pub use config::VmConfig;
+pub use config::{RestoreConfig, VmConfig};
 pub use control::{ExitReason, FaultKind, VcpuFault, VmHandle};
 pub use devices::serial::ConsoleOutput;
+pub use restore::RestoreError;
+pub use snapshot::{ImageId, SnapshotError, SnapshotInfo};
 pub use vm::{RunError, Vm};

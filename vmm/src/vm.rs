@@ -7,7 +7,7 @@ use kvm_ioctls::{Kvm, VmFd};
 
 use crate::builder::{build_vm, BuildError};
 use crate::compat::HostProfile;
-use crate::config::VmConfig;
+use crate::config::{RestoreConfig, VmConfig};
 use crate::control::{Controller, ExitReason, VmHandle};
 use crate::devices::manager::Devices;
 use crate::devices::serial::SerialDevice;
@@ -15,8 +15,11 @@ use crate::devices::virtio::fs::FsMetrics;
 use crate::devices::virtio::vsock::VsockCounters;
 use crate::event_loop::EventLoopError;
 use crate::kvm::kick;
+use crate::kvm::state::SaveSpec;
 use crate::kvm::vcpu::{Vcpu, VcpuContext};
 use crate::memory::GuestMemoryMmap;
+use crate::restore::{restore_vm, RestoreError};
+use crate::snapshot::save::SnapshotSource;
 
 /// Errors that keep a built VM from running.
 #[derive(Debug, thiserror::Error)]
@@ -35,7 +38,7 @@ pub enum RunError {
 /// Everything the builder hands to a [`Vm`].
 pub(crate) struct VmParts {
     pub kvm: Kvm,
-    pub vm_fd: VmFd,
+    pub vm_fd: Arc<VmFd>,
     pub mem: GuestMemoryMmap,
     pub vcpus: Vec<Vcpu>,
     pub devices: Devices,
@@ -47,6 +50,10 @@ pub(crate) struct VmParts {
     pub fs_metrics: Vec<(String, Arc<FsMetrics>)>,
     /// Counters of the vsock device, if there is one.
     pub vsock_counters: Option<VsockCounters>,
+    /// How paused vCPUs save their state.
+    pub save: Arc<SaveSpec>,
+    /// What a snapshot reads; handles reach it while the VM runs.
+    pub snapshot: Arc<SnapshotSource>,
 }
 
 /// A VM, built and ready to run.
@@ -60,13 +67,23 @@ impl Vm {
         build_vm(config)
     }
 
+    /// Builds a VM from the snapshot in `config.dir`, ready to [`Vm::run`] from where the
+    /// snapshot was taken (see [`crate::restore`] for the recipe). Every check is made before
+    /// the VM runs; on error nothing is left behind.
+    pub fn restore(config: &RestoreConfig) -> Result<Self, RestoreError> {
+        restore_vm(config)
+    }
+
     pub(crate) fn new(parts: VmParts) -> Self {
         Self { parts }
     }
 
-    /// A handle that stops the VM from another thread.
+    /// A handle that stops, snapshots and resumes the VM from another thread.
     pub fn handle(&self) -> VmHandle {
-        VmHandle::new(self.parts.control.clone())
+        VmHandle::with_snapshots(
+            self.parts.control.clone(),
+            Arc::downgrade(&self.parts.snapshot),
+        )
     }
 
     /// The kernel command line the guest gets.
@@ -116,6 +133,8 @@ impl Vm {
             devices,
             control,
             serial,
+            save,
+            snapshot,
             ..
         } = self.parts;
         kick::install_handler().map_err(RunError::KickHandler)?;
@@ -125,6 +144,7 @@ impl Vm {
             mmio: devices.mmio.clone(),
             mem,
             control: control.clone(),
+            save,
         };
         // vCPU 0 runs on the calling thread (which blocks here anyway): one thread fewer to
         // create and schedule before the guest's first instruction.
@@ -151,6 +171,8 @@ impl Vm {
             let _ = t.join();
         }
         events.stop();
+        // Handles can no longer reach the VM's parts.
+        drop(snapshot);
         serial
             .lock()
             .unwrap_or_else(|p| p.into_inner())
