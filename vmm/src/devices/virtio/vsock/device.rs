@@ -55,6 +55,14 @@ const EVENT_TRANSPORT_RESET: u32 = 0;
 /// it gets them back, and at most a quarter of the ring is ever held.
 pub const TX_RETURN_DELAY: Duration = Duration::from_secs(5);
 
+/// Longest we hold packets for the guest after sending a transport-reset event. Linux handles
+/// the event (resetting every connected socket, the new ones too) and then refills the event
+/// queue and kicks it; until that kick, a connection request we deliver could be accepted and
+/// then reset by the event, leaving the host peer waiting for an answer that never comes. The
+/// kick normally arrives within milliseconds; this bounds the wait for a driver that never
+/// kicks.
+pub const RESET_ACK_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// Errors creating the device.
 #[derive(Debug, thiserror::Error)]
 pub enum VsockError {
@@ -144,6 +152,9 @@ pub struct VsockDevice {
     reset_pending: bool,
     /// A transport-reset event to send once the guest offers an event buffer (after a restore).
     transport_reset_pending: bool,
+    /// The reset event is out but the guest has not handled it yet: packets for the guest wait,
+    /// or a host connection accepted now would be reset by it (see [`RESET_ACK_TIMEOUT`]).
+    awaiting_reset_ack: bool,
     metrics: Arc<VsockMetrics>,
 }
 
@@ -179,6 +190,7 @@ impl VsockDevice {
             active: None,
             reset_pending: false,
             transport_reset_pending: false,
+            awaiting_reset_ack: false,
             metrics,
         })
     }
@@ -229,6 +241,10 @@ impl VsockDevice {
         if !self.transport_reset_pending || active.broken[EVQ] {
             return;
         }
+        // Ask for a kick when the guest puts the buffer back: that is its acknowledgement.
+        if let Err(e) = active.queues[EVQ].enable_notification(&active.mem) {
+            return active.break_queue(EVQ, &QueueError::Ring(e), &self.metrics);
+        }
         let head = match pop_avail(&mut active.queues[EVQ], &active.mem) {
             Ok(Some(h)) => h,
             // No buffer yet: the guest's next event-queue notification brings us back.
@@ -253,6 +269,14 @@ impl VsockDevice {
         active.used[EVQ] = true;
         // A guest that offers no room for 4 bytes does not get the event at all.
         self.transport_reset_pending = false;
+        if used > 0 {
+            self.awaiting_reset_ack = true;
+            let delay = Expiration::OneShot(TimeSpec::from_duration(RESET_ACK_TIMEOUT));
+            if let Err(e) = self.tx_timer.set(delay, TimerSetTimeFlags::empty()) {
+                tracing::warn!("vsock: cannot arm the reset timer: {e}");
+                self.awaiting_reset_ack = false;
+            }
+        }
     }
 
     /// The device's counters.
@@ -332,7 +356,7 @@ impl VsockDevice {
         let Some(active) = self.active.as_mut() else {
             return;
         };
-        if active.broken[RX] || !self.muxer.has_rx_work() {
+        if active.broken[RX] || self.awaiting_reset_ack || !self.muxer.has_rx_work() {
             return;
         }
         if let Err(e) = active.queues[RX].disable_notification(&active.mem) {
@@ -485,6 +509,7 @@ impl VirtioDevice for VsockDevice {
 
     fn reset(&mut self) {
         self.transport_reset_pending = false;
+        self.awaiting_reset_ack = false;
         if self.active.take().is_some() {
             // The guest's sockets are gone; close the host ends on the event loop.
             self.reset_pending = true;
@@ -524,6 +549,7 @@ impl MutEventSubscriber for VsockDevice {
         } else if fd == self.tx_timer.as_fd().as_raw_fd() {
             // Non-blocking: a timer re-armed after it fired just reads EAGAIN.
             let _ = self.tx_timer.wait();
+            self.awaiting_reset_ack = false;
             if let Some(active) = self.active.as_mut() {
                 active.return_tx(&self.metrics);
             }
@@ -534,6 +560,10 @@ impl MutEventSubscriber for VsockDevice {
             );
             if q == TX {
                 self.process_tx(ops);
+            }
+            if q == EVQ {
+                // The guest refilled the event queue: it has handled the reset.
+                self.awaiting_reset_ack = false;
             }
             // RX: new buffers, used below. EVQ: the driver refilled event buffers, which only a
             // pending transport reset (sent above) needs.
