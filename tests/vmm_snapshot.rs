@@ -1,9 +1,10 @@
 //! Snapshot and restore end to end, on the real guest kernel: a template VM boots
-//! `snapshot_support/guest.rs` as PID 1, `bulkhead-vmm --snapshot` saves it once the guest
-//! accepts on vsock port 1024, and two clones are restored from that one snapshot, each in its
-//! own `bulkhead-vmm --restore` process with its own socket and CID. Each clone must answer over
-//! vsock, have the template's memory (the token the template printed and a 4 MiB pattern),
-//! see its new CID, and power off cleanly. A corrupted, truncated or foreign snapshot (another
+//! `snapshot_support/guest.rs` as PID 1 with a vsock device and a virtio-fs share it has not
+//! mounted, `bulkhead-vmm --snapshot` saves it once the guest accepts on vsock port 1024, and
+//! two clones are restored from that one snapshot, each in its own `bulkhead-vmm --restore`
+//! process with its own socket, CID and share directory. Each clone must answer over vsock,
+//! have the template's memory (the token the template printed and a 4 MiB pattern), see its
+//! new CID, mount the share and read its own directory's file, and power off cleanly. A corrupted, truncated or foreign snapshot (another
 //! image, a short memory file) must be refused with one line. Prints save time, memory file
 //! size, and restore → answer against cold boot → answer, measured in the same run.
 //! Gated by `BULKHEAD_E2E=1`; when set, a missing prerequisite fails the test.
@@ -100,6 +101,10 @@ impl Vmm<'_> {
     fn command(&self, name: &str, cid: u64) -> (Command, PathBuf, PathBuf) {
         let socket = self.dir.join(format!("{name}.sock"));
         let console = self.dir.join(format!("{name}.console"));
+        // Each VM's own share, with a file naming it.
+        let share = self.dir.join(format!("{name}.share"));
+        std::fs::create_dir_all(&share).unwrap();
+        std::fs::write(share.join("hello"), format!("share of {name}\n")).unwrap();
         let mut cmd = Command::new(vmm_binary());
         cmd.arg("--kernel")
             .arg(self.kernel)
@@ -110,6 +115,8 @@ impl Vmm<'_> {
             .args(["--vsock-cid", &cid.to_string()])
             .arg("--console")
             .arg(&console)
+            .arg("--fs")
+            .arg(format!("share={}", share.display()))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
@@ -230,6 +237,8 @@ fn snapshot_restore_two_clones_and_refusals() {
         assert_eq!(words[2], words[3], "{name}: 4 MiB pattern intact");
         let cid_line = ask(&socket, "CID", deadline, &mut child).unwrap_or_default();
         assert_eq!(cid_line, format!("CID {cid}"), "{name}: re-read its CID");
+        let fs = ask(&socket, "FS", deadline, &mut child).unwrap_or_default();
+        assert_eq!(fs, format!("FS share of {name}"), "{name}: its own share");
         poweroff(&socket, child);
     }
 

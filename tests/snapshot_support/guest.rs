@@ -8,6 +8,8 @@
 //! - `MEMO`: answers `MEMO <token> <fnv1a64 of the 4 MiB now> <fnv1a64 at boot>` (hex), so the
 //!   host sees a clone kept the template's memory;
 //! - `CID`: answers `CID <the guest's local CID>`;
+//! - `FS`: mounts the virtio-fs tag `share` on `/share` (first time only) and answers
+//!   `FS <first line of /share/hello>` (or `FS ERROR <errno text>`);
 //! - `POWEROFF`: ends the VM.
 
 use std::fs::File;
@@ -37,6 +39,9 @@ extern "C" {
     fn listen(fd: i32, backlog: i32) -> i32;
     fn accept4(fd: i32, addr: *mut u8, len: *mut u32, flags: i32) -> i32;
     fn getsockname(fd: i32, addr: *mut SockaddrVm, len: *mut u32) -> i32;
+    fn mkdir(path: *const u8, mode: u32) -> i32;
+    fn mount(src: *const u8, target: *const u8, fstype: *const u8, flags: u64, data: *const u8)
+        -> i32;
     fn reboot(cmd: i32) -> i32;
 }
 
@@ -70,6 +75,31 @@ fn local_cid(s: &File) -> u32 {
     addr.cid
 }
 
+/// Mounts the share (once) and reads the first line of its `hello`.
+fn read_share(mounted: &mut bool) -> String {
+    if !*mounted {
+        // SAFETY: NUL-terminated literals; plain syscalls whose results are checked.
+        let rc = unsafe {
+            mkdir(b"/share\0".as_ptr(), 0o755);
+            mount(
+                b"share\0".as_ptr(),
+                b"/share\0".as_ptr(),
+                b"virtiofs\0".as_ptr(),
+                0,
+                std::ptr::null(),
+            )
+        };
+        if rc != 0 {
+            return format!("ERROR {}", std::io::Error::last_os_error());
+        }
+        *mounted = true;
+    }
+    match std::fs::read_to_string("/share/hello") {
+        Ok(text) => text.lines().next().unwrap_or("").to_string(),
+        Err(e) => format!("ERROR {e}"),
+    }
+}
+
 fn main() {
     // SAFETY: rdtsc has no preconditions (user-mode TSC reads are allowed in the guest).
     let token = unsafe { core::arch::x86_64::_rdtsc() } | 1;
@@ -95,6 +125,7 @@ fn main() {
     let ok = unsafe { bind(fd, &addr, len) == 0 && listen(fd, 16) == 0 };
     assert!(ok, "listen: {}", std::io::Error::last_os_error());
     println!("SNAPSHOT-TEST-GUEST: token {token:016x}");
+    let mut mounted = false;
     loop {
         // SAFETY: a listening socket; the peer address is not wanted.
         let c = unsafe {
@@ -114,6 +145,7 @@ fn main() {
             "PING" => "PONG".to_string(),
             "MEMO" => format!("MEMO {token:016x} {:016x} {at_boot:016x}", fnv1a(&memory)),
             "CID" => format!("CID {}", local_cid(&s)),
+            "FS" => format!("FS {}", read_share(&mut mounted)),
             "POWEROFF" => break,
             other => format!("ERROR {other:?}"),
         };

@@ -168,12 +168,18 @@ fn a_tiny_guest_continues_exactly_where_it_was_saved() {
     ctx.control.request(ExitReason::Stopped);
     runner.join().unwrap();
     drop((vm_a, kvm_a));
+    let msrs: Vec<String> = saved_vcpu
+        .msrs
+        .iter()
+        .map(|(i, _)| format!("{i:#x}"))
+        .collect();
     eprintln!(
-        "paused after {} iterations; memory file: {} data bytes of {}; {} msrs saved",
+        "paused after {} iterations; memory file: {} data bytes of {}; {} msrs saved: {}",
         before.len(),
         written.data_bytes,
         written.file_size,
-        saved_vcpu.msrs.len()
+        msrs.len(),
+        msrs.join(" ")
     );
 
     // The clone: fresh VM and vCPU over the memory file.

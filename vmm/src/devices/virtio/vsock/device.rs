@@ -241,10 +241,6 @@ impl VsockDevice {
         if !self.transport_reset_pending || active.broken[EVQ] {
             return;
         }
-        // Ask for a kick when the guest puts the buffer back: that is its acknowledgement.
-        if let Err(e) = active.queues[EVQ].enable_notification(&active.mem) {
-            return active.break_queue(EVQ, &QueueError::Ring(e), &self.metrics);
-        }
         let head = match pop_avail(&mut active.queues[EVQ], &active.mem) {
             Ok(Some(h)) => h,
             // No buffer yet: the guest's next event-queue notification brings us back.
@@ -269,7 +265,7 @@ impl VsockDevice {
         active.used[EVQ] = true;
         // A guest that offers no room for 4 bytes does not get the event at all.
         self.transport_reset_pending = false;
-        if used > 0 {
+        if used > 0 && ask_for_refill_kick(&active.queues[EVQ], &active.mem) {
             self.awaiting_reset_ack = true;
             let delay = Expiration::OneShot(TimeSpec::from_duration(RESET_ACK_TIMEOUT));
             if let Err(e) = self.tx_timer.set(delay, TimerSetTimeFlags::empty()) {
@@ -439,6 +435,27 @@ impl VsockDevice {
             self.muxer.reset(ops);
         }
     }
+}
+
+/// Asks the driver to kick `queue` when it next adds a buffer (its acknowledgement of the
+/// event just used): with EVENT_IDX, `avail_event` must name the available index the driver
+/// will publish next. virtio-queue's `enable_notification` names the next one the device will
+/// read, which on an event queue the driver keeps full lies far behind, so no kick would come.
+/// Returns false if the kick cannot be asked for (then the caller does not wait for it).
+fn ask_for_refill_kick(queue: &Queue, mem: &GuestMemoryMmap) -> bool {
+    use std::sync::atomic::Ordering;
+    use vm_memory::Bytes;
+    if !queue.event_idx_enabled() {
+        return true;
+    }
+    let Ok(avail) = queue.avail_idx(mem, Ordering::Acquire) else {
+        return false;
+    };
+    // struct virtq_used { le16 flags; le16 idx; struct virtq_used_elem ring[size]; le16 avail_event; }
+    let at = queue
+        .used_ring()
+        .checked_add(4 + 8 * u64::from(queue.size()));
+    at.is_some_and(|at| mem.write_obj(avail.0.to_le(), GuestAddress(at)).is_ok())
 }
 
 impl Drop for VsockDevice {
