@@ -103,8 +103,8 @@ impl Vmm<'_> {
         let console = self.dir.join(format!("{name}.console"));
         // Each VM's own share, with a file naming it.
         let share = self.dir.join(format!("{name}.share"));
-        std::fs::create_dir_all(&share).unwrap();
-        std::fs::write(share.join("hello"), format!("share of {name}\n")).unwrap();
+        std::fs::create_dir_all(&share).expect("create the share");
+        std::fs::write(share.join("hello"), format!("share of {name}\n")).expect("write hello");
         let mut cmd = Command::new(vmm_binary());
         cmd.arg("--kernel")
             .arg(self.kernel)
@@ -158,7 +158,7 @@ fn refused(vmm: &Vmm<'_>, name: &str, snapshot: &Path) -> String {
 }
 
 fn copy_snapshot(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
+    std::fs::create_dir_all(to).expect("create the copy");
     for f in ["state", "memory"] {
         // cp keeps the memory file sparse.
         let ok = Command::new("cp")
@@ -166,7 +166,7 @@ fn copy_snapshot(from: &Path, to: &Path) {
             .arg(from.join(f))
             .arg(to.join(f))
             .status()
-            .unwrap()
+            .expect("run cp")
             .success();
         assert!(ok);
     }

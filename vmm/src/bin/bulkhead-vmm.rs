@@ -136,6 +136,18 @@ fn snapshot_when_ready(
     Ok(())
 }
 
+fn vsock_config(args: &Args) -> Option<VsockConfig> {
+    args.vsock.clone().map(|path| {
+        let mut vsock = VsockConfig::new(path);
+        vsock.guest_cid = args.vsock_cid;
+        vsock
+    })
+}
+
+fn kvm_device() -> Option<PathBuf> {
+    std::env::var_os("BULKHEAD_KVM_DEVICE").map(PathBuf::from)
+}
+
 fn restore_config(args: &Args, dir: PathBuf) -> Result<RestoreConfig, String> {
     let image = ImageId::of_files(&args.kernel, args.initrd.as_deref())
         .map_err(|e| format!("cannot hash the kernel and initrd: {e}"))?;
@@ -147,13 +159,9 @@ fn restore_config(args: &Args, dir: PathBuf) -> Result<RestoreConfig, String> {
     config.console_input = args.stdin;
     config.profile = args.profile;
     config.fs = args.fs.clone();
-    config.vsock = args.vsock.clone().map(|path| {
-        let mut vsock = VsockConfig::new(path);
-        vsock.guest_cid = args.vsock_cid;
-        vsock
-    });
-    if let Some(dev) = std::env::var_os("BULKHEAD_KVM_DEVICE") {
-        config.kvm_device = dev.into();
+    config.vsock = vsock_config(args);
+    if let Some(dev) = kvm_device() {
+        config.kvm_device = dev;
     }
     Ok(config)
 }
@@ -166,7 +174,8 @@ fn main() -> ExitCode {
             restore_config(&args, dir).and_then(|c| Vm::restore(&c).map_err(|e| one_line(&e)));
         return finish(result.and_then(|vm| vm.run().map_err(|e| one_line(&e))));
     }
-    let mut config = VmConfig::new(args.kernel);
+    let mut config = VmConfig::new(args.kernel.clone());
+    config.vsock = vsock_config(&args);
     config.initrd = args.initrd;
     config.cmdline = args.cmdline;
     config.mem_mib = args.mem;
@@ -177,13 +186,8 @@ fn main() -> ExitCode {
     config.console_input = args.stdin;
     config.profile = args.profile;
     config.fs = args.fs;
-    config.vsock = args.vsock.clone().map(|path| {
-        let mut vsock = VsockConfig::new(path);
-        vsock.guest_cid = args.vsock_cid;
-        vsock
-    });
-    if let Some(dev) = std::env::var_os("BULKHEAD_KVM_DEVICE") {
-        config.kvm_device = dev.into();
+    if let Some(dev) = kvm_device() {
+        config.kvm_device = dev;
     }
 
     let vm = match Vm::build(&config) {
