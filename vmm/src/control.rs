@@ -156,6 +156,8 @@ struct PauseState {
     /// Counts pauses, so a vCPU still parked from an earlier pause is not taken for one that
     /// parked (and saved its state) for this one.
     generation: u64,
+    /// The pause whose vCPUs are to read their state now (every vCPU is parked by then).
+    save: u64,
     slots: Vec<Parked>,
 }
 
@@ -186,6 +188,7 @@ impl Controller {
             pause: Mutex::new(PauseState {
                 requested: false,
                 generation: 0,
+                save: 0,
                 slots: (0..vcpus).map(|_| Parked::default()).collect(),
             }),
             ..Default::default()
@@ -229,6 +232,10 @@ impl Controller {
     /// Pauses every vCPU at a point where its state is complete (no I/O half done) and returns
     /// the state each one read on its own thread, by index. The vCPUs stay parked until
     /// [`Controller::resume`] or a stop. On failure the vCPUs are resumed.
+    ///
+    /// Two phases: first every vCPU parks, then every vCPU reads its state. A vCPU that read
+    /// its LAPIC while another still ran could miss an IPI that one sends it afterwards (the
+    /// clone would wait for the IPI's answer forever: seen with 2 vCPUs).
     pub(crate) fn pause(&self, timeout: Duration) -> Result<Vec<ParkedState>, PauseError> {
         if self.is_stopping() {
             return Err(PauseError::NotRunning);
@@ -246,7 +253,12 @@ impl Controller {
                 self.resume();
                 return Err(PauseError::NotRunning);
             }
-            if pause.slots.iter().all(|s| s.generation == generation) {
+            let parked = pause.slots.iter().all(|s| s.generation == generation);
+            if parked && pause.save != generation {
+                pause.save = generation;
+                self.pause_changed.notify_all();
+            }
+            if parked && pause.slots.iter().all(|s| s.state.is_some()) {
                 break;
             }
             let now = Instant::now();
@@ -282,17 +294,28 @@ impl Controller {
         self.pause_requested()
     }
 
-    /// Called by vCPU `index`'s thread at its pause point with its state: blocks until resumed
-    /// or stopped.
-    pub(crate) fn park(&self, index: usize, state: ParkedState) {
+    /// Called by vCPU `index`'s thread at its pause point: blocks until resumed or stopped,
+    /// running `save` (which reads the vCPU's state) once every vCPU is parked.
+    pub(crate) fn park(&self, index: usize, save: impl FnOnce() -> ParkedState) {
         let mut pause = locked(&self.pause);
         let generation = pause.generation;
+        let mut save = Some(save);
         if let Some(slot) = pause.slots.get_mut(index) {
             slot.generation = generation;
-            slot.state = Some(state);
+            slot.state = None;
         }
         self.pause_changed.notify_all();
         while pause.requested && pause.generation == generation && !self.is_stopping() {
+            if let Some(save) = save.take_if(|_| pause.save == generation) {
+                drop(pause);
+                let state = save();
+                pause = locked(&self.pause);
+                if let Some(slot) = pause.slots.get_mut(index) {
+                    slot.state = Some(state);
+                }
+                self.pause_changed.notify_all();
+                continue;
+            }
             pause = self
                 .pause_changed
                 .wait(pause)
@@ -357,6 +380,28 @@ impl VmHandle {
     pub fn snapshot(&self, dir: &Path) -> Result<SnapshotInfo, SnapshotError> {
         let source = self.source.upgrade().ok_or(SnapshotError::NotRunning)?;
         source.snapshot(dir)
+    }
+
+    /// Waits until the vsock device (if any) has no connections left and owes the guest no
+    /// packet — after the host closed its connections, that is once the guest has answered
+    /// the closes — or `timeout` passes; returns whether it got there. Snapshot a template
+    /// after this: the guest is then idle instead of in the middle of closing sockets, which
+    /// every clone would otherwise finish first (hundreds of ms of guest-kernel work on PVM).
+    pub fn wait_for_vsock_idle(&self, timeout: std::time::Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let Some(source) = self.source.upgrade() else {
+                return false;
+            };
+            if source.vsock_idle() {
+                return true;
+            }
+            drop(source);
+            if Instant::now() >= deadline || self.is_stopping() {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     /// Lets a VM paused by [`VmHandle::snapshot`] run on (devices first, then vCPUs).

@@ -123,6 +123,8 @@ fn snapshot_when_ready(
             return Err(format!("the guest never accepted on vsock port {port}"));
         }
     }
+    // The probe connection is closed; let the guest finish closing it before the snapshot.
+    handle.wait_for_vsock_idle(Duration::from_secs(10));
     let info = handle.snapshot(dir).map_err(|e| one_line(&e))?;
     eprintln!(
         "bulkhead-vmm: snapshot {}: paused {} ms, total {} ms, memory {} MiB ({} KiB written), state {} KiB",

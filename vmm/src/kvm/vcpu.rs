@@ -12,7 +12,7 @@ use kvm_ioctls::{VcpuExit, VcpuFd};
 use super::dump::VcpuDump;
 use super::kick::ArmedVcpu;
 use super::state::{SaveSpec, StateError};
-use crate::control::{Controller, ExitReason, FaultKind, ParkedState, VcpuFault};
+use crate::control::{Controller, ExitReason, FaultKind, VcpuFault};
 use crate::devices::bus::Bus;
 use crate::memory::GuestMemoryMmap;
 
@@ -156,8 +156,11 @@ fn run_until_stop(
             return None;
         }
         if ctx.control.pause_requested() {
-            let state = pause_point(index, fd, ctx);
-            ctx.control.park(usize::from(index), state);
+            let completed = complete_pending_io(fd);
+            ctx.control.park(usize::from(index), || {
+                completed?;
+                ctx.save.save(fd, index)
+            });
             continue;
         }
         let next = match fd.run() {
@@ -188,11 +191,11 @@ fn run_until_stop(
     }
 }
 
-/// Brings the vCPU to a point where its state is complete and reads it. An exit for port or
-/// MMIO I/O is finished only by the next `KVM_RUN` (KVM then writes a read's data into the
-/// registers); `KVM_RUN` with `immediate_exit` set finishes it without running any guest code
-/// and returns `EINTR`.
-fn pause_point(index: u8, fd: &mut VcpuFd, ctx: &VcpuContext) -> ParkedState {
+/// Brings the vCPU to a point where its state is complete. An exit for port or MMIO I/O is
+/// finished only by the next `KVM_RUN` (KVM then writes a read's data into the registers);
+/// `KVM_RUN` with `immediate_exit` set finishes it without running any guest code and returns
+/// `EINTR`.
+fn complete_pending_io(fd: &mut VcpuFd) -> Result<(), StateError> {
     fd.set_kvm_immediate_exit(1);
     let completed = match fd.run() {
         Err(e) if e.errno() == libc::EINTR => Ok(()),
@@ -207,8 +210,7 @@ fn pause_point(index: u8, fd: &mut VcpuFd, ctx: &VcpuContext) -> ParkedState {
         }),
     };
     fd.set_kvm_immediate_exit(0);
-    completed?;
-    ctx.save.save(fd, index)
+    completed
 }
 
 fn handle_exit(exit: VcpuExit<'_>, ctx: &VcpuContext, counts: &mut ExitCounts) -> Next {

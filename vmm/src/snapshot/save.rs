@@ -202,6 +202,14 @@ impl SnapshotSource {
         Ok(info)
     }
 
+    /// Whether every vsock device is idle (see [`VsockDevice::is_idle`]).
+    pub fn vsock_idle(&self) -> bool {
+        self.virtio.iter().all(|h| match &h.device {
+            VirtioKind::Vsock(dev) => lock(dev).is_idle(),
+            VirtioKind::Fs { .. } => true,
+        })
+    }
+
     fn save_slot(&self, h: &VirtioHandle) -> Result<VirtioSlotState, SnapshotError> {
         let transport = lock(&h.transport);
         let device = match &h.device {

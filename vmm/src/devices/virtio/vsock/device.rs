@@ -295,6 +295,12 @@ impl VsockDevice {
         self.muxer.connections()
     }
 
+    /// Whether the device has no connection of any kind and owes the guest nothing: after the
+    /// host closed its connections, this turns true once the guest has answered the closes.
+    pub fn is_idle(&self) -> bool {
+        self.muxer.is_idle()
+    }
+
     /// Guest → host bytes waiting for slow host readers (bounded by `buf_alloc` each).
     pub fn buffered_bytes(&self) -> usize {
         self.muxer.buffered()
