@@ -18,7 +18,7 @@ use crate::devices::serial::{
 };
 use crate::devices::virtio::fs::{FsConfig, FsDevice, FsError};
 use crate::devices::virtio::mmio::{MmioError, MmioTransport};
-use crate::devices::virtio::vsock::{VsockConfig, VsockCounters, VsockDevice, VsockError};
+use crate::devices::virtio::vsock::{VsockConfig, VsockDevice, VsockError};
 use crate::event_loop::{EventLoop, EventLoopError};
 use crate::kvm::state::{self as kvm_state, cpuid_entries, SaveSpec, StateError};
 use crate::kvm::vcpu::Vcpu;
@@ -26,8 +26,8 @@ use crate::kvm::{self, KvmError};
 use crate::layout::{COM1_IRQ, COM1_PORT, I8042_PORT, I8042_PORT_LEN, IO_DELAY_PORT};
 use crate::memory::{self, GuestMemoryMmap, MemoryError};
 use crate::snapshot::identity::HostIdentity;
-use crate::snapshot::save::{ImageSource, SnapshotSource, VirtioHandle, VirtioKind};
-use crate::vm::Vm;
+use crate::snapshot::save::{ImageSource, VirtioHandle, VirtioKind};
+use crate::vm::{Assembly, Vm};
 
 /// Why a VM could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -136,21 +136,11 @@ pub fn build_vm(config: &VmConfig) -> Result<Vm, BuildError> {
     attach_i8042(&mut devices, &control)?;
     attach_io_delay_sink(&mut devices, &vm)?;
     let mut virtio = Vec::new();
-    let vsock_counters = match &config.vsock {
-        Some(vsock) => {
-            let (counters, handle) = attach_vsock_device(&mut devices, &vm, &mem, vsock)?;
-            virtio.push(handle);
-            Some(counters)
-        }
-        None => None,
-    };
-    let mut fs_metrics = Vec::new();
+    if let Some(vsock) = &config.vsock {
+        virtio.push(attach_vsock_device(&mut devices, &vm, &mem, vsock)?);
+    }
     for share in &config.fs {
-        let handle = attach_fs_device(&mut devices, &vm, &mem, share)?;
-        if let VirtioKind::Fs { tag, metrics } = &handle.device {
-            fs_metrics.push((tag.clone(), metrics.clone()));
-        }
-        virtio.push(handle);
+        virtio.push(attach_fs_device(&mut devices, &vm, &mem, share)?);
     }
 
     let cmdline = cmdline::build(
@@ -172,13 +162,14 @@ pub fn build_vm(config: &VmConfig) -> Result<Vm, BuildError> {
     let (vcpus, save) = configure_vcpus(&kvm, vcpu_fds, &base_cpuid, cr3, loaded.entry)?;
     let cmdline = cmdline::render(&cmdline)?;
     log_layout(&mem, profile, &cmdline);
-    let vm = Arc::new(vm);
-    let snapshot = Arc::new(SnapshotSource {
-        vm_fd: vm.clone(),
-        mem: mem.clone(),
-        control: control.clone(),
-        loop_pause: devices.loop_pause(),
-        serial: serial.clone(),
+    Ok(Vm::assemble(Assembly {
+        kvm,
+        vm_fd: vm,
+        mem,
+        vcpus,
+        devices,
+        control,
+        serial,
         virtio,
         host,
         image: match config.image_id {
@@ -188,24 +179,10 @@ pub fn build_vm(config: &VmConfig) -> Result<Vm, BuildError> {
                 initrd: config.initrd.clone(),
             },
         },
-        cmdline: cmdline.clone(),
-        mem_mib: config.mem_mib,
-        busy: Mutex::new(()),
-    });
-    Ok(Vm::new(crate::vm::VmParts {
-        kvm,
-        vm_fd: vm,
-        mem,
-        vcpus,
-        devices: devices.finish(),
-        control,
-        serial,
         cmdline,
         profile,
-        fs_metrics,
-        vsock_counters,
-        save: Arc::new(save),
-        snapshot,
+        mem_mib: config.mem_mib,
+        save,
     }))
 }
 
@@ -271,22 +248,17 @@ pub(crate) fn attach_vsock_device(
     vm: &VmFd,
     mem: &GuestMemoryMmap,
     config: &VsockConfig,
-) -> Result<(VsockCounters, VirtioHandle), BuildError> {
+) -> Result<VirtioHandle, BuildError> {
     let device = Arc::new(Mutex::new(VsockDevice::new(config)?));
     let (slot, irq) = devices.allocate_virtio_slot(vm)?;
     let transport = MmioTransport::new(mem.clone(), device.clone(), irq)?;
-    let counters = VsockCounters {
-        device: device.lock().unwrap_or_else(|p| p.into_inner()).metrics(),
-        transport: transport.metrics(),
-    };
     let transport = Arc::new(Mutex::new(transport));
     devices.attach_virtio_mmio(vm, slot, transport.clone(), Some(device.clone()))?;
-    let handle = VirtioHandle {
+    Ok(VirtioHandle {
         slot,
         transport,
         device: VirtioKind::Vsock(device),
-    };
-    Ok((counters, handle))
+    })
 }
 
 /// A virtio-fs device behind a virtio-mmio transport. The device serves the share on its own

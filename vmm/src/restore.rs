@@ -9,7 +9,6 @@
 //! and any failure returns an error with nothing left running (the caller can cold-boot).
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use crate::builder::{self, BuildError};
@@ -26,10 +25,10 @@ use crate::kvm::{self, KvmError};
 use crate::snapshot::format::{self, FormatError};
 use crate::snapshot::identity::{self, HostIdentity, Mismatch};
 use crate::snapshot::memory::{self as memfile, MemoryFileError};
-use crate::snapshot::save::{ImageSource, SnapshotSource, VirtioHandle, VirtioKind};
+use crate::snapshot::save::{ImageSource, VirtioHandle, VirtioKind};
 use crate::snapshot::state::{DeviceState, Invalid, VirtioSlotState, VmSnapshot};
 use crate::snapshot::{MEMORY_FILE, STATE_FILE};
-use crate::vm::{Vm, VmParts};
+use crate::vm::{Assembly, Vm};
 
 /// Why a snapshot could not be restored. The caller's fallback is a cold boot.
 #[derive(Debug, thiserror::Error)]
@@ -132,25 +131,16 @@ pub fn restore_vm(config: &RestoreConfig) -> Result<Vm, RestoreError> {
     builder::attach_i8042(&mut devices, &control)?;
     builder::attach_io_delay_sink(&mut devices, &vm)?;
     let mut virtio = Vec::new();
-    let mut vsock_counters = None;
-    let mut fs_metrics = Vec::new();
     for saved in &snap.virtio {
         let handle = match &saved.device {
             DeviceState::Vsock { .. } => {
                 let vsock = config.vsock.as_ref().ok_or_else(no_vsock)?;
-                let (counters, handle) =
-                    builder::attach_vsock_device(&mut devices, &vm, &mem, vsock)?;
-                vsock_counters = Some(counters);
-                handle
+                builder::attach_vsock_device(&mut devices, &vm, &mem, vsock)?
             }
             DeviceState::Fs { tag } => {
                 let share = config.fs.iter().find(|s| &s.tag == tag);
                 let share = share.ok_or_else(|| missing_share(tag))?;
-                let handle = builder::attach_fs_device(&mut devices, &vm, &mem, share)?;
-                if let VirtioKind::Fs { metrics, .. } = &handle.device {
-                    fs_metrics.push((tag.clone(), metrics.clone()));
-                }
-                handle
+                builder::attach_fs_device(&mut devices, &vm, &mem, share)?
             }
         };
         restore_slot(&handle, saved)?;
@@ -175,34 +165,21 @@ pub fn restore_vm(config: &RestoreConfig) -> Result<Vm, RestoreError> {
         elapsed_us = started.elapsed().as_micros() as u64,
         "snapshot restored"
     );
-    let vm = Arc::new(vm);
-    let snapshot = Arc::new(SnapshotSource {
-        vm_fd: vm.clone(),
-        mem: mem.clone(),
-        control: control.clone(),
-        loop_pause: devices.loop_pause(),
-        serial: serial.clone(),
-        virtio,
-        host,
-        image: ImageSource::Known(snap.image),
-        cmdline: snap.cmdline.clone(),
-        mem_mib: snap.mem_mib,
-        busy: Mutex::new(()),
-    });
-    Ok(Vm::new(VmParts {
+    Ok(Vm::assemble(Assembly {
         kvm,
         vm_fd: vm,
         mem,
         vcpus,
-        devices: devices.finish(),
+        devices,
         control,
         serial,
+        virtio,
+        host,
+        image: ImageSource::Known(snap.image),
         cmdline: snap.cmdline,
         profile,
-        fs_metrics,
-        vsock_counters,
-        save: Arc::new(save),
-        snapshot,
+        mem_mib: snap.mem_mib,
+        save,
     }))
 }
 

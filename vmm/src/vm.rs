@@ -9,6 +9,7 @@ use crate::builder::{build_vm, BuildError};
 use crate::compat::HostProfile;
 use crate::config::{RestoreConfig, VmConfig};
 use crate::control::{Controller, ExitReason, VmHandle};
+use crate::devices::manager::DeviceManager;
 use crate::devices::manager::Devices;
 use crate::devices::serial::SerialDevice;
 use crate::devices::virtio::fs::FsMetrics;
@@ -19,7 +20,8 @@ use crate::kvm::state::SaveSpec;
 use crate::kvm::vcpu::{Vcpu, VcpuContext};
 use crate::memory::GuestMemoryMmap;
 use crate::restore::{restore_vm, RestoreError};
-use crate::snapshot::save::SnapshotSource;
+use crate::snapshot::identity::HostIdentity;
+use crate::snapshot::save::{ImageSource, SnapshotSource, VirtioHandle, VirtioKind};
 
 /// Errors that keep a built VM from running.
 #[derive(Debug, thiserror::Error)]
@@ -36,7 +38,7 @@ pub enum RunError {
 }
 
 /// Everything the builder hands to a [`Vm`].
-pub(crate) struct VmParts {
+struct VmParts {
     pub kvm: Kvm,
     pub vm_fd: Arc<VmFd>,
     pub mem: GuestMemoryMmap,
@@ -54,6 +56,26 @@ pub(crate) struct VmParts {
     pub save: Arc<SaveSpec>,
     /// What a snapshot reads; handles reach it while the VM runs.
     pub snapshot: Arc<SnapshotSource>,
+}
+
+/// What the boot recipe ([`crate::builder`]) and the restore recipe ([`crate::restore`]) both
+/// end with; [`Vm::assemble`] wires it into a [`Vm`].
+pub(crate) struct Assembly {
+    pub kvm: Kvm,
+    pub vm_fd: VmFd,
+    pub mem: GuestMemoryMmap,
+    pub vcpus: Vec<Vcpu>,
+    pub devices: DeviceManager,
+    pub control: Arc<Controller>,
+    pub serial: Arc<Mutex<SerialDevice>>,
+    /// The virtio-mmio slots, in slot order.
+    pub virtio: Vec<VirtioHandle>,
+    pub host: HostIdentity,
+    pub image: ImageSource,
+    pub cmdline: String,
+    pub profile: HostProfile,
+    pub mem_mib: u64,
+    pub save: SaveSpec,
 }
 
 /// A VM, built and ready to run.
@@ -74,8 +96,59 @@ impl Vm {
         restore_vm(config)
     }
 
-    pub(crate) fn new(parts: VmParts) -> Self {
-        Self { parts }
+    /// Wires a built or restored VM: the snapshot source its handles reach, the devices'
+    /// counters, the finished buses.
+    pub(crate) fn assemble(a: Assembly) -> Self {
+        let vm_fd = Arc::new(a.vm_fd);
+        let fs_metrics = a
+            .virtio
+            .iter()
+            .filter_map(|h| match &h.device {
+                VirtioKind::Fs { tag, metrics } => Some((tag.clone(), metrics.clone())),
+                VirtioKind::Vsock(_) => None,
+            })
+            .collect();
+        let vsock_counters = a.virtio.iter().find_map(|h| match &h.device {
+            VirtioKind::Vsock(dev) => Some(VsockCounters {
+                device: dev.lock().unwrap_or_else(|p| p.into_inner()).metrics(),
+                transport: h
+                    .transport
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .metrics(),
+            }),
+            VirtioKind::Fs { .. } => None,
+        });
+        let snapshot = Arc::new(SnapshotSource {
+            vm_fd: vm_fd.clone(),
+            mem: a.mem.clone(),
+            control: a.control.clone(),
+            loop_pause: a.devices.loop_pause(),
+            serial: a.serial.clone(),
+            virtio: a.virtio,
+            host: a.host,
+            image: a.image,
+            cmdline: a.cmdline.clone(),
+            mem_mib: a.mem_mib,
+            busy: Mutex::new(()),
+        });
+        Self {
+            parts: VmParts {
+                kvm: a.kvm,
+                vm_fd,
+                mem: a.mem,
+                vcpus: a.vcpus,
+                devices: a.devices.finish(),
+                control: a.control,
+                serial: a.serial,
+                cmdline: a.cmdline,
+                profile: a.profile,
+                fs_metrics,
+                vsock_counters,
+                save: Arc::new(a.save),
+                snapshot,
+            },
+        }
     }
 
     /// A handle that stops, snapshots and resumes the VM from another thread.
