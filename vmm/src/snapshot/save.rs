@@ -17,8 +17,8 @@ use super::{SnapshotInfo, MEMORY_FILE, STATE_FILE};
 use crate::control::{Controller, PauseError};
 use crate::devices::manager::MmioSlot;
 use crate::devices::serial::SerialDevice;
-use crate::devices::virtio::fs::FsMetrics;
-use crate::devices::virtio::mmio::MmioTransport;
+use crate::devices::virtio::fs::{FsMetrics, FsMetricsSnapshot};
+use crate::devices::virtio::mmio::{MmioTransport, QueueRegsState};
 use crate::devices::virtio::vsock::VsockDevice;
 use crate::event_loop::{EventLoopError, LoopPause};
 use crate::kvm::state::{self as kvm_state, StateError};
@@ -240,36 +240,37 @@ impl SnapshotSource {
         })
     }
 
-    /// A share may be snapshotted only if the guest never sent it a request: FUSE_INIT is
-    /// always the first, so no request means no session (and nothing in flight).
     fn check_fs_unused(
         &self,
         tag: &str,
         metrics: &FsMetrics,
         transport: &MmioTransport,
     ) -> Result<(), SnapshotError> {
-        let in_use = || SnapshotError::FsInUse(tag.to_owned());
-        let m = metrics.snapshot();
-        if m.total_requests() > 0 || m.notifications > 0 {
-            return Err(in_use());
+        let queues = (0..).map_while(|i| transport.queue_regs(i));
+        if share_untouched(&metrics.snapshot(), queues, &self.mem) {
+            Ok(())
+        } else {
+            Err(SnapshotError::FsInUse(tag.to_owned()))
         }
-        let mut queue = 0;
-        while let Some(regs) = transport.queue_regs(queue) {
-            queue += 1;
-            if !regs.ready {
-                continue;
-            }
-            // The available ring's `idx`, which the driver bumps for every request it posts.
-            let idx: u16 = self
-                .mem
-                .read_obj(GuestAddress(regs.driver.wrapping_add(2)))
-                .map_err(|_| in_use())?;
-            if idx != 0 {
-                return Err(in_use());
-            }
-        }
-        Ok(())
     }
+}
+
+/// A share may be snapshotted only if the guest never sent it a request: FUSE_INIT is always
+/// the first, so no request means no session (and nothing in flight). Checked on the device's
+/// counters and on each ready queue's available ring `idx`, which the driver bumps for every
+/// request it posts (the device may not have seen a notification yet).
+fn share_untouched(
+    metrics: &FsMetricsSnapshot,
+    queues: impl Iterator<Item = QueueRegsState>,
+    mem: &GuestMemoryMmap,
+) -> bool {
+    if metrics.total_requests() > 0 || metrics.notifications > 0 {
+        return false;
+    }
+    queues.filter(|q| q.ready).all(|q| {
+        mem.read_obj::<u16>(GuestAddress(q.driver.wrapping_add(2)))
+            .is_ok_and(|idx| idx == 0)
+    })
 }
 
 /// Writes the state file under a temporary name, syncs it, renames it into place and syncs
@@ -289,4 +290,39 @@ fn write_state(dir: &Path, bytes: &[u8]) -> Result<(), SnapshotError> {
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(err(dir))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_share_is_untouched_until_the_guest_posts_or_sends_a_request() {
+        let mem = crate::memory::create(32).unwrap();
+        let queue = QueueRegsState {
+            size: 16,
+            ready: true,
+            desc: 0x1000,
+            driver: 0x2000,
+            device: 0x3000,
+        };
+        let fresh = FsMetrics::default().snapshot();
+        assert!(share_untouched(&fresh, [queue].into_iter(), &mem));
+        // The driver posted a request (avail idx 1) the device has not seen.
+        mem.write_obj(1u16, GuestAddress(0x2002)).unwrap();
+        assert!(!share_untouched(&fresh, [queue].into_iter(), &mem));
+        let idle = QueueRegsState {
+            ready: false,
+            ..queue
+        };
+        assert!(share_untouched(&fresh, [idle].into_iter(), &mem));
+        // A request was served (FUSE_INIT is opcode 26).
+        let served = FsMetrics::default();
+        served.count_request(26);
+        assert!(!share_untouched(
+            &served.snapshot(),
+            std::iter::empty(),
+            &mem
+        ));
+    }
 }
