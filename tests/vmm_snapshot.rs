@@ -99,6 +99,10 @@ struct Vmm<'a> {
 
 impl Vmm<'_> {
     fn command(&self, name: &str, cid: u64) -> (Command, PathBuf, PathBuf) {
+        self.command_with(name, cid, 1)
+    }
+
+    fn command_with(&self, name: &str, cid: u64, vcpus: u8) -> (Command, PathBuf, PathBuf) {
         let socket = self.dir.join(format!("{name}.sock"));
         let console = self.dir.join(format!("{name}.console"));
         // Each VM's own share, with a file naming it.
@@ -113,6 +117,7 @@ impl Vmm<'_> {
             .arg("--vsock")
             .arg(&socket)
             .args(["--vsock-cid", &cid.to_string()])
+            .args(["--vcpus", &vcpus.to_string()])
             .arg("--console")
             .arg(&console)
             .arg("--fs")
@@ -130,7 +135,17 @@ impl Vmm<'_> {
         cid: u64,
         extra: &[&std::ffi::OsStr],
     ) -> (Child, PathBuf, Duration) {
-        let (mut cmd, socket, console) = self.command(name, cid);
+        self.start_until_pong_with(name, cid, 1, extra)
+    }
+
+    fn start_until_pong_with(
+        &self,
+        name: &str,
+        cid: u64,
+        vcpus: u8,
+        extra: &[&std::ffi::OsStr],
+    ) -> (Child, PathBuf, Duration) {
+        let (mut cmd, socket, console) = self.command_with(name, cid, vcpus);
         cmd.args(extra);
         let start = Instant::now();
         let mut child = cmd.spawn().expect("start bulkhead-vmm");
@@ -280,6 +295,26 @@ fn snapshot_restore_two_clones_and_refusals() {
     let line = refused(&vmm, "short-memory", &cut);
     assert!(line.contains("memory file is"), "{line}");
 
+    // Two vCPUs: the pause must stop both before either saves its state (an IPI sent in
+    // between was lost and the clone hung).
+    let smp = tmp.path().join("template-smp");
+    let (mut cmd, _, _) = vmm.command_with("template-smp", 3, 2);
+    cmd.arg("--snapshot")
+        .arg(&smp)
+        .args(["--snapshot-port", &PORT.to_string()]);
+    let f = run(&mut cmd, BOOT);
+    assert!(f.status.success(), "smp template: {}", f.stderr);
+    let args = [std::ffi::OsStr::new("--restore"), smp.as_os_str()];
+    let (mut child, socket, smp_took) = vmm.start_until_pong_with("clone-smp", 9, 2, &args);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let memo = ask(&socket, "MEMO", deadline, &mut child).unwrap_or_default();
+    let words: Vec<&str> = memo.split(' ').collect();
+    assert!(
+        words.len() == 4 && words[2] == words[3],
+        "clone-smp: {memo}"
+    );
+    poweroff(&socket, child);
+
     eprintln!("{saved}");
     eprintln!(
         "memory file: {} MiB apparent, {} MiB on disk",
@@ -294,4 +329,5 @@ fn snapshot_restore_two_clones_and_refusals() {
         secs(&restores[1]),
         100.0 * restores[1].as_secs_f64() / cold.as_secs_f64()
     );
+    eprintln!("2 vcpus: restore → answer {}", secs(&smp_took));
 }
