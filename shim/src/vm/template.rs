@@ -31,7 +31,7 @@ pub(super) async fn restore(ctx: &BootContext) -> Result<(VmGuest, Client), Sand
     let timeout = Duration::from_secs(u64::from(ctx.config.boot_timeout_secs));
     let dir = match templates.find(&key) {
         Some(dir) => dir,
-        None => ensure(&templates, &recipe, image, &ctx.config, timeout).await?,
+        None => ensure(&templates, &recipe, image, &ctx.config, false).await?,
     };
     match clone_from(ctx, &dir, image).await {
         Err(SandboxError::Vm {
@@ -59,19 +59,20 @@ pub(super) async fn restore(ctx: &BootContext) -> Result<(VmGuest, Client), Sand
 }
 
 /// The template of `recipe`, made now under its lock unless another process made it while we
-/// waited for the lock.
+/// waited for the lock (or made again with `replace`).
 async fn ensure(
     templates: &Templates,
     recipe: &Recipe,
     image: ImageId,
     cfg: &Config,
-    timeout: Duration,
+    replace: bool,
 ) -> Result<std::path::PathBuf, SandboxError> {
     let key = recipe.key();
+    let timeout = Duration::from_secs(u64::from(cfg.boot_timeout_secs));
     let _lock = templates.lock(&key, timeout).await.map_err(tpl)?;
     match templates.find(&key) {
-        Some(dir) => Ok(dir),
-        None => build(templates, recipe, image, cfg, timeout).await,
+        Some(dir) if !replace => Ok(dir),
+        _ => build(templates, recipe, image, cfg, timeout).await,
     }
 }
 
@@ -243,14 +244,6 @@ pub async fn build_now(
     super::check_guest_files(cfg)?;
     let templates = Templates::new(&cfg.template_dir);
     let (recipe, image) = Recipe::for_vm(&templates, cfg, size).map_err(tpl)?;
-    let key = recipe.key();
-    let timeout = Duration::from_secs(u64::from(cfg.boot_timeout_secs));
-    let _lock = templates.lock(&key, timeout).await.map_err(tpl)?;
-    if let Some(dir) = templates.find(&key) {
-        if !replace {
-            return Ok((key, dir));
-        }
-    }
-    let dir = build(&templates, &recipe, image, cfg, timeout).await?;
-    Ok((key, dir))
+    let dir = ensure(&templates, &recipe, image, cfg, replace).await?;
+    Ok((recipe.key(), dir))
 }
