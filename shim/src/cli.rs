@@ -98,6 +98,38 @@ pub enum Command {
     Update(UpdateArgs),
     /// Print container events and resource statistics.
     Events(EventsArgs),
+    /// Manage the templates (snapshots of a booted guest) that container VMs start from.
+    #[command(subcommand)]
+    Template(TemplateCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TemplateCommand {
+    /// List the templates.
+    #[command(alias = "list")]
+    Ls {
+        #[arg(short = 'f', long, value_enum, default_value = "table")]
+        format: ListFormat,
+    },
+    /// Remove templates (the next container of their kind makes them again).
+    Rm {
+        /// Keys as `ls` shows them.
+        keys: Vec<String>,
+        /// Remove every template.
+        #[arg(short = 'a', long)]
+        all: bool,
+    },
+    /// Make the template for a VM size (default: the configured one) now, so that the first
+    /// container does not wait for it.
+    Build {
+        #[arg(long)]
+        vcpus: Option<u32>,
+        #[arg(long = "memory-mib")]
+        memory_mib: Option<u32>,
+        /// Make it again even if it exists.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Debug, Args)]

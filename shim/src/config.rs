@@ -71,6 +71,11 @@ pub struct Config {
     pub kernel_args: String,
     /// Seconds allowed for the guest to boot and its agent to answer.
     pub boot_timeout_secs: u32,
+    /// Restore every container's VM from a template (a snapshot of a booted guest) instead of
+    /// booting it; the first container of a kind makes the template.
+    pub templates: bool,
+    /// Where templates live (one directory each, named by the hash of what they were made of).
+    pub template_dir: PathBuf,
 }
 
 impl Default for Config {
@@ -86,6 +91,8 @@ impl Default for Config {
             keep_logs: false,
             kernel_args: String::new(),
             boot_timeout_secs: 180,
+            templates: true,
+            template_dir: "/var/lib/bulkhead/templates".into(),
         }
     }
 }

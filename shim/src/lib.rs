@@ -5,7 +5,8 @@
 //! owner of the OCI lifecycle rules; [`state`] is the state store; [`monitor`] is the
 //! per-container sandbox monitor process and [`control`] its socket protocol; [`sandbox`] is
 //! the seam to what runs the container, with [`vm`] the one real implementation; [`error`] is
-//! the error that crosses those seams with its kind; [`spec`], [`share`], [`cgroups`],
+//! the error that crosses those seams with its kind; [`template`] keeps the snapshots VMs
+//! are restored from; [`spec`], [`share`], [`cgroups`],
 //! [`stats`], [`hooks`], [`console`], [`mountpoints`], [`config`], [`logging`], [`signal`] and
 //! [`process`] are the pieces they are built from.
 
@@ -28,6 +29,7 @@ pub mod signal;
 pub mod spec;
 pub mod state;
 pub mod stats;
+pub mod template;
 pub mod trace_bridge;
 pub mod vm;
 

@@ -4,7 +4,8 @@
 
 use std::sync::{Arc, Mutex};
 
-use kvm_ioctls::{Cap, Kvm, VmFd};
+use kvm_bindings::CpuId;
+use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
 
 use crate::boot::{self, cmdline, loader, msr, SystemSetup, VcpuSetup};
 use crate::compat::HostProfile;
@@ -12,16 +13,21 @@ use crate::config::VmConfig;
 use crate::control::Controller;
 use crate::devices::i8042::I8042;
 use crate::devices::manager::{DeviceError, DeviceManager};
-use crate::devices::serial::{ConsoleOut, SerialDevice, SerialError, StdinInput};
-use crate::devices::virtio::fs::{FsConfig, FsDevice, FsError, FsMetrics};
+use crate::devices::serial::{
+    ConsoleOut, ConsoleOutput, SerialDevice, SerialError, SerialSnapshot, StdinInput,
+};
+use crate::devices::virtio::fs::{FsConfig, FsDevice, FsError};
 use crate::devices::virtio::mmio::{MmioError, MmioTransport};
-use crate::devices::virtio::vsock::{VsockConfig, VsockCounters, VsockDevice, VsockError};
+use crate::devices::virtio::vsock::{VsockConfig, VsockDevice, VsockError};
 use crate::event_loop::{EventLoop, EventLoopError};
+use crate::kvm::state::{self as kvm_state, cpuid_entries, SaveSpec, StateError};
 use crate::kvm::vcpu::Vcpu;
 use crate::kvm::{self, KvmError};
 use crate::layout::{COM1_IRQ, COM1_PORT, I8042_PORT, I8042_PORT_LEN, IO_DELAY_PORT};
 use crate::memory::{self, GuestMemoryMmap, MemoryError};
-use crate::vm::Vm;
+use crate::snapshot::identity::HostIdentity;
+use crate::snapshot::save::{ImageSource, VirtioHandle, VirtioKind};
+use crate::vm::{Assembly, Vm};
 
 /// Why a VM could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +71,9 @@ pub enum BuildError {
         #[source]
         source: kvm_ioctls::Error,
     },
+    /// What snapshots need from KVM could not be read.
+    #[error(transparent)]
+    State(#[from] StateError),
 }
 
 impl From<loader::LoaderError> for BuildError {
@@ -117,18 +126,22 @@ pub fn build_vm(config: &VmConfig) -> Result<Vm, BuildError> {
     let control = Controller::new(vcpu_fds.len());
 
     let mut devices = DeviceManager::new(EventLoop::new()?);
-    let serial = attach_serial(&mut devices, &vm, config)?;
+    let serial = attach_serial(
+        &mut devices,
+        &vm,
+        &config.console,
+        config.console_input,
+        None,
+    )?;
     attach_i8042(&mut devices, &control)?;
     attach_io_delay_sink(&mut devices, &vm)?;
-    let vsock_counters = match &config.vsock {
-        Some(vsock) => Some(attach_vsock_device(&mut devices, &vm, &mem, vsock)?),
-        None => None,
-    };
-    let fs_metrics = config
-        .fs
-        .iter()
-        .map(|share| attach_fs_device(&mut devices, &vm, &mem, share))
-        .collect::<Result<Vec<_>, _>>()?;
+    let mut virtio = Vec::new();
+    if let Some(vsock) = &config.vsock {
+        virtio.push(attach_vsock_device(&mut devices, &vm, &mem, vsock)?);
+    }
+    for share in &config.fs {
+        virtio.push(attach_fs_device(&mut devices, &vm, &mem, share)?);
+    }
 
     let cmdline = cmdline::build(
         profile.kernel_params(),
@@ -144,21 +157,32 @@ pub fn build_vm(config: &VmConfig) -> Result<Vm, BuildError> {
         num_cpus: vcpu_fds.len(),
     })?;
 
-    let vcpus = configure_vcpus(&kvm, vcpu_fds, profile, cr3, loaded.entry)?;
+    let base_cpuid = host_cpuid(&kvm, profile)?;
+    let host = HostIdentity::probe(&kvm, profile, &base_cpuid, &vcpu_fds[0]);
+    let (vcpus, save) = configure_vcpus(&kvm, vcpu_fds, &base_cpuid, cr3, loaded.entry)?;
     let cmdline = cmdline::render(&cmdline)?;
     log_layout(&mem, profile, &cmdline);
-    Ok(Vm::new(crate::vm::VmParts {
+    Ok(Vm::assemble(Assembly {
         kvm,
         vm_fd: vm,
         mem,
         vcpus,
-        devices: devices.finish(),
+        devices,
         control,
         serial,
+        virtio,
+        host,
+        image: match config.image_id {
+            Some(id) => ImageSource::Known(id),
+            None => ImageSource::Files {
+                kernel: config.kernel.clone(),
+                initrd: config.initrd.clone(),
+            },
+        },
         cmdline,
         profile,
-        fs_metrics,
-        vsock_counters,
+        mem_mib: config.mem_mib,
+        save,
     }))
 }
 
@@ -176,79 +200,95 @@ fn load_images(
     Ok((loaded, initrd))
 }
 
-/// COM1, with its interrupt on an irqfd and, if asked, our stdin as its input.
-fn attach_serial(
+/// COM1, with its interrupt on an irqfd and, if asked, our stdin as its input; in the state
+/// `saved` when restoring.
+pub(crate) fn attach_serial(
     devices: &mut DeviceManager,
     vm: &VmFd,
-    config: &VmConfig,
+    console: &ConsoleOutput,
+    console_input: bool,
+    saved: Option<&SerialSnapshot>,
 ) -> Result<Arc<Mutex<SerialDevice>>, BuildError> {
     let irq = devices.irqfd(vm, COM1_IRQ)?;
-    let serial = Arc::new(Mutex::new(SerialDevice::new(
-        irq,
-        ConsoleOut::open(&config.console)?,
-    )));
+    let out = ConsoleOut::open(console)?;
+    let device = match saved {
+        Some(state) => SerialDevice::from_snapshot(irq, out, state)?,
+        None => SerialDevice::new(irq, out),
+    };
+    let serial = Arc::new(Mutex::new(device));
     devices.add_pio_device(serial.clone(), COM1_PORT, 8)?;
-    if config.console_input {
+    if console_input {
         devices.add_subscriber(Arc::new(Mutex::new(StdinInput::new(serial.clone()))));
     }
     Ok(serial)
 }
 
-/// The i8042, whose reset command ends the VM.
-fn attach_i8042(devices: &mut DeviceManager, control: &Arc<Controller>) -> Result<(), BuildError> {
+/// The i8042, whose reset command ends the VM. It has no other state (vm-superio's device
+/// holds only the reset trigger), so a restore attaches a new one.
+pub(crate) fn attach_i8042(
+    devices: &mut DeviceManager,
+    control: &Arc<Controller>,
+) -> Result<(), BuildError> {
     let i8042 = Arc::new(Mutex::new(I8042::new(control.clone())));
     Ok(devices.add_pio_device(i8042, I8042_PORT, I8042_PORT_LEN)?)
 }
 
 /// Port 0x80, which Linux writes for I/O delays, swallowed inside KVM.
-fn attach_io_delay_sink(devices: &mut DeviceManager, vm: &VmFd) -> Result<(), BuildError> {
+pub(crate) fn attach_io_delay_sink(
+    devices: &mut DeviceManager,
+    vm: &VmFd,
+) -> Result<(), BuildError> {
     Ok(devices.sink_pio_writes(vm, IO_DELAY_PORT)?)
 }
 
 /// A virtio-vsock device behind a virtio-mmio transport; the device itself handles its queue
 /// eventfds and host sockets on the event loop.
-fn attach_vsock_device(
+pub(crate) fn attach_vsock_device(
     devices: &mut DeviceManager,
     vm: &VmFd,
     mem: &GuestMemoryMmap,
     config: &VsockConfig,
-) -> Result<VsockCounters, BuildError> {
+) -> Result<VirtioHandle, BuildError> {
     let device = Arc::new(Mutex::new(VsockDevice::new(config)?));
     let (slot, irq) = devices.allocate_virtio_slot(vm)?;
     let transport = MmioTransport::new(mem.clone(), device.clone(), irq)?;
-    let counters = VsockCounters {
-        device: device.lock().unwrap_or_else(|p| p.into_inner()).metrics(),
-        transport: transport.metrics(),
-    };
-    devices.attach_virtio_mmio(vm, slot, Arc::new(Mutex::new(transport)), Some(device))?;
-    Ok(counters)
+    let transport = Arc::new(Mutex::new(transport));
+    devices.attach_virtio_mmio(vm, slot, transport.clone(), Some(device.clone()))?;
+    Ok(VirtioHandle {
+        slot,
+        transport,
+        device: VirtioKind::Vsock(device),
+    })
 }
 
 /// A virtio-fs device behind a virtio-mmio transport. The device serves the share on its own
 /// confined worker thread (not the event loop, which keeps the host's view of the file system),
-/// so there is no event-loop subscriber. Returns the tag and the device's counters.
-fn attach_fs_device(
+/// so there is no event-loop subscriber. The handle carries the tag and the device's counters.
+pub(crate) fn attach_fs_device(
     devices: &mut DeviceManager,
     vm: &VmFd,
     mem: &GuestMemoryMmap,
     config: &FsConfig,
-) -> Result<(String, Arc<FsMetrics>), BuildError> {
+) -> Result<VirtioHandle, BuildError> {
     let device = FsDevice::new(config)?;
     let metrics = device.metrics();
     let (slot, irq) = devices.allocate_virtio_slot(vm)?;
     let transport = MmioTransport::new(mem.clone(), Arc::new(Mutex::new(device)), irq)?;
-    devices.attach_virtio_mmio(vm, slot, Arc::new(Mutex::new(transport)), None)?;
-    Ok((config.tag.clone(), metrics))
+    let transport = Arc::new(Mutex::new(transport));
+    devices.attach_virtio_mmio(vm, slot, transport.clone(), None)?;
+    Ok(VirtioHandle {
+        slot,
+        transport,
+        device: VirtioKind::Fs {
+            tag: config.tag.clone(),
+            metrics,
+        },
+    })
 }
 
-/// CPUID, MSRs and registers for every vCPU.
-fn configure_vcpus(
-    kvm: &Kvm,
-    fds: Vec<kvm_ioctls::VcpuFd>,
-    profile: HostProfile,
-    cr3: u64,
-    entry: u64,
-) -> Result<Vec<Vcpu>, BuildError> {
+/// KVM's supported CPUID table with the host profile's adjustments: the base every vCPU's
+/// table is normalised from.
+pub(crate) fn host_cpuid(kvm: &Kvm, profile: HostProfile) -> Result<CpuId, BuildError> {
     let mut cpuid = kvm
         .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
         .map_err(|source| BuildError::HostQuery {
@@ -256,6 +296,30 @@ fn configure_vcpus(
             source,
         })?;
     profile.adjust_cpuid(&mut cpuid);
+    Ok(cpuid)
+}
+
+/// What each vCPU needs to save its state for a snapshot: the MSRs to read, the CPUID table
+/// each vCPU got (normalised from `base`), whether there are XCRs.
+pub(crate) fn save_spec(kvm: &Kvm, base: &CpuId, vcpus: u8) -> Result<SaveSpec, BuildError> {
+    let tsc_deadline = kvm.check_extension(Cap::TscDeadlineTimer);
+    Ok(SaveSpec {
+        msrs: kvm_state::msrs_to_save(kvm)?,
+        cpuid: (0..vcpus)
+            .map(|i| cpuid_entries(&boot::vcpu_cpuid(base, i, vcpus, tsc_deadline)))
+            .collect(),
+        xcrs: kvm.check_extension(Cap::Xcrs),
+    })
+}
+
+/// CPUID, MSRs and registers for every vCPU; and how each will save its state.
+fn configure_vcpus(
+    kvm: &Kvm,
+    fds: Vec<VcpuFd>,
+    cpuid: &CpuId,
+    cr3: u64,
+    entry: u64,
+) -> Result<(Vec<Vcpu>, SaveSpec), BuildError> {
     let supported_msrs = kvm
         .get_msr_index_list()
         .map_err(|source| BuildError::HostQuery {
@@ -263,26 +327,29 @@ fn configure_vcpus(
             source,
         })?;
     let msrs = msr::boot_msrs(supported_msrs.as_slice());
+    let save = save_spec(kvm, cpuid, fds.len() as u8)?;
     let setup = VcpuSetup {
-        cpuid: &cpuid,
+        cpuid,
         msrs: &msrs,
         tsc_deadline: kvm.check_extension(Cap::TscDeadlineTimer),
         cr3,
         entry,
         num_cpus: fds.len() as u8,
     };
-    fds.into_iter()
+    let vcpus = fds
+        .into_iter()
         .enumerate()
         .map(|(i, fd)| {
             boot::configure_vcpu(&fd, i as u8, &setup)?;
             Ok(Vcpu::new(i as u8, fd))
         })
-        .collect()
+        .collect::<Result<_, BuildError>>()?;
+    Ok((vcpus, save))
 }
 
 /// Logs where guest memory lives in this process (the boot benchmark reads it to separate guest
 /// memory from the VMM's own) and what the guest is told.
-fn log_layout(mem: &GuestMemoryMmap, profile: HostProfile, cmdline: &str) {
+pub(crate) fn log_layout(mem: &GuestMemoryMmap, profile: HostProfile, cmdline: &str) {
     use vm_memory::{GuestMemory, GuestMemoryRegion};
     for region in mem.iter() {
         tracing::debug!(

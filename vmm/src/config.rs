@@ -7,6 +7,7 @@ use crate::devices::serial::ConsoleOutput;
 use crate::devices::virtio::fs::FsConfig;
 use crate::devices::virtio::vsock::VsockConfig;
 use crate::kvm::DEFAULT_KVM_DEVICE;
+use crate::snapshot::ImageId;
 
 /// Default guest memory.
 pub const DEFAULT_MEM_MIB: u64 = 128;
@@ -37,6 +38,9 @@ pub struct VmConfig {
     /// Host directories shared over virtio-fs, one device per tag (`tag`, `host_dir`,
     /// `read_only`, cache mode).
     pub fs: Vec<FsConfig>,
+    /// The identity of `kernel` + `initrd` recorded in snapshots of this VM; `None` hashes the
+    /// two files when a snapshot is taken ([`ImageId::of_files`]).
+    pub image_id: Option<ImageId>,
 }
 
 impl VmConfig {
@@ -48,6 +52,51 @@ impl VmConfig {
             cmdline: None,
             mem_mib: DEFAULT_MEM_MIB,
             vcpus: 1,
+            console: ConsoleOutput::Stdout,
+            console_input: false,
+            kvm_device: PathBuf::from(DEFAULT_KVM_DEVICE),
+            profile: None,
+            vsock: None,
+            fs: Vec::new(),
+            image_id: None,
+        }
+    }
+}
+
+/// How to bring a snapshot back to life in this process: [`crate::Vm::restore`].
+///
+/// Everything the guest sees comes from the snapshot; this says only what is the restorer's
+/// own: where the console goes, the host side of the vsock device, the host directory behind
+/// each virtio-fs tag, the KVM device, and which kernel + initrd the caller expects.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RestoreConfig {
+    /// The snapshot directory (`state` + `memory`).
+    pub dir: PathBuf,
+    /// The kernel + initrd the caller expects the snapshot to have booted; a snapshot of
+    /// another image is refused.
+    pub expected_image: ImageId,
+    /// Where the serial console goes.
+    pub console: ConsoleOutput,
+    /// Feed this process's stdin to the console.
+    pub console_input: bool,
+    /// The KVM device node.
+    pub kvm_device: PathBuf,
+    /// The host KVM profile; `None` probes the host. Must be the snapshot's.
+    pub profile: Option<HostProfile>,
+    /// The host side of the vsock device: required if and only if the snapshot has one. Its
+    /// `guest_cid` becomes the guest's (the guest re-reads it after the transport reset).
+    pub vsock: Option<VsockConfig>,
+    /// The share behind each virtio-fs tag of the snapshot, exactly one per tag (the guest had
+    /// not mounted them, so any directory, read-only flag and cache mode will do).
+    pub fs: Vec<FsConfig>,
+}
+
+impl RestoreConfig {
+    /// Defaults for everything but the snapshot directory and the expected image.
+    pub fn new(dir: impl Into<PathBuf>, expected_image: ImageId) -> Self {
+        Self {
+            dir: dir.into(),
+            expected_image,
             console: ConsoleOutput::Stdout,
             console_input: false,
             kvm_device: PathBuf::from(DEFAULT_KVM_DEVICE),

@@ -5,11 +5,16 @@
 //! [`Controller::request`]: the first reason wins, and every vCPU is kicked out of `KVM_RUN`.
 
 use std::fmt;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
 
 use crate::kvm::dump::VcpuDump;
 use crate::kvm::kick;
+use crate::kvm::state::{StateError, VcpuState};
+use crate::snapshot::save::{SnapshotError, SnapshotSource};
+use crate::snapshot::SnapshotInfo;
 
 /// Why a VM stopped.
 #[derive(Debug, Clone, PartialEq)]
@@ -123,7 +128,40 @@ impl fmt::Display for FaultKind {
     }
 }
 
-/// Shared stop state of one VM.
+/// What a vCPU leaves behind when it parks: its state, read on its own thread.
+pub(crate) type ParkedState = Result<VcpuState, StateError>;
+
+/// Why the vCPUs could not be paused.
+#[derive(Debug, thiserror::Error)]
+pub enum PauseError {
+    /// The VM is stopping or has stopped (or never ran).
+    #[error("the vm is not running")]
+    NotRunning,
+    /// Some vCPU did not reach its pause point in time.
+    #[error("vcpus did not pause within {0:?}")]
+    Timeout(Duration),
+}
+
+/// One vCPU's pause slot.
+#[derive(Default)]
+struct Parked {
+    /// The pause this vCPU is parked for (0: not parked).
+    generation: u64,
+    state: Option<ParkedState>,
+}
+
+#[derive(Default)]
+struct PauseState {
+    requested: bool,
+    /// Counts pauses, so a vCPU still parked from an earlier pause is not taken for one that
+    /// parked (and saved its state) for this one.
+    generation: u64,
+    /// The pause whose vCPUs are to read their state now (every vCPU is parked by then).
+    save: u64,
+    slots: Vec<Parked>,
+}
+
+/// Shared stop and pause state of one VM.
 #[derive(Default)]
 pub struct Controller {
     stopping: AtomicBool,
@@ -131,6 +169,11 @@ pub struct Controller {
     /// Running vCPU threads by index, so a stop can kick them. A thread removes itself before it
     /// ends, under this lock, so a kick never targets a thread that is gone.
     vcpu_threads: Mutex<Vec<Option<libc::pthread_t>>>,
+    /// Mirrors `pause.requested` for the vCPUs' lock-free check before each `KVM_RUN`.
+    pausing: AtomicBool,
+    pause: Mutex<PauseState>,
+    /// Signalled when a vCPU parks or unparks, and on resume and stop.
+    pause_changed: Condvar,
 }
 
 fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -142,6 +185,12 @@ impl Controller {
     pub fn new(vcpus: usize) -> Arc<Self> {
         Arc::new(Self {
             vcpu_threads: Mutex::new(vec![None; vcpus]),
+            pause: Mutex::new(PauseState {
+                requested: false,
+                generation: 0,
+                save: 0,
+                slots: (0..vcpus).map(|_| Parked::default()).collect(),
+            }),
             ..Default::default()
         })
     }
@@ -161,10 +210,122 @@ impl Controller {
             }
         }
         self.stopping.store(true, Ordering::Release);
+        self.kick_all();
+        // Parked vCPUs and a waiting pauser re-check `stopping` (taking the lock orders the
+        // store before their wait).
+        drop(locked(&self.pause));
+        self.pause_changed.notify_all();
+    }
+
+    fn kick_all(&self) {
         let threads = locked(&self.vcpu_threads);
         for thread in threads.iter().flatten() {
             kick::kick(*thread);
         }
+    }
+
+    /// Whether a pause was requested. Checked by vCPUs before each `KVM_RUN`.
+    pub(crate) fn pause_requested(&self) -> bool {
+        self.pausing.load(Ordering::Acquire)
+    }
+
+    /// Pauses every vCPU at a point where its state is complete (no I/O half done) and returns
+    /// the state each one read on its own thread, by index. The vCPUs stay parked until
+    /// [`Controller::resume`] or a stop. On failure the vCPUs are resumed.
+    ///
+    /// Two phases: first every vCPU parks, then every vCPU reads its state. A vCPU that read
+    /// its LAPIC while another still ran could miss an IPI that one sends it afterwards (the
+    /// clone would wait for the IPI's answer forever: seen with 2 vCPUs).
+    pub(crate) fn pause(&self, timeout: Duration) -> Result<Vec<ParkedState>, PauseError> {
+        if self.is_stopping() {
+            return Err(PauseError::NotRunning);
+        }
+        let mut pause = locked(&self.pause);
+        pause.requested = true;
+        pause.generation += 1;
+        let generation = pause.generation;
+        self.pausing.store(true, Ordering::Release);
+        self.kick_all();
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.is_stopping() {
+                drop(pause);
+                self.resume();
+                return Err(PauseError::NotRunning);
+            }
+            let parked = pause.slots.iter().all(|s| s.generation == generation);
+            if parked && pause.save != generation {
+                pause.save = generation;
+                self.pause_changed.notify_all();
+            }
+            if parked && pause.slots.iter().all(|s| s.state.is_some()) {
+                break;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                drop(pause);
+                self.resume();
+                return Err(PauseError::Timeout(timeout));
+            }
+            pause = self
+                .pause_changed
+                .wait_timeout(pause, deadline - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        Ok(pause
+            .slots
+            .iter_mut()
+            .map(|s| s.state.take().unwrap_or(Err(StateError::Missing)))
+            .collect())
+    }
+
+    /// Lets paused vCPUs run again.
+    pub(crate) fn resume(&self) {
+        let mut pause = locked(&self.pause);
+        pause.requested = false;
+        self.pausing.store(false, Ordering::Release);
+        drop(pause);
+        self.pause_changed.notify_all();
+    }
+
+    /// Whether the vCPUs are paused (or being paused).
+    pub fn is_paused(&self) -> bool {
+        self.pause_requested()
+    }
+
+    /// Called by vCPU `index`'s thread at its pause point: blocks until resumed or stopped,
+    /// running `save` (which reads the vCPU's state) once every vCPU is parked.
+    pub(crate) fn park(&self, index: usize, save: impl FnOnce() -> ParkedState) {
+        let mut pause = locked(&self.pause);
+        let generation = pause.generation;
+        let mut save = Some(save);
+        if let Some(slot) = pause.slots.get_mut(index) {
+            slot.generation = generation;
+            slot.state = None;
+        }
+        self.pause_changed.notify_all();
+        while pause.requested && pause.generation == generation && !self.is_stopping() {
+            if let Some(save) = save.take_if(|_| pause.save == generation) {
+                drop(pause);
+                let state = save();
+                pause = locked(&self.pause);
+                if let Some(slot) = pause.slots.get_mut(index) {
+                    slot.state = Some(state);
+                }
+                self.pause_changed.notify_all();
+                continue;
+            }
+            pause = self
+                .pause_changed
+                .wait(pause)
+                .unwrap_or_else(|p| p.into_inner());
+        }
+        if let Some(slot) = pause.slots.get_mut(index) {
+            *slot = Parked::default();
+        }
+        drop(pause);
+        self.pause_changed.notify_all();
     }
 
     /// The reason recorded by the first [`Controller::request`].
@@ -187,15 +348,73 @@ impl Controller {
     }
 }
 
-/// A cloneable handle to stop a running VM from any thread.
+/// A cloneable handle to stop, snapshot and resume a running VM from any thread.
 #[derive(Clone)]
 pub struct VmHandle {
     controller: Arc<Controller>,
+    /// Alive while [`crate::Vm::run`] runs.
+    source: Weak<SnapshotSource>,
 }
 
 impl VmHandle {
+    #[cfg(test)]
     pub(crate) fn new(controller: Arc<Controller>) -> Self {
-        Self { controller }
+        Self::with_snapshots(controller, Weak::new())
+    }
+
+    pub(crate) fn with_snapshots(
+        controller: Arc<Controller>,
+        source: Weak<SnapshotSource>,
+    ) -> Self {
+        Self { controller, source }
+    }
+
+    /// Pauses the running VM at a consistent point (the device thread between two events,
+    /// every vCPU with no I/O half done) and writes it to `dir` (`dir/state`, `dir/memory`;
+    /// `dir` must not hold a snapshot yet). The VM stays paused afterwards, also if writing
+    /// failed: [`VmHandle::resume`] it or [`VmHandle::stop`] it. Only if it could not be paused
+    /// is it left running.
+    ///
+    /// Before calling: close every host connection to the guest's vsock (clones see them
+    /// reset) and make sure the guest has not mounted a virtio-fs share (refused).
+    pub fn snapshot(&self, dir: &Path) -> Result<SnapshotInfo, SnapshotError> {
+        let source = self.source.upgrade().ok_or(SnapshotError::NotRunning)?;
+        source.snapshot(dir)
+    }
+
+    /// Waits until the vsock device (if any) has no connections left and owes the guest no
+    /// packet — after the host closed its connections, that is once the guest has answered
+    /// the closes — or `timeout` passes; returns whether it got there. Snapshot a template
+    /// after this: the guest is then idle instead of in the middle of closing sockets, which
+    /// every clone would otherwise finish first (hundreds of ms of guest-kernel work on PVM).
+    pub fn wait_for_vsock_idle(&self, timeout: std::time::Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let Some(source) = self.source.upgrade() else {
+                return false;
+            };
+            if source.vsock_idle() {
+                return true;
+            }
+            drop(source);
+            if Instant::now() >= deadline || self.is_stopping() {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Lets a VM paused by [`VmHandle::snapshot`] run on (devices first, then vCPUs).
+    pub fn resume(&self) {
+        if let Some(source) = self.source.upgrade() {
+            source.loop_pause.resume();
+        }
+        self.controller.resume();
+    }
+
+    /// Whether the VM is paused.
+    pub fn is_paused(&self) -> bool {
+        self.controller.is_paused()
     }
 
     /// Stops the VM; [`crate::Vm::run`] then returns [`ExitReason::Stopped`] (unless the guest

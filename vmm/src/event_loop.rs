@@ -3,10 +3,13 @@
 //!
 //! Devices register a subscriber while the VM is built; [`EventLoop::start`] moves the manager to
 //! its own thread, and [`RunningEventLoop::stop`] ends it through an internal eventfd.
+//! [`LoopPause`] holds the thread between two events (for a snapshot: no device runs while the
+//! VM's state is read).
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
 use vmm_sys_util::epoll::EventSet;
@@ -29,6 +32,108 @@ pub enum EventLoopError {
     /// The thread could not be started.
     #[error("cannot start the event loop thread")]
     Spawn(#[source] std::io::Error),
+    /// The loop did not reach its pause point in time (or is not running).
+    #[error("the device event loop did not pause within {0:?}")]
+    PauseTimeout(Duration),
+}
+
+#[derive(Default)]
+struct PauseFlags {
+    requested: bool,
+    parked: bool,
+    shut_down: bool,
+}
+
+/// Holds the event loop thread between two events while a pause is requested.
+///
+/// The loop parks inside its own subscriber (woken by an eventfd), so no other subscriber's
+/// `process` runs and no device lock is held while it is parked.
+pub struct LoopPause {
+    evt: EventFd,
+    flags: Mutex<PauseFlags>,
+    changed: Condvar,
+}
+
+impl LoopPause {
+    fn new() -> Result<Self, EventLoopError> {
+        Ok(Self {
+            evt: EventFd::new(EFD_NONBLOCK).map_err(EventLoopError::Create)?,
+            flags: Mutex::new(PauseFlags::default()),
+            changed: Condvar::new(),
+        })
+    }
+
+    fn flags(&self) -> MutexGuard<'_, PauseFlags> {
+        self.flags.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Asks the loop to park and waits until it has. On failure the request is withdrawn.
+    pub fn pause(&self, timeout: Duration) -> Result<(), EventLoopError> {
+        let mut flags = self.flags();
+        flags.requested = true;
+        if let Err(e) = self.evt.write(1) {
+            tracing::warn!("event loop: cannot signal a pause: {e}");
+        }
+        let deadline = Instant::now() + timeout;
+        while !flags.parked {
+            let now = Instant::now();
+            if flags.shut_down || now >= deadline {
+                flags.requested = false;
+                return Err(EventLoopError::PauseTimeout(timeout));
+            }
+            flags = self
+                .changed
+                .wait_timeout(flags, deadline - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        Ok(())
+    }
+
+    /// Lets a parked loop go on.
+    pub fn resume(&self) {
+        self.flags().requested = false;
+        self.changed.notify_all();
+    }
+
+    /// Releases the loop for good (it is being stopped).
+    fn shut_down(&self) {
+        let mut flags = self.flags();
+        flags.shut_down = true;
+        flags.requested = false;
+        drop(flags);
+        self.changed.notify_all();
+    }
+
+    /// Runs on the loop thread: parks while a pause is requested.
+    fn park_if_requested(&self) {
+        let _ = self.evt.read();
+        let mut flags = self.flags();
+        if !flags.requested {
+            return;
+        }
+        flags.parked = true;
+        self.changed.notify_all();
+        while flags.requested && !flags.shut_down {
+            flags = self.changed.wait(flags).unwrap_or_else(|p| p.into_inner());
+        }
+        flags.parked = false;
+    }
+}
+
+/// The loop's own subscriber for [`LoopPause`].
+struct PauseSubscriber(Arc<LoopPause>);
+
+impl MutEventSubscriber for PauseSubscriber {
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        self.0.park_if_requested();
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(&self.0.evt, EventSet::IN)) {
+            tracing::error!("event loop: cannot watch the pause eventfd: {e}");
+        }
+    }
 }
 
 /// Ends the loop when its eventfd is written.
@@ -55,6 +160,7 @@ pub struct EventLoop {
     manager: EventManager<Subscriber>,
     stop: EventFd,
     stopped: Arc<AtomicBool>,
+    pause: Arc<LoopPause>,
 }
 
 impl EventLoop {
@@ -68,11 +174,19 @@ impl EventLoop {
             stopped: stopped.clone(),
         };
         manager.add_subscriber(Arc::new(Mutex::new(stop_sub)));
+        let pause = Arc::new(LoopPause::new()?);
+        manager.add_subscriber(Arc::new(Mutex::new(PauseSubscriber(pause.clone()))));
         Ok(Self {
             manager,
             stop,
             stopped,
+            pause,
         })
+    }
+
+    /// The loop's pause switch (usable once the loop runs).
+    pub fn pause_switch(&self) -> Arc<LoopPause> {
+        self.pause.clone()
     }
 
     /// Adds a subscriber; its `init` runs now and registers its fds.
@@ -86,6 +200,7 @@ impl EventLoop {
             mut manager,
             stop,
             stopped,
+            pause,
         } = self;
         let flag = stopped.clone();
         let thread = std::thread::Builder::new()
@@ -103,6 +218,7 @@ impl EventLoop {
         Ok(RunningEventLoop {
             stop,
             stopped,
+            pause,
             thread: Some(thread),
         })
     }
@@ -112,6 +228,7 @@ impl EventLoop {
 pub struct RunningEventLoop {
     stop: EventFd,
     stopped: Arc<AtomicBool>,
+    pause: Arc<LoopPause>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -122,6 +239,7 @@ impl RunningEventLoop {
     }
 
     fn shutdown(&mut self) {
+        self.pause.shut_down();
         self.stopped.store(true, Ordering::Release);
         let _ = self.stop.write(1);
         if let Some(thread) = self.thread.take() {
@@ -176,5 +294,29 @@ mod tests {
             t.elapsed() < std::time::Duration::from_millis(900),
             "stop woke the loop"
         );
+    }
+
+    #[test]
+    fn a_paused_loop_runs_no_subscriber_until_resumed_or_stopped() {
+        let mut el = EventLoop::new().unwrap();
+        let evt = EventFd::new(EFD_NONBLOCK).unwrap();
+        let (tx, rx) = mpsc::channel();
+        el.add_subscriber(Arc::new(Mutex::new(Echo {
+            evt: evt.try_clone().unwrap(),
+            tx,
+        })));
+        let pause = el.pause_switch();
+        assert!(
+            pause.pause(Duration::from_millis(50)).is_err(),
+            "not running"
+        );
+        let running = el.start().unwrap();
+        pause.pause(Duration::from_secs(5)).unwrap();
+        evt.write(1).unwrap();
+        assert!(rx.recv_timeout(Duration::from_millis(200)).is_err());
+        pause.resume();
+        assert_eq!(rx.recv_timeout(Duration::from_secs(5)).unwrap(), 1);
+        pause.pause(Duration::from_secs(5)).unwrap();
+        running.stop(); // releases the parked loop
     }
 }

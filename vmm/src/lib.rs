@@ -15,9 +15,50 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
+//! # Snapshots (templates)
+//!
+//! A template maker boots normally, waits until the guest is ready, closes its vsock
+//! connections, and snapshots; clones are restored in other processes and resume where the
+//! template was paused:
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use bulkhead_vmm::devices::virtio::vsock::VsockConfig;
+//! use bulkhead_vmm::{ImageId, RestoreConfig, Vm, VmConfig};
+//! # let dir = std::path::Path::new("/var/lib/bulkhead/templates/abc");
+//! // Template maker.
+//! let mut config = VmConfig::new("/usr/local/share/bulkhead/vmlinux");
+//! config.initrd = Some("/usr/local/share/bulkhead/agent-initramfs.cpio".into());
+//! let image = ImageId::of_files(&config.kernel, config.initrd.as_deref())?;
+//! config.image_id = Some(image);
+//! config.vsock = Some(VsockConfig::new("/run/bulkhead/tpl/vsock.sock"));
+//! let vm = Vm::build(&config)?;
+//! let handle = vm.handle();
+//! let runner = std::thread::spawn(move || vm.run());
+//! // ... the agent answered over vsock; every host vsock connection is closed ...
+//! let info = handle.snapshot(dir)?; // pauses everything, writes dir/state + dir/memory
+//! handle.stop();                     // (or handle.resume())
+//! runner.join().expect("vm thread")?;
+//!
+//! // A clone, in another process.
+//! let mut restore = RestoreConfig::new(dir, image);
+//! restore.vsock = Some(VsockConfig::new("/run/bulkhead/c1/vsock.sock"));
+//! let vm = Vm::restore(&restore)?; // on error: cold-boot instead
+//! let reason = vm.run()?;          // resumes where the template was paused
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! Before [`VmHandle::snapshot`]: the guest must not have mounted a virtio-fs share (refused:
+//! a FUSE session cannot move to another process), and host vsock connections should be
+//! closed (in clones every connection that existed is reset by a transport-reset event; the
+//! guest's listening sockets stay). A restore checks the state file's size and checksum
+//! before reading it, refuses another VMM version or format, host profile, CPU model, CPUID
+//! table, TSC rate or image, and never leaves anything running when it fails.
+//!
 //! Module map (see `docs/DESIGN-NOTES.md`):
 //! - [`config`]: what a VM is built from; [`builder`]: the boot recipe; [`vm`]: running it;
-//!   [`control`]: exit reasons and the stop switch;
+//!   [`control`]: exit reasons, the stop and pause switches, [`VmHandle`];
+//! - [`snapshot`]: the snapshot files and taking one; [`restore`]: the restore recipe;
 //! - [`kvm`]: the VM and vCPU fds, vCPU threads and exits, register dumps;
 //! - [`memory`] and [`layout`]: guest RAM and the guest-physical memory map;
 //! - [`boot`]: kernel/initrd loading, command line, zero page and e820, MP table, page tables,
@@ -36,11 +77,15 @@ pub mod event_loop;
 pub mod kvm;
 pub mod layout;
 pub mod memory;
+pub mod restore;
+pub mod snapshot;
 pub mod vm;
 
 pub use builder::BuildError;
 pub use compat::HostProfile;
-pub use config::VmConfig;
+pub use config::{RestoreConfig, VmConfig};
 pub use control::{ExitReason, FaultKind, VcpuFault, VmHandle};
 pub use devices::serial::ConsoleOutput;
+pub use restore::RestoreError;
+pub use snapshot::{ImageId, SnapshotError, SnapshotInfo};
 pub use vm::{RunError, Vm};

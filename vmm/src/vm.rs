@@ -7,16 +7,21 @@ use kvm_ioctls::{Kvm, VmFd};
 
 use crate::builder::{build_vm, BuildError};
 use crate::compat::HostProfile;
-use crate::config::VmConfig;
+use crate::config::{RestoreConfig, VmConfig};
 use crate::control::{Controller, ExitReason, VmHandle};
+use crate::devices::manager::DeviceManager;
 use crate::devices::manager::Devices;
 use crate::devices::serial::SerialDevice;
 use crate::devices::virtio::fs::FsMetrics;
 use crate::devices::virtio::vsock::VsockCounters;
 use crate::event_loop::EventLoopError;
 use crate::kvm::kick;
+use crate::kvm::state::SaveSpec;
 use crate::kvm::vcpu::{Vcpu, VcpuContext};
 use crate::memory::GuestMemoryMmap;
+use crate::restore::{restore_vm, RestoreError};
+use crate::snapshot::identity::HostIdentity;
+use crate::snapshot::save::{ImageSource, SnapshotSource, VirtioHandle, VirtioKind};
 
 /// Errors that keep a built VM from running.
 #[derive(Debug, thiserror::Error)]
@@ -33,9 +38,9 @@ pub enum RunError {
 }
 
 /// Everything the builder hands to a [`Vm`].
-pub(crate) struct VmParts {
+struct VmParts {
     pub kvm: Kvm,
-    pub vm_fd: VmFd,
+    pub vm_fd: Arc<VmFd>,
     pub mem: GuestMemoryMmap,
     pub vcpus: Vec<Vcpu>,
     pub devices: Devices,
@@ -47,6 +52,30 @@ pub(crate) struct VmParts {
     pub fs_metrics: Vec<(String, Arc<FsMetrics>)>,
     /// Counters of the vsock device, if there is one.
     pub vsock_counters: Option<VsockCounters>,
+    /// How paused vCPUs save their state.
+    pub save: Arc<SaveSpec>,
+    /// What a snapshot reads; handles reach it while the VM runs.
+    pub snapshot: Arc<SnapshotSource>,
+}
+
+/// What the boot recipe ([`crate::builder`]) and the restore recipe ([`crate::restore`]) both
+/// end with; [`Vm::assemble`] wires it into a [`Vm`].
+pub(crate) struct Assembly {
+    pub kvm: Kvm,
+    pub vm_fd: VmFd,
+    pub mem: GuestMemoryMmap,
+    pub vcpus: Vec<Vcpu>,
+    pub devices: DeviceManager,
+    pub control: Arc<Controller>,
+    pub serial: Arc<Mutex<SerialDevice>>,
+    /// The virtio-mmio slots, in slot order.
+    pub virtio: Vec<VirtioHandle>,
+    pub host: HostIdentity,
+    pub image: ImageSource,
+    pub cmdline: String,
+    pub profile: HostProfile,
+    pub mem_mib: u64,
+    pub save: SaveSpec,
 }
 
 /// A VM, built and ready to run.
@@ -60,13 +89,74 @@ impl Vm {
         build_vm(config)
     }
 
-    pub(crate) fn new(parts: VmParts) -> Self {
-        Self { parts }
+    /// Builds a VM from the snapshot in `config.dir`, ready to [`Vm::run`] from where the
+    /// snapshot was taken (see [`crate::restore`] for the recipe). Every check is made before
+    /// the VM runs; on error nothing is left behind.
+    pub fn restore(config: &RestoreConfig) -> Result<Self, RestoreError> {
+        restore_vm(config)
     }
 
-    /// A handle that stops the VM from another thread.
+    /// Wires a built or restored VM: the snapshot source its handles reach, the devices'
+    /// counters, the finished buses.
+    pub(crate) fn assemble(a: Assembly) -> Self {
+        let vm_fd = Arc::new(a.vm_fd);
+        let fs_metrics = a
+            .virtio
+            .iter()
+            .filter_map(|h| match &h.device {
+                VirtioKind::Fs { tag, metrics } => Some((tag.clone(), metrics.clone())),
+                VirtioKind::Vsock(_) => None,
+            })
+            .collect();
+        let vsock_counters = a.virtio.iter().find_map(|h| match &h.device {
+            VirtioKind::Vsock(dev) => Some(VsockCounters {
+                device: dev.lock().unwrap_or_else(|p| p.into_inner()).metrics(),
+                transport: h
+                    .transport
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .metrics(),
+            }),
+            VirtioKind::Fs { .. } => None,
+        });
+        let snapshot = Arc::new(SnapshotSource {
+            vm_fd: vm_fd.clone(),
+            mem: a.mem.clone(),
+            control: a.control.clone(),
+            loop_pause: a.devices.loop_pause(),
+            serial: a.serial.clone(),
+            virtio: a.virtio,
+            host: a.host,
+            image: a.image,
+            cmdline: a.cmdline.clone(),
+            mem_mib: a.mem_mib,
+            busy: Mutex::new(()),
+        });
+        Self {
+            parts: VmParts {
+                kvm: a.kvm,
+                vm_fd,
+                mem: a.mem,
+                vcpus: a.vcpus,
+                devices: a.devices.finish(),
+                control: a.control,
+                serial: a.serial,
+                cmdline: a.cmdline,
+                profile: a.profile,
+                fs_metrics,
+                vsock_counters,
+                save: Arc::new(a.save),
+                snapshot,
+            },
+        }
+    }
+
+    /// A handle that stops, snapshots and resumes the VM from another thread.
     pub fn handle(&self) -> VmHandle {
-        VmHandle::new(self.parts.control.clone())
+        VmHandle::with_snapshots(
+            self.parts.control.clone(),
+            Arc::downgrade(&self.parts.snapshot),
+        )
     }
 
     /// The kernel command line the guest gets.
@@ -116,6 +206,8 @@ impl Vm {
             devices,
             control,
             serial,
+            save,
+            snapshot,
             ..
         } = self.parts;
         kick::install_handler().map_err(RunError::KickHandler)?;
@@ -125,6 +217,7 @@ impl Vm {
             mmio: devices.mmio.clone(),
             mem,
             control: control.clone(),
+            save,
         };
         // vCPU 0 runs on the calling thread (which blocks here anyway): one thread fewer to
         // create and schedule before the guest's first instruction.
@@ -151,6 +244,8 @@ impl Vm {
             let _ = t.join();
         }
         events.stop();
+        // Handles can no longer reach the VM's parts.
+        drop(snapshot);
         serial
             .lock()
             .unwrap_or_else(|p| p.into_inner())

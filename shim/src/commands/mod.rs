@@ -14,6 +14,7 @@ mod run;
 mod spec;
 mod start;
 mod state;
+mod template;
 mod update;
 mod version;
 
@@ -47,6 +48,10 @@ pub enum Error {
     Console(#[from] crate::console::ConsoleError),
     #[error(transparent)]
     Refused(#[from] Refused),
+    #[error(transparent)]
+    Template(#[from] crate::template::TemplateError),
+    #[error(transparent)]
+    Sandbox(#[from] crate::sandbox::SandboxError),
     #[error("{0}")]
     Usage(String),
     #[error("{what}")]
@@ -149,5 +154,6 @@ pub fn dispatch<F: SandboxFactory>(cli: Cli, factory: &F) -> Result<i32> {
         }
         Command::Update(a) => update::run(&ctx, &a).map(|()| 0),
         Command::Events(a) => events::run(&ctx, &a).map(|()| 0),
+        Command::Template(t) => template::run(&t).map(|()| 0),
     }
 }

@@ -10,8 +10,9 @@
 mod agent;
 pub mod hostio;
 pub mod relay;
+mod template;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bulkhead_protocol::client::{Client, ClientConfig, Connector};
@@ -21,6 +22,7 @@ use bulkhead_vmm::{ConsoleOutput, Vm, VmConfig, VmHandle};
 use tokio::sync::watch;
 
 pub use agent::{AgentSandbox, Guest, SHARE_ROOTFS, SHARE_TAG};
+pub use template::build_now as build_template;
 
 use crate::control::SockPath;
 use crate::sandbox::{BootContext, SandboxError, SandboxFactory};
@@ -34,19 +36,41 @@ pub struct VmFactory;
 impl SandboxFactory for VmFactory {
     type Sandbox = AgentSandbox<VmGuest>;
 
+    /// Restores the VM from its template when templates are on (making the template first if
+    /// there is none); a container never fails because of a template: it boots instead.
     async fn boot(&self, ctx: &BootContext) -> Result<Self::Sandbox, SandboxError> {
         check_guest_files(&ctx.config)?;
-        let vsock = vsock_path(ctx)?;
-        let mut cfg = vm_config(ctx, &vsock.path);
-        attach_share(
-            &mut cfg,
-            &ctx.share_dir,
-            ctx.share_dir.join("mounts").exists(),
-        );
-        let guest = VmGuest::start(&cfg, vsock)?;
-        let client = connect_agent(ctx, &guest, &cfg).await?;
+        if ctx.config.templates {
+            match template::restore(ctx).await {
+                Ok((guest, client)) => {
+                    return Ok(AgentSandbox::new(&ctx.id, client, guest, SHARE_TAG))
+                }
+                Err(e) => crate::logging::warn(&format!(
+                    "container {}: template start failed, booting instead: {}",
+                    ctx.id,
+                    bulkhead_protocol::error_chain(&e)
+                )),
+            }
+        }
+        let (guest, client) = cold_boot(ctx).await?;
         Ok(AgentSandbox::new(&ctx.id, client, guest, SHARE_TAG))
     }
+}
+
+/// Boots the container's VM from its kernel and waits for the agent.
+async fn cold_boot(ctx: &BootContext) -> Result<(VmGuest, Client), SandboxError> {
+    let vsock = vsock_path(ctx)?;
+    let mut cfg = vm_config(ctx, &vsock.path);
+    attach_share(&mut cfg, &ctx.share_dir, has_volumes(&ctx.share_dir));
+    let guest = VmGuest::start(&cfg, vsock)?;
+    let client = connect_agent(&guest, &agent_wait(ctx)).await?;
+    Ok((guest, client))
+}
+
+/// The guest may cache the share as its own only when nothing in it is a host directory the
+/// host may also change (a volume).
+fn has_volumes(share: &Path) -> bool {
+    share.join("mounts").exists()
 }
 
 /// The guest kernel and the agent's initramfs must exist: say which is missing, and how to get
@@ -88,35 +112,43 @@ pub fn vm_config(ctx: &BootContext, vsock: &Path) -> VmConfig {
     cfg
 }
 
-/// Exports the share to the guest as virtio-fs tag [`SHARE_TAG`]. The guest may cache it as its
-/// own only when nothing in it is a host directory the host may also change (a volume).
+/// Exports the share to the guest as virtio-fs tag [`SHARE_TAG`].
 fn attach_share(cfg: &mut VmConfig, share: &Path, has_volumes: bool) {
+    cfg.fs.push(share_device(share, has_volumes));
+}
+
+fn share_device(share: &Path, has_volumes: bool) -> FsConfig {
     let cache = if has_volumes {
         FsCache::Shared
     } else {
         FsCache::Exclusive
     };
-    cfg.fs.push(FsConfig {
+    FsConfig {
         tag: SHARE_TAG.to_string(),
         host_dir: share.to_path_buf(),
         read_only: false,
         cache,
-    });
+    }
 }
 
-/// Connects to the agent of a booting VM and checks it speaks our protocol.
-async fn connect_agent(
-    ctx: &BootContext,
-    guest: &VmGuest,
-    cfg: &VmConfig,
-) -> Result<Client, SandboxError> {
-    let uds_path = cfg
-        .vsock
-        .as_ref()
-        .map(|v| v.uds_path.clone())
-        .ok_or(SandboxError::Unsupported("a vm without vsock"))?;
+/// How long to wait for a guest's agent, and where its console says why it did not come.
+struct AgentWait {
+    timeout: Duration,
+    console_log: PathBuf,
+}
+
+fn agent_wait(ctx: &BootContext) -> AgentWait {
+    AgentWait {
+        timeout: Duration::from_secs(u64::from(ctx.config.boot_timeout_secs)),
+        console_log: ctx.console_log.clone(),
+    }
+}
+
+/// Connects to the agent of a booting (or restored) VM and checks it speaks our protocol.
+async fn connect_agent(guest: &VmGuest, wait: &AgentWait) -> Result<Client, SandboxError> {
+    let uds_path = guest.vsock_path().to_path_buf();
     let config = ClientConfig {
-        connect_timeout: Duration::from_secs(u64::from(ctx.config.boot_timeout_secs)),
+        connect_timeout: wait.timeout,
         ..ClientConfig::default()
     };
     let connected = async {
@@ -136,7 +168,7 @@ async fn connect_agent(
             return Err(SandboxError::NoAgent {
                 message,
                 why,
-                log: ctx.console_log.clone(),
+                log: wait.console_log.clone(),
             });
         }
     };
@@ -161,18 +193,23 @@ type Ending = Option<(bool, String)>;
 pub struct VmGuest {
     handle: VmHandle,
     ended: watch::Receiver<Ending>,
-    /// Keeps a long vsock socket path reachable (see [`crate::control::SockPath`]).
-    _vsock: SockPath,
+    /// The hybrid-vsock socket; keeps a long path reachable (see [`crate::control::SockPath`]).
+    vsock: SockPath,
 }
 
 impl VmGuest {
-    /// Builds the VM and starts it. The thread inherits the caller's signal mask: the monitor
-    /// blocks the signals it forwards before anything starts, so vCPUs never take them.
+    /// Builds the VM and starts it.
     fn start(cfg: &VmConfig, vsock: SockPath) -> Result<VmGuest, SandboxError> {
         let vm = Vm::build(cfg).map_err(|e| SandboxError::Vm {
             what: "build vm",
             source: Box::new(e),
         })?;
+        Self::run(vm, vsock)
+    }
+
+    /// Runs a built (or restored) VM. The thread inherits the caller's signal mask: the
+    /// monitor blocks the signals it forwards before anything starts, so vCPUs never take them.
+    fn run(vm: Vm, vsock: SockPath) -> Result<VmGuest, SandboxError> {
         let handle = vm.handle();
         let (tx, ended) = watch::channel(None);
         std::thread::Builder::new()
@@ -194,8 +231,12 @@ impl VmGuest {
         Ok(VmGuest {
             handle,
             ended,
-            _vsock: vsock,
+            vsock,
         })
+    }
+
+    fn vsock_path(&self) -> &Path {
+        &self.vsock.path
     }
 
     async fn ending(&self) -> (bool, String) {

@@ -3,14 +3,22 @@
 //! Exit status 0 when the guest resets or powers off, 1 with a one-line error otherwise (a dead
 //! vCPU's registers are printed before that line). `BULKHEAD_VMM_LOG=debug` logs the boot
 //! layout and the time of the first `KVM_RUN`; `BULKHEAD_KVM_DEVICE` overrides `/dev/kvm`.
+//!
+//! Snapshots by hand: `--snapshot DIR --snapshot-port P` boots, waits until the guest accepts
+//! a vsock connection on port P, closes it, snapshots into DIR and exits 0 (the template stops).
+//! `--restore DIR` resumes such a snapshot instead of booting; `--kernel`/`--initrd` name the
+//! image the snapshot must have booted, and `--vsock`/`--fs`/`--console` are the clone's own.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use bulkhead_vmm::devices::virtio::fs::FsConfig;
 use bulkhead_vmm::devices::virtio::vsock::VsockConfig;
-use bulkhead_vmm::{ConsoleOutput, ExitReason, HostProfile, Vm, VmConfig};
+use bulkhead_vmm::{
+    ConsoleOutput, ExitReason, HostProfile, ImageId, RestoreConfig, Vm, VmConfig, VmHandle,
+};
 use clap::Parser;
 
 /// Boot a Linux kernel in a KVM micro-VM.
@@ -54,6 +62,17 @@ struct Args {
     /// Host KVM profile (hardware or pvm) instead of probing.
     #[arg(long, value_parser = parse_profile)]
     profile: Option<HostProfile>,
+    /// Snapshot the VM into this directory once the guest accepts on `--snapshot-port`, then
+    /// stop it.
+    #[arg(long, requires = "snapshot_port", conflicts_with = "restore")]
+    snapshot: Option<PathBuf>,
+    /// The guest vsock port whose first accepted connection triggers `--snapshot`.
+    #[arg(long, requires_all = ["snapshot", "vsock"])]
+    snapshot_port: Option<u32>,
+    /// Restore the snapshot in this directory instead of booting (`--kernel`/`--initrd` must
+    /// be the ones it booted).
+    #[arg(long)]
+    restore: Option<PathBuf>,
 }
 
 fn parse_profile(s: &str) -> Result<HostProfile, String> {
@@ -91,10 +110,74 @@ fn init_logging() {
         .init();
 }
 
+/// Waits for the guest's port, then snapshots and stops the VM; returns the error line if any.
+fn snapshot_when_ready(
+    handle: &VmHandle,
+    uds: &std::path::Path,
+    port: u32,
+    dir: &std::path::Path,
+) -> Result<(), String> {
+    // Short waits, so a guest that dies before it answers ends this thread too.
+    while bulkhead_vmm::snapshot::wait_for_guest_port(uds, port, Duration::from_secs(1)).is_err() {
+        if handle.is_stopping() {
+            return Err(format!("the guest never accepted on vsock port {port}"));
+        }
+    }
+    // The probe connection is closed; let the guest finish closing it before the snapshot.
+    handle.wait_for_vsock_idle(Duration::from_secs(10));
+    let info = handle.snapshot(dir).map_err(|e| one_line(&e))?;
+    eprintln!(
+        "bulkhead-vmm: snapshot {}: paused {} ms, total {} ms, memory {} MiB ({} KiB written), state {} KiB",
+        dir.display(),
+        info.paused.as_millis(),
+        info.total.as_millis(),
+        info.memory_file_size >> 20,
+        info.memory_data_bytes >> 10,
+        info.state_bytes >> 10
+    );
+    Ok(())
+}
+
+fn vsock_config(args: &Args) -> Option<VsockConfig> {
+    args.vsock.clone().map(|path| {
+        let mut vsock = VsockConfig::new(path);
+        vsock.guest_cid = args.vsock_cid;
+        vsock
+    })
+}
+
+fn kvm_device() -> Option<PathBuf> {
+    std::env::var_os("BULKHEAD_KVM_DEVICE").map(PathBuf::from)
+}
+
+fn restore_config(args: &Args, dir: PathBuf) -> Result<RestoreConfig, String> {
+    let image = ImageId::of_files(&args.kernel, args.initrd.as_deref())
+        .map_err(|e| format!("cannot hash the kernel and initrd: {e}"))?;
+    let mut config = RestoreConfig::new(dir, image);
+    config.console = args
+        .console
+        .clone()
+        .map_or(ConsoleOutput::Stdout, ConsoleOutput::File);
+    config.console_input = args.stdin;
+    config.profile = args.profile;
+    config.fs = args.fs.clone();
+    config.vsock = vsock_config(args);
+    if let Some(dev) = kvm_device() {
+        config.kvm_device = dev;
+    }
+    Ok(config)
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     init_logging();
-    let mut config = VmConfig::new(args.kernel);
+    if let Some(dir) = args.restore.clone() {
+        let result =
+            restore_config(&args, dir).and_then(|c| Vm::restore(&c).map_err(|e| one_line(&e)));
+        return finish(result.and_then(|vm| vm.run().map_err(|e| one_line(&e))));
+    }
+    let mut config = VmConfig::new(args.kernel.clone());
+    config.vsock = vsock_config(&args);
     config.initrd = args.initrd;
     config.cmdline = args.cmdline;
     config.mem_mib = args.mem;
@@ -105,18 +188,33 @@ fn main() -> ExitCode {
     config.console_input = args.stdin;
     config.profile = args.profile;
     config.fs = args.fs;
-    config.vsock = args.vsock.map(|path| {
-        let mut vsock = VsockConfig::new(path);
-        vsock.guest_cid = args.vsock_cid;
-        vsock
-    });
-    if let Some(dev) = std::env::var_os("BULKHEAD_KVM_DEVICE") {
-        config.kvm_device = dev.into();
+    if let Some(dev) = kvm_device() {
+        config.kvm_device = dev;
     }
 
-    let result = Vm::build(&config)
-        .map_err(|e| one_line(&e))
-        .and_then(|vm| vm.run().map_err(|e| one_line(&e)));
+    let vm = match Vm::build(&config) {
+        Ok(vm) => vm,
+        Err(e) => return finish(Err(one_line(&e))),
+    };
+    let trigger = match (args.snapshot, args.snapshot_port, args.vsock) {
+        (Some(dir), Some(port), Some(uds)) => {
+            let handle = vm.handle();
+            Some(std::thread::spawn(move || {
+                let result = snapshot_when_ready(&handle, &uds, port, &dir);
+                handle.stop();
+                result
+            }))
+        }
+        _ => None,
+    };
+    let result = vm.run().map_err(|e| one_line(&e));
+    if let Some(Ok(Err(line))) = trigger.map(|t| t.join()) {
+        return finish(Err(line));
+    }
+    finish(result)
+}
+
+fn finish(result: Result<ExitReason, String>) -> ExitCode {
     match result {
         Ok(reason) if reason.is_clean() => ExitCode::SUCCESS,
         Ok(ExitReason::Fault(fault)) => {

@@ -95,14 +95,18 @@ pub struct VcpuSetup<'a> {
     pub num_cpus: u8,
 }
 
+/// The CPUID table vCPU `index` of `count` gets: the host-adjusted supported table `base`,
+/// normalised for this vCPU (topology, APIC id, hypervisor leaves, TSC deadline).
+pub fn vcpu_cpuid(base: &CpuId, index: u8, count: u8, tsc_deadline: bool) -> CpuId {
+    let mut cpuid = base.clone();
+    let topology = cpuid::CpuTopology { index, count };
+    cpuid::normalize(cpuid.as_mut_slice(), topology, tsc_deadline);
+    cpuid
+}
+
 /// Sets vCPU `index`'s CPUID, MSRs, registers, FPU and LAPIC for the boot.
 pub fn configure_vcpu(vcpu: &VcpuFd, index: u8, setup: &VcpuSetup<'_>) -> Result<(), BootError> {
-    let mut cpuid = setup.cpuid.clone();
-    let topology = cpuid::CpuTopology {
-        index,
-        count: setup.num_cpus,
-    };
-    cpuid::normalize(cpuid.as_mut_slice(), topology, setup.tsc_deadline);
+    let cpuid = vcpu_cpuid(setup.cpuid, index, setup.num_cpus, setup.tsc_deadline);
     vcpu.set_cpuid2(&cpuid).map_err(BootError::SetCpuid)?;
     msr::set_msrs(vcpu, setup.msrs)?;
     regs::setup_long_mode(vcpu, setup.cr3, setup.entry)?;

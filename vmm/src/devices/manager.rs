@@ -113,6 +113,11 @@ impl DeviceManager {
         Ok(self.mmio.insert(device, base, len)?)
     }
 
+    /// The event loop's pause switch.
+    pub fn loop_pause(&self) -> Arc<crate::event_loop::LoopPause> {
+        self.event_loop.pause_switch()
+    }
+
     /// Registers an event-loop subscriber.
     pub fn add_subscriber(&mut self, subscriber: Subscriber) {
         self.event_loop.add_subscriber(subscriber);

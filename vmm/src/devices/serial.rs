@@ -13,7 +13,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use event_manager::{EventOps, Events, MutEventSubscriber};
-use vm_superio::serial::NoEvents;
+use serde::{Deserialize, Serialize};
+use vm_superio::serial::{NoEvents, SerialState};
 use vm_superio::{Serial, Trigger};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
@@ -47,6 +48,57 @@ pub enum SerialError {
     /// Duplicating stdout failed.
     #[error("cannot use stdout as the console")]
     Stdout(#[source] std::io::Error),
+    /// Saved UART state that cannot be loaded (input FIFO over 64 bytes, or the interrupt it
+    /// says is pending cannot be raised).
+    #[error("cannot restore the serial port's saved state")]
+    BadState,
+}
+
+/// The UART's registers and unread input, as saved in a snapshot (vm-superio's `SerialState`,
+/// which has no serde support of its own).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SerialSnapshot {
+    /// DLL, DLM, IER, IIR, LCR, LSR, MCR, MSR, SCR.
+    pub registers: [u8; 9],
+    /// Bytes received but not read by the guest.
+    pub input: Vec<u8>,
+}
+
+impl From<SerialState> for SerialSnapshot {
+    fn from(s: SerialState) -> Self {
+        Self {
+            registers: [
+                s.baud_divisor_low,
+                s.baud_divisor_high,
+                s.interrupt_enable,
+                s.interrupt_identification,
+                s.line_control,
+                s.line_status,
+                s.modem_control,
+                s.modem_status,
+                s.scratch,
+            ],
+            input: s.in_buffer,
+        }
+    }
+}
+
+impl From<&SerialSnapshot> for SerialState {
+    fn from(s: &SerialSnapshot) -> Self {
+        let [dll, dlm, ier, iir, lcr, lsr, mcr, msr, scr] = s.registers;
+        SerialState {
+            baud_divisor_low: dll,
+            baud_divisor_high: dlm,
+            interrupt_enable: ier,
+            interrupt_identification: iir,
+            line_control: lcr,
+            line_status: lsr,
+            modem_control: mcr,
+            modem_status: msr,
+            scratch: scr,
+            in_buffer: s.input.clone(),
+        }
+    }
 }
 
 /// How much console output we hold before writing it out.
@@ -143,6 +195,22 @@ impl SerialDevice {
         Self {
             uart: Serial::new(IrqTrigger(irq), out),
         }
+    }
+
+    /// A UART in the state `saved` (from a snapshot: untrusted; vm-superio bounds the FIFO).
+    pub fn from_snapshot(
+        irq: EventFd,
+        out: ConsoleOut,
+        saved: &SerialSnapshot,
+    ) -> Result<Self, SerialError> {
+        let uart = Serial::from_state(&SerialState::from(saved), IrqTrigger(irq), NoEvents, out)
+            .map_err(|_| SerialError::BadState)?;
+        Ok(Self { uart })
+    }
+
+    /// The UART's state, for a snapshot.
+    pub fn snapshot(&self) -> SerialSnapshot {
+        self.uart.state().into()
     }
 
     /// Writes out buffered console output.
@@ -257,6 +325,26 @@ mod tests {
         // The line status register reports an empty transmitter.
         uart.read(LSR, &mut byte);
         assert_ne!(byte[0] & 0x20, 0);
+    }
+
+    #[test]
+    fn state_round_trips_and_oversized_input_is_refused() {
+        let out = || ConsoleOut::open(&ConsoleOutput::Null).unwrap();
+        let irq = || EventFd::new(EFD_NONBLOCK).unwrap();
+        let mut uart = SerialDevice::new(irq(), out());
+        uart.write(7, &[0x5a]); // scratch register
+        uart.enqueue_input(b"hi");
+        let saved = uart.snapshot();
+        let mut back = SerialDevice::from_snapshot(irq(), out(), &saved).unwrap();
+        assert_eq!(back.snapshot(), saved);
+        let mut byte = [0u8];
+        back.read(7, &mut byte);
+        assert_eq!(byte, [0x5a]);
+        back.read(THR, &mut byte);
+        assert_eq!(byte, [b'h']);
+        let mut huge = saved;
+        huge.input = vec![0; 65];
+        assert!(SerialDevice::from_snapshot(irq(), out(), &huge).is_err());
     }
 
     #[test]

@@ -3,6 +3,8 @@
 
 pub mod dump;
 pub mod kick;
+pub mod pod;
+pub mod state;
 pub mod vcpu;
 
 use std::path::{Path, PathBuf};

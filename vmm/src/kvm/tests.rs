@@ -82,6 +82,7 @@ fn test_vm(code: &[u8]) -> TestVm {
         mmio: Arc::new(mmio),
         mem,
         control,
+        save: Default::default(),
     };
     TestVm {
         _kvm: kvm,

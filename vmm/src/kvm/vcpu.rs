@@ -11,6 +11,7 @@ use kvm_ioctls::{VcpuExit, VcpuFd};
 
 use super::dump::VcpuDump;
 use super::kick::ArmedVcpu;
+use super::state::{SaveSpec, StateError};
 use crate::control::{Controller, ExitReason, FaultKind, VcpuFault};
 use crate::devices::bus::Bus;
 use crate::memory::GuestMemoryMmap;
@@ -24,8 +25,10 @@ pub struct VcpuContext {
     pub mmio: Arc<Bus>,
     /// Guest memory, for the register dump when a vCPU dies.
     pub mem: GuestMemoryMmap,
-    /// The VM's stop switch.
+    /// The VM's stop and pause switch.
     pub control: Arc<Controller>,
+    /// How a paused vCPU reads its state for a snapshot.
+    pub save: Arc<SaveSpec>,
 }
 
 /// A configured vCPU, not yet running.
@@ -152,6 +155,14 @@ fn run_until_stop(
         if ctx.control.is_stopping() {
             return None;
         }
+        if ctx.control.pause_requested() {
+            let completed = complete_pending_io(fd);
+            ctx.control.park(usize::from(index), || {
+                completed?;
+                ctx.save.save(fd, index)
+            });
+            continue;
+        }
         let next = match fd.run() {
             Ok(exit) => handle_exit(exit, ctx, counts),
             Err(e) if e.errno() == libc::EINTR => {
@@ -178,6 +189,28 @@ fn run_until_stop(
             }
         }
     }
+}
+
+/// Brings the vCPU to a point where its state is complete. An exit for port or MMIO I/O is
+/// finished only by the next `KVM_RUN` (KVM then writes a read's data into the registers);
+/// `KVM_RUN` with `immediate_exit` set finishes it without running any guest code and returns
+/// `EINTR`.
+fn complete_pending_io(fd: &mut VcpuFd) -> Result<(), StateError> {
+    fd.set_kvm_immediate_exit(1);
+    let completed = match fd.run() {
+        Err(e) if e.errno() == libc::EINTR => Ok(()),
+        Err(source) => Err(StateError::Ioctl {
+            what: "complete pending i/o",
+            source,
+        }),
+        // KVM never runs the guest with immediate_exit set; should it, the exit would be lost.
+        Ok(_) => Err(StateError::Ioctl {
+            what: "complete pending i/o",
+            source: kvm_ioctls::Error::new(libc::EBUSY),
+        }),
+    };
+    fd.set_kvm_immediate_exit(0);
+    completed
 }
 
 fn handle_exit(exit: VcpuExit<'_>, ctx: &VcpuContext, counts: &mut ExitCounts) -> Next {

@@ -10,14 +10,16 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use serde::{Deserialize, Serialize};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Address, GuestAddress, GuestMemory};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::{
     ActivateError, GuestMemoryMmap, Interrupt, VirtioDevice, FEATURE_EVENT_IDX, FEATURE_VERSION_1,
-    VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK,
-    VIRTIO_CONFIG_S_FAILED, VIRTIO_CONFIG_S_FEATURES_OK, VIRTIO_CONFIG_S_NEEDS_RESET,
+    INTERRUPT_CONFIG, INTERRUPT_USED, VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER,
+    VIRTIO_CONFIG_S_DRIVER_OK, VIRTIO_CONFIG_S_FAILED, VIRTIO_CONFIG_S_FEATURES_OK,
+    VIRTIO_CONFIG_S_NEEDS_RESET,
 };
 use crate::devices::BusDevice;
 
@@ -65,7 +67,78 @@ pub enum MmioError {
     /// Duplicating a queue eventfd failed.
     #[error("cannot clone a queue eventfd")]
     CloneEvent(#[source] std::io::Error),
+    /// Saved transport state that does not fit this device (or is corrupt).
+    #[error("saved virtio-mmio state does not fit the device: {0}")]
+    BadState(&'static str),
+    /// The device refused the restored queues.
+    #[error("cannot reactivate the device")]
+    Activate(#[source] ActivateError),
 }
+
+/// The registers the driver wrote for one queue, as saved in a snapshot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueRegsState {
+    /// Queue size as written.
+    pub size: u32,
+    /// QueueReady.
+    pub ready: bool,
+    /// Descriptor table.
+    pub desc: u64,
+    /// Available ring.
+    pub driver: u64,
+    /// Used ring.
+    pub device: u64,
+}
+
+/// Where a running device stood in one of its queues: the next available entry it will take
+/// and the next used entry it will write.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueuePosition {
+    /// Next available-ring index to read.
+    pub next_avail: u16,
+    /// Next used-ring index to write.
+    pub next_used: u16,
+}
+
+impl QueuePosition {
+    /// The position of `queue`.
+    pub fn of(queue: &Queue) -> Self {
+        Self {
+            next_avail: queue.next_avail(),
+            next_used: queue.next_used(),
+        }
+    }
+}
+
+/// Everything a transport holds, as saved in a snapshot.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransportState {
+    /// The device behind it (checked on restore).
+    pub device_type: u32,
+    /// The status register (without DEVICE_NEEDS_RESET, which is `needs_reset`).
+    pub status: u32,
+    /// DeviceFeaturesSel.
+    pub device_features_sel: u32,
+    /// DriverFeaturesSel.
+    pub driver_features_sel: u32,
+    /// The features the driver accepted.
+    pub driver_features: u64,
+    /// QueueSel.
+    pub queue_sel: u32,
+    /// Per queue, in device order.
+    pub queues: Vec<QueueRegsState>,
+    /// InterruptStatus.
+    pub interrupt_status: u32,
+    /// Whether the device had declared itself broken.
+    pub needs_reset: bool,
+}
+
+/// Status bits a driver can set (DEVICE_NEEDS_RESET is ours and kept apart).
+const KNOWN_STATUS: u32 = VIRTIO_CONFIG_S_ACKNOWLEDGE
+    | VIRTIO_CONFIG_S_DRIVER
+    | VIRTIO_CONFIG_S_FEATURES_OK
+    | VIRTIO_CONFIG_S_DRIVER_OK
+    | VIRTIO_CONFIG_S_FAILED;
 
 /// What the driver wrote for one queue; turned into a `Queue` at DRIVER_OK.
 #[derive(Debug, Clone, Copy, Default)]
@@ -204,6 +277,100 @@ impl MmioTransport {
     /// Register-access counters of this slot.
     pub fn metrics(&self) -> Arc<TransportMetrics> {
         self.metrics.clone()
+    }
+
+    /// Whether a driver runs the device (DRIVER_OK set, not failed).
+    pub fn driver_ok(&self) -> bool {
+        self.has(VIRTIO_CONFIG_S_DRIVER_OK) && !self.has(VIRTIO_CONFIG_S_FAILED)
+    }
+
+    /// The register state, for a snapshot (the device's own state is saved by the device).
+    pub fn save_state(&self) -> TransportState {
+        TransportState {
+            device_type: self.device_type,
+            status: self.status,
+            device_features_sel: self.device_features_sel,
+            driver_features_sel: self.driver_features_sel,
+            driver_features: self.driver_features,
+            queue_sel: self.queue_sel,
+            queues: (0..self.queues.len())
+                .filter_map(|i| self.queue_regs(i))
+                .collect(),
+            interrupt_status: self.interrupt.status(),
+            needs_reset: self.interrupt.needs_reset(),
+        }
+    }
+
+    /// The registers of queue `index` as the driver set them, if it exists.
+    pub fn queue_regs(&self, index: usize) -> Option<QueueRegsState> {
+        self.queues.get(index).map(|q| QueueRegsState {
+            size: q.size,
+            ready: q.ready,
+            desc: q.desc,
+            driver: q.driver,
+            device: q.device,
+        })
+    }
+
+    /// Loads `state` (from [`Self::save_state`] of the same kind of device, read from an
+    /// untrusted file) into this fresh transport and, if the driver was running the device,
+    /// activates the device with its queues at `positions` — as if the driver had just set
+    /// DRIVER_OK, minus the notifications. Everything is checked before anything changes.
+    pub fn restore_state(
+        &mut self,
+        state: &TransportState,
+        positions: &[QueuePosition],
+    ) -> Result<(), MmioError> {
+        let bad = MmioError::BadState;
+        if state.device_type != self.device_type {
+            return Err(bad("another device type"));
+        }
+        if state.queues.len() != self.queues.len() {
+            return Err(bad("queue count"));
+        }
+        if state.status & !KNOWN_STATUS != 0 {
+            return Err(bad("status bits"));
+        }
+        if state.driver_features & !self.avail_features != 0 {
+            return Err(bad("features the device does not offer"));
+        }
+        if state.interrupt_status & !(INTERRUPT_USED | INTERRUPT_CONFIG) != 0 {
+            return Err(bad("interrupt status bits"));
+        }
+        let event_idx = state.driver_features & FEATURE_EVENT_IDX != 0;
+        let mut regs = Vec::with_capacity(state.queues.len());
+        for (saved, current) in state.queues.iter().zip(&self.queues) {
+            let q = QueueRegs {
+                max_size: current.max_size,
+                size: saved.size,
+                ready: saved.ready,
+                desc: saved.desc,
+                driver: saved.driver,
+                device: saved.device,
+            };
+            if q.ready && q.build(&self.mem, event_idx).is_none() {
+                return Err(bad("a ready queue outside guest memory or of a bad size"));
+            }
+            regs.push(q);
+        }
+        let running = state.status & VIRTIO_CONFIG_S_DRIVER_OK != 0
+            && state.status & VIRTIO_CONFIG_S_FAILED == 0;
+        if running && positions.len() != regs.len() {
+            return Err(bad("queue positions"));
+        }
+        self.status = state.status;
+        self.device_features_sel = state.device_features_sel;
+        self.driver_features_sel = state.driver_features_sel;
+        self.driver_features = state.driver_features;
+        self.queue_sel = state.queue_sel;
+        self.queues = regs;
+        self.interrupt
+            .restore(state.interrupt_status, state.needs_reset);
+        if running && !state.needs_reset {
+            self.activate_at(Some(positions))
+                .map_err(MmioError::Activate)?;
+        }
+        Ok(())
     }
 
     fn status_register(&self) -> u32 {
@@ -400,6 +567,11 @@ impl MmioTransport {
     }
 
     fn activate(&mut self) -> Result<(), ActivateError> {
+        self.activate_at(None)
+    }
+
+    /// Activates the device; a restored one starts at its saved `positions`.
+    fn activate_at(&mut self, positions: Option<&[QueuePosition]>) -> Result<(), ActivateError> {
         let event_idx = self.driver_features & FEATURE_EVENT_IDX != 0;
         let queues = self
             .queues
@@ -409,8 +581,14 @@ impl MmioTransport {
                 if !regs.ready {
                     return Queue::new(regs.max_size).map_err(|_| ActivateError::InvalidQueue(i));
                 }
-                regs.build(&self.mem, event_idx)
-                    .ok_or(ActivateError::InvalidQueue(i))
+                let mut q = regs
+                    .build(&self.mem, event_idx)
+                    .ok_or(ActivateError::InvalidQueue(i))?;
+                if let Some(p) = positions.and_then(|p| p.get(i)) {
+                    q.set_next_avail(p.next_avail);
+                    q.set_next_used(p.next_used);
+                }
+                Ok(q)
             })
             .collect::<Result<Vec<_>, _>>()?;
         lock(&self.device).activate(

@@ -382,3 +382,72 @@ fn hostile_register_writes_never_panic() {
         }
     }
 }
+
+#[test]
+fn state_saved_from_a_running_driver_reactivates_a_new_transport_at_its_positions() {
+    let mut s = setup(2);
+    drive_to_features_ok(&mut s.t, FEATURE_VERSION_1 | FEATURE_EVENT_IDX);
+    setup_queue(&mut s.t, 0, 8, 0x1_0000);
+    setup_queue(&mut s.t, 1, 16, 0x2_0000);
+    w(&mut s.t, REG_STATUS, S_ALL);
+    s.t.interrupt().restore(INTERRUPT_USED, false);
+    let saved = s.t.save_state();
+    assert_eq!(saved.status, S_ALL);
+    assert_eq!(saved.queues[1].size, 16);
+
+    let mut c = setup(2);
+    let positions = [
+        QueuePosition {
+            next_avail: 3,
+            next_used: 2,
+        },
+        QueuePosition {
+            next_avail: 7,
+            next_used: 7,
+        },
+    ];
+    c.t.restore_state(&saved, &positions).unwrap();
+    assert_eq!(c.t.save_state(), saved);
+    assert_eq!(r(&mut c.t, REG_STATUS), S_ALL);
+    assert_eq!(r(&mut c.t, REG_INTERRUPT_STATUS), INTERRUPT_USED);
+    let dev = c.dev.lock().unwrap();
+    let (queues, features) = dev.activated.as_ref().expect("reactivated");
+    assert_eq!(*features, FEATURE_VERSION_1 | FEATURE_EVENT_IDX);
+    assert_eq!(queues[0].next_avail(), 3);
+    assert_eq!(queues[0].next_used(), 2);
+    assert_eq!(queues[1].size(), 16);
+    assert_eq!(queues[1].next_avail(), 7);
+    drop(dev);
+    drop(s.irq);
+}
+
+#[test]
+fn restore_refuses_state_that_does_not_fit() {
+    let mut s = setup(2);
+    drive_to_features_ok(&mut s.t, FEATURE_VERSION_1);
+    setup_queue(&mut s.t, 0, 8, 0x1_0000);
+    setup_queue(&mut s.t, 1, 8, 0x2_0000);
+    w(&mut s.t, REG_STATUS, S_ALL);
+    let good = s.t.save_state();
+    let pos = [QueuePosition::default(); 2];
+    let refuse = |edit: &dyn Fn(&mut TransportState), positions: &[QueuePosition]| {
+        let mut state = good.clone();
+        edit(&mut state);
+        let mut c = setup(2);
+        assert!(matches!(
+            c.t.restore_state(&state, positions),
+            Err(MmioError::BadState(_))
+        ));
+        assert!(c.dev.lock().unwrap().activated.is_none(), "nothing applied");
+        assert_eq!(r(&mut c.t, REG_STATUS), 0, "nothing applied");
+    };
+    refuse(&|st| st.device_type = 26, &pos);
+    refuse(&|st| st.queues.pop().map_or((), drop), &pos);
+    refuse(&|st| st.status |= VIRTIO_CONFIG_S_NEEDS_RESET, &pos);
+    refuse(&|st| st.driver_features |= 1 << 40, &pos);
+    refuse(&|st| st.interrupt_status = 4, &pos);
+    refuse(&|st| st.queues[0].size = 9, &pos);
+    refuse(&|st| st.queues[1].device = 0xff_f000, &pos);
+    refuse(&|st| st.queues[0].desc = u64::MAX - 4, &pos);
+    refuse(&|_| {}, &pos[..1]);
+}

@@ -170,6 +170,13 @@ impl Interrupt {
         self.raised.load(Ordering::Relaxed)
     }
 
+    /// Sets the status register and the broken flag saved in a snapshot, without raising the
+    /// line (the interrupt controller's restored state already says whether it is pending).
+    pub fn restore(&self, status: u32, needs_reset: bool) {
+        self.status.store(status, Ordering::SeqCst);
+        self.needs_reset.store(needs_reset, Ordering::SeqCst);
+    }
+
     /// Clears the status register and the broken flag (device reset).
     pub fn reset(&self) {
         self.status.store(0, Ordering::SeqCst);

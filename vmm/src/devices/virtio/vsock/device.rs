@@ -24,6 +24,7 @@ use std::time::Duration;
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use nix::sys::time::TimeSpec;
 use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFlags};
+use serde::{Deserialize, Serialize};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestAddress;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -33,6 +34,7 @@ use super::muxer::Muxer;
 use super::packet::{used_len, RxBuffer, TxPacket};
 use super::unix::UnixError;
 use super::{VsockConfig, QUEUE_SIZE};
+use crate::devices::virtio::mmio::QueuePosition;
 use crate::devices::virtio::{
     chain, drain_event, needs_interrupt, pop_avail, unpop_avail, ActivateError, GuestMemoryMmap,
     Interrupt, QueueError, VirtioDevice, FEATURE_EVENT_IDX, FEATURE_INDIRECT_DESC,
@@ -41,13 +43,25 @@ use crate::devices::virtio::{
 
 const RX: usize = 0;
 const TX: usize = 1;
+const EVQ: usize = 2;
 const NUM_QUEUES: usize = 3;
+/// `VIRTIO_VSOCK_EVENT_TRANSPORT_RESET`: the guest must reset its connections and re-read
+/// the CID (virtio 1.2, 5.10.6.7).
+const EVENT_TRANSPORT_RESET: u32 = 0;
 
 /// Longest we hold consumed TX chains before returning them (see the module docs). Long on
 /// purpose: on a PVM host a guest sends one 64 KiB packet every few hundred ms, and any shorter
 /// delay would return each packet with an interrupt of its own. Linux only frees memory when
 /// it gets them back, and at most a quarter of the ring is ever held.
 pub const TX_RETURN_DELAY: Duration = Duration::from_secs(5);
+
+/// Longest we hold packets for the guest after sending a transport-reset event. Linux handles
+/// the event (resetting every connected socket, the new ones too) and then refills the event
+/// queue and kicks it; until that kick, a connection request we deliver could be accepted and
+/// then reset by the event, leaving the host peer waiting for an answer that never comes. The
+/// kick normally arrives within milliseconds; this bounds the wait for a driver that never
+/// kicks.
+pub const RESET_ACK_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Errors creating the device.
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +78,21 @@ pub enum VsockError {
     /// The CID is reserved (0-2 and `u32::MAX` are not guest CIDs).
     #[error("invalid guest cid {0}")]
     InvalidCid(u64),
+    /// Saved device state that does not fit (or is corrupt).
+    #[error("saved vsock state does not fit the device: {0}")]
+    BadState(&'static str),
+}
+
+/// The device's own state in a snapshot (its transport saves the rest). Connections are not
+/// carried over: a restored device tells the guest with a transport-reset event.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VsockState {
+    /// Per queue (RX, TX, event), where the device stood; empty if no driver ran it.
+    pub queues: Vec<QueuePosition>,
+    /// Consumed TX chains not yet returned to the driver.
+    pub held_tx: Vec<u16>,
+    /// Queues the driver had broken.
+    pub broken: Vec<bool>,
 }
 
 /// State that exists only while a driver runs the device.
@@ -121,6 +150,11 @@ pub struct VsockDevice {
     muxer: Muxer,
     active: Option<Active>,
     reset_pending: bool,
+    /// A transport-reset event to send once the guest offers an event buffer (after a restore).
+    transport_reset_pending: bool,
+    /// The reset event is out but the guest has not handled it yet: packets for the guest wait,
+    /// or a host connection accepted now would be reset by it (see [`RESET_ACK_TIMEOUT`]).
+    awaiting_reset_ack: bool,
     metrics: Arc<VsockMetrics>,
 }
 
@@ -155,8 +189,90 @@ impl VsockDevice {
             muxer: Muxer::new(config, metrics.clone())?,
             active: None,
             reset_pending: false,
+            transport_reset_pending: false,
+            awaiting_reset_ack: false,
             metrics,
         })
+    }
+
+    /// The device's state for a snapshot; called with the event loop paused.
+    pub fn save_state(&self) -> VsockState {
+        match &self.active {
+            None => VsockState::default(),
+            Some(a) => VsockState {
+                queues: a.queues.iter().map(QueuePosition::of).collect(),
+                held_tx: a.held_tx.clone(),
+                broken: a.broken.to_vec(),
+            },
+        }
+    }
+
+    /// Finishes a restore after the transport re-activated the device at its saved queue
+    /// positions: takes back the TX chains held at snapshot time (returned with the next
+    /// interrupt) and queues a transport-reset event, so the guest resets the connections it
+    /// had (their host ends are gone) and re-reads its CID; its listening sockets stay.
+    pub fn resume_from_snapshot(&mut self, state: &VsockState) -> Result<(), VsockError> {
+        if let Some(active) = self.active.as_mut() {
+            let tx_size = active.queues[TX].size();
+            if state.held_tx.len() > usize::from(tx_size)
+                || state.held_tx.iter().any(|&h| h >= tx_size)
+            {
+                return Err(VsockError::BadState("held tx chains"));
+            }
+            if state.broken.len() != NUM_QUEUES {
+                return Err(VsockError::BadState("queue flags"));
+            }
+            active.held_tx = state.held_tx.clone();
+            for (b, saved) in active.broken.iter_mut().zip(&state.broken) {
+                *b = *saved;
+            }
+            self.transport_reset_pending = true;
+        } else if !state.held_tx.is_empty() || !state.queues.is_empty() {
+            return Err(VsockError::BadState("queue state for an inactive device"));
+        }
+        self.ctl_event.write(1).map_err(VsockError::EventFd)
+    }
+
+    /// Sends a pending transport-reset event if the guest has an event buffer for it.
+    fn send_transport_reset(&mut self) {
+        let Some(active) = self.active.as_mut() else {
+            return;
+        };
+        if !self.transport_reset_pending || active.broken[EVQ] {
+            return;
+        }
+        let head = match pop_avail(&mut active.queues[EVQ], &active.mem) {
+            Ok(Some(h)) => h,
+            // No buffer yet: the guest's next event-queue notification brings us back.
+            Ok(None) => return,
+            Err(e) => return active.break_queue(EVQ, &e, &self.metrics),
+        };
+        let chain = match active.parse_chain(EVQ, head) {
+            Ok(c) => c,
+            Err(e) => return active.break_queue(EVQ, &e, &self.metrics),
+        };
+        let event = EVENT_TRANSPORT_RESET.to_le_bytes();
+        let used = match chain.writable().write_at(&active.mem, 0, &event) {
+            Ok(()) => event.len() as u32,
+            Err(e) => {
+                tracing::debug!("vsock: event buffer too small: {e}");
+                0
+            }
+        };
+        if let Err(e) = active.queues[EVQ].add_used(&active.mem, head, used) {
+            return active.break_queue(EVQ, &QueueError::Ring(e), &self.metrics);
+        }
+        active.used[EVQ] = true;
+        // A guest that offers no room for 4 bytes does not get the event at all.
+        self.transport_reset_pending = false;
+        if used > 0 && ask_for_refill_kick(&active.queues[EVQ], &active.mem) {
+            self.awaiting_reset_ack = true;
+            let delay = Expiration::OneShot(TimeSpec::from_duration(RESET_ACK_TIMEOUT));
+            if let Err(e) = self.tx_timer.set(delay, TimerSetTimeFlags::empty()) {
+                tracing::warn!("vsock: cannot arm the reset timer: {e}");
+                self.awaiting_reset_ack = false;
+            }
+        }
     }
 
     /// The device's counters.
@@ -177,6 +293,12 @@ impl VsockDevice {
     /// Open connections.
     pub fn connections(&self) -> usize {
         self.muxer.connections()
+    }
+
+    /// Whether the device has no connection of any kind and owes the guest nothing: after the
+    /// host closed its connections, this turns true once the guest has answered the closes.
+    pub fn is_idle(&self) -> bool {
+        self.muxer.is_idle()
     }
 
     /// Guest → host bytes waiting for slow host readers (bounded by `buf_alloc` each).
@@ -236,7 +358,7 @@ impl VsockDevice {
         let Some(active) = self.active.as_mut() else {
             return;
         };
-        if active.broken[RX] || !self.muxer.has_rx_work() {
+        if active.broken[RX] || self.awaiting_reset_ack || !self.muxer.has_rx_work() {
             return;
         }
         if let Err(e) = active.queues[RX].disable_notification(&active.mem) {
@@ -292,7 +414,7 @@ impl VsockDevice {
             return;
         };
         let mut raise = false;
-        for i in [RX, TX] {
+        for i in [RX, TX, EVQ] {
             if i == TX && raise && !active.held_tx.is_empty() {
                 active.return_tx(&self.metrics);
             }
@@ -319,6 +441,27 @@ impl VsockDevice {
             self.muxer.reset(ops);
         }
     }
+}
+
+/// Asks the driver to kick `queue` when it next adds a buffer (its acknowledgement of the
+/// event just used): with EVENT_IDX, `avail_event` must name the available index the driver
+/// will publish next. virtio-queue's `enable_notification` names the next one the device will
+/// read, which on an event queue the driver keeps full lies far behind, so no kick would come.
+/// Returns false if the kick cannot be asked for (then the caller does not wait for it).
+fn ask_for_refill_kick(queue: &Queue, mem: &GuestMemoryMmap) -> bool {
+    use std::sync::atomic::Ordering;
+    use vm_memory::Bytes;
+    if !queue.event_idx_enabled() {
+        return true;
+    }
+    let Ok(avail) = queue.avail_idx(mem, Ordering::Acquire) else {
+        return false;
+    };
+    // struct virtq_used { le16 flags; le16 idx; struct virtq_used_elem ring[size]; le16 avail_event; }
+    let at = queue
+        .used_ring()
+        .checked_add(4 + 8 * u64::from(queue.size()));
+    at.is_some_and(|at| mem.write_obj(avail.0.to_le(), GuestAddress(at)).is_ok())
 }
 
 impl Drop for VsockDevice {
@@ -388,6 +531,8 @@ impl VirtioDevice for VsockDevice {
     }
 
     fn reset(&mut self) {
+        self.transport_reset_pending = false;
+        self.awaiting_reset_ack = false;
         if self.active.take().is_some() {
             // The guest's sockets are gone; close the host ends on the event loop.
             self.reset_pending = true;
@@ -421,11 +566,13 @@ impl MutEventSubscriber for VsockDevice {
         let fd = events.fd();
         let set = events.event_set();
         self.finish_reset(ops);
+        self.send_transport_reset();
         if fd == self.ctl_event.as_raw_fd() {
             drain_event(&self.ctl_event);
         } else if fd == self.tx_timer.as_fd().as_raw_fd() {
             // Non-blocking: a timer re-armed after it fired just reads EAGAIN.
             let _ = self.tx_timer.wait();
+            self.awaiting_reset_ack = false;
             if let Some(active) = self.active.as_mut() {
                 active.return_tx(&self.metrics);
             }
@@ -437,8 +584,12 @@ impl MutEventSubscriber for VsockDevice {
             if q == TX {
                 self.process_tx(ops);
             }
-            // RX: new buffers, used below. EVQ: the driver refilled event buffers, which we
-            // only need for transport resets; we send none, so there is nothing to do.
+            if q == EVQ {
+                // The guest refilled the event queue: it has handled the reset.
+                self.awaiting_reset_ack = false;
+            }
+            // RX: new buffers, used below. EVQ: the driver refilled event buffers, which only a
+            // pending transport reset (sent above) needs.
         } else if !self.muxer.on_event(fd, set, ops) {
             tracing::warn!("vsock: event on unknown fd {fd}");
             let _ = ops.remove(events);

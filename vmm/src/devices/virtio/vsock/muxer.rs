@@ -96,6 +96,12 @@ impl Muxer {
         self.conns.len()
     }
 
+    /// Whether nothing is left to say to the guest: no connection of any kind (open,
+    /// handshaking, draining) and no RST owed.
+    pub fn is_idle(&self) -> bool {
+        self.count() == 0 && self.rsts.is_empty()
+    }
+
     /// Guest → host bytes buffered because host readers are slow, over all connections.
     pub fn buffered(&self) -> usize {
         self.conns

@@ -6,3 +6,4 @@ mod harness;
 mod host;
 mod malformed;
 mod notify;
+mod restore;
