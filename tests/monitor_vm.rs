@@ -109,7 +109,7 @@ fn lifecycle_on_one_vm_with_a_second_beside_it() {
     let bundle = write_bundle(
         &d.join("b1"),
         &rootfs,
-        sh("trap 'echo got-usr1' USR1; echo ready; while :; do sleep 1; done"),
+        sh("trap 'echo got-usr1' USR1; sleep 100000 & echo ready; while :; do wait; done"),
         json!({
             "namespaces": [{"type": "pid"}, {"type": "mount"}, {"type": "ipc"},
                            {"type": "uts"}, {"type": "cgroup"}],
@@ -319,7 +319,9 @@ fn terminal_resizes_reach_the_init_and_an_exec() {
     let rt = Cli::new();
     let d = rt.dir().to_path_buf();
     let rootfs = busybox_rootfs(&d.join("rootfs"));
-    let watcher = "trap 'echo size=$(stty size)' WINCH; echo ready; while :; do sleep 1; done";
+    // Idle between signals: a trapped signal ends `wait`, the loop waits again.
+    let watcher = "trap 'echo size=$(stty size)' WINCH; sleep 100000 & echo ready; \
+                   while :; do wait; done";
     let mut process = sh(watcher);
     process["terminal"] = json!(true);
     let bundle = write_bundle(

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bulkhead_tests::cli::{agent_initramfs, busybox_rootfs, Cli};
-use bulkhead_tests::e2e_enabled;
+use bulkhead_tests::{require, vm_needs};
 use serde_json::json;
 
 /// A CLI whose containers start from templates (or not) in its own template directory.
@@ -74,7 +74,7 @@ fn now() -> f64 {
 
 #[test]
 fn clones_of_one_template_are_each_their_own() {
-    if !e2e_enabled("clones_of_one_template_are_each_their_own") {
+    if !require(&vm_needs()) {
         return;
     }
     let rt = cli(true);
@@ -125,7 +125,7 @@ fn clones_of_one_template_are_each_their_own() {
 
 #[test]
 fn other_agents_get_other_templates_and_broken_ones_cost_a_warning() {
-    if !e2e_enabled("other_agents_get_other_templates_and_broken_ones_cost_a_warning") {
+    if !require(&vm_needs()) {
         return;
     }
     let rt = cli(true);
@@ -185,7 +185,7 @@ fn other_agents_get_other_templates_and_broken_ones_cost_a_warning() {
 
 #[test]
 fn templates_off_boots_every_container() {
-    if !e2e_enabled("templates_off_boots_every_container") {
+    if !require(&vm_needs()) {
         return;
     }
     let rt = cli(false);

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use bulkhead_tests::{e2e_enabled, kernel, repo_root, run, vmm_binary};
+use bulkhead_tests::{kernel, repo_root, require, run, vm_needs, vmm_binary};
 
 #[path = "vsock_support/mod.rs"]
 mod vsock_support;
@@ -189,7 +189,7 @@ fn copy_snapshot(from: &Path, to: &Path) {
 
 #[test]
 fn snapshot_restore_two_clones_and_refusals() {
-    if !e2e_enabled("snapshot_restore_two_clones_and_refusals") {
+    if !require(&vm_needs()) {
         return;
     }
     let kernel = kernel();

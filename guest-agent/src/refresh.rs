@@ -96,8 +96,8 @@ mod tests {
     /// Mixing entropy in (as root) works on any Linux; the host's RNG only gets stronger.
     #[test]
     fn entropy_reaches_the_kernel() {
-        if !nix::unistd::Uid::effective().is_root() {
-            eprintln!("skipped: adding entropy needs CAP_SYS_ADMIN");
+        // Adding entropy needs CAP_SYS_ADMIN.
+        if !bulkhead_test_support::require(&[bulkhead_test_support::Need::Root]) {
             return;
         }
         let mut bytes = [0u8; 64];

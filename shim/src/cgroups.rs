@@ -593,11 +593,11 @@ mod tests {
     /// Real cgroups on this host: create, limit, join a child process, stats, remove.
     #[test]
     fn join_limit_and_remove_on_this_host() {
-        let Ok(hs) = hierarchies() else { return };
-        if hs.is_empty() || !nix::unistd::Uid::effective().is_root() {
-            eprintln!("skipped: no cgroup hierarchy or not root");
+        if !bulkhead_test_support::require(&[bulkhead_test_support::Need::Root]) {
             return;
         }
+        let hs = hierarchies().expect("this host's cgroup hierarchies");
+        assert!(!hs.is_empty(), "no cgroup hierarchy on this host");
         let mut child = std::process::Command::new("sleep")
             .arg("30")
             .spawn()

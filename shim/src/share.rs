@@ -272,11 +272,8 @@ fn unescape_mountinfo(s: &str) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bulkhead_test_support::{require, Need};
     use serde_json::json;
-
-    fn is_root() -> bool {
-        nix::unistd::Uid::effective().is_root()
-    }
 
     fn bundle_with_mounts(dir: &Path, mounts: Value, readonly: bool) -> Bundle {
         let mut spec = crate::spec::tests::minimal();
@@ -297,8 +294,8 @@ mod tests {
 
     #[test]
     fn binds_rootfs_and_volumes_then_tears_down() {
-        if !is_root() {
-            eprintln!("skipped: needs root for bind mounts");
+        // Bind mounts need root.
+        if !require(&[Need::Root]) {
             return;
         }
         let tmp = tempfile::tempdir().unwrap();
@@ -369,8 +366,8 @@ mod tests {
 
     #[test]
     fn errors_undo_everything() {
-        if !is_root() {
-            eprintln!("skipped: needs root for bind mounts");
+        // Bind mounts need root.
+        if !require(&[Need::Root]) {
             return;
         }
         let tmp = tempfile::tempdir().unwrap();
@@ -393,8 +390,8 @@ mod tests {
 
     #[test]
     fn leftover_share_is_cleaned() {
-        if !is_root() {
-            eprintln!("skipped: needs root for bind mounts");
+        // Bind mounts need root.
+        if !require(&[Need::Root]) {
             return;
         }
         let tmp = tempfile::tempdir().unwrap();

@@ -48,12 +48,9 @@ struct TestVm {
     mmio_dev: Arc<Mutex<Recorder>>,
 }
 
+/// `/dev/kvm` can be opened (see `bulkhead_test_support::require`).
 fn kvm_available() -> bool {
-    let ok = Path::new(super::DEFAULT_KVM_DEVICE).exists();
-    if !ok {
-        eprintln!("skipped: no {}", super::DEFAULT_KVM_DEVICE);
-    }
-    ok
+    bulkhead_test_support::require(&[bulkhead_test_support::Need::Kvm])
 }
 
 /// A 2-MiB VM with `code` at [`CODE_ADDR`], a recorder on port [`TEST_PORT`] and on the first

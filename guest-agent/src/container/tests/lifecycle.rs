@@ -104,6 +104,16 @@ container_test! {
     }
 }
 
+/// Waits until `cond` holds; a generous bound turns a hang into a failure, never a speed
+/// assumption.
+fn until(mut cond: impl FnMut() -> bool, what: &str) {
+    let t = std::time::Instant::now();
+    while !cond() {
+        assert!(t.elapsed() < Duration::from_secs(120), "{what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 container_test! {
     fn pids_pause_resume_stats_and_destroy() {
         let bundle = Bundle::busybox();
@@ -118,7 +128,7 @@ container_test! {
             },
         );
         let count = || std::fs::read_to_string(volume.join("n")).unwrap_or_default();
-        std::thread::sleep(Duration::from_millis(200));
+        until(|| !count().is_empty(), "the loop never wrote");
         let pids = c.pids().unwrap();
         assert!(pids.contains(&c.init_pid()), "{pids:?}");
 
@@ -131,8 +141,7 @@ container_test! {
         let p = process(json!({"user": {"uid": 0, "gid": 0}, "args": ["true"], "cwd": "/"}));
         assert!(matches!(c.exec(&p, stdio), Err(ContainerError::Paused)));
         c.resume().unwrap();
-        std::thread::sleep(Duration::from_millis(300));
-        assert_ne!(count(), frozen, "a resumed container stayed frozen");
+        until(|| count() != frozen, "a resumed container stayed frozen");
 
         let stats = c.stats().unwrap();
         assert!(stats.cpu.usage_usec > 0, "{stats:?}");
@@ -168,8 +177,8 @@ container_test! {
         let (stdio, output) = Output::capture();
         let mut c = create(&spec, &bundle.rootfs, stdio, CreateOptions::default()).unwrap();
         c.start().unwrap();
-        std::thread::sleep(Duration::from_millis(200));
-        assert_eq!(c.pids().unwrap().len(), 2);
+        // Two processes: the shell has set its trap and started sleep.
+        until(|| c.pids().unwrap().len() == 2, "sleep never started");
         c.signal_all(Signal::SIGTERM).unwrap();
         assert_eq!(wait(c.init_pid()), ExitStatus::Exited(3));
         assert_eq!(output.finish().0, "got-term\n");

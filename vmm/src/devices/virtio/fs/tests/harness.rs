@@ -33,13 +33,10 @@ pub fn test_mem() -> GuestMemoryMmap {
 }
 
 /// True if this process can confine a share (root with CAP_SYS_ADMIN); tests that need the
-/// real worker say they are skipped otherwise.
+/// real worker skip out loud otherwise, or fail with `BULKHEAD_E2E=1`
+/// (`bulkhead_test_support::require`).
 pub fn can_confine(test: &str) -> bool {
-    let root = nix::unistd::geteuid().is_root();
-    if !root {
-        eprintln!("{test}: skipped (needs root to confine the share)");
-    }
-    root
+    bulkhead_test_support::require_for(test, &[bulkhead_test_support::Need::Root])
 }
 
 /// One guest queue as the driver sees it. Not virtio-queue's `MockSplitQueue`: its layout (0.17)
