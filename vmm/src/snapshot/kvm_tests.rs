@@ -158,10 +158,13 @@ fn a_tiny_guest_continues_exactly_where_it_was_saved() {
     let mem_file = dir.path().join("memory");
     let written = memfile::write(&ctx.mem, &mem_file).unwrap();
     let sum_at_pause: u64 = ctx.mem.read_obj(GuestAddress(SUM)).unwrap();
-    assert_eq!(
-        sum_at_pause,
-        before.len() as u64,
-        "each write follows a read"
+    // A pause lands between any two guest instructions (the kick interrupts guest code), so
+    // the read of an iteration may be done and its write still to come.
+    let reads_ahead = sum_at_pause.checked_sub(before.len() as u64);
+    assert!(
+        matches!(reads_ahead, Some(0 | 1)),
+        "each write follows its read: {sum_at_pause} reads, {} writes",
+        before.len()
     );
     std::thread::sleep(Duration::from_millis(50));
     assert_eq!(writes(&counter), before, "a paused vCPU does not run");
