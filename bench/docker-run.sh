@@ -1,19 +1,24 @@
 #!/usr/bin/env bash
-# Docker start-to-exit and idle memory, Bulkhead against runc in the same run (issue 5).
+# Docker start-to-exit, idle memory and an OOM run: Bulkhead with templates, Bulkhead without
+# (every VM boots) and runc, all in the same run on one dockerd (issues 5 and 10).
 #
 #   bench/docker-run.sh [BULKHEAD_BIN]       (default: target/release/bulkhead, else target/debug)
 #
-# 1. `docker run --rm IMG true` with --runtime runc and --runtime bulkhead, RUNS times each
-#    (default 3): median wall time and the ratio; for Bulkhead also the median split by phase
-#    from the monitor's <log_dir>/<id>.timings.json (host set-up, agent ready = VM boot + agent,
-#    container created, process exited, torn down).
+# 0. The template is made first (`bulkhead template build`, timed): the first container of a
+#    kind pays that once, every later one restores.
+# 1. `docker run --rm IMG true` with runtimes runc, bulkhead (templates) and bulkhead-cold
+#    (templates = false), RUNS times each (default 3), interleaved: median wall time and the
+#    ratios; for both Bulkhead runtimes the median split by phase from the monitor's
+#    <log_dir>/<id>.timings.json (host set-up, agent ready = VM restore or boot + agent,
+#    container created, started, process exited, torn down), and restore vs boot to agent-ready.
 # 2. IDLE containers (default 10) `docker run -d IMG sleep 1d` at once per runtime: host memory
 #    (PSS) per container, summed over the processes in the container's host cgroup (for runc the
-#    container's processes, for Bulkhead its monitor, i.e. the whole VM).
+#    container's processes, for Bulkhead its monitor, i.e. the whole VM). Clones of a template
+#    share its memory file's pages, which PSS splits among them.
 # 3. OOM: `docker run --memory 32m IMG dd bs=48M count=1` per runtime: exit status (137) and wall
 #    time. The tests check the same path with 16 MiB over 8 MiB; the big run lives here.
 # Uses a private dockerd (own data root and socket, --iptables=false --bridge=none) and a busybox
-# image built from Debian's busybox-static. Needs root, docker.io, busybox-static, python3.
+# image built from Debian's busybox-static. Needs root, docker.io, busybox-static, python3, bc.
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 bin=${1:-}
@@ -25,15 +30,22 @@ idle=${IDLE:-10}
 command -v dockerd >/dev/null || { echo "bench: install docker.io" >&2; exit 1; }
 
 work=$(mktemp -d /tmp/bh-bench.XXXXXX)
-logdir="$work/logs"; mkdir -p "$logdir"
-printf 'log_dir = "%s"\nkeep_logs = true\n' "$logdir" >"$work/config.toml"
-printf '#!/bin/sh\nBULKHEAD_CONFIG=%s exec %s "$@"\n' "$work/config.toml" "$bin" >"$work/bulkhead"
-chmod +x "$work/bulkhead"
+runtimes=(runc bulkhead bulkhead-cold)
+# One config and wrapper per Bulkhead runtime (engines pass no environment to runtimes).
+for rt in bulkhead bulkhead-cold; do
+    mkdir -p "$work/$rt/logs"
+    templates=true; [[ $rt == bulkhead-cold ]] && templates=false
+    printf 'log_dir = "%s"\nkeep_logs = true\ntemplates = %s\ntemplate_dir = "%s"\n' \
+        "$work/$rt/logs" "$templates" "$work/templates" >"$work/$rt/config.toml"
+    printf '#!/bin/sh\nBULKHEAD_CONFIG=%s exec %s "$@"\n' "$work/$rt/config.toml" "$bin" >"$work/$rt/run"
+    chmod +x "$work/$rt/run"
+done
 echo '{}' >"$work/daemon.json"
 dockerd --config-file "$work/daemon.json" --data-root "$work/data" --exec-root "$work/exec" \
     -H "unix://$work/docker.sock" --pidfile "$work/docker.pid" --iptables=false --ip-masq=false \
     --bridge=none --containerd-namespace bhbench --containerd-plugins-namespace bhbenchp \
-    --add-runtime "bulkhead=$work/bulkhead" >"$work/dockerd.log" 2>&1 &
+    --add-runtime "bulkhead=$work/bulkhead/run" --add-runtime "bulkhead-cold=$work/bulkhead-cold/run" \
+    >"$work/dockerd.log" 2>&1 &
 dpid=$!
 cleanup() {
     docker_ rm -f $(docker_ ps -aq) >/dev/null 2>&1 || true
@@ -51,34 +63,45 @@ for a in $(/bin/busybox --list); do [[ $a == busybox ]] || ln -s busybox "$rootf
 echo 'root:x:0:0:root:/root:/bin/sh' >"$rootfs/etc/passwd"
 tar -C "$rootfs" -cf "$work/busybox.tar" . && docker_ import -c 'ENV PATH=/bin' "$work/busybox.tar" bench:busybox >/dev/null
 
-declare -A median
-for rt in runc bulkhead; do
-    times=()
-    for i in $(seq "$runs"); do
-        cid="$work/cid-$rt-$i"
+echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
+t0=$(date +%s.%N)
+"$work/bulkhead/run" template build >/dev/null
+echo "template made in $(echo "$(date +%s.%N) - $t0" | bc) s"
+
+declare -A times median
+for i in $(seq "$runs"); do
+    for rt in "${runtimes[@]}"; do
         t0=$(date +%s.%N)
-        if ! err=$(docker_ run --rm --cidfile "$cid" --runtime "$rt" bench:busybox true 2>&1); then
-            echo "bench: $rt cannot run a container here: $err"
-            continue 2
+        if ! err=$(docker_ run --rm --runtime "$rt" bench:busybox true 2>&1); then
+            echo "bench: $rt cannot run a container here: $err"; exit 1
         fi
-        times+=("$(echo "$(date +%s.%N) - $t0" | bc)")
+        times[$rt]+="$(echo "$(date +%s.%N) - $t0" | bc) "
     done
-    median[$rt]=$(printf '%s\n' "${times[@]}" | sort -n | sed -n "$(( (runs + 1) / 2 ))p")
-    echo "docker run --rm true, $rt: runs ${times[*]} s, median ${median[$rt]} s"
 done
-if [[ -n "${median[bulkhead]:-}" ]]; then
-    echo "ratio bulkhead/runc: $(echo "scale=1; ${median[bulkhead]} / ${median[runc]}" | bc)"
-    python3 - "$logdir" <<'PY'
+for rt in "${runtimes[@]}"; do
+    median[$rt]=$(printf '%s\n' ${times[$rt]} | sort -n | sed -n "$(( (runs + 1) / 2 ))p")
+    echo "docker run --rm true, $rt: runs ${times[$rt]}s, median ${median[$rt]} s"
+done
+echo "ratio bulkhead/runc: $(echo "scale=1; ${median[bulkhead]} / ${median[runc]}" | bc)," \
+    "bulkhead-cold/runc: $(echo "scale=1; ${median[bulkhead-cold]} / ${median[runc]}" | bc)," \
+    "speed-up from templates: $(echo "scale=1; ${median[bulkhead-cold]} / ${median[bulkhead]}" | bc)x"
+python3 - "$work/bulkhead/logs" "$work/bulkhead-cold/logs" <<'PY'
 import glob, json, statistics, sys
-rows = [json.load(open(f)) for f in glob.glob(sys.argv[1] + "/*.timings.json")]
 phases = ["host_ready", "agent_ready", "created", "started", "exited", "torn_down"]
-prev = 0.0
-for p in phases:
-    at = statistics.median(r.get(p, 0.0) for r in rows)
-    print(f"  {p:<12} at {at:7.2f} s  (+{at - prev:6.2f} s)")
-    prev = at
+ready = {}
+for name, logdir in zip(["bulkhead", "bulkhead-cold"], sys.argv[1:]):
+    rows = [json.load(open(f)) for f in glob.glob(logdir + "/*.timings.json")]
+    print(f"{name}: median phase ends over {len(rows)} runs (seconds since the monitor started)")
+    prev = 0.0
+    for p in phases:
+        at = statistics.median(r.get(p, 0.0) for r in rows)
+        print(f"  {p:<12} at {at:7.3f} s  (+{at - prev:6.3f} s)")
+        prev = at
+    ready[name] = statistics.median(r["agent_ready"] - r["host_ready"] for r in rows)
+share = 100 * ready["bulkhead"] / ready["bulkhead-cold"]
+print(f"to agent-ready after host set-up: restore {ready['bulkhead']:.3f} s, boot "
+      f"{ready['bulkhead-cold']:.3f} s: restore is {share:.1f} % of a boot")
 PY
-fi
 
 pss_of_cgroup() { # sum of Pss (kB) over the processes of a memory cgroup
     local total=0
@@ -88,10 +111,13 @@ pss_of_cgroup() { # sum of Pss (kB) over the processes of a memory cgroup
     done
     echo "$total"
 }
-for rt in runc bulkhead; do
-    [[ -n "${median[$rt]:-}" ]] || continue
+for rt in "${runtimes[@]}"; do
     ids=()
     for i in $(seq "$idle"); do ids+=("$(docker_ run -d --runtime "$rt" bench:busybox sleep 1d)"); done
+    # Idle means every container is running its sleep; then the guests settle.
+    for id in "${ids[@]}"; do
+        until [[ $(docker_ inspect -f '{{.State.Running}}' "$id") == true ]]; do sleep 0.2; done
+    done
     sleep 5
     total=0
     for id in "${ids[@]}"; do
@@ -102,8 +128,7 @@ for rt in runc bulkhead; do
     docker_ rm -f "${ids[@]}" >/dev/null
 done
 
-for rt in runc bulkhead; do
-    [[ -n "${median[$rt]:-}" ]] || continue
+for rt in "${runtimes[@]}"; do
     t0=$(date +%s.%N)
     code=0
     docker_ run --rm --runtime "$rt" --memory 32m bench:busybox \
@@ -111,3 +136,4 @@ for rt in runc bulkhead; do
     echo "48 MiB read buffer under --memory 32m, $rt: exit $code (137: OOM kill)" \
         "after $(echo "$(date +%s.%N) - $t0" | bc) s"
 done
+echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
