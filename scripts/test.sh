@@ -32,9 +32,9 @@ jobs=${BULKHEAD_TEST_JOBS:-2}
 started=$SECONDS
 
 # Longest first, so the two lanes end together; suites not named here run after these.
-order=(docker_run podman_run monitor_vm container_vm agent_vm virtiofs_e2e ctr_run vmm_boot vmm_vsock
-    shim_cli shim_vm agent_unix shim_agent shim_process shim_lifecycle vmm_errors virtiofs_errors
-    shim_register)
+order=(podman_run docker_run template_vm container_vm monitor_vm agent_vm virtiofs_e2e vmm_snapshot
+    vmm_boot shim_cli ctr_run vmm_vsock shim_vm agent_unix shim_agent shim_process shim_lifecycle
+    vmm_errors virtiofs_errors shim_register)
 
 phase() { # name start-seconds
     note "$1: $(( SECONDS - $2 )) s"
