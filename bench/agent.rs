@@ -55,6 +55,9 @@ struct Args {
     /// MiB pushed through stdout for the throughput figure (0: skip).
     #[arg(long, default_value_t = 16)]
     mib: usize,
+    /// Skip the baseline run before the throughput run (the same writer into /dev/null).
+    #[arg(long)]
+    no_baseline: bool,
     /// Only the process starts (for strace): no pings, no throughput run.
     #[arg(long)]
     starts_only: bool,
@@ -63,6 +66,10 @@ struct Args {
     /// on how fast this host emulates the guest kernel. Each sample is one extra process.
     #[arg(long)]
     counters: bool,
+    /// Shell scripts to time in the guest (`sh -c SCRIPT`, no streams), each with the guest
+    /// counters around it: e.g. what a syscall or a copy costs there.
+    #[arg(long = "script")]
+    scripts: Vec<String>,
     /// Ask the agent to shut the guest down at the end.
     #[arg(long)]
     shutdown: bool,
@@ -226,16 +233,18 @@ fn run(args: &Args, connector: Connector) -> Result<(), String> {
     if !args.starts_only && args.mib > 0 {
         // The same writer with its output thrown away in the guest: what the relay adds is the
         // difference.
-        let before = sample();
-        let t = Instant::now();
-        let script = format!("exec head -c {} /dev/zero >/dev/null", args.mib << 20);
-        start_one(&client, "baseline", &["sh", "-c", &script], Streams::None)?;
-        println!(
-            "baseline (head -c {} MiB to /dev/null in the guest): {:.2} s",
-            args.mib,
-            t.elapsed().as_secs_f64()
-        );
-        report("MiB, baseline", before, sample(), args.mib as f64);
+        if !args.no_baseline {
+            let before = sample();
+            let t = Instant::now();
+            let script = format!("exec head -c {} /dev/zero >/dev/null", args.mib << 20);
+            start_one(&client, "baseline", &["sh", "-c", &script], Streams::None)?;
+            println!(
+                "baseline (head -c {} MiB to /dev/null in the guest): {:.2} s",
+                args.mib,
+                t.elapsed().as_secs_f64()
+            );
+            report("MiB, baseline", before, sample(), args.mib as f64);
+        }
         let before = sample();
         let (secs, bytes) = throughput(&client, args.mib)?;
         println!(
@@ -244,6 +253,13 @@ fn run(args: &Args, connector: Connector) -> Result<(), String> {
             bytes >> 20
         );
         report("MiB through the agent", before, sample(), args.mib as f64);
+    }
+    for (i, script) in args.scripts.iter().enumerate() {
+        let before = sample();
+        let t = Instant::now();
+        start_one(&client, &format!("script-{i}"), &["sh", "-c", script], Streams::None)?;
+        println!("script {script:?}: {:.2} s", t.elapsed().as_secs_f64());
+        report("script", before, sample(), 1.0);
     }
     if args.shutdown {
         client.shutdown().map_err(|e| e.to_string())?;

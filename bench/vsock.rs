@@ -43,7 +43,7 @@ struct Args {
     /// MiB per stream.
     #[arg(long, default_value_t = 32)]
     mib: usize,
-    /// Which scenarios: all, default, tuned or h2g.
+    /// Which scenarios: all, default, tuned, small, small1m or h2g.
     #[arg(long, default_value = "all")]
     scenario: String,
 }
@@ -55,7 +55,7 @@ struct Scenario {
     send: Option<&'static str>,
 }
 
-const SCENARIOS: [Scenario; 3] = [
+const SCENARIOS: [Scenario; 5] = [
     Scenario {
         name: "default",
         what: "guest→host, 256 KiB socket buffer, 64 KiB writes",
@@ -65,6 +65,16 @@ const SCENARIOS: [Scenario; 3] = [
         name: "tuned",
         what: "guest→host, 1 MiB socket buffer, 1 MiB writes",
         send: Some(" 1048576 1048576"),
+    },
+    Scenario {
+        name: "small",
+        what: "guest→host, 256 KiB socket buffer, 4 KiB writes (busybox's chunk)",
+        send: Some(" 262144 4096"),
+    },
+    Scenario {
+        name: "small1m",
+        what: "guest→host, 1 MiB socket buffer, 4 KiB writes",
+        send: Some(" 1048576 4096"),
     },
     Scenario {
         name: "h2g",
