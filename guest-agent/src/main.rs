@@ -56,6 +56,9 @@ fn main() {
         if let Err(e) = init::setup() {
             fail(&e);
         }
+        if let Err(e) = container::prepare_guest() {
+            log(&bulkhead_protocol::error_chain(&e));
+        }
         OnShutdown::Reboot
     } else {
         init::ensure_stdio(Path::new("/dev/null"));

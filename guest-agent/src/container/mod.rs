@@ -63,6 +63,13 @@ use launch::{Inherited, ProcessPlan};
 use stdio::ChildStdio;
 use sync::Msg;
 
+/// Does now what every container needs and no container decides (the guest's cgroup set-up),
+/// so that a guest restored from a template, which is snapshotted once the agent listens,
+/// starts with it done. Best effort: a failure is reported again by the first create.
+pub fn prepare_guest() -> Result<(), ContainerError> {
+    Ok(cgroups::prepare()?)
+}
+
 /// A created (and maybe started) container.
 pub struct Container {
     id: String,
