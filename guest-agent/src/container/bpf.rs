@@ -1,10 +1,13 @@
 //! Code generation for seccomp filters: classic BPF over `struct seccomp_data`.
 //!
-//! The filter is a binary search over syscall numbers, not a linear chain: every system call
-//! the container makes runs it, and in the guest every BPF instruction is emulated kernel code,
-//! so ~9 comparisons instead of ~350 matter. Each syscall's block (argument checks, then its
-//! action) ends in a `RET`, so blocks need no jumps to shared code; conditional jumps whose
-//! 8-bit offset would overflow go through a `JA` trampoline.
+//! The filter is a binary search over ranges of syscall numbers that share their code, not a
+//! linear chain: every system call the container makes runs it, and in the guest every BPF
+//! instruction is emulated kernel code, so ~7 comparisons instead of ~350 matter. Loading it
+//! costs in proportion to its length too (the kernel checks it, converts it to eBPF twice and
+//! runs it once per syscall number to build its action cache, all emulated on PVM hosts), and
+//! ranges make Docker's profile ~4× shorter than one leaf per syscall. Each range's block
+//! (argument checks, then its action) ends in a `RET`, so blocks need no jumps to shared code;
+//! conditional jumps whose 8-bit offset would overflow go through a `JA` trampoline.
 
 use libc::sock_filter;
 
@@ -182,43 +185,49 @@ fn block(entry: &Entry) -> Option<Vec<sock_filter>> {
     Some(out)
 }
 
-/// Emits "if A == nr run `body`, else skip it", with a trampoline for long bodies.
-fn guarded(nr: u32, body: Vec<sock_filter>, out: &mut Vec<sock_filter>) {
-    match u8::try_from(body.len()) {
-        Ok(n) => out.push(jump(BPF_JEQ_K, nr, 0, n)),
-        Err(_) => {
-            out.push(jump(BPF_JEQ_K, nr, 1, 0));
-            out.push(stmt(BPF_JA, body.len() as u32));
+/// The search tree over `ranges` (sorted, covering `first..` without gaps: each starts where
+/// the previous one ends), every path ending in its range's block, which ends in a `RET`.
+fn tree(ranges: &[(u32, Vec<sock_filter>)]) -> Vec<sock_filter> {
+    let [(_, block)] = ranges else {
+        let mid = ranges.len() / 2;
+        let (left, right) = ranges.split_at(mid);
+        let pivot = right[0].0;
+        let left = tree(left);
+        let right = tree(right);
+        let mut out = Vec::with_capacity(left.len() + right.len() + 2);
+        match u8::try_from(left.len()) {
+            Ok(n) => out.push(jump(BPF_JGE_K, pivot, n, 0)),
+            Err(_) => {
+                out.push(jump(BPF_JGE_K, pivot, 0, 1));
+                out.push(stmt(BPF_JA, left.len() as u32));
+            }
         }
-    }
-    out.extend(body);
+        out.extend(left);
+        out.extend(right);
+        return out;
+    };
+    block.clone()
 }
 
-/// The search tree over `entries` (sorted by number), ending every path in a `RET`.
-fn tree(entries: &[(u32, Vec<sock_filter>)], default: u32) -> Vec<sock_filter> {
-    const LEAF: usize = 4;
-    let mut out = Vec::new();
-    if entries.len() <= LEAF {
-        for (nr, body) in entries {
-            guarded(*nr, body.clone(), &mut out);
+/// Splits the syscall numbers from 0 up into ranges of equal blocks: a syscall without an
+/// entry gets `RET default`, and neighbours whose code is the same share one range. Docker's
+/// profile allows most syscalls in long runs, so ~70 ranges replace ~370 numbers.
+fn ranges(blocks: Vec<(u32, Vec<sock_filter>)>, default: u32) -> Vec<(u32, Vec<sock_filter>)> {
+    let plain = vec![stmt(BPF_RET_K, default)];
+    let mut out: Vec<(u32, Vec<sock_filter>)> = Vec::new();
+    let mut next = 0u32;
+    let mut push = |start: u32, block: Vec<sock_filter>| match out.last() {
+        Some((_, last)) if *last == block => {}
+        _ => out.push((start, block)),
+    };
+    for (nr, block) in blocks {
+        if nr > next {
+            push(next, plain.clone());
         }
-        out.push(stmt(BPF_RET_K, default));
-        return out;
+        push(nr, block);
+        next = nr.saturating_add(1);
     }
-    let mid = entries.len() / 2;
-    let (left, right) = entries.split_at(mid);
-    let pivot = right.first().map_or(0, |e| e.0);
-    let left = tree(left, default);
-    let right = tree(right, default);
-    match u8::try_from(left.len()) {
-        Ok(n) => out.push(jump(BPF_JGE_K, pivot, n, 0)),
-        Err(_) => {
-            out.push(jump(BPF_JGE_K, pivot, 0, 1));
-            out.push(stmt(BPF_JA, left.len() as u32));
-        }
-    }
-    out.extend(left);
-    out.extend(right);
+    push(next, plain);
     out
 }
 
@@ -242,9 +251,6 @@ pub fn compile(p: &Program<'_>) -> Option<Vec<sock_filter>> {
     sorted.sort_by_key(|e| e.nr);
     let mut blocks = Vec::new();
     for e in sorted {
-        if e.rules.is_empty() && e.fallback == p.default {
-            continue;
-        }
         blocks.push((e.nr, block(e)?));
     }
     let mut out = vec![
@@ -267,7 +273,7 @@ pub fn compile(p: &Program<'_>) -> Option<Vec<sock_filter>> {
             libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32,
         ));
     }
-    out.extend(tree(&blocks, p.default));
+    out.extend(tree(&ranges(blocks, p.default)));
     (out.len() <= MAX_INSNS).then_some(out)
 }
 
@@ -365,6 +371,35 @@ mod tests {
                 let expect = if want(v) { ALLOW } else { EPERM };
                 assert_eq!(run(&f, ARCH_X86_64, 7, args), expect, "{cmp:?} on {v:#x}");
             }
+        }
+    }
+
+    #[test]
+    fn neighbours_with_the_same_code_share_a_range() {
+        let allow = |nr| Entry {
+            nr,
+            rules: Vec::new(),
+            fallback: ALLOW,
+        };
+        // 0..=9 and 12..=19 allowed, 10 and 11 default, 20 and up default (no ENOSYS stub).
+        let entries: Vec<Entry> = (0..10).chain(12..20).map(allow).collect();
+        let p = Program {
+            entries: &entries,
+            default: EPERM,
+            bad_arch: KILL,
+            x32: false,
+            enosys_above: None,
+        };
+        let f = compile(&p).unwrap();
+        // The arch and x32 checks, then 3 comparisons over 4 ranges, each one RET.
+        assert_eq!(f.len(), 6 + 3 + 4, "{f:?}");
+        for nr in 0..40 {
+            let want = if nr < 10 || (12..20).contains(&nr) {
+                ALLOW
+            } else {
+                EPERM
+            };
+            assert_eq!(run(&f, ARCH_X86_64, nr, [0; 6]), want, "nr {nr}");
         }
     }
 

@@ -195,8 +195,9 @@ mod tests {
     #[test]
     fn dockers_default_profile_decides_like_libseccomp() {
         let p = docker();
-        // The filter stays a search tree: short enough, and each decision takes few steps.
-        assert!(p.filter.len() < 1200, "{} instructions", p.filter.len());
+        // The filter stays a search tree over ranges: short (188 instructions; one leaf per
+        // syscall made it 897), and each decision takes few steps.
+        assert!(p.filter.len() < 250, "{} instructions", p.filter.len());
         let f = &p.filter;
         let call = |name: &str, args: [u64; 6]| run(f, ARCH_X86_64, nr(name), args);
         for allowed in [
