@@ -11,11 +11,19 @@
 //! are written out at once; only what the destination does not take is copied aside, and the
 //! source is not read again until that is gone (so memory per pump stays bounded).
 //!
+//! Few wake-ups per byte: an output pipe that is readable again right after a read is not
+//! watched any more but read on a timer ([`Pace::Batched`]), so a process writing in small
+//! chunks (busybox writes 4 KiB at a time) fills its pipe undisturbed and the agent moves
+//! hundreds of KiB per wake-up, in 64 KiB vsock packets, instead of waking (and preempting the
+//! writer) for every chunk. On PVM hosts each of those wake-ups, context switches and small
+//! packets is emulated guest-kernel work. Output that comes now and then is still read at once.
+//!
 //! Exit and output: after the process has exited, [`Relay::begin_drain`] makes the output
 //! pumps read until their pipe is empty; [`Relay::drained`] says when everything read by then
 //! has been written to the host, which is when the exit may be reported.
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg};
@@ -74,6 +82,43 @@ struct Endpoint {
 const OUTPUT_PIPE_SIZE: libc::c_int = 1 << 20;
 const DEFAULT_PIPE_SIZE: usize = 64 * 1024;
 
+/// An output pipe read again within this long of its last read is streaming: it goes on a
+/// timer.
+const STREAMING: Duration = Duration::from_millis(10);
+/// A batched pipe's first wait, and the bounds of the waits that follow: each is sized so the
+/// next read finds about [`BATCH_TARGET`] bytes (the pipe holds [`OUTPUT_PIPE_SIZE`], so a
+/// writer rarely blocks on a full pipe meanwhile). The longest wait is the most a streaming
+/// process's output is held back before it reaches the host; the exit drains at once.
+const FIRST_WAIT: Duration = Duration::from_millis(10);
+const MIN_WAIT: Duration = Duration::from_micros(250);
+const MAX_WAIT: Duration = Duration::from_millis(100);
+const BATCH_TARGET: usize = 256 * 1024;
+/// Most bytes one batch moves before the event loop gets its turn again.
+const BATCH_LIMIT: usize = 4 << 20;
+
+/// When an output pump reads its pipe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pace {
+    /// Whenever it is readable (watched by epoll); `last_read` ended the previous read.
+    Eager { last_read: Option<Instant> },
+    /// Not watched: read at `at`; `wait` is how long this batch was given.
+    Batched { at: Instant, wait: Duration },
+}
+
+impl Pace {
+    /// The wait after a batch that found `got` bytes (`full`: the pipe was full, the writer may
+    /// have been blocked).
+    fn next_wait(wait: Duration, got: usize, full: bool) -> Duration {
+        let next = if full {
+            wait / 2
+        } else {
+            let scaled = wait.as_secs_f64() * BATCH_TARGET as f64 / got.max(1) as f64;
+            Duration::from_secs_f64(scaled.min(MAX_WAIT.as_secs_f64()))
+        };
+        next.clamp(MIN_WAIT, MAX_WAIT)
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Drain {
     /// The process has not exited (or this pump is not an output).
@@ -97,6 +142,8 @@ struct Pump {
     /// Guest→host: counts for draining.
     output: bool,
     drain: Drain,
+    /// When the source is read (only output pipes are ever batched).
+    pace: Pace,
     /// EOF reached, everything written, ends closed as appropriate.
     done: bool,
 }
@@ -112,8 +159,14 @@ impl Pump {
             discard: false,
             output,
             drain: Drain::No,
+            pace: Pace::Eager { last_read: None },
             done: false,
         }
+    }
+
+    /// Waiting for its timer rather than for epoll.
+    fn batched(&self) -> bool {
+        matches!(self.pace, Pace::Batched { .. })
     }
 
     fn has_pending(&self) -> bool {
@@ -228,6 +281,29 @@ impl Relay {
         self.pumps.iter().filter(|p| p.output).all(Pump::drained)
     }
 
+    /// When the next batched read is due, if any.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.pumps
+            .iter()
+            .filter(|p| !p.done && !p.has_pending())
+            .filter_map(|p| match p.pace {
+                Pace::Batched { at, .. } => Some(at),
+                Pace::Eager { .. } => None,
+            })
+            .min()
+    }
+
+    /// Reads the batched pipes that are due at `now`.
+    pub fn on_timer(&mut self, now: Instant, io: &mut Io<'_>) {
+        for i in 0..self.pumps.len() {
+            let p = &self.pumps[i];
+            let due = matches!(p.pace, Pace::Batched { at, .. } if at <= now);
+            if due && !p.done && !p.has_pending() {
+                self.pump(i, io);
+            }
+        }
+    }
+
     /// Handles epoll readiness of `slot`.
     pub fn on_event(&mut self, slot: usize, events: EpollFlags, io: &mut Io<'_>) {
         let any = EpollFlags::EPOLLERR | EpollFlags::EPOLLHUP;
@@ -265,7 +341,7 @@ impl Relay {
         for slot in 0..SLOTS {
             let mut want = EpollFlags::empty();
             for p in self.pumps.iter().filter(|p| !p.done) {
-                if p.src == slot && !p.src_eof && !p.has_pending() {
+                if p.src == slot && !p.src_eof && !p.has_pending() && !p.batched() {
                     want |= EpollFlags::EPOLLIN;
                 }
                 if p.dst == slot && p.has_pending() {
@@ -292,14 +368,28 @@ impl Relay {
     }
 
     /// Moves as much as possible through pump `i`: flush what is pending, then read and write
-    /// until the source is empty (stopping after a short read unless draining).
+    /// until the source is empty (stopping after a short read unless draining or batched). A
+    /// batched pump reads only when its time has come, and then decides its next wait.
     fn pump(&mut self, i: usize, io: &mut Io<'_>) {
+        let now = Instant::now();
+        let draining = self.pumps[i].drain == Drain::Reading;
+        if let Pace::Batched { at, .. } = self.pumps[i].pace {
+            if at > now && !draining && !self.pumps[i].src_eof {
+                // Only flush what is pending; the pipe waits for its timer.
+                if self.pumps[i].has_pending() {
+                    self.flush(i);
+                }
+                return;
+            }
+        }
+        let mut got = 0;
+        let mut full = false;
         loop {
             if self.pumps[i].done {
                 return;
             }
             if self.pumps[i].has_pending() && !self.flush(i) {
-                return;
+                break;
             }
             if self.pumps[i].src_eof {
                 self.finish(i, io.epoll);
@@ -320,7 +410,7 @@ impl Relay {
                     if self.pumps[i].drain == Drain::Reading {
                         self.pumps[i].drain = Drain::Empty;
                     }
-                    return;
+                    break;
                 }
                 // EIO: the terminal's last slave fd closed. Any other error ends the stream too.
                 Err(_) => {
@@ -328,6 +418,8 @@ impl Relay {
                     continue;
                 }
             };
+            got += n;
+            full |= n >= self.capacity(self.pumps[i].src);
             if n >= DEFAULT_PIPE_SIZE {
                 self.grow(self.pumps[i].src);
             }
@@ -337,11 +429,58 @@ impl Relay {
                 p.pending.clear();
                 p.pending.extend_from_slice(&io.scratch[written..n]);
                 p.pending_pos = 0;
-                return;
+                break;
             }
-            if n < io.scratch.len() && self.pumps[i].drain != Drain::Reading {
-                return;
+            let p = &self.pumps[i];
+            if n < io.scratch.len() && p.drain != Drain::Reading && !p.batched() {
+                break;
             }
+            if p.batched() && got >= BATCH_LIMIT {
+                // A writer on another vCPU could keep the pipe from ever running dry.
+                break;
+            }
+        }
+        self.pace(i, now, got, full);
+    }
+
+    /// Decides when pump `i` reads next, after a read at `now` that moved `got` bytes.
+    fn pace(&mut self, i: usize, now: Instant, got: usize, full: bool) {
+        let batchable = self.pumps[i].output
+            && self.slots[self.pumps[i].src]
+                .as_ref()
+                .is_some_and(|e| e.kind == FdKind::Pipe);
+        let p = &mut self.pumps[i];
+        if !batchable || p.done || p.src_eof {
+            return;
+        }
+        p.pace = match p.pace {
+            Pace::Eager { last_read } if got > 0 => match last_read {
+                Some(last) if now.saturating_duration_since(last) < STREAMING => Pace::Batched {
+                    at: now + FIRST_WAIT,
+                    wait: FIRST_WAIT,
+                },
+                _ => Pace::Eager {
+                    last_read: Some(Instant::now()),
+                },
+            },
+            Pace::Eager { last_read } => Pace::Eager { last_read },
+            // The pipe was empty when its time came: the burst is over.
+            Pace::Batched { .. } if got == 0 => Pace::Eager { last_read: None },
+            Pace::Batched { wait, .. } => {
+                let wait = Pace::next_wait(wait, got, full);
+                Pace::Batched {
+                    at: Instant::now() + wait,
+                    wait,
+                }
+            }
+        };
+    }
+
+    /// Bytes the pipe in `slot` holds (what one read can return at most).
+    fn capacity(&self, slot: usize) -> usize {
+        match self.slots[slot].as_ref() {
+            Some(ep) if ep.grown => OUTPUT_PIPE_SIZE as usize,
+            _ => DEFAULT_PIPE_SIZE,
         }
     }
 

@@ -394,14 +394,17 @@ impl Server {
         }
     }
 
-    /// Earliest deadline of a parked start or a half-open stream.
+    /// Earliest deadline of a parked start, a half-open stream or a batched output pipe.
     fn next_timeout(&self) -> EpollTimeout {
         let now = Instant::now();
-        let starts = self
-            .procs
-            .keys()
-            .into_iter()
-            .filter_map(|i| self.procs.get(i).and_then(|e| e.start.map(|s| s.1)));
+        let starts = self.procs.keys().into_iter().filter_map(|i| {
+            let e = self.procs.get(i)?;
+            let start = e.start.map(|s| s.1);
+            match (start, e.process.relay.deadline()) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            }
+        });
         let streams = self.pending.keys().into_iter().filter_map(|i| {
             self.pending
                 .get(i)
@@ -410,14 +413,30 @@ impl Server {
         match starts.chain(streams).min() {
             None => EpollTimeout::NONE,
             Some(t) => {
-                let ms = t.saturating_duration_since(now).as_millis() + 1;
+                // Rounded up: waking before the deadline would only wait again.
+                let ms = t.saturating_duration_since(now).as_micros().div_ceil(1000);
                 EpollTimeout::try_from(ms.min(60_000) as i32).unwrap_or(EpollTimeout::NONE)
             }
         }
     }
 
-    /// Fails parked starts and drops half-open streams that waited too long.
+    /// Reads batched output pipes that are due, fails parked starts and drops half-open
+    /// streams that waited too long.
     fn expire(&mut self, now: Instant) {
+        for i in self.procs.keys() {
+            let Some(entry) = self.procs.get_mut(i) else {
+                continue;
+            };
+            if entry.process.relay.deadline().is_some_and(|t| t <= now) {
+                let mut io = Io {
+                    epoll: &self.epoll,
+                    scratch: &mut self.scratch,
+                };
+                entry.process.relay.on_timer(now, &mut io);
+                entry.process.relay.sync(&self.epoll, token(T_PROC, i << 3));
+                self.report_exit(i);
+            }
+        }
         for i in self.pending.keys() {
             let old = self
                 .pending

@@ -33,11 +33,16 @@ fn drive(
     relay.sync(epoll, 0);
     while !done(relay) {
         assert!(Instant::now() < deadline, "relay did not finish");
-        let n = epoll.wait(&mut events, EpollTimeout::from(50u8)).unwrap();
+        let wait = relay.deadline().map_or(50, |t| {
+            t.saturating_duration_since(Instant::now()).as_millis().min(50) as u8
+        });
+        let n = epoll.wait(&mut events, EpollTimeout::from(wait)).unwrap();
         for e in &events[..n] {
             let mut io = Io { epoll, scratch };
             relay.on_event(e.data() as usize, e.events(), &mut io);
         }
+        let mut io = Io { epoll, scratch };
+        relay.on_timer(Instant::now(), &mut io);
         relay.sync(epoll, 0);
     }
 }
@@ -128,4 +133,46 @@ fn a_vanished_reader_makes_the_pump_discard_instead_of_blocking() {
         !r.has(GUEST_OUT)
     });
     writer.join().unwrap();
+}
+
+#[test]
+fn streaming_output_goes_on_a_timer_and_back_when_it_stops() {
+    let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).unwrap();
+    let mut relay = Relay::new(false);
+    let (pipe_r, pipe_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).unwrap();
+    nonblocking(&pipe_r);
+    relay.attach(GUEST_OUT, pipe_r, FdKind::Pipe, Reg::No);
+    let (ours, mut host) = socket();
+    relay.attach(HOST_OUT, ours, FdKind::Socket, Reg::No);
+    let reader = std::thread::spawn(move || {
+        let mut got = Vec::new();
+        host.read_to_end(&mut got).unwrap();
+        got
+    });
+    // Busybox-style: 4 KiB writes back to back.
+    let data: Vec<u8> = (0..2u32 << 20).map(|i| (i % 253) as u8).collect();
+    let mut expected = data.clone();
+    let (go, wait) = std::sync::mpsc::channel::<()>();
+    let writer = std::thread::spawn(move || {
+        let mut w = std::fs::File::from(pipe_w);
+        for chunk in data.chunks(4096) {
+            w.write_all(chunk).unwrap();
+        }
+        // Streaming is over; after a pause one more line, then EOF.
+        wait.recv().unwrap();
+        w.write_all(b"last line\n").unwrap();
+    });
+    let mut scratch = vec![0u8; 1 << 20];
+    let mut batched = false;
+    drive(&mut relay, &epoll, &mut scratch, |r| {
+        batched |= r.deadline().is_some();
+        batched && r.deadline().is_none()
+    });
+    // The pipe ran dry: back to reading whenever output comes.
+    assert!(relay.deadline().is_none());
+    go.send(()).unwrap();
+    writer.join().unwrap();
+    drive(&mut relay, &epoll, &mut scratch, |r| !r.has(GUEST_OUT));
+    expected.extend_from_slice(b"last line\n");
+    assert_eq!(reader.join().unwrap(), expected);
 }
