@@ -3,6 +3,7 @@
 # (every VM boots) and runc, all in the same run on one dockerd (issues 5 and 10).
 #
 #   bench/docker-run.sh [BULKHEAD_BIN]       (default: target/release/bulkhead, else target/debug)
+#   INITRAMFS=path   an agent initramfs other than the installed one (e.g. a branch's build)
 #
 # 0. The template is made first (`bulkhead template build`, timed): the first container of a
 #    kind pays that once, every later one restores.
@@ -37,6 +38,7 @@ for rt in bulkhead bulkhead-cold; do
     templates=true; [[ $rt == bulkhead-cold ]] && templates=false
     printf 'log_dir = "%s"\nkeep_logs = true\ntemplates = %s\ntemplate_dir = "%s"\n' \
         "$work/$rt/logs" "$templates" "$work/templates" >"$work/$rt/config.toml"
+    [[ -z ${INITRAMFS:-} ]] || printf 'initramfs = "%s"\n' "$(realpath "$INITRAMFS")" >>"$work/$rt/config.toml"
     printf '#!/bin/sh\nBULKHEAD_CONFIG=%s exec %s "$@"\n' "$work/$rt/config.toml" "$bin" >"$work/$rt/run"
     chmod +x "$work/$rt/run"
 done
