@@ -257,7 +257,12 @@ fn run(args: &Args, connector: Connector) -> Result<(), String> {
     for (i, script) in args.scripts.iter().enumerate() {
         let before = sample();
         let t = Instant::now();
-        start_one(&client, &format!("script-{i}"), &["sh", "-c", script], Streams::None)?;
+        start_one(
+            &client,
+            &format!("script-{i}"),
+            &["sh", "-c", script],
+            Streams::None,
+        )?;
         println!("script {script:?}: {:.2} s", t.elapsed().as_secs_f64());
         report("script", before, sample(), 1.0);
     }

@@ -28,33 +28,8 @@ const PORT: u32 = 1024;
 
 /// Builds the guest with the workspace's rustc and packs it as `/init`.
 fn guest_initramfs(out: &Path) -> PathBuf {
-    let repo = repo_root();
-    let src = repo.join("tests/snapshot_support/guest.rs");
-    let bin = out.join("snapshot-test-guest");
-    let status = Command::new(std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into()))
-        .args(["--edition", "2021", "--target", "x86_64-unknown-linux-gnu"])
-        .args([
-            "-C",
-            "opt-level=z",
-            "-C",
-            "panic=abort",
-            "-C",
-            "strip=symbols",
-        ])
-        .args(["-C", "target-feature=+crt-static", "-o"])
-        .arg(&bin)
-        .arg(&src)
-        .status()
-        .expect("run rustc");
-    assert!(status.success(), "building {} failed", src.display());
-    let cpio = out.join("snapshot-test-guest.cpio");
-    let status = Command::new(repo.join("images/mkinitramfs.sh"))
-        .arg(&cpio)
-        .arg(format!("{}:/init:0755", bin.display()))
-        .status()
-        .expect("run mkinitramfs.sh");
-    assert!(status.success(), "packing {} failed", cpio.display());
-    cpio
+    let src = "tests/snapshot_support/guest.rs";
+    vsock_support::init_initramfs(&repo_root(), src, "snapshot-test-guest", out)
 }
 
 /// Sends `line` on a fresh connection and returns the answer, retrying until `deadline`.

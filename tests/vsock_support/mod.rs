@@ -32,8 +32,19 @@ pub fn pattern(i: usize) -> u8 {
 /// Builds the guest program with the workspace's rustc (static, small) and packs it as `/init`
 /// into `out_dir/vsock-test-guest.cpio`.
 pub fn guest_initramfs(repo: &Path, out_dir: &Path) -> PathBuf {
-    let src = repo.join("tests/vsock_support/guest.rs");
-    let bin = out_dir.join("vsock-test-guest");
+    init_initramfs(
+        repo,
+        "tests/vsock_support/guest.rs",
+        "vsock-test-guest",
+        out_dir,
+    )
+}
+
+/// Builds the raw-syscall guest program `src` (relative to `repo`) with the workspace's rustc
+/// (static, small) and packs it as `/init` into `out_dir/<name>.cpio`.
+pub fn init_initramfs(repo: &Path, src: &str, name: &str, out_dir: &Path) -> PathBuf {
+    let src = repo.join(src);
+    let bin = out_dir.join(name);
     let status = Command::new(std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into()))
         .current_dir(repo)
         .args(["--edition", "2021", "--target", "x86_64-unknown-linux-gnu"])
@@ -51,7 +62,7 @@ pub fn guest_initramfs(repo: &Path, out_dir: &Path) -> PathBuf {
         .status()
         .expect("run rustc");
     assert!(status.success(), "building {} failed", src.display());
-    let cpio = out_dir.join("vsock-test-guest.cpio");
+    let cpio = out_dir.join(format!("{name}.cpio"));
     let status = Command::new(repo.join("images/mkinitramfs.sh"))
         .arg(&cpio)
         .arg(format!("{}:/init:0755", bin.display()))

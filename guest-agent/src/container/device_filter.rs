@@ -353,7 +353,10 @@ mod tests {
         .unwrap();
         let deny_all: Vec<LinuxDeviceCgroup> =
             serde_json::from_str(r#"[{"allow":false,"access":"rwm"}]"#).unwrap();
-        for (sent, default) in [(&deny_all, ENGINE_DEFAULTS[0]), (&docker, ENGINE_DEFAULTS[1])] {
+        for (sent, default) in [
+            (&deny_all, ENGINE_DEFAULTS[0]),
+            (&docker, ENGINE_DEFAULTS[1]),
+        ] {
             assert_eq!(program(sent).unwrap(), compile(default.to_vec()));
         }
     }

@@ -34,7 +34,9 @@ fn drive(
     while !done(relay) {
         assert!(Instant::now() < deadline, "relay did not finish");
         let wait = relay.deadline().map_or(50, |t| {
-            t.saturating_duration_since(Instant::now()).as_millis().min(50) as u8
+            t.saturating_duration_since(Instant::now())
+                .as_millis()
+                .min(50) as u8
         });
         let n = epoll.wait(&mut events, EpollTimeout::from(wait)).unwrap();
         for e in &events[..n] {
