@@ -27,12 +27,30 @@ pub enum ListenError {
     Listen(u32, #[source] Errno),
     #[error("socket path {0:?} too long")]
     Path(PathBuf),
+    #[error("set the vsock buffer size of port {0}")]
+    BufferSize(u32, #[source] Errno),
 }
 
 const BACKLOG: i32 = 64;
 
-/// A non-blocking, close-on-exec listener for `port`.
-pub fn listener(transport: &Transport, port: u32) -> Result<OwnedFd, ListenError> {
+/// Receive buffer (`SO_VM_SOCKETS_BUFFER_SIZE`) of the stream connections, which they inherit
+/// from their listener. Linux's virtio transport sends at most min(own buffer, peer's buffer)
+/// unacknowledged bytes, so the 256 KiB default would cap an output stream at a quarter of the
+/// VMM's 1 MiB window: more credit updates from the host, each an interrupt and a kworker
+/// run in the guest (see docs/DESIGN-NOTES.md, agent measurements).
+pub const STREAM_BUFFER_SIZE: u64 = 1 << 20;
+
+// From <linux/vm_sockets.h> (not in the libc crate); level AF_VSOCK, value a u64.
+const SO_VM_SOCKETS_BUFFER_SIZE: libc::c_int = 0;
+const SO_VM_SOCKETS_BUFFER_MAX_SIZE: libc::c_int = 2;
+
+/// A non-blocking, close-on-exec listener for `port`; with vsock and `buffer_size`, its
+/// connections get that receive buffer (and send window, see [`STREAM_BUFFER_SIZE`]).
+pub fn listener(
+    transport: &Transport,
+    port: u32,
+    buffer_size: Option<u64>,
+) -> Result<OwnedFd, ListenError> {
     let flags = SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK;
     let (family, path) = match transport {
         Transport::Vsock => (AddressFamily::Vsock, None),
@@ -49,9 +67,29 @@ pub fn listener(transport: &Transport, port: u32) -> Result<OwnedFd, ListenError
         }
     };
     bound.map_err(|e| ListenError::Bind(port, e))?;
+    if let (Transport::Vsock, Some(size)) = (transport, buffer_size) {
+        // The maximum first: the size is clamped to it.
+        for opt in [SO_VM_SOCKETS_BUFFER_MAX_SIZE, SO_VM_SOCKETS_BUFFER_SIZE] {
+            set_u64(&fd, opt, size).map_err(|e| ListenError::BufferSize(port, e))?;
+        }
+    }
     let backlog = Backlog::new(BACKLOG).unwrap_or(Backlog::MAXCONN);
     listen(&fd, backlog).map_err(|e| ListenError::Listen(port, e))?;
     Ok(fd)
+}
+
+fn set_u64(fd: &OwnedFd, opt: libc::c_int, value: u64) -> Result<(), Errno> {
+    // SAFETY: `value` outlives the call and the length passed is its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::AF_VSOCK,
+            opt,
+            (&value as *const u64).cast(),
+            std::mem::size_of::<u64>() as libc::socklen_t,
+        )
+    };
+    Errno::result(rc).map(drop)
 }
 
 /// Accepts one connection, non-blocking and close-on-exec from the start (one syscall).

@@ -143,8 +143,8 @@ impl Server {
         on_shutdown: OnShutdown,
     ) -> Result<Server, ServerError> {
         let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(ServerError::Epoll)?;
-        let control = listen::listener(&transport, CONTROL_PORT)?;
-        let streams = listen::listener(&transport, STREAM_PORT)?;
+        let control = listen::listener(&transport, CONTROL_PORT, None)?;
+        let streams = listen::listener(&transport, STREAM_PORT, Some(listen::STREAM_BUFFER_SIZE))?;
         let wake = Arc::new(
             EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
                 .map_err(ServerError::EventFd)?,
