@@ -259,22 +259,20 @@ fn compile(mut parsed: Vec<Rule>) -> Option<Vec<Insn>> {
     Some(out)
 }
 
-/// Programs loaded so far, by their instructions. Loading is the costly part (the verifier,
-/// the program's SHA-1 tag: ~0.6 M emulated guest-kernel instructions for Docker's rules on
-/// PVM hosts), and a loaded program can be attached to any number of groups. A handful at
-/// most: the engine defaults and what containers of this guest asked for.
-static LOADED: Mutex<Vec<(Vec<Insn>, OwnedFd)>> = Mutex::new(Vec::new());
+/// The preloaded programs (see [`preload`]), by their instructions. Loading is the costly part
+/// (the verifier, the program's SHA-1 tag: ~0.6 M emulated guest-kernel instructions for
+/// Docker's rules on PVM hosts), and a loaded program can be attached to any number of groups.
+/// Only the engines' defaults are kept: other rule sets come from users (`--device`, device
+/// plugins) and may be many, so their programs are loaded per container and closed once
+/// attached (the attachment keeps a program alive).
+static PRELOADED: Mutex<Vec<(Vec<Insn>, OwnedFd)>> = Mutex::new(Vec::new());
 
-fn loaded() -> std::sync::MutexGuard<'static, Vec<(Vec<Insn>, OwnedFd)>> {
-    LOADED.lock().unwrap_or_else(|p| p.into_inner())
+fn preloaded() -> std::sync::MutexGuard<'static, Vec<(Vec<Insn>, OwnedFd)>> {
+    PRELOADED.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Loads `prog` unless it is loaded already; returns its descriptor.
-fn load(prog: &[Insn]) -> Result<RawFd, CgroupError> {
-    let mut cache = loaded();
-    if let Some((_, fd)) = cache.iter().find(|(p, _)| p == prog) {
-        return Ok(fd.as_raw_fd());
-    }
+/// Loads `prog` into the kernel; returns its descriptor (close-on-exec).
+fn load(prog: &[Insn]) -> Result<OwnedFd, CgroupError> {
     // SAFETY: `Insn` is the kernel's `struct bpf_insn` layout (8 bytes, no padding).
     let bytes = unsafe {
         std::slice::from_raw_parts(prog.as_ptr().cast::<u8>(), std::mem::size_of_val(prog))
@@ -282,10 +280,7 @@ fn load(prog: &[Insn]) -> Result<RawFd, CgroupError> {
     let fd = sys::bpf_load_cgroup_device(bytes, prog.len())
         .map_err(|e| CgroupError::Bpf("load device program", e))?;
     // SAFETY: BPF_PROG_LOAD returned a new descriptor (close-on-exec) that nothing else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let raw = fd.as_raw_fd();
-    cache.push((prog.to_vec(), fd));
-    Ok(raw)
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// Loads the programs of the engines' default rules ([`ENGINE_DEFAULTS`]) ahead of any
@@ -293,18 +288,27 @@ fn load(prog: &[Insn]) -> Result<RawFd, CgroupError> {
 pub fn preload() -> Result<(), CgroupError> {
     for rules in ENGINE_DEFAULTS {
         if let Some(prog) = compile(rules.to_vec()) {
-            load(&prog)?;
+            let mut kept = preloaded();
+            if !kept.iter().any(|(p, _)| *p == prog) {
+                let fd = load(&prog)?;
+                kept.push((prog, fd));
+            }
         }
     }
     Ok(())
 }
 
-/// Attaches `prog` (loading it first unless it already is) to the cgroup directory `cgroup`,
+/// Attaches `prog` (a preloaded one, or loaded now) to the cgroup directory `cgroup`,
 /// replacing the group's previous device program.
 pub fn attach(cgroup: RawFd, prog: &[Insn]) -> Result<(), CgroupError> {
-    let fd = load(prog)?;
-    sys::bpf_attach_cgroup_device(cgroup, fd)
-        .map_err(|e| CgroupError::Bpf("attach device program", e))
+    let attach = |fd: RawFd| {
+        sys::bpf_attach_cgroup_device(cgroup, fd)
+            .map_err(|e| CgroupError::Bpf("attach device program", e))
+    };
+    if let Some((_, fd)) = preloaded().iter().find(|(p, _)| p == prog) {
+        return attach(fd.as_raw_fd());
+    }
+    attach(load(prog)?.as_raw_fd())
 }
 
 /// Runs `prog` on a device access, for tests.

@@ -71,8 +71,10 @@ struct Endpoint {
     fd: OwnedFd,
     kind: FdKind,
     reg: Reg,
-    /// A pipe already enlarged to OUTPUT_PIPE_SIZE.
+    /// A pipe whose enlargement to OUTPUT_PIPE_SIZE was tried (once).
     grown: bool,
+    /// A pipe that holds OUTPUT_PIPE_SIZE bytes (the enlargement worked).
+    big: bool,
 }
 
 /// Output pipes start at the kernel's 64 KiB and are enlarged to this once a read fills the
@@ -211,6 +213,7 @@ impl Relay {
             kind,
             reg,
             grown: false,
+            big: false,
         });
         let candidates: &[(usize, usize, bool)] = if self.terminal {
             &[(HOST_IN, GUEST_IN, false), (GUEST_IN, HOST_IN, true)]
@@ -321,6 +324,11 @@ impl Relay {
             if p.src == slot && pipe_eof {
                 p.src_eof = true;
             }
+            let eager_output = p.output && !p.batched();
+            if p.src == slot && readable && eager_output {
+                self.catch_up_siblings(i, io);
+            }
+            let p = &self.pumps[i];
             if (p.dst == slot && writable) || (p.src == slot && readable) {
                 self.pump(i, io);
             }
@@ -384,6 +392,8 @@ impl Relay {
         }
         let mut got = 0;
         let mut full = false;
+        // The source said EAGAIN (as opposed to the destination not taking more).
+        let mut empty = false;
         loop {
             if self.pumps[i].done {
                 return;
@@ -410,6 +420,7 @@ impl Relay {
                     if self.pumps[i].drain == Drain::Reading {
                         self.pumps[i].drain = Drain::Empty;
                     }
+                    empty = true;
                     break;
                 }
                 // EIO: the terminal's last slave fd closed. Any other error ends the stream too.
@@ -440,11 +451,43 @@ impl Relay {
                 break;
             }
         }
-        self.pace(i, now, got, full);
+        self.pace(i, now, got, full, empty);
+        if !self.pumps[i].output && got > 0 {
+            // Input reached the process: what it answers should not wait for a timer (a
+            // request/response protocol over exec pipes would otherwise run at the timer's pace).
+            self.unpace_outputs();
+        }
     }
 
-    /// Decides when pump `i` reads next, after a read at `now` that moved `got` bytes.
-    fn pace(&mut self, i: usize, now: Instant, got: usize, full: bool) {
+    /// Output pumps on a timer go back to reading whenever their pipe is readable.
+    fn unpace_outputs(&mut self) {
+        for p in self.pumps.iter_mut().filter(|p| p.output && p.batched()) {
+            p.pace = Pace::Eager { last_read: None };
+        }
+    }
+
+    /// Reads the other output pumps that wait for their timer now, before pump `i` forwards
+    /// what it just found readable: output of stdout and stderr keeps roughly the order it was
+    /// written in (the host may merge the two).
+    fn catch_up_siblings(&mut self, i: usize, io: &mut Io<'_>) {
+        for j in 0..self.pumps.len() {
+            let p = &mut self.pumps[j];
+            if j == i || !p.output || p.done || p.has_pending() {
+                continue;
+            }
+            if let Pace::Batched { wait, .. } = p.pace {
+                p.pace = Pace::Batched {
+                    at: Instant::now(),
+                    wait,
+                };
+                self.pump(j, io);
+            }
+        }
+    }
+
+    /// Decides when pump `i` reads next, after a read at `now` that moved `got` bytes (`empty`:
+    /// it ended on an empty source, not on a destination that took no more).
+    fn pace(&mut self, i: usize, now: Instant, got: usize, full: bool, empty: bool) {
         let batchable = self.pumps[i].output
             && self.slots[self.pumps[i].src]
                 .as_ref()
@@ -465,7 +508,12 @@ impl Relay {
             },
             Pace::Eager { last_read } => Pace::Eager { last_read },
             // The pipe was empty when its time came: the burst is over.
-            Pace::Batched { .. } if got == 0 => Pace::Eager { last_read: None },
+            Pace::Batched { .. } if got == 0 && empty => Pace::Eager { last_read: None },
+            // The host did not take what was pending: same wait again.
+            Pace::Batched { wait, .. } if got == 0 => Pace::Batched {
+                at: Instant::now() + wait,
+                wait,
+            },
             Pace::Batched { wait, .. } => {
                 let wait = Pace::next_wait(wait, got, full);
                 Pace::Batched {
@@ -479,7 +527,7 @@ impl Relay {
     /// Bytes the pipe in `slot` holds (what one read can return at most).
     fn capacity(&self, slot: usize) -> usize {
         match self.slots[slot].as_ref() {
-            Some(ep) if ep.grown => OUTPUT_PIPE_SIZE as usize,
+            Some(ep) if ep.big => OUTPUT_PIPE_SIZE as usize,
             _ => DEFAULT_PIPE_SIZE,
         }
     }
@@ -558,7 +606,8 @@ impl Relay {
             if ep.kind == FdKind::Pipe && !ep.grown {
                 ep.grown = true;
                 // Best effort: the per-user pipe budget may say no, and 64 KiB still works.
-                let _ = fcntl(ep.fd.as_raw_fd(), FcntlArg::F_SETPIPE_SZ(OUTPUT_PIPE_SIZE));
+                ep.big = fcntl(ep.fd.as_raw_fd(), FcntlArg::F_SETPIPE_SZ(OUTPUT_PIPE_SIZE))
+                    .is_ok_and(|size| size >= OUTPUT_PIPE_SIZE);
             }
         }
     }

@@ -27,8 +27,6 @@ pub enum ListenError {
     Listen(u32, #[source] Errno),
     #[error("socket path {0:?} too long")]
     Path(PathBuf),
-    #[error("set the vsock buffer size of port {0}")]
-    BufferSize(u32, #[source] Errno),
 }
 
 const BACKLOG: i32 = 64;
@@ -69,8 +67,11 @@ pub fn listener(
     bound.map_err(|e| ListenError::Bind(port, e))?;
     if let (Transport::Vsock, Some(size)) = (transport, buffer_size) {
         // The maximum first: the size is clamped to it.
+        // Best effort: the default buffer only costs speed.
         for opt in [SO_VM_SOCKETS_BUFFER_MAX_SIZE, SO_VM_SOCKETS_BUFFER_SIZE] {
-            set_u64(&fd, opt, size).map_err(|e| ListenError::BufferSize(port, e))?;
+            if set_u64(&fd, opt, size).is_err() {
+                break;
+            }
         }
     }
     let backlog = Backlog::new(BACKLOG).unwrap_or(Backlog::MAXCONN);

@@ -178,3 +178,111 @@ fn streaming_output_goes_on_a_timer_and_back_when_it_stops() {
     expected.extend_from_slice(b"last line\n");
     assert_eq!(reader.join().unwrap(), expected);
 }
+
+/// A relay with stdin, stdout and stderr attached; the test keeps the process's ends (stdin's
+/// read end, stdout's and stderr's write ends) and the host's peers.
+struct Attached {
+    relay: Relay,
+    stdin: OwnedFd,
+    stdout: std::fs::File,
+    stderr: std::fs::File,
+    host_in: UnixStream,
+    host_out: UnixStream,
+    host_err: UnixStream,
+}
+
+fn attach_all() -> Attached {
+    let mut relay = Relay::new(false);
+    let (in_r, in_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).unwrap();
+    nonblocking(&in_w);
+    relay.attach(GUEST_IN, in_w, FdKind::Pipe, Reg::No);
+    let mut process = Vec::new();
+    for slot in [GUEST_OUT, GUEST_ERR] {
+        let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).unwrap();
+        nonblocking(&r);
+        relay.attach(slot, r, FdKind::Pipe, Reg::No);
+        process.push(std::fs::File::from(w));
+    }
+    let mut host = Vec::new();
+    for slot in [HOST_IN, HOST_OUT, HOST_ERR] {
+        let (ours, peer) = socket();
+        relay.attach(slot, ours, FdKind::Socket, Reg::No);
+        peer.set_nonblocking(true).unwrap();
+        host.push(peer);
+    }
+    let stderr = process.pop().unwrap();
+    let stdout = process.pop().unwrap();
+    let host_err = host.pop().unwrap();
+    let host_out = host.pop().unwrap();
+    let host_in = host.pop().unwrap();
+    Attached {
+        relay,
+        stdin: in_r,
+        stdout,
+        stderr,
+        host_in,
+        host_out,
+        host_err,
+    }
+}
+
+/// Puts stdout's pump on a timer that will not come during the test.
+fn batch_stdout(relay: &mut Relay) {
+    let p = relay.pumps.iter_mut().find(|p| p.src == GUEST_OUT).unwrap();
+    p.pace = Pace::Batched {
+        at: Instant::now() + Duration::from_secs(600),
+        wait: MAX_WAIT,
+    };
+}
+
+fn available(s: &mut UnixStream) -> Vec<u8> {
+    let mut buf = [0u8; 64];
+    match s.read(&mut buf) {
+        Ok(n) => buf[..n].to_vec(),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Vec::new(),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+#[test]
+fn input_to_the_process_takes_its_output_off_the_timer() {
+    let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).unwrap();
+    let mut scratch = vec![0u8; 1 << 16];
+    let mut a = attach_all();
+    batch_stdout(&mut a.relay);
+    // A request: the process's answer must not wait for stdout's timer.
+    a.host_in.write_all(b"ping\n").unwrap();
+    let mut io = Io {
+        epoll: &epoll,
+        scratch: &mut scratch,
+    };
+    a.relay.on_event(HOST_IN, EpollFlags::EPOLLIN, &mut io);
+    let mut got = [0u8; 5];
+    nix::unistd::read(a.stdin.as_raw_fd(), &mut got).unwrap();
+    assert_eq!(&got, b"ping\n");
+    assert_eq!(a.relay.deadline(), None, "stdout is still on its timer");
+    a.stdout.write_all(b"pong\n").unwrap();
+    let mut answer = Vec::new();
+    drive(&mut a.relay, &epoll, &mut scratch, |_| {
+        answer.extend(available(&mut a.host_out));
+        answer.ends_with(b"\n")
+    });
+    assert_eq!(answer, b"pong\n");
+}
+
+#[test]
+fn stderr_read_at_once_takes_stdout_written_before_it_along() {
+    let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).unwrap();
+    let mut scratch = vec![0u8; 1 << 16];
+    let mut a = attach_all();
+    batch_stdout(&mut a.relay);
+    a.stdout.write_all(b"first\n").unwrap();
+    a.stderr.write_all(b"second\n").unwrap();
+    let mut io = Io {
+        epoll: &epoll,
+        scratch: &mut scratch,
+    };
+    a.relay.on_event(GUEST_ERR, EpollFlags::EPOLLIN, &mut io);
+    assert_eq!(available(&mut a.host_out), b"first\n");
+    assert_eq!(available(&mut a.host_err), b"second\n");
+}
