@@ -6,7 +6,7 @@
 //! per-container sandbox monitor process and [`control`] its socket protocol; [`sandbox`] is
 //! the seam to what runs the container, with [`vm`] the one real implementation; [`error`] is
 //! the error that crosses those seams with its kind; [`template`] keeps the snapshots VMs
-//! are restored from; [`spec`], [`share`], [`cgroups`],
+//! are restored from; [`spec`], [`share`], [`cgroups`], [`private`],
 //! [`stats`], [`hooks`], [`console`], [`mountpoints`], [`config`], [`logging`], [`signal`] and
 //! [`process`] are the pieces they are built from.
 
@@ -22,6 +22,7 @@ pub mod lifecycle;
 pub mod logging;
 pub mod monitor;
 pub mod mountpoints;
+pub mod private;
 pub mod process;
 pub mod sandbox;
 pub mod share;

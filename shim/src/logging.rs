@@ -5,7 +5,6 @@
 //! with `--log-format json` — containerd reads the last error line of that file to report why a
 //! runtime call failed — or as a logrus-style text line otherwise.
 
-use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -92,8 +91,7 @@ impl Logger {
 }
 
 fn append(path: &Path, line: &str) -> std::io::Result<()> {
-    let mut f = OpenOptions::new().create(true).append(true).open(path)?;
-    f.write_all(line.as_bytes())
+    crate::private::append(path)?.write_all(line.as_bytes())
 }
 
 /// Collapses a multi-line message into one line (engines show only the first line).

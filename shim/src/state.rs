@@ -138,8 +138,8 @@ impl Store {
     /// Reserves `<root>/<id>`; fails if the container already exists.
     pub fn create_dir(&self, id: &str) -> Result<PathBuf, StateError> {
         let dir = self.dir(id)?;
-        fs::create_dir_all(&self.root).map_err(io_err(&self.root))?;
-        match fs::create_dir(&dir) {
+        crate::private::create_dir_all(&self.root).map_err(io_err(&self.root))?;
+        match crate::private::create_dir(&dir) {
             Ok(()) => Ok(dir),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                 Err(StateError::Exists(id.into()))
@@ -279,8 +279,12 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let store = Store::new(tmp.path().join("root"));
         assert!(store.list().unwrap().is_empty());
-        store.create_dir("b").unwrap();
+        let b = store.create_dir("b").unwrap();
         store.create_dir("a").unwrap();
+        // Other host users see neither the store nor a container's state.
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!((mode(store.root()), mode(&b)), (0o700, 0o700));
         assert!(matches!(store.create_dir("a"), Err(StateError::Exists(_))));
         assert_eq!(
             store.create_dir("a").unwrap_err().to_string(),

@@ -163,7 +163,7 @@ impl Templates {
     /// Takes the lock of template `key`, waiting up to `timeout` for whoever holds it (a
     /// process making it).
     pub async fn lock(&self, key: &str, timeout: Duration) -> Result<Lock, TemplateError> {
-        fs::create_dir_all(&self.dir).map_err(io_err(&self.dir))?;
+        crate::private::create_dir_all(&self.dir).map_err(io_err(&self.dir))?;
         let path = self.dir.join(format!("{key}.lock"));
         let file = fs::OpenOptions::new()
             .create(true)
@@ -195,7 +195,7 @@ impl Templates {
     pub fn scratch(&self, key: &str) -> Result<PathBuf, TemplateError> {
         let dir = self.dir.join(format!(".{key}.{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        crate::private::create_dir_all(&dir).map_err(io_err(&dir))?;
         Ok(dir)
     }
 
@@ -284,7 +284,7 @@ impl Templates {
         }
         let image = ImageId::of_files(kernel, Some(initramfs)).map_err(TemplateError::Image)?;
         // A cache that cannot be written costs only time.
-        let _ = fs::create_dir_all(self.dir.join(IMAGE_CACHE))
+        let _ = crate::private::create_dir_all(&self.dir.join(IMAGE_CACHE))
             .and_then(|()| fs::File::create(&cache))
             .and_then(|mut f| f.write_all(hex(&image.0).as_bytes()));
         Ok(image)

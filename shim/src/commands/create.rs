@@ -52,7 +52,7 @@ pub fn create<F: SandboxFactory>(
         (false, None) => StdioPlan::Inherited,
     };
     if let Some(dir) = config.console_log(&args.id).parent() {
-        let _ = std::fs::create_dir_all(dir);
+        let _ = crate::private::create_dir_all(dir);
     }
     let state_dir = ctx.store.create_dir(&args.id)?;
     let plan = Plan {

@@ -104,7 +104,8 @@ impl Timings {
             .iter()
             .map(|(k, v)| (k.to_string(), serde_json::json!(v)))
             .collect();
-        let _ = std::fs::write(path, serde_json::Value::Object(map).to_string() + "\n");
+        let text = serde_json::Value::Object(map).to_string() + "\n";
+        let _ = crate::private::write(path, text.as_bytes());
     }
 }
 
