@@ -1,6 +1,6 @@
 //! Boots the real guest kernel with the test initramfs through the `bulkhead-vmm` binary: the
-//! ELF vmlinux with 1 and 2 vCPUs, and the bzImage once. Each boot takes ~25-60 s on PVM-backed
-//! KVM. Gated by `BULKHEAD_E2E=1`.
+//! ELF vmlinux with 1 and 2 vCPUs (and once with a capped console file), and the bzImage once.
+//! Each boot takes ~25-60 s on PVM-backed KVM. Gated by `BULKHEAD_E2E=1`.
 
 use std::process::Command;
 use std::time::Duration;
