@@ -1,6 +1,6 @@
 //! Boots the real guest kernel with the test initramfs through the `bulkhead-vmm` binary: the
-//! ELF vmlinux with 1 and 2 vCPUs, and the bzImage once. Each boot takes ~25-60 s on PVM-backed
-//! KVM. Gated by `BULKHEAD_E2E=1`.
+//! ELF vmlinux with 1 and 2 vCPUs (and once with a capped console file), and the bzImage once.
+//! Each boot takes ~25-60 s on PVM-backed KVM. Gated by `BULKHEAD_E2E=1`.
 
 use std::process::Command;
 use std::time::Duration;
@@ -73,4 +73,71 @@ fn bzimage_boots() {
     }
     let f = boot(&bzimage(), 1, &[]);
     assert_booted(&f, &f.stdout, 1);
+}
+
+/// A guest's console cannot grow past twice `--console-max-bytes`: the test init prints ~215
+/// bytes, more than twice this cap, and the newest output stays in the file and the chunk
+/// before it in `.1`. (The cap is above the ~72 bytes from the verdict line to the end.)
+#[test]
+fn a_capped_console_file_rotates_during_the_boot() {
+    use std::os::unix::fs::PermissionsExt;
+    if !require(&vm_needs()) {
+        return;
+    }
+    const CAP: u64 = 80;
+    let dir = tempfile::tempdir().unwrap();
+    let console = dir.path().join("console.log");
+    let old = dir.path().join("console.log.1");
+    let cap = CAP.to_string();
+    let f = boot(
+        &kernel(),
+        1,
+        &[
+            "--console",
+            console.to_str().unwrap(),
+            "--console-max-bytes",
+            &cap,
+        ],
+    );
+    let files: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(files.len(), 2, "only the log and its .1: {files:?}");
+    for path in [&console, &old] {
+        let meta = std::fs::metadata(path).unwrap();
+        assert!(
+            meta.len() <= CAP,
+            "{} is {} bytes",
+            path.display(),
+            meta.len()
+        );
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    }
+    assert_eq!(std::fs::metadata(&old).unwrap().len(), CAP);
+    // The newest output is kept: the boot's last lines, the init's verdict among them.
+    let text = String::from_utf8_lossy(
+        &[
+            std::fs::read(&old).unwrap(),
+            std::fs::read(&console).unwrap(),
+        ]
+        .concat(),
+    )
+    .into_owned();
+    assert!(
+        text.contains("BULKHEAD-TEST-INIT: ok cpus=1"),
+        "the marker is not in the newest {} bytes:\n{text}\nstderr:\n{}",
+        2 * CAP,
+        f.stderr
+    );
+    assert!(
+        !text.contains("Linux version"),
+        "the boot's start was rotated away"
+    );
+    assert!(
+        f.status.success(),
+        "exit {:?}, stderr:\n{}",
+        f.status,
+        f.stderr
+    );
 }

@@ -67,6 +67,10 @@ pub struct Config {
     /// its container ends normally and kept when the VM or the monitor failed, so the directory
     /// does not grow with every container.
     pub keep_logs: bool,
+    /// Cap of a console log in KiB: when full it becomes `<id>.console.log.1` (replacing the
+    /// previous one) and a new log starts, so a guest keeps at most twice this on disk; 0
+    /// keeps no console output.
+    pub console_log_max_kib: u64,
     /// Extra kernel command line arguments.
     pub kernel_args: String,
     /// Seconds allowed for the guest to boot and its agent to answer.
@@ -89,6 +93,7 @@ impl Default for Config {
             host_overhead_mib: 64,
             log_dir: "/var/log/bulkhead".into(),
             keep_logs: false,
+            console_log_max_kib: 1024,
             kernel_args: String::new(),
             boot_timeout_secs: 180,
             templates: true,
@@ -149,6 +154,11 @@ impl Config {
     pub fn console_log(&self, id: &str) -> PathBuf {
         let name = bulkhead_protocol::id_file_name(id);
         self.log_dir.join(format!("{name}.console.log"))
+    }
+
+    /// The cap of a console log in bytes (for the VMM).
+    pub fn console_max_bytes(&self) -> u64 {
+        self.console_log_max_kib.saturating_mul(1024)
     }
 
     /// Phase timings of one container (written with `keep_logs`).
@@ -277,8 +287,11 @@ mod tests {
         );
         assert_eq!(c.console_log("x"), PathBuf::from("/l/x.console.log"));
         assert!(!c.keep_logs);
-        std::fs::write(&p, "keep_logs = true\n").unwrap();
-        assert!(Config::load_from(&p).unwrap().keep_logs);
+        assert_eq!(c.console_max_bytes(), 1 << 20);
+        std::fs::write(&p, "keep_logs = true\nconsole_log_max_kib = 4\n").unwrap();
+        let c = Config::load_from(&p).unwrap();
+        assert!(c.keep_logs);
+        assert_eq!(c.console_max_bytes(), 4096);
     }
 
     #[test]

@@ -130,6 +130,7 @@ pub fn build_vm(config: &VmConfig) -> Result<Vm, BuildError> {
         &mut devices,
         &vm,
         &config.console,
+        config.console_max_bytes,
         config.console_input,
         None,
     )?;
@@ -200,17 +201,18 @@ fn load_images(
     Ok((loaded, initrd))
 }
 
-/// COM1, with its interrupt on an irqfd and, if asked, our stdin as its input; in the state
-/// `saved` when restoring.
+/// COM1, with its interrupt on an irqfd, its output capped at `console_max_bytes` (a file) and,
+/// if asked, our stdin as its input; in the state `saved` when restoring.
 pub(crate) fn attach_serial(
     devices: &mut DeviceManager,
     vm: &VmFd,
     console: &ConsoleOutput,
+    console_max_bytes: Option<u64>,
     console_input: bool,
     saved: Option<&SerialSnapshot>,
 ) -> Result<Arc<Mutex<SerialDevice>>, BuildError> {
     let irq = devices.irqfd(vm, COM1_IRQ)?;
-    let out = ConsoleOut::open(console)?;
+    let out = ConsoleOut::open(console, console_max_bytes)?;
     let device = match saved {
         Some(state) => SerialDevice::from_snapshot(irq, out, state)?,
         None => SerialDevice::new(irq, out),

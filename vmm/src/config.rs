@@ -27,6 +27,9 @@ pub struct VmConfig {
     pub vcpus: u8,
     /// Where the serial console goes.
     pub console: ConsoleOutput,
+    /// Cap of a console file: when full it is rotated to `<file>.1`, so at most twice this is
+    /// on disk ([`crate::devices::serial`]). `None`: no cap.
+    pub console_max_bytes: Option<u64>,
     /// Feed this process's stdin to the console.
     pub console_input: bool,
     /// The KVM device node.
@@ -53,6 +56,7 @@ impl VmConfig {
             mem_mib: DEFAULT_MEM_MIB,
             vcpus: 1,
             console: ConsoleOutput::Stdout,
+            console_max_bytes: None,
             console_input: false,
             kvm_device: PathBuf::from(DEFAULT_KVM_DEVICE),
             profile: None,
@@ -77,6 +81,9 @@ pub struct RestoreConfig {
     pub expected_image: ImageId,
     /// Where the serial console goes.
     pub console: ConsoleOutput,
+    /// Cap of a console file: when full it is rotated to `<file>.1`, so at most twice this is
+    /// on disk ([`crate::devices::serial`]). `None`: no cap.
+    pub console_max_bytes: Option<u64>,
     /// Feed this process's stdin to the console.
     pub console_input: bool,
     /// The KVM device node.
@@ -98,6 +105,7 @@ impl RestoreConfig {
             dir: dir.into(),
             expected_image,
             console: ConsoleOutput::Stdout,
+            console_max_bytes: None,
             console_input: false,
             kvm_device: PathBuf::from(DEFAULT_KVM_DEVICE),
             profile: None,

@@ -125,6 +125,7 @@ pub fn restore_vm(config: &RestoreConfig) -> Result<Vm, RestoreError> {
         &mut devices,
         &vm,
         &config.console,
+        config.console_max_bytes,
         config.console_input,
         Some(&snap.serial),
     )?;

@@ -326,14 +326,17 @@ impl<S: Sandbox> Monitor<S> {
         }
     }
 
-    /// Console logs of containers that ended normally are removed (unless `keep_logs`); the
-    /// log of a failed VM is what the user reads next, so it stays.
+    /// Console logs of containers that ended normally are removed (unless `keep_logs`), with
+    /// their rotated part (`.1`); the log of a failed VM is what the user reads next, so it
+    /// stays.
     fn finish_logs(&self, healthy: bool) {
         let cfg = &self.plan.config;
         if cfg.keep_logs {
             self.timings.borrow().write(&cfg.timings_log(self.id()));
         } else if healthy {
-            let _ = std::fs::remove_file(cfg.console_log(self.id()));
+            let log = cfg.console_log(self.id());
+            let _ = std::fs::remove_file(bulkhead_vmm::devices::serial::rotated_path(&log));
+            let _ = std::fs::remove_file(log);
         }
     }
 }

@@ -105,6 +105,7 @@ pub fn vm_config(ctx: &BootContext, vsock: &Path) -> VmConfig {
     cfg.mem_mib = u64::from(ctx.size.memory_mib);
     cfg.vcpus = u8::try_from(ctx.size.vcpus).unwrap_or(u8::MAX);
     cfg.console = ConsoleOutput::File(ctx.console_log.clone());
+    cfg.console_max_bytes = Some(ctx.config.console_max_bytes());
     cfg.vsock = Some(VsockConfig::new(vsock));
     if !ctx.config.kernel_args.is_empty() {
         cfg.cmdline = Some(ctx.config.kernel_args.clone());

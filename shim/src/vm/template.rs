@@ -9,6 +9,7 @@ use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
 use bulkhead_protocol::client::Client;
+use bulkhead_vmm::devices::serial::rotated_path;
 use bulkhead_vmm::devices::virtio::vsock::VsockConfig;
 use bulkhead_vmm::{ConsoleOutput, ImageId, RestoreConfig, Vm, VmConfig};
 
@@ -85,6 +86,7 @@ async fn clone_from(
     let vsock = super::vsock_path(ctx)?;
     let mut config = RestoreConfig::new(dir, image);
     config.console = ConsoleOutput::File(ctx.console_log.clone());
+    config.console_max_bytes = Some(ctx.config.console_max_bytes());
     config.vsock = Some(VsockConfig::new(&vsock.path));
     config.fs = vec![share_device(&ctx.share_dir, has_volumes(&ctx.share_dir))];
     let vm = Vm::restore(&config).map_err(|e| SandboxError::Vm {
@@ -143,10 +145,15 @@ async fn build(
     let info = match made {
         Ok(info) => info,
         Err(e) => {
-            // Keep the console log of a failed build where the user is told to look.
+            // Keep the console log of a failed build where the user is told to look (with
+            // its rotated part, or none: an earlier failure's is not this one's).
             let log = scratch.join(BUILD_LOG);
             let kept = templates.path(&format!("{key}.failed.log"));
             let _ = std::fs::rename(&log, &kept);
+            let (log, kept) = (rotated_path(&log), rotated_path(&kept));
+            if std::fs::rename(&log, &kept).is_err() {
+                let _ = std::fs::remove_file(&kept);
+            }
             let _ = std::fs::remove_dir_all(&scratch);
             return Err(e);
         }
@@ -190,6 +197,7 @@ async fn make(
     vm.mem_mib = u64::from(recipe.memory_mib);
     vm.vcpus = u8::try_from(recipe.vcpus).unwrap_or(u8::MAX);
     vm.console = ConsoleOutput::File(scratch.join(BUILD_LOG));
+    vm.console_max_bytes = Some(cfg.console_max_bytes());
     vm.vsock = Some(VsockConfig::new(&vsock.path));
     if !cfg.kernel_args.is_empty() {
         vm.cmdline = Some(cfg.kernel_args.clone());

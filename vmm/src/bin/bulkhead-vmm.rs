@@ -43,6 +43,10 @@ struct Args {
     /// Write the serial console to this file instead of stdout.
     #[arg(long)]
     console: Option<PathBuf>,
+    /// Cap the console file at this many bytes: when full it becomes `<file>.1` (replacing the
+    /// previous one) and a new file starts, so at most twice this is on disk.
+    #[arg(long, value_name = "BYTES", requires = "console")]
+    console_max_bytes: Option<u64>,
     /// Feed stdin to the serial console.
     #[arg(long)]
     stdin: bool,
@@ -158,6 +162,7 @@ fn restore_config(args: &Args, dir: PathBuf) -> Result<RestoreConfig, String> {
         .console
         .clone()
         .map_or(ConsoleOutput::Stdout, ConsoleOutput::File);
+    config.console_max_bytes = args.console_max_bytes;
     config.console_input = args.stdin;
     config.profile = args.profile;
     config.fs = args.fs.clone();
@@ -185,6 +190,7 @@ fn main() -> ExitCode {
     config.console = args
         .console
         .map_or(ConsoleOutput::Stdout, ConsoleOutput::File);
+    config.console_max_bytes = args.console_max_bytes;
     config.console_input = args.stdin;
     config.profile = args.profile;
     config.fs = args.fs;

@@ -5,11 +5,21 @@
 //! Writing each byte to the host with its own syscall would make the exit path dearer than it
 //! needs to be, so output is buffered by line (flushed at each newline, when the buffer fills,
 //! and when the VM ends); to a terminal it goes out byte by byte, since a human is watching.
+//!
+//! A console file is the guest's to fill, so it can be capped: when it holds `max_bytes`, it is
+//! renamed to `<path>.1` (replacing the previous one) and a new file is started, so at most
+//! twice the cap is on disk and the newest output is always in `<path>`. If the rename fails,
+//! the current file is truncated and written again from its start (the newest output is still
+//! kept, the previous chunk is lost); if that or opening the new file fails, console output is
+//! dropped from then on and the dropped bytes are counted (logged when the VM ends). Console
+//! files are created mode 0600.
 
-use std::fs::File;
-use std::io::{IsTerminal, Write};
+use std::ffi::OsString;
+use std::fs::{File, OpenOptions, Permissions};
+use std::io::{IsTerminal, Seek, SeekFrom, Write};
 use std::os::fd::{AsFd, AsRawFd};
-use std::path::PathBuf;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use event_manager::{EventOps, Events, MutEventSubscriber};
@@ -27,7 +37,8 @@ pub enum ConsoleOutput {
     /// This process's stdout.
     #[default]
     Stdout,
-    /// A file, created or truncated.
+    /// A file, created (mode 0600) or truncated; capped by the VM config's
+    /// `console_max_bytes` (see the module docs).
     File(PathBuf),
     /// Discarded.
     Null,
@@ -104,54 +115,189 @@ impl From<&SerialSnapshot> for SerialState {
 /// How much console output we hold before writing it out.
 const OUT_BUFFER: usize = 4096;
 
+/// Mode of console files: the guest's output is nobody else's business.
+const CONSOLE_FILE_MODE: u32 = 0o600;
+
 /// Buffered console output (see the module docs for the policy).
 pub struct ConsoleOut {
-    sink: Option<File>,
+    sink: Option<Sink>,
     unbuffered: bool,
     buf: Vec<u8>,
+    /// The sink failed and was given up.
+    failed: bool,
+    /// Bytes lost since then (the chunk being written when it failed counts whole).
+    dropped: u64,
+}
+
+/// Where console bytes go, and the cap of a console file.
+struct Sink {
+    file: File,
+    rotation: Option<Rotation>,
+}
+
+/// A console file capped at `max_bytes`, rotated to `old`.
+struct Rotation {
+    path: PathBuf,
+    old: PathBuf,
+    max_bytes: u64,
+    /// Bytes in the current file.
+    written: u64,
+}
+
+/// `<path>.1`: where a full console file goes.
+pub fn rotated_path(path: &Path) -> PathBuf {
+    let mut old = OsString::from(path.as_os_str());
+    old.push(".1");
+    PathBuf::from(old)
+}
+
+/// Creates or truncates a console file, mode 0600 (also when it existed with another mode).
+fn create_console_file(path: &Path) -> std::io::Result<File> {
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(CONSOLE_FILE_MODE)
+        .open(path)?;
+    if file.metadata()?.is_file() {
+        file.set_permissions(Permissions::from_mode(CONSOLE_FILE_MODE))?;
+    }
+    Ok(file)
+}
+
+impl Rotation {
+    /// Moves the full file aside and starts a new one, or, if it cannot be moved, starts the
+    /// same file again from its beginning.
+    fn rotate(&mut self, file: &mut File) -> std::io::Result<()> {
+        match std::fs::rename(&self.path, &self.old) {
+            Ok(()) => *file = create_console_file(&self.path)?,
+            Err(_) => {
+                file.set_len(0)?;
+                file.seek(SeekFrom::Start(0))?;
+            }
+        }
+        self.written = 0;
+        Ok(())
+    }
+}
+
+impl Sink {
+    fn write(&mut self, mut data: &[u8]) -> std::io::Result<()> {
+        let Some(rot) = self.rotation.as_mut() else {
+            return self.file.write_all(data);
+        };
+        while !data.is_empty() {
+            let room = rot.max_bytes.saturating_sub(rot.written);
+            if room == 0 {
+                rot.rotate(&mut self.file)?;
+                continue;
+            }
+            let n = usize::try_from(room).map_or(data.len(), |room| room.min(data.len()));
+            self.file.write_all(&data[..n])?;
+            rot.written += n as u64;
+            data = &data[n..];
+        }
+        Ok(())
+    }
 }
 
 impl ConsoleOut {
-    /// Opens `output`.
-    pub fn open(output: &ConsoleOutput) -> Result<Self, SerialError> {
+    /// Opens `output`; a file is capped at `max_bytes` (`None`: no cap; `Some(0)`: the file is
+    /// created and stays empty). The cap applies to regular files only (not to a FIFO or
+    /// `/dev/null` named as the console).
+    pub fn open(output: &ConsoleOutput, max_bytes: Option<u64>) -> Result<Self, SerialError> {
         let sink = match output {
             ConsoleOutput::Null => None,
-            ConsoleOutput::Stdout => Some(File::from(
-                std::io::stdout()
-                    .as_fd()
-                    .try_clone_to_owned()
-                    .map_err(SerialError::Stdout)?,
-            )),
-            ConsoleOutput::File(path) => {
-                Some(File::create(path).map_err(|source| SerialError::Open {
-                    path: path.clone(),
-                    source,
-                })?)
-            }
+            ConsoleOutput::Stdout => Some(Sink {
+                file: File::from(
+                    std::io::stdout()
+                        .as_fd()
+                        .try_clone_to_owned()
+                        .map_err(SerialError::Stdout)?,
+                ),
+                rotation: None,
+            }),
+            ConsoleOutput::File(path) => open_file(path, max_bytes)?,
         };
-        let unbuffered = sink.as_ref().is_some_and(|f| f.is_terminal());
+        let unbuffered = sink.as_ref().is_some_and(|s| s.file.is_terminal());
         Ok(Self {
             sink,
             unbuffered,
             buf: Vec::with_capacity(OUT_BUFFER),
+            failed: false,
+            dropped: 0,
         })
     }
 
-    /// Writes out whatever is buffered. A failing sink (closed pipe, full disk) loses console
-    /// output but never stops the guest.
+    /// Writes out whatever is buffered. A failing sink (closed pipe, full disk, a console file
+    /// that cannot be rotated) loses console output but never stops the guest.
     pub fn drain(&mut self) {
         if let Some(sink) = self.sink.as_mut() {
-            if !self.buf.is_empty() && sink.write_all(&self.buf).is_err() {
-                self.sink = None;
+            if !self.buf.is_empty() {
+                if let Err(e) = sink.write(&self.buf) {
+                    tracing::warn!(error = %e, "console output failed, dropping it from now on");
+                    self.sink = None;
+                    self.failed = true;
+                    self.dropped += self.buf.len() as u64;
+                }
             }
         }
         self.buf.clear();
     }
+
+    /// Bytes of console output lost to a failing sink (not what `Null` or a cap of 0 discard).
+    pub fn dropped(&self) -> u64 {
+        self.dropped
+    }
+}
+
+/// Opens a console file, removing the `.1` of an earlier VM when the file is capped.
+fn open_file(path: &Path, max_bytes: Option<u64>) -> Result<Option<Sink>, SerialError> {
+    let open_err = |source| SerialError::Open {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = create_console_file(path).map_err(open_err)?;
+    let Some(max_bytes) = max_bytes else {
+        return Ok(Some(Sink {
+            file,
+            rotation: None,
+        }));
+    };
+    if !file.metadata().map_err(open_err)?.is_file() {
+        return Ok(Some(Sink {
+            file,
+            rotation: None,
+        }));
+    }
+    let old = rotated_path(path);
+    match std::fs::remove_file(&old) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(source) => {
+            return Err(SerialError::Open { path: old, source });
+        }
+    }
+    if max_bytes == 0 {
+        return Ok(None);
+    }
+    Ok(Some(Sink {
+        file,
+        rotation: Some(Rotation {
+            path: path.to_path_buf(),
+            old,
+            max_bytes,
+            written: 0,
+        }),
+    }))
 }
 
 impl Write for ConsoleOut {
     fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
         if self.sink.is_none() {
+            if self.failed {
+                self.dropped = self.dropped.saturating_add(data.len() as u64);
+            }
             return Ok(data.len());
         }
         self.buf.extend_from_slice(data);
@@ -170,6 +316,9 @@ impl Write for ConsoleOut {
 impl Drop for ConsoleOut {
     fn drop(&mut self) {
         self.drain();
+        if self.dropped > 0 {
+            tracing::warn!(bytes = self.dropped, "console output dropped");
+        }
     }
 }
 
@@ -296,7 +445,7 @@ mod tests {
     fn line_buffered_file_output() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("console");
-        let out = ConsoleOut::open(&ConsoleOutput::File(path.clone())).unwrap();
+        let out = ConsoleOut::open(&ConsoleOutput::File(path.clone()), None).unwrap();
         let mut uart = SerialDevice::new(EventFd::new(EFD_NONBLOCK).unwrap(), out);
         for b in b"hello" {
             uart.write(THR, &[*b]);
@@ -311,7 +460,7 @@ mod tests {
 
     #[test]
     fn hostile_accesses_are_ignored() {
-        let out = ConsoleOut::open(&ConsoleOutput::Null).unwrap();
+        let out = ConsoleOut::open(&ConsoleOutput::Null, None).unwrap();
         let mut uart = SerialDevice::new(EventFd::new(EFD_NONBLOCK).unwrap(), out);
         let mut wide = [0xffu8; 4];
         uart.read(0, &mut wide);
@@ -329,7 +478,7 @@ mod tests {
 
     #[test]
     fn state_round_trips_and_oversized_input_is_refused() {
-        let out = || ConsoleOut::open(&ConsoleOutput::Null).unwrap();
+        let out = || ConsoleOut::open(&ConsoleOutput::Null, None).unwrap();
         let irq = || EventFd::new(EFD_NONBLOCK).unwrap();
         let mut uart = SerialDevice::new(irq(), out());
         uart.write(7, &[0x5a]); // scratch register
@@ -350,7 +499,7 @@ mod tests {
     #[test]
     fn input_reaches_the_guest_and_raises_the_irq() {
         let irq = EventFd::new(EFD_NONBLOCK).unwrap();
-        let out = ConsoleOut::open(&ConsoleOutput::Null).unwrap();
+        let out = ConsoleOut::open(&ConsoleOutput::Null, None).unwrap();
         let mut uart = SerialDevice::new(irq.try_clone().unwrap(), out);
         // Enable the received-data interrupt (IER bit 0).
         uart.write(1, &[1]);
@@ -359,5 +508,122 @@ mod tests {
         let mut byte = [0u8];
         uart.read(THR, &mut byte);
         assert_eq!(byte, [b'a']);
+    }
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    fn size(path: &Path) -> u64 {
+        std::fs::metadata(path).map_or(0, |m| m.len())
+    }
+
+    /// Writes `lines` numbered lines through the UART, checking both files stay under `cap`
+    /// after every byte; returns everything written.
+    fn print_lines(uart: &mut SerialDevice, lines: usize, files: [&Path; 2], cap: u64) -> Vec<u8> {
+        let mut all = Vec::new();
+        for i in 0..lines {
+            let line = format!("line {i:04}\n");
+            for b in line.bytes() {
+                uart.write(THR, &[b]);
+                for f in files {
+                    assert!(size(f) <= cap, "{} over the cap", f.display());
+                }
+            }
+            all.extend_from_slice(line.as_bytes());
+        }
+        uart.flush_output();
+        all
+    }
+
+    #[test]
+    fn a_capped_file_rotates_and_keeps_the_newest_output() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("console");
+        let old = rotated_path(&path);
+        assert_eq!(old, dir.path().join("console.1"));
+        // An earlier VM's files: a readable log and a rotated one.
+        std::fs::write(&path, "earlier\n").unwrap();
+        std::fs::set_permissions(&path, Permissions::from_mode(0o644)).unwrap();
+        std::fs::write(&old, "earlier, rotated\n").unwrap();
+        let cap = 100;
+        let out = ConsoleOut::open(&ConsoleOutput::File(path.clone()), Some(cap)).unwrap();
+        assert_eq!(mode(&path), 0o600, "an existing file is made private");
+        assert!(!old.exists(), "an earlier VM's rotated file is removed");
+        let mut uart = SerialDevice::new(EventFd::new(EFD_NONBLOCK).unwrap(), out);
+        // 10-byte lines: 1005 bytes, so the split falls inside a line.
+        let all = print_lines(&mut uart, 100, [&path, &old], cap);
+        let all = [all, b"tail\n".to_vec()].concat();
+        for b in b"tail\n" {
+            uart.write(THR, &[*b]);
+        }
+        let current = std::fs::read(&path).unwrap();
+        let previous = std::fs::read(&old).unwrap();
+        assert_eq!(current.len() as u64, all.len() as u64 % cap);
+        assert_eq!(previous.len() as u64, cap);
+        assert!(
+            all.ends_with(&[previous, current].concat()),
+            "the newest bytes are kept, in order"
+        );
+        assert_eq!((mode(&path), mode(&old)), (0o600, 0o600));
+        assert_eq!(uart.uart.writer_mut().dropped(), 0);
+    }
+
+    #[test]
+    fn a_file_that_cannot_be_rotated_starts_again_from_its_beginning() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("console");
+        let cap = 64;
+        let out = ConsoleOut::open(&ConsoleOutput::File(path.clone()), Some(cap)).unwrap();
+        // A non-empty directory where `.1` goes makes the rename fail.
+        let old = rotated_path(&path);
+        std::fs::create_dir_all(old.join("in-the-way")).unwrap();
+        let mut uart = SerialDevice::new(EventFd::new(EFD_NONBLOCK).unwrap(), out);
+        let all = print_lines(&mut uart, 30, [&path, &path], cap);
+        let current = std::fs::read(&path).unwrap();
+        assert_eq!(current.len() as u64, all.len() as u64 % cap);
+        assert!(all.ends_with(&current));
+        assert_eq!(uart.uart.writer_mut().dropped(), 0);
+    }
+
+    #[test]
+    fn a_failing_file_drops_and_counts_output_and_a_zero_cap_keeps_nothing() {
+        let out = ConsoleOut::open(&ConsoleOutput::File("/dev/full".into()), None).unwrap();
+        let mut uart = SerialDevice::new(EventFd::new(EFD_NONBLOCK).unwrap(), out);
+        let text = b"no space\nat all";
+        for b in text {
+            uart.write(THR, &[*b]);
+        }
+        assert_eq!(uart.uart.writer_mut().dropped(), text.len() as u64);
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("console");
+        let out = ConsoleOut::open(&ConsoleOutput::File(path.clone()), Some(0)).unwrap();
+        let mut uart = SerialDevice::new(EventFd::new(EFD_NONBLOCK).unwrap(), out);
+        print_lines(&mut uart, 3, [&path, &rotated_path(&path)], 0);
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(uart.uart.writer_mut().dropped(), 0);
+    }
+
+    #[test]
+    fn only_regular_files_are_rotated() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+        let mut reader = OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_NONBLOCK)
+            .open(&fifo)
+            .unwrap();
+        let out = ConsoleOut::open(&ConsoleOutput::File(fifo.clone()), Some(8)).unwrap();
+        let mut uart = SerialDevice::new(EventFd::new(EFD_NONBLOCK).unwrap(), out);
+        for b in b"longer than the cap\n" {
+            uart.write(THR, &[*b]);
+        }
+        let mut got = String::new();
+        std::io::Read::read_to_string(&mut reader, &mut got).ok();
+        assert_eq!(got, "longer than the cap\n");
+        assert!(!rotated_path(&fifo).exists());
+        assert_eq!(mode(&fifo), 0o644, "only a regular file's mode is changed");
     }
 }
