@@ -141,6 +141,9 @@ impl Drop for Containerd {
         // containerd's (empty) per-namespace runtime root outlives it otherwise.
         let _ = fs::remove_dir(self.runtime_root());
         stop_daemon(&mut self.child);
+        // The namespace's cgroup parents (`/<namespace>/<id>` groups): runc and we remove only
+        // the container's own.
+        bulkhead_tests::remove_cgroup_dirs(&self.namespace);
     }
 }
 

@@ -244,3 +244,26 @@ pub fn agent_test_initramfs() -> PathBuf {
     })
     .clone()
 }
+
+/// Removes the (empty) cgroup directory `name` below the root of every hierarchy: runtimes
+/// remove a container's own group, not the parents its `cgroupsPath` or an engine's namespace
+/// made, so a test that names such a parent removes it when it is done.
+pub fn remove_cgroup_dirs(name: &str) {
+    let root = Path::new("/sys/fs/cgroup");
+    let mut dirs = vec![root.join(name)];
+    if let Ok(entries) = std::fs::read_dir(root) {
+        dirs.extend(entries.flatten().map(|e| e.path().join(name)));
+    }
+    for dir in dirs {
+        let _ = std::fs::remove_dir(dir);
+    }
+}
+
+/// Calls [`remove_cgroup_dirs`] when dropped (also when the test fails).
+pub struct CgroupDirs(pub String);
+
+impl Drop for CgroupDirs {
+    fn drop(&mut self) {
+        remove_cgroup_dirs(&self.0);
+    }
+}

@@ -102,10 +102,13 @@ fn lifecycle_on_one_vm_with_a_second_beside_it() {
         return;
     }
     become_subreaper();
+    let parent = format!("bulkhead-e2e-{}", std::process::id());
+    // Declared before the runtime: dropped after it has deleted the containers.
+    let _parent = bulkhead_tests::CgroupDirs(parent.clone());
     let rt = Cli::new();
     let d = rt.dir().to_path_buf();
     let rootfs = busybox_rootfs(&d.join("rootfs"));
-    let cgroup = format!("bulkhead-e2e-{}/vm1", std::process::id());
+    let cgroup = format!("{parent}/vm1");
     let bundle = write_bundle(
         &d.join("b1"),
         &rootfs,

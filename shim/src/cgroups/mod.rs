@@ -10,7 +10,11 @@
 //!
 //! Limits cover the VM, not just the container: memory = guest memory + host overhead (stated in
 //! the config), pids = the container's limit + [`HOST_PIDS_OVERHEAD`] for the monitor's own
-//! threads, CPU quota and shares as given (the vCPUs are the container's CPUs).
+//! threads, CPU quota and shares as given (the vCPUs are the container's CPUs), block I/O weight
+//! and throttles as given ([`io`]: the VM's host-side I/O is the container's).
+
+mod io;
+pub use io::{IoLimits, Throttle, ThrottleKind};
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -210,6 +214,9 @@ pub struct HostLimits {
     pub cpu_quota: Option<i64>,
     pub cpu_period: Option<u64>,
     pub cpu_shares: Option<u64>,
+    /// Block I/O of the VM's host side (virtio-fs reads and writes, the console): the spec's
+    /// weight and per-device throttles, as runc applies them to a container's processes.
+    pub io: IoLimits,
 }
 
 impl HostLimits {
@@ -235,6 +242,10 @@ impl HostLimits {
             cpu_quota: cpu.and_then(|c| c.quota()),
             cpu_period: cpu.and_then(|c| c.period()),
             cpu_shares: cpu.and_then(|c| c.shares()),
+            io: res
+                .and_then(|r| r.block_io().as_ref())
+                .map(IoLimits::from_spec)
+                .unwrap_or_default(),
         }
     }
 }
@@ -286,7 +297,10 @@ fn mkdir_levels(h: &Hierarchy, rel: &Path) -> Result<(), CgroupError> {
         if h.v2 {
             // Controllers must be enabled in the parent for the child to have them.
             let ctl = parent.join("cgroup.subtree_control");
-            let _ = fs::write(&ctl, "+memory +pids +cpu");
+            // One at a time: a controller the parent lacks fails only its own write.
+            for c in ["+memory", "+pids", "+cpu", "+io"] {
+                let _ = fs::write(&ctl, c);
+            }
         }
         fs::create_dir(&dir).map_err(io_err(&dir))?;
         if h.has("cpuset") {
@@ -327,6 +341,22 @@ fn apply_limits(h: &Hierarchy, dir: &Path, l: &HostLimits) -> Result<(), CgroupE
                 set("cpu.weight", (1 + ((s - 2) * 9999) / 262_142).to_string())?;
             }
         }
+        if has("io") {
+            for t in &l.io.throttles {
+                let line = format!("{}:{} {}={}", t.major, t.minor, t.kind.v2_key(), t.rate);
+                set("io.max", line)?;
+            }
+            // runc's blkio weight (10-1000) → io weight (1-10000); kernels without io.weight
+            // (no io cost model) have BFQ's or nothing, like v1 below.
+            if let Some(w) = l.io.weight {
+                let weight = 1 + (u64::from(w).saturating_sub(10) * 9999) / 990;
+                if dir.join("io.weight").exists() {
+                    set("io.weight", format!("default {weight}"))?;
+                } else if dir.join("io.bfq.weight").exists() {
+                    set("io.bfq.weight", w.to_string())?;
+                }
+            }
+        }
         return Ok(());
     }
     if let (Some(m), true) = (l.memory, h.has("memory")) {
@@ -344,6 +374,24 @@ fn apply_limits(h: &Hierarchy, dir: &Path, l: &HostLimits) -> Result<(), CgroupE
         }
         if let Some(s) = l.cpu_shares {
             set("cpu.shares", s.to_string())?;
+        }
+    }
+    if h.has("blkio") {
+        for t in &l.io.throttles {
+            set(
+                t.kind.v1_file(),
+                format!("{}:{} {}", t.major, t.minor, t.rate),
+            )?;
+        }
+        // Only schedulers with a weight (CFQ, BFQ) have the file; without, like Docker, the
+        // weight cannot apply (Docker already warns when it creates the container).
+        if let Some(w) = l.io.weight {
+            for file in ["blkio.weight", "blkio.bfq.weight"] {
+                if dir.join(file).exists() {
+                    set(file, w.to_string())?;
+                    break;
+                }
+            }
         }
     }
     Ok(())
@@ -531,7 +579,25 @@ mod tests {
             cpu_quota: Some(50_000),
             cpu_period: Some(100_000),
             cpu_shares: Some(1024),
+            io: IoLimits {
+                weight: Some(500),
+                throttles: vec![
+                    Throttle {
+                        kind: ThrottleKind::ReadBps,
+                        major: 253,
+                        minor: 0,
+                        rate: 1 << 20,
+                    },
+                    Throttle {
+                        kind: ThrottleKind::WriteIops,
+                        major: 253,
+                        minor: 0,
+                        rate: 100,
+                    },
+                ],
+            },
         };
+        fs::write(d.path().join("io.weight"), "default 100\n").unwrap();
         apply_limits(&h, d.path(), &limits).unwrap();
         let read = |f: &str| fs::read_to_string(d.path().join(f)).unwrap();
         assert_eq!(read("memory.max"), (256u64 << 20).to_string());
@@ -539,6 +605,46 @@ mod tests {
         assert_eq!(read("cpu.max"), "50000 100000");
         // runc's shares→weight conversion: 1024 shares is weight 39.
         assert_eq!(read("cpu.weight"), "39");
+        // io.max takes one key per write (the kernel merges them); a file stands in here, so
+        // it holds the last write.
+        assert_eq!(read("io.max"), "253:0 wiops=100");
+        assert_eq!(read("io.weight"), "default 4950");
+    }
+
+    /// The spec's blockIO reaches cgroup v1's blkio files (this host's kind), every device and
+    /// kind in its own file.
+    #[test]
+    fn blkio_limits_from_the_spec_are_written_in_v1_files() {
+        let d = tempfile::tempdir().unwrap();
+        let h = Hierarchy {
+            mount: d.path().to_path_buf(),
+            controllers: vec!["blkio".to_string()],
+            v2: false,
+        };
+        let res: oci_spec::runtime::LinuxResources = serde_json::from_value(serde_json::json!({
+            "blockIO": {
+                "weight": 300,
+                "throttleReadBpsDevice": [{"major": 8, "minor": 0, "rate": 1048576}],
+                "throttleWriteBpsDevice": [{"major": 8, "minor": 16, "rate": 2097152}],
+                "throttleReadIOPSDevice": [{"major": 8, "minor": 0, "rate": 50}],
+                "throttleWriteIOPSDevice": [{"major": 8, "minor": 0, "rate": 60}]
+            }
+        }))
+        .unwrap();
+        let cfg = crate::config::Config::default();
+        let size = crate::config::VmSize {
+            vcpus: 1,
+            memory_mib: 128,
+        };
+        let limits = HostLimits::new(Some(&res), &size, &cfg);
+        fs::write(d.path().join("blkio.weight"), "500\n").unwrap();
+        apply_limits(&h, d.path(), &limits).unwrap();
+        let read = |f: &str| fs::read_to_string(d.path().join(f)).unwrap();
+        assert_eq!(read("blkio.throttle.read_bps_device"), "8:0 1048576");
+        assert_eq!(read("blkio.throttle.write_bps_device"), "8:16 2097152");
+        assert_eq!(read("blkio.throttle.read_iops_device"), "8:0 50");
+        assert_eq!(read("blkio.throttle.write_iops_device"), "8:0 60");
+        assert_eq!(read("blkio.weight"), "300");
     }
 
     /// `create` and `update` share one rule: a memory limit becomes the VM's memory plus the
@@ -591,6 +697,21 @@ mod tests {
     }
 
     /// Real cgroups on this host: create, limit, join a child process, stats, remove.
+    /// `major:minor` of a disk of this host (a block device with a driver: not a loop or
+    /// zram device, which a throttle would not mean much on).
+    fn a_disk() -> (i64, i64) {
+        let mut disks: Vec<_> = fs::read_dir("/sys/block")
+            .expect("/sys/block")
+            .flatten()
+            .filter(|e| e.path().join("device").exists())
+            .filter_map(|e| fs::read_to_string(e.path().join("dev")).ok())
+            .collect();
+        disks.sort();
+        let dev = disks.first().expect("a disk in /sys/block with a device");
+        let (major, minor) = dev.trim().split_once(':').expect("major:minor");
+        (major.parse().unwrap(), minor.parse().unwrap())
+    }
+
     #[test]
     fn join_limit_and_remove_on_this_host() {
         if !bulkhead_test_support::require(&[bulkhead_test_support::Need::Root]) {
@@ -603,12 +724,23 @@ mod tests {
             .spawn()
             .unwrap();
         let leaf = PathBuf::from(format!("bulkhead-test-{}/c", std::process::id()));
+        let disk = a_disk();
         let limits = HostLimits {
             memory: Some(256 << 20),
             pids: Some(10),
             cpu_quota: Some(50_000),
             cpu_period: Some(100_000),
             cpu_shares: Some(512),
+            // A real disk, so the kernel checks the device and the format.
+            io: IoLimits {
+                weight: None,
+                throttles: vec![Throttle {
+                    kind: ThrottleKind::ReadBps,
+                    major: disk.0,
+                    minor: disk.1,
+                    rate: 10 << 20,
+                }],
+            },
         };
         let mut all = Vec::new();
         for h in &hs {
@@ -628,6 +760,18 @@ mod tests {
             if h.has("pids") {
                 let v = fs::read_to_string(dirs[0].join("pids.max")).unwrap();
                 assert_eq!(v.trim(), (10 + HOST_PIDS_OVERHEAD).to_string());
+            }
+            let want = format!("{}:{} {}", disk.0, disk.1, 10 << 20);
+            if h.has("blkio") {
+                let v = fs::read_to_string(dirs[0].join("blkio.throttle.read_bps_device")).unwrap();
+                assert_eq!(v.trim(), want);
+            }
+            if h.v2 && dirs[0].join("io.max").exists() {
+                let v = fs::read_to_string(dirs[0].join("io.max")).unwrap();
+                assert!(
+                    v.starts_with(&format!("{}:{} rbps={}", disk.0, disk.1, 10 << 20)),
+                    "{v}"
+                );
             }
             all.extend(dirs);
         }
