@@ -109,6 +109,7 @@ fn lifecycle_on_one_vm_with_a_second_beside_it() {
     let d = rt.dir().to_path_buf();
     let rootfs = busybox_rootfs(&d.join("rootfs"));
     let cgroup = format!("{parent}/vm1");
+    let disk = bulkhead_test_support::a_disk();
     let bundle = write_bundle(
         &d.join("b1"),
         &rootfs,
@@ -118,7 +119,9 @@ fn lifecycle_on_one_vm_with_a_second_beside_it() {
                            {"type": "uts"}, {"type": "cgroup"}],
             "cgroupsPath": format!("/{cgroup}"),
             "resources": {"memory": {"limit": 64 << 20}, "pids": {"limit": 50},
-                          "cpu": {"quota": 200000, "period": 100000}}
+                          "cpu": {"quota": 200000, "period": 100000},
+                          "blockIO": {"throttleReadBpsDevice": [
+                              {"major": disk.0, "minor": disk.1, "rate": 10 << 20}]}}
         }),
     );
     let out = d.join("vm1.out");
@@ -140,6 +143,11 @@ fn lifecycle_on_one_vm_with_a_second_beside_it() {
     let host_mem = host("memory", "memory.limit_in_bytes");
     assert_eq!(host_mem, (192u64 << 20).to_string(), "host memory limit");
     assert_eq!(host("pids", "pids.max"), "114", "host pids limit");
+    assert_eq!(
+        host("blkio", "blkio.throttle.read_bps_device"),
+        format!("{}:{} {}", disk.0, disk.1, 10 << 20),
+        "host block I/O throttle"
+    );
     assert_eq!(host("cpu", "cpu.cfs_quota_us"), "200000", "host cpu quota");
     assert_eq!(
         host("cpu", "cpu.cfs_period_us"),

@@ -16,7 +16,7 @@ mod need;
 
 use std::io::Write;
 
-pub use need::{cgroup_v2_controllers, Need};
+pub use need::{a_disk, cgroup_v2_controllers, Need};
 
 /// The environment variable that asks for every test to run (and so for every prerequisite).
 pub const REQUEST_VAR: &str = "BULKHEAD_E2E";

@@ -103,3 +103,23 @@ pub fn cgroup_v2_controllers() -> Vec<String> {
         .map(|c| c.split_whitespace().map(String::from).collect())
         .unwrap_or_default()
 }
+
+/// `major:minor` of a disk of this host: the first block device in /sys/block with a driver
+/// (not a loop or zram device), for tests that throttle I/O on a real device.
+pub fn a_disk() -> (i64, i64) {
+    let mut disks: Vec<String> = std::fs::read_dir("/sys/block")
+        .expect("/sys/block")
+        .flatten()
+        .filter(|e| e.path().join("device").exists())
+        .filter_map(|e| std::fs::read_to_string(e.path().join("dev")).ok())
+        .collect();
+    disks.sort();
+    let dev = disks
+        .first()
+        .expect("a disk in /sys/block with a device (for an I/O throttle)");
+    let (major, minor) = dev.trim().split_once(':').expect("major:minor");
+    (
+        major.parse().expect("a major number"),
+        minor.parse().expect("a minor number"),
+    )
+}

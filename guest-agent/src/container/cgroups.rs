@@ -13,7 +13,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use nix::unistd::Pid;
-use oci_spec::runtime::{LinuxResources, LinuxThrottleDevice};
+use oci_spec::runtime::LinuxResources;
 
 use super::device_filter;
 
@@ -478,15 +478,6 @@ fn swap_max(swap: i64, memory: i64) -> Result<Option<String>, CgroupError> {
     }
 }
 
-fn throttle(out: &mut Vec<(String, String)>, key: &str, list: &Option<Vec<LinuxThrottleDevice>>) {
-    for d in list.iter().flatten() {
-        out.push((
-            "io.max".into(),
-            format!("{}:{} {}={}", d.major(), d.minor(), key, d.rate()),
-        ));
-    }
-}
-
 /// The (file, value) writes for `r`, in order.
 pub fn writes(r: &LinuxResources) -> Result<Vec<(String, String)>, CgroupError> {
     let mut out: Vec<(String, String)> = Vec::new();
@@ -558,24 +549,9 @@ pub fn writes(r: &LinuxResources) -> Result<Vec<(String, String)>, CgroupError> 
             out.push(("pids.max".into(), limit(p.limit())));
         }
     }
-    if let Some(b) = r.block_io() {
-        let weight = |w: u16| 1 + (u64::from(w).saturating_sub(10) * 9999) / 990;
-        if let Some(w) = b.weight().filter(|w| *w != 0) {
-            out.push(("io.weight".into(), format!("default {}", weight(w))));
-        }
-        for d in b.weight_device().iter().flatten() {
-            if let Some(w) = d.weight().filter(|w| *w != 0) {
-                out.push((
-                    "io.weight".into(),
-                    format!("{}:{} {}", d.major(), d.minor(), weight(w)),
-                ));
-            }
-        }
-        throttle(&mut out, "rbps", b.throttle_read_bps_device());
-        throttle(&mut out, "wbps", b.throttle_write_bps_device());
-        throttle(&mut out, "riops", b.throttle_read_iops_device());
-        throttle(&mut out, "wiops", b.throttle_write_iops_device());
-    }
+    // blockIO is not the guest's: its devices are the host's (`major:minor` of host disks, which
+    // the guest does not have; its files are virtio-fs), so the host applies it to the VM's
+    // host group (shim/src/cgroups/io.rs) and the guest writes nothing for it.
     for h in r.hugepage_limits().iter().flatten() {
         if h.page_size().is_empty() || !h.page_size().bytes().all(|b| b.is_ascii_alphanumeric()) {
             return Err(CgroupError::Key(h.page_size().clone()));
@@ -619,7 +595,7 @@ mod tests {
     }
 
     #[test]
-    fn docker_limits_convert_like_runc() {
+    fn docker_limits_convert_like_runc_and_block_io_is_left_to_the_host() {
         let r = res(
             r#"{"memory":{"limit":268435456,"swap":536870912,"reservation":0},
                 "cpu":{"shares":1024,"quota":150000,"period":100000,"cpus":"0-1"},
@@ -636,8 +612,6 @@ mod tests {
             ("cpu.max", "150000 100000"),
             ("cpuset.cpus", "0-1"),
             ("pids.max", "100"),
-            ("io.weight", "default 4950"),
-            ("io.max", "8:0 rbps=1048576"),
             ("hugetlb.2MB.max", "0"),
             ("memory.high", "200000000"),
         ];

@@ -697,21 +697,6 @@ mod tests {
     }
 
     /// Real cgroups on this host: create, limit, join a child process, stats, remove.
-    /// `major:minor` of a disk of this host (a block device with a driver: not a loop or
-    /// zram device, which a throttle would not mean much on).
-    fn a_disk() -> (i64, i64) {
-        let mut disks: Vec<_> = fs::read_dir("/sys/block")
-            .expect("/sys/block")
-            .flatten()
-            .filter(|e| e.path().join("device").exists())
-            .filter_map(|e| fs::read_to_string(e.path().join("dev")).ok())
-            .collect();
-        disks.sort();
-        let dev = disks.first().expect("a disk in /sys/block with a device");
-        let (major, minor) = dev.trim().split_once(':').expect("major:minor");
-        (major.parse().unwrap(), minor.parse().unwrap())
-    }
-
     #[test]
     fn join_limit_and_remove_on_this_host() {
         if !bulkhead_test_support::require(&[bulkhead_test_support::Need::Root]) {
@@ -724,7 +709,7 @@ mod tests {
             .spawn()
             .unwrap();
         let leaf = PathBuf::from(format!("bulkhead-test-{}/c", std::process::id()));
-        let disk = a_disk();
+        let disk = bulkhead_test_support::a_disk();
         let limits = HostLimits {
             memory: Some(256 << 20),
             pids: Some(10),
