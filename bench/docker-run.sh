@@ -59,10 +59,8 @@ docker_() { DOCKER_HOST="unix://$work/docker.sock" /usr/bin/docker "$@"; }
 trap cleanup EXIT
 for _ in $(seq 100); do docker_ info >/dev/null 2>&1 && break; sleep 0.2; done
 
-rootfs="$work/busybox"; mkdir -p "$rootfs"/{bin,etc,tmp,proc,sys,dev}
-cp /bin/busybox "$rootfs/bin/"
-for a in $(/bin/busybox --list); do [[ $a == busybox ]] || ln -s busybox "$rootfs/bin/$a"; done
-echo 'root:x:0:0:root:/root:/bin/sh' >"$rootfs/etc/passwd"
+rootfs="$work/busybox"
+"$repo/images/busybox-rootfs.sh" "$rootfs"
 tar -C "$rootfs" -cf "$work/busybox.tar" . && docker_ import -c 'ENV PATH=/bin' "$work/busybox.tar" bench:busybox >/dev/null
 
 echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"

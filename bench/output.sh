@@ -29,11 +29,7 @@ bytes=$((mib << 20))
 
 work=$(mktemp -d /tmp/bh-output.XXXXXX)
 trap 'rm -rf "$work"' EXIT
-mkdir -p "$work/bundle/rootfs/bin" "$work/bundle/rootfs/proc" "$work/bundle/rootfs/dev" "$work/bundle/rootfs/tmp"
-cp /bin/busybox "$work/bundle/rootfs/bin/busybox"
-for applet in $(/bin/busybox --list); do
-    [[ $applet == busybox ]] || ln -s busybox "$work/bundle/rootfs/bin/$applet"
-done
+"$repo/images/busybox-rootfs.sh" "$work/bundle/rootfs"
 first=${builds[0]#*=}
 first=$(realpath "${first%%,*}")
 (cd "$work/bundle" && "$first" spec)

@@ -85,11 +85,7 @@ if [[ $demo -eq 1 ]]; then
     note "running a first container: busybox through 'bulkhead run' (about 15-30 s on PVM-backed KVM, about a second on hardware KVM)"
     demo_dir=$(mktemp -d /tmp/bulkhead-demo.XXXXXX)
     trap 'rm -rf "$demo_dir"' EXIT
-    mkdir -p "$demo_dir/rootfs/bin" "$demo_dir/rootfs/proc" "$demo_dir/rootfs/dev" "$demo_dir/rootfs/tmp"
-    cp /bin/busybox "$demo_dir/rootfs/bin/busybox"
-    for applet in $(/bin/busybox --list); do
-        [[ $applet == busybox ]] || ln -s busybox "$demo_dir/rootfs/bin/$applet"
-    done
+    "$repo/images/busybox-rootfs.sh" "$demo_dir/rootfs" || die "cannot make the demo's busybox root"
     (cd "$demo_dir" && bulkhead spec)
     python3 - "$demo_dir/config.json" <<'PY' || die "cannot write the demo bundle"
 import json, sys

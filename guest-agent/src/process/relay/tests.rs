@@ -21,6 +21,19 @@ fn socket() -> (OwnedFd, UnixStream) {
     (ours.into(), peer)
 }
 
+/// A relay with only stdout attached; the test keeps the process's write end and the host's
+/// peer.
+fn stdout_only() -> (Epoll, Relay, OwnedFd, UnixStream) {
+    let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).unwrap();
+    let mut relay = Relay::new(false);
+    let (pipe_r, pipe_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).unwrap();
+    nonblocking(&pipe_r);
+    relay.attach(GUEST_OUT, pipe_r, FdKind::Pipe, Reg::No);
+    let (ours, host) = socket();
+    relay.attach(HOST_OUT, ours, FdKind::Socket, Reg::No);
+    (epoll, relay, pipe_w, host)
+}
+
 /// Runs the relay's epoll loop until `done` or a timeout.
 fn drive(
     relay: &mut Relay,
@@ -51,13 +64,7 @@ fn drive(
 
 #[test]
 fn output_survives_a_slow_reader_and_drains_before_exit_is_reported() {
-    let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).unwrap();
-    let mut relay = Relay::new(false);
-    let (pipe_r, pipe_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).unwrap();
-    nonblocking(&pipe_r);
-    relay.attach(GUEST_OUT, pipe_r, FdKind::Pipe, Reg::No);
-    let (ours, mut host) = socket();
-    relay.attach(HOST_OUT, ours, FdKind::Socket, Reg::No);
+    let (epoll, mut relay, pipe_w, mut host) = stdout_only();
     // The "process" writes 4 MiB (more than any socket buffer) and exits.
     let data: Vec<u8> = (0..4u32 << 20).map(|i| (i % 251) as u8).collect();
     let expected = data.clone();
@@ -118,13 +125,7 @@ fn stdin_eof_reaches_the_process_after_all_data() {
 
 #[test]
 fn a_vanished_reader_makes_the_pump_discard_instead_of_blocking() {
-    let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).unwrap();
-    let mut relay = Relay::new(false);
-    let (pipe_r, pipe_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).unwrap();
-    nonblocking(&pipe_r);
-    relay.attach(GUEST_OUT, pipe_r, FdKind::Pipe, Reg::No);
-    let (ours, host) = socket();
-    relay.attach(HOST_OUT, ours, FdKind::Socket, Reg::No);
+    let (epoll, mut relay, pipe_w, host) = stdout_only();
     drop(host);
     let writer = std::thread::spawn(move || {
         // Far more than fits in the pipe: only completes if the relay keeps reading.
@@ -139,13 +140,7 @@ fn a_vanished_reader_makes_the_pump_discard_instead_of_blocking() {
 
 #[test]
 fn streaming_output_goes_on_a_timer_and_back_when_it_stops() {
-    let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).unwrap();
-    let mut relay = Relay::new(false);
-    let (pipe_r, pipe_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).unwrap();
-    nonblocking(&pipe_r);
-    relay.attach(GUEST_OUT, pipe_r, FdKind::Pipe, Reg::No);
-    let (ours, mut host) = socket();
-    relay.attach(HOST_OUT, ours, FdKind::Socket, Reg::No);
+    let (epoll, mut relay, pipe_w, mut host) = stdout_only();
     let reader = std::thread::spawn(move || {
         let mut got = Vec::new();
         host.read_to_end(&mut got).unwrap();
