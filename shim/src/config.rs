@@ -80,6 +80,11 @@ pub struct Config {
     pub templates: bool,
     /// Where templates live (one directory each, named by the hash of what they were made of).
     pub template_dir: PathBuf,
+    /// Let the guest make set-user-ID and set-group-ID files in volumes too. By default only the
+    /// container's own rootfs keeps them (package installs need them, and it lives in the
+    /// engine's private storage); in a volume, a file the guest (root in its VM) made
+    /// set-user-ID root could be run as root by any host user who can reach the directory.
+    pub volumes_allow_set_id: bool,
 }
 
 impl Default for Config {
@@ -98,6 +103,7 @@ impl Default for Config {
             boot_timeout_secs: 180,
             templates: true,
             template_dir: "/var/lib/bulkhead/templates".into(),
+            volumes_allow_set_id: false,
         }
     }
 }
@@ -287,10 +293,15 @@ mod tests {
         );
         assert_eq!(c.console_log("x"), PathBuf::from("/l/x.console.log"));
         assert!(!c.keep_logs);
+        assert!(!c.volumes_allow_set_id);
         assert_eq!(c.console_max_bytes(), 1 << 20);
-        std::fs::write(&p, "keep_logs = true\nconsole_log_max_kib = 4\n").unwrap();
+        std::fs::write(
+            &p,
+            "keep_logs = true\nconsole_log_max_kib = 4\nvolumes_allow_set_id = true\n",
+        )
+        .unwrap();
         let c = Config::load_from(&p).unwrap();
-        assert!(c.keep_logs);
+        assert!(c.keep_logs && c.volumes_allow_set_id);
         assert_eq!(c.console_max_bytes(), 4096);
     }
 

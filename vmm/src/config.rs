@@ -39,7 +39,7 @@ pub struct VmConfig {
     /// A virtio-vsock device with a hybrid (Unix socket) host side.
     pub vsock: Option<VsockConfig>,
     /// Host directories shared over virtio-fs, one device per tag (`tag`, `host_dir`,
-    /// `read_only`, cache mode).
+    /// `read_only`, cache mode, where set-ID files are allowed).
     pub fs: Vec<FsConfig>,
     /// The identity of `kernel` + `initrd` recorded in snapshots of this VM; `None` hashes the
     /// two files when a snapshot is taken ([`ImageId::of_files`]).
@@ -94,7 +94,7 @@ pub struct RestoreConfig {
     /// `guest_cid` becomes the guest's (the guest re-reads it after the transport reset).
     pub vsock: Option<VsockConfig>,
     /// The share behind each virtio-fs tag of the snapshot, exactly one per tag (the guest had
-    /// not mounted them, so any directory, read-only flag and cache mode will do).
+    /// not mounted them, so any directory, read-only flag, cache mode and set-ID rule will do).
     pub fs: Vec<FsConfig>,
 }
 

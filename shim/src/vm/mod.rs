@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bulkhead_protocol::client::{Client, ClientConfig, Connector};
-use bulkhead_vmm::devices::virtio::fs::{FsCache, FsConfig};
+use bulkhead_vmm::devices::virtio::fs::{FsCache, FsConfig, SetIdFiles};
 use bulkhead_vmm::devices::virtio::vsock::VsockConfig;
 use bulkhead_vmm::{ConsoleOutput, Vm, VmConfig, VmHandle};
 use tokio::sync::watch;
@@ -61,7 +61,8 @@ impl SandboxFactory for VmFactory {
 async fn cold_boot(ctx: &BootContext) -> Result<(VmGuest, Client), SandboxError> {
     let vsock = vsock_path(ctx)?;
     let mut cfg = vm_config(ctx, &vsock.path);
-    attach_share(&mut cfg, &ctx.share_dir, has_volumes(&ctx.share_dir));
+    let share = share_device(&ctx.config, &ctx.share_dir, has_volumes(&ctx.share_dir));
+    cfg.fs.push(share);
     let guest = VmGuest::start(&cfg, vsock)?;
     let client = connect_agent(&guest, &agent_wait(ctx)).await?;
     Ok((guest, client))
@@ -113,22 +114,29 @@ pub fn vm_config(ctx: &BootContext, vsock: &Path) -> VmConfig {
     cfg
 }
 
-/// Exports the share to the guest as virtio-fs tag [`SHARE_TAG`].
-fn attach_share(cfg: &mut VmConfig, share: &Path, has_volumes: bool) {
-    cfg.fs.push(share_device(share, has_volumes));
-}
-
-fn share_device(share: &Path, has_volumes: bool) -> FsConfig {
+/// The share as virtio-fs tag [`SHARE_TAG`] (booted, restored and template VMs alike).
+///
+/// Set-ID files stay allowed in the container's rootfs (`share/rootfs`: package installs make
+/// them, and it lives in the engine's private storage; it is a bind mount of its own, so nothing
+/// made set-ID in it can be renamed or linked out of it) and are refused everywhere else, the
+/// volumes under `share/mounts/` included, unless `volumes_allow_set_id` says otherwise.
+fn share_device(cfg: &crate::config::Config, share: &Path, has_volumes: bool) -> FsConfig {
     let cache = if has_volumes {
         FsCache::Shared
     } else {
         FsCache::Exclusive
+    };
+    let set_id = if cfg.volumes_allow_set_id {
+        SetIdFiles::Allowed
+    } else {
+        SetIdFiles::AllowedUnder(SHARE_ROOTFS.into())
     };
     FsConfig {
         tag: SHARE_TAG.to_string(),
         host_dir: share.to_path_buf(),
         read_only: false,
         cache,
+        set_id,
     }
 }
 
@@ -263,5 +271,23 @@ impl Guest for VmGuest {
         let (clean, why) = self.ending().await;
         crate::logging::debug(&format!("vm ended: {why}"));
         (!clean).then_some(why)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn set_id_files_stay_in_the_rootfs_unless_the_config_allows_them_in_volumes() {
+        let mut cfg = crate::config::Config::default();
+        let share = share_device(&cfg, Path::new("/state/c1/share"), true);
+        assert_eq!(share.set_id, SetIdFiles::AllowedUnder("rootfs".into()));
+        assert_eq!(share.cache, FsCache::Shared);
+        share.validate().unwrap();
+        cfg.volumes_allow_set_id = true;
+        let share = share_device(&cfg, Path::new("/state/c1/share"), false);
+        assert_eq!(share.set_id, SetIdFiles::Allowed);
+        assert_eq!(share.cache, FsCache::Exclusive);
     }
 }

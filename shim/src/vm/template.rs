@@ -88,7 +88,11 @@ async fn clone_from(
     config.console = ConsoleOutput::File(ctx.console_log.clone());
     config.console_max_bytes = Some(ctx.config.console_max_bytes());
     config.vsock = Some(VsockConfig::new(&vsock.path));
-    config.fs = vec![share_device(&ctx.share_dir, has_volumes(&ctx.share_dir))];
+    config.fs = vec![share_device(
+        &ctx.config,
+        &ctx.share_dir,
+        has_volumes(&ctx.share_dir),
+    )];
     let vm = Vm::restore(&config).map_err(|e| SandboxError::Vm {
         what: "restore vm",
         source: Box::new(e),
@@ -202,7 +206,7 @@ async fn make(
     if !cfg.kernel_args.is_empty() {
         vm.cmdline = Some(cfg.kernel_args.clone());
     }
-    vm.fs.push(share_device(&share, false));
+    vm.fs.push(share_device(cfg, &share, false));
     vm.image_id = Some(image);
     let guest = VmGuest::start(&vm, vsock)?;
     let wait = AgentWait {

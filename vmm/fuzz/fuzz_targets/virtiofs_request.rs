@@ -13,7 +13,7 @@
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use bulkhead_vmm::devices::virtio::fs::{FsConfig, FsDevice};
+use bulkhead_vmm::devices::virtio::fs::{FsConfig, FsDevice, SetIdFiles};
 use bulkhead_vmm::devices::virtio::{
     GuestMemoryMmap, Interrupt, VirtioDevice, FEATURE_EVENT_IDX, FEATURE_VERSION_1,
 };
@@ -82,7 +82,13 @@ impl Fs {
             std::fs::write(share.path().join(f), b"some content").expect("populate");
         }
         std::os::unix::fs::symlink("/", share.path().join("l")).expect("populate");
-        let dev = FsDevice::new(&FsConfig::new("fuzz", share.path())).expect("fs device");
+        // The shim's kind of set-ID rule, so set-ID modes in SETATTR/CREATE/MKNOD reach its
+        // path look-ups (under the worker's seccomp filter) instead of passing straight through.
+        let config = FsConfig {
+            set_id: SetIdFiles::AllowedUnder("a".into()),
+            ..FsConfig::new("fuzz", share.path())
+        };
+        let dev = FsDevice::new(&config).expect("fs device");
         let kicks = dev
             .queue_events()
             .iter()

@@ -60,8 +60,10 @@ struct Args {
     vsock_cid: u64,
     /// Share a host directory over virtio-fs (repeatable): the guest mounts it with
     /// `mount -t virtiofs TAG <dir>`. `:ro` makes it read-only, `:shared` for a directory the
-    /// host changes too (short cache timeouts instead of caching for a day).
-    #[arg(long = "fs", value_name = "TAG=DIR[:ro][:shared]", value_parser = parse_fs)]
+    /// host changes too (short cache timeouts instead of caching for a day), `:nosetid` refuses
+    /// (EPERM) set-user-ID and set-group-ID bits on the guest's files, which the guest may
+    /// otherwise set on files it owns as any host uid, root included.
+    #[arg(long = "fs", value_name = "TAG=DIR[:ro][:shared][:nosetid]", value_parser = parse_fs)]
     fs: Vec<FsConfig>,
     /// Host KVM profile (hardware or pvm) instead of probing.
     #[arg(long, value_parser = parse_profile)]

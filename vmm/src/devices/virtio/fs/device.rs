@@ -61,6 +61,7 @@ impl FsDevice {
             options: ShareOptions {
                 read_only: config.read_only,
                 cache: config.cache,
+                set_id: config.set_id.clone(),
             },
             queue_events: worker_events,
             metrics: metrics.clone(),

@@ -11,6 +11,9 @@
 //! - device nodes: MKNOD of block and character devices is refused (the worker also has no
 //!   `CAP_MKNOD`), FIFOs and sockets are fine;
 //! - read-only shares: every mutating request fails with `EROFS`, before the host is touched;
+//! - set-ID files: SETATTR, CREATE and MKNOD that would give a non-directory set-user-ID or
+//!   set-group-ID bits fail with `EPERM` where the share's [`SetIdFiles`] refuses them (see
+//!   [`super::setid`]);
 //! - the FUSE options and cache timeouts of [`FsCache`], and negative-entry caching;
 //! - READ/WRITE never make the crate `fcntl` a handle (see [`ShareFs::io_flags`]: a failing
 //!   `fcntl` makes it close a handle's fd twice).
@@ -18,6 +21,7 @@
 use std::collections::HashMap;
 use std::ffi::CStr;
 use std::io;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -29,7 +33,8 @@ use fuse_backend_rs::api::filesystem::{
 };
 use fuse_backend_rs::passthrough::{CachePolicy, Config, PassthroughFs};
 
-use super::FsCache;
+use super::setid::SetIdRule;
+use super::{FsCache, SetIdFiles};
 
 type Inode = u64;
 type Handle = u64;
@@ -74,18 +79,22 @@ const REFUSED_OPTIONS: FsOptions = FsOptions::PERFILE_DAX
     .union(FsOptions::POSIX_ACL);
 
 /// How one share behaves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShareOptions {
     /// Refuse every change with `EROFS`.
     pub read_only: bool,
     /// The caching contract with the guest.
     pub cache: FsCache,
+    /// Where the guest may make set-ID files.
+    pub set_id: SetIdFiles,
 }
 
 /// `PassthroughFs` behind the guest-facing policy. `Sync`, so the server can share it.
 pub struct ShareFs {
     inner: PassthroughFs<()>,
     options: ShareOptions,
+    /// `options.set_id` against the server's root.
+    set_id: SetIdRule,
     /// Whether the crate runs zero-message opens (mirrors its own rule, decided at INIT).
     zero_open: AtomicBool,
     /// The open flags the crate stored with each handle it gave out (see [`Self::io_flags`]).
@@ -106,6 +115,27 @@ fn erofs() -> io::Error {
 
 fn einval() -> io::Error {
     io::Error::from_raw_os_error(libc::EINVAL)
+}
+
+fn eperm() -> io::Error {
+    io::Error::from_raw_os_error(libc::EPERM)
+}
+
+/// What a set-ID check is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SetIdOn {
+    /// The inode itself (SETATTR of its mode).
+    Itself,
+    /// A new file in the directory inode (CREATE, MKNOD).
+    NewFileIn,
+}
+
+/// Whether `path`, resolved from this thread's root without following a final symlink, is the
+/// file `st` describes: confirms the path the kernel gave for an inode (see
+/// [`SetIdRule::permits`]).
+fn names_inode(path: &Path, st: &stat64) -> bool {
+    nix::sys::stat::fstatat(None, path, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)
+        .is_ok_and(|found| (found.st_dev, found.st_ino) == (st.st_dev, st.st_ino))
 }
 
 /// Refuses names Linux never sends in a request: empty, `.`, `..`, or containing `/`.
@@ -165,6 +195,7 @@ impl ShareFs {
         };
         Ok(Self {
             inner: PassthroughFs::new(config)?,
+            set_id: SetIdRule::new(Path::new(root_dir), &options.set_id),
             options,
             zero_open: AtomicBool::new(false),
             handle_flags: Mutex::new(HashMap::new()),
@@ -207,6 +238,30 @@ impl ShareFs {
             Err(erofs())
         } else {
             Ok(())
+        }
+    }
+
+    /// `EPERM` when the share's set-ID rule refuses the set-ID bits of `mode` at `inode`. The
+    /// whole request fails rather than going through with the bits stripped, so the guest's
+    /// `chmod` or installer reports it instead of leaving a file without the bits it was told it
+    /// has.
+    ///
+    /// Directories keep theirs: set-group-ID on a directory only makes new entries inherit its
+    /// group (and set-user-ID means nothing there); neither runs anything. Whether `inode` is a
+    /// directory is the host's answer, not the file type bits of the guest's SETATTR mode.
+    fn check_set_id(&self, ctx: &Context, inode: Inode, mode: u32, on: SetIdOn) -> io::Result<()> {
+        if !self.set_id.concerns(mode) {
+            return Ok(());
+        }
+        let (st, _) = self.inner.getattr(ctx, inode, None)?;
+        if on == SetIdOn::Itself && st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+            return Ok(());
+        }
+        let path = self.inner.readlinkat_proc_file(inode);
+        if self.set_id.permits(path, |p| names_inode(p, &st)) {
+            Ok(())
+        } else {
+            Err(eperm())
         }
     }
 
@@ -286,6 +341,9 @@ impl FileSystem for ShareFs {
         valid: SetattrValid,
     ) -> io::Result<(stat64, Duration)> {
         self.writable()?;
+        if valid.contains(SetattrValid::MODE) {
+            self.check_set_id(ctx, inode, attr.st_mode, SetIdOn::Itself)?;
+        }
         self.inner.setattr(ctx, inode, attr, handle, valid)
     }
 
@@ -318,8 +376,10 @@ impl FileSystem for ShareFs {
         check_name(name)?;
         match mode & libc::S_IFMT {
             libc::S_IFREG | libc::S_IFIFO | libc::S_IFSOCK => {}
-            _ => return Err(io::Error::from_raw_os_error(libc::EPERM)),
+            _ => return Err(eperm()),
         }
+        // Regular files are what matters; a set-ID FIFO or socket has no use either.
+        self.check_set_id(ctx, parent, mode, SetIdOn::NewFileIn)?;
         self.inner.mknod(ctx, parent, name, mode, rdev, umask)
     }
 
@@ -405,6 +465,7 @@ impl FileSystem for ShareFs {
             flags: sanitize_open_flags(args.flags)? & !(libc::O_DIRECTORY as u32),
             ..args
         };
+        self.check_set_id(ctx, parent, args.mode, SetIdOn::NewFileIn)?;
         let created = self.inner.create(ctx, parent, name, args)?;
         self.remember_handle(created.1, args.flags);
         Ok(created)

@@ -9,7 +9,8 @@
 //! - [`request`]: one chain → one FUSE request: header checks, server call, error replies;
 //! - [`shadow`]: hands exactly the validated buffers (and our copy of the header) to the server;
 //! - [`filesystem`]: the guest-facing policy around `PassthroughFs` (names, open flags, device
-//!   nodes, read-only shares, FUSE options and cache timeouts);
+//!   nodes, read-only shares, set-ID files, FUSE options and cache timeouts);
+//! - [`setid`]: where a share lets the guest make set-user-ID and set-group-ID files;
 //! - [`metrics`]: requests per opcode, notifications, interrupts, errors.
 
 pub mod device;
@@ -18,13 +19,14 @@ pub mod metrics;
 pub mod request;
 pub mod sandbox;
 pub mod seccomp;
+pub mod setid;
 pub mod shadow;
 mod worker;
 
 #[cfg(test)]
 mod tests;
 
-use std::path::PathBuf;
+use std::path::{Component, Path, PathBuf};
 use std::str::FromStr;
 
 pub use device::FsDevice;
@@ -51,6 +53,23 @@ pub enum FsCache {
     Shared,
 }
 
+/// Where the guest may make set-user-ID and set-group-ID files (`chmod 4755`, or CREATE/MKNOD
+/// with those bits). The guest is root in its VM, so such a file in the share is a set-ID file
+/// owned by whichever host uid the guest chose — root included — that any host user who can
+/// reach the directory may run. A refused request fails with `EPERM` (see [`setid`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum SetIdFiles {
+    /// Anywhere, like any local file system: for shares only trusted host users can reach.
+    #[default]
+    Allowed,
+    /// Nowhere in the share.
+    Refused,
+    /// Only in this directory of the share and below it (relative to the share, e.g. `rootfs`);
+    /// refused everywhere else. Checked when the bits are set: a set-ID file made in a directory
+    /// that is not a mount of its own can later be renamed or linked elsewhere in the same mount.
+    AllowedUnder(PathBuf),
+}
+
 /// One shared directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FsConfig {
@@ -62,6 +81,8 @@ pub struct FsConfig {
     pub read_only: bool,
     /// The caching contract.
     pub cache: FsCache,
+    /// Where the guest may make set-ID files.
+    pub set_id: SetIdFiles,
 }
 
 /// Why a virtio-fs device could not be created.
@@ -74,8 +95,12 @@ pub enum FsError {
     #[error("duplicate virtio-fs tag {0:?}")]
     DuplicateTag(String),
     /// A `--fs` argument that does not parse.
-    #[error("invalid share {0:?} (expected TAG=DIR[:ro][:shared])")]
+    #[error("invalid share {0:?} (expected TAG=DIR[:ro][:shared][:nosetid])")]
     InvalidSpec(String),
+    /// [`SetIdFiles::AllowedUnder`] names no directory of the share: empty, absolute, or with
+    /// `.`/`..` components.
+    #[error("set-ID directory {0:?} must be a relative path inside the share, without . or ..")]
+    InvalidSetIdDir(PathBuf),
     /// The shared directory does not exist or is not a directory.
     #[error("cannot share {path}")]
     ShareDir {
@@ -109,21 +134,27 @@ pub enum FsError {
 }
 
 impl FsConfig {
-    /// A read-write, exclusive share.
+    /// A read-write, exclusive share where set-ID files are allowed.
     pub fn new(tag: impl Into<String>, host_dir: impl Into<PathBuf>) -> Self {
         Self {
             tag: tag.into(),
             host_dir: host_dir.into(),
             read_only: false,
             cache: FsCache::Exclusive,
+            set_id: SetIdFiles::Allowed,
         }
     }
 
-    /// Checks the tag.
+    /// Checks the tag and the set-ID directory.
     pub fn validate(&self) -> Result<(), FsError> {
         let len = self.tag.len();
         if len == 0 || len > TAG_MAX_LEN || self.tag.contains('\0') {
             return Err(FsError::InvalidTag(self.tag.clone()));
+        }
+        if let SetIdFiles::AllowedUnder(dir) = &self.set_id {
+            if !is_plain_relative(dir) {
+                return Err(FsError::InvalidSetIdDir(dir.clone()));
+            }
         }
         Ok(())
     }
@@ -157,7 +188,8 @@ impl FsConfig {
 impl FromStr for FsConfig {
     type Err = FsError;
 
-    /// `TAG=DIR[:ro][:shared]` (the suffixes in any order).
+    /// `TAG=DIR[:ro][:shared][:nosetid]` (the suffixes in any order; `:nosetid` is
+    /// [`SetIdFiles::Refused`]).
     fn from_str(spec: &str) -> Result<Self, FsError> {
         let bad = || FsError::InvalidSpec(spec.to_owned());
         let (tag, mut dir) = spec.split_once('=').ok_or_else(bad)?;
@@ -168,6 +200,9 @@ impl FromStr for FsConfig {
                 dir = rest;
             } else if let Some(rest) = dir.strip_suffix(":shared") {
                 config.cache = FsCache::Shared;
+                dir = rest;
+            } else if let Some(rest) = dir.strip_suffix(":nosetid") {
+                config.set_id = SetIdFiles::Refused;
                 dir = rest;
             } else {
                 break;
@@ -180,6 +215,14 @@ impl FromStr for FsConfig {
         config.validate()?;
         Ok(config)
     }
+}
+
+/// A non-empty relative path of plain names only, so that it names the same directory however
+/// it is joined to the share's root (and can be compared with the kernel's paths, which never
+/// hold `.` or `..`).
+fn is_plain_relative(path: &Path) -> bool {
+    let mut components = path.components().peekable();
+    components.peek().is_some() && components.all(|c| matches!(c, Component::Normal(_)))
 }
 
 #[cfg(test)]
@@ -195,6 +238,10 @@ mod config_tests {
         assert_eq!(c.host_dir, PathBuf::from("/srv/b"));
         let c: FsConfig = "v=/srv/b:shared:ro".parse().unwrap();
         assert!(c.read_only && c.cache == FsCache::Shared);
+        assert_eq!(c.set_id, SetIdFiles::Allowed);
+        let c: FsConfig = "v=/srv/b:nosetid:ro".parse().unwrap();
+        assert!(c.read_only && c.set_id == SetIdFiles::Refused);
+        assert_eq!(c.host_dir, PathBuf::from("/srv/b"));
         // Colons inside the directory stay.
         let c: FsConfig = "v=/srv/a:b".parse().unwrap();
         assert_eq!(c.host_dir, PathBuf::from("/srv/a:b"));
@@ -204,6 +251,7 @@ mod config_tests {
             "=/x",
             "t=",
             "t=:ro",
+            "t=:nosetid",
             &format!("{}=/x", "t".repeat(37)),
         ] {
             assert!(bad.parse::<FsConfig>().is_err(), "{bad:?}");
@@ -220,6 +268,23 @@ mod config_tests {
             Err(FsError::DuplicateTag(t)) if t == "a"
         ));
         assert!(FsConfig::new("a\0b", "/x").validate().is_err());
+    }
+
+    #[test]
+    fn the_set_id_directory_must_be_a_plain_relative_path() {
+        let under = |dir: &str| FsConfig {
+            set_id: SetIdFiles::AllowedUnder(dir.into()),
+            ..FsConfig::new("a", "/x")
+        };
+        for good in ["rootfs", "a/b", "a/b/"] {
+            assert!(under(good).validate().is_ok(), "{good:?}");
+        }
+        for bad in ["", "/rootfs", "/", ".", "./rootfs", "..", "a/../b", "../a"] {
+            assert!(
+                matches!(under(bad).validate(), Err(FsError::InvalidSetIdDir(_))),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

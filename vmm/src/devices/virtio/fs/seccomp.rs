@@ -54,6 +54,7 @@ const ALLOWED: &[libc::c_long] = &[
     libc::SYS_renameat2,
     libc::SYS_linkat,
     libc::SYS_symlinkat,
+    // READLINK, and the set-ID rule's look-up of an inode's path (`/proc/self/fd/<fd>`).
     libc::SYS_readlinkat,
     libc::SYS_mknodat,
     libc::SYS_fchmod,

@@ -154,9 +154,10 @@ impl Worker {
     ) -> Result<Self, FsError> {
         block_signals();
         let filter = seccomp::worker_filter().map_err(FsError::Seccomp)?;
+        let read_only = setup.options.read_only;
         // The server's root is "/" as this thread will see it once confined: the share.
         let fs = Arc::new(ShareFs::new("/", setup.options).map_err(FsError::Server)?);
-        sandbox::confine(&setup.share, setup.options.read_only).map_err(FsError::Sandbox)?;
+        sandbox::confine(&setup.share, read_only).map_err(FsError::Sandbox)?;
 
         let epoll = Epoll::new().map_err(FsError::Epoll)?;
         let watch = |fd: i32, data: u64| {

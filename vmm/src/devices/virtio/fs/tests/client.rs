@@ -257,6 +257,18 @@ impl Harness<'_> {
             .result()
     }
 
+    /// SETATTR of the permission bits only, as `chmod` sends it (the mode carries the file
+    /// type too; the server must not trust it).
+    pub fn chmod(&mut self, node: u64, mode: u32) -> Result<AttrOut, i32> {
+        let body = SetattrIn {
+            valid: SetattrValid::MODE.bits(),
+            mode,
+            ..Default::default()
+        };
+        self.call(OP_SETATTR, node, &[body.as_slice()], REPLY_LEN)
+            .result()
+    }
+
     pub fn forget(&mut self, node: u64, nlookup: u64) -> u32 {
         let body = ForgetIn { nlookup };
         self.call_hiprio(OP_FORGET, node, &[body.as_slice()])

@@ -7,3 +7,4 @@ mod harness;
 mod malformed;
 mod ops;
 mod sandbox;
+mod setid;
