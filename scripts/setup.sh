@@ -10,6 +10,7 @@
 #   /usr/local/share/bulkhead/{vmlinux,bzImage,agent-initramfs.cpio,test-initramfs.cpio}
 #   /etc/bulkhead/config.toml: every setting, commented out with its default (only if absent)
 #   runtime `bulkhead` in /etc/docker/daemon.json and /etc/containers/containers.conf (merged)
+#   the nightly Rust toolchain (rustup) and cargo-fuzz, if missing: scripts/fuzz.sh needs them
 # Caches: ${BULKHEAD_CACHE_DIR:-/var/cache/bulkhead} (guest kernel builds). Idempotent: a second
 # run reuses the cached kernel and cargo's incremental build.
 set -euo pipefail
@@ -24,7 +25,7 @@ demo=1
 for arg in "$@"; do
     case "$arg" in
         --no-demo) demo=0 ;;
-        -h|--help) sed -n '2,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) die "unknown argument '$arg' (try --help)" ;;
     esac
 done
@@ -47,6 +48,22 @@ if [[ ${#missing[@]} -gt 0 ]]; then
         || die "apt-get install failed: ${missing[*]}"
 fi
 command -v cargo >/dev/null || die "cargo not found: install Rust with rustup (https://rustup.rs)"
+
+# ---- fuzzing tools -------------------------------------------------------------------------
+# scripts/fuzz.sh (which scripts/test.sh runs) builds with cargo-fuzz on the nightly toolchain.
+toolchains=$(rustup toolchain list 2>/dev/null || true)
+if ! grep -q '^nightly' <<<"$toolchains"; then
+    command -v rustup >/dev/null \
+        || die "the nightly toolchain (for scripts/fuzz.sh) is missing and there is no rustup to install it (https://rustup.rs)"
+    note "installing the nightly toolchain (for scripts/fuzz.sh)"
+    rustup toolchain install nightly --profile minimal \
+        || die "cannot install the nightly toolchain (rustup toolchain install nightly --profile minimal: is static.rust-lang.org reachable?)"
+fi
+if ! cargo fuzz --version >/dev/null 2>&1; then
+    note "installing cargo-fuzz (for scripts/fuzz.sh; a few minutes)"
+    cargo install cargo-fuzz --locked \
+        || die "cannot install cargo-fuzz (cargo install cargo-fuzz --locked: is crates.io reachable?)"
+fi
 
 # ---- guest kernel ------------------------------------------------------------------------
 note "guest kernel (first build takes ~5 minutes on 2 cores, then it is cached)"

@@ -14,10 +14,15 @@
 #    ~30 s of one core on PVM-backed KVM (see shared/PVM.md) and the machine has two. Each
 #    suite's output goes to a log that is printed when the suite fails; each suite's wall time
 #    is printed, and the total;
-# 6. no silent skips: a skip line (bulkhead-test-skip: anywhere in a line, or a "skipped"
+# 6. every fuzz target (scripts/fuzz.sh: vmm/fuzz, protocol/fuzz) briefly, one after another,
+#    after the end-to-end suites: its nightly sanitizer build (minutes the first time, in
+#    target/fuzz), then BULKHEAD_FUZZ_SECONDS (default 20) per target; a crash fails the run,
+#    a missing nightly toolchain or cargo-fuzz too (setup.sh installs them);
+# 7. no silent skips: a skip line (bulkhead-test-skip: anywhere in a line, or a "skipped"
 #    note) or an ignored test in any log fails the run.
 #
 # BULKHEAD_TEST_JOBS sets how many end-to-end suites run at once (default 2).
+# BULKHEAD_FUZZ_SECONDS sets how long each fuzz target runs (default 20).
 set -euo pipefail
 
 die() { echo "test: $*" >&2; exit 1; }
@@ -29,6 +34,7 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$repo/target}"
 target=$CARGO_TARGET_DIR
 logs="$target/test-logs"
 jobs=${BULKHEAD_TEST_JOBS:-2}
+fuzz_seconds=${BULKHEAD_FUZZ_SECONDS:-20}
 started=$SECONDS
 
 # Longest first, so the two lanes end together; suites not named here run after these.
@@ -160,6 +166,15 @@ done
 wait
 phase "end-to-end suites" "$t"
 
+# ---- fuzz targets, briefly --------------------------------------------------------------------
+# After the suites, alone: libFuzzer takes a core. Its output goes to target/fuzz/logs, not to
+# $logs (whose logs the skip check reads).
+t=$SECONDS
+note "fuzz targets, $fuzz_seconds s each (scripts/fuzz.sh)"
+fuzz_rc=0
+"$repo/scripts/fuzz.sh" --time "$fuzz_seconds" || fuzz_rc=$?
+phase "fuzzing" "$t"
+
 # ---- verdict --------------------------------------------------------------------------------
 failed=()
 note "suite times:"
@@ -169,6 +184,7 @@ for name in "${queue[@]}"; do
     [[ $rc == 0 ]] || failed+=("$name")
 done
 [[ ${#failed[@]} -eq 0 ]] || die "end-to-end suites failed: ${failed[*]} (logs: $logs)"
+[[ $fuzz_rc -eq 0 ]] || die "fuzzing failed (its lines above; inputs and logs: $target/fuzz)"
 
 # A skip line, an old-style "skipped" note or an ignored test means a check did not run.
 skips=$(grep -HiE -e 'bulkhead-test-skip:' -e '(^|: )skipped\b' "$logs"/*.log || true)
