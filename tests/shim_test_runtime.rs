@@ -293,6 +293,14 @@ impl Sandbox for HostSandbox {
         Ok(GuestStats::default())
     }
 
+    /// A host process has no guest to ask: its init and execs are killed.
+    async fn power_off(&self) {
+        signal(self.init_pid.get(), libc::SIGKILL, true);
+        for (pid, _) in self.execs.borrow().values() {
+            signal(*pid, libc::SIGKILL, false);
+        }
+    }
+
     async fn shutdown(&self) -> Option<String> {
         for (pid, _) in self.execs.borrow().values() {
             signal(*pid, libc::SIGKILL, false);

@@ -146,6 +146,9 @@ pub trait Sandbox {
     async fn update(&self, resources: &LinuxResources) -> Result<(), SandboxError>;
     /// The container's statistics as its own cgroup (in the guest) sees them.
     async fn stats(&self) -> Result<GuestStats, SandboxError>;
+    /// Stops the sandbox now, without the guest's help (a SIGKILL the guest did not carry out):
+    /// every process in it ends, and [`Sandbox::wait`] of each resolves.
+    async fn power_off(&self);
     /// Ends the sandbox (the VM); idempotent. Returns how it ended when that was not clean (a
     /// guest fault), for the log.
     async fn shutdown(&self) -> Option<String>;

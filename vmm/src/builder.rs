@@ -129,6 +129,7 @@ pub fn build_vm(config: &VmConfig) -> Result<Vm, BuildError> {
     let serial = attach_serial(
         &mut devices,
         &vm,
+        &control,
         &config.console,
         config.console_max_bytes,
         config.console_input,
@@ -201,18 +202,20 @@ fn load_images(
     Ok((loaded, initrd))
 }
 
-/// COM1, with its interrupt on an irqfd, its output capped at `console_max_bytes` (a file) and,
-/// if asked, our stdin as its input; in the state `saved` when restoring.
+/// COM1, with its interrupt on an irqfd, its output capped at `console_max_bytes` (a file) and
+/// watched for a guest panic (reported to `control`), and, if asked, our stdin as its input; in
+/// the state `saved` when restoring.
 pub(crate) fn attach_serial(
     devices: &mut DeviceManager,
     vm: &VmFd,
+    control: &Arc<Controller>,
     console: &ConsoleOutput,
     console_max_bytes: Option<u64>,
     console_input: bool,
     saved: Option<&SerialSnapshot>,
 ) -> Result<Arc<Mutex<SerialDevice>>, BuildError> {
     let irq = devices.irqfd(vm, COM1_IRQ)?;
-    let out = ConsoleOut::open(console, console_max_bytes)?;
+    let out = ConsoleOut::open(console, console_max_bytes)?.watch_for_panic(control.clone());
     let device = match saved {
         Some(state) => SerialDevice::from_snapshot(irq, out, state)?,
         None => SerialDevice::new(irq, out),

@@ -26,6 +26,8 @@ pub enum ExitReason {
     PowerOff,
     /// The VM's owner stopped it.
     Stopped,
+    /// The guest kernel panicked (its console said so) and then reset or powered off.
+    GuestPanic,
     /// A vCPU died.
     Fault(Box<VcpuFault>),
 }
@@ -33,7 +35,7 @@ pub enum ExitReason {
 impl ExitReason {
     /// Whether the guest ended the way a guest should (reset, power-off, or stopped by us).
     pub fn is_clean(&self) -> bool {
-        !matches!(self, ExitReason::Fault(_))
+        !matches!(self, ExitReason::Fault(_) | ExitReason::GuestPanic)
     }
 }
 
@@ -43,6 +45,7 @@ impl fmt::Display for ExitReason {
             ExitReason::Reset => f.write_str("guest reset"),
             ExitReason::PowerOff => f.write_str("guest powered off"),
             ExitReason::Stopped => f.write_str("stopped"),
+            ExitReason::GuestPanic => f.write_str("guest kernel panic"),
             ExitReason::Fault(fault) => fault.fmt(f),
         }
     }
@@ -165,6 +168,9 @@ struct PauseState {
 #[derive(Default)]
 pub struct Controller {
     stopping: AtomicBool,
+    /// The guest's console printed a kernel panic: its reset that follows (we boot it with
+    /// `panic=-1`) is a failure, not the guest saying it is done.
+    panicked: AtomicBool,
     reason: Mutex<Option<ExitReason>>,
     /// Running vCPU threads by index, so a stop can kick them. A thread removes itself before it
     /// ends, under this lock, so a kick never targets a thread that is gone.
@@ -200,9 +206,24 @@ impl Controller {
         self.stopping.load(Ordering::Acquire)
     }
 
+    /// Notes that the guest kernel panicked (see [`crate::devices::serial`]). The guest can
+    /// also print the words from user space if it can write to its console: that only turns its
+    /// own clean end into a reported failure.
+    pub(crate) fn note_guest_panic(&self) {
+        if !self.panicked.swap(true, Ordering::AcqRel) {
+            tracing::warn!("the guest kernel panicked");
+        }
+    }
+
     /// Stops the VM for `reason` (unless it is already stopping for another reason) and kicks
-    /// every vCPU out of the guest.
+    /// every vCPU out of the guest. A reset or power-off after a guest panic is the panic.
     pub fn request(&self, reason: ExitReason) {
+        let reason = match reason {
+            ExitReason::Reset | ExitReason::PowerOff if self.panicked.load(Ordering::Acquire) => {
+                ExitReason::GuestPanic
+            }
+            other => other,
+        };
         {
             let mut r = locked(&self.reason);
             if r.is_none() {

@@ -124,6 +124,7 @@ pub fn restore_vm(config: &RestoreConfig) -> Result<Vm, RestoreError> {
     let serial = builder::attach_serial(
         &mut devices,
         &vm,
+        &control,
         &config.console,
         config.console_max_bytes,
         config.console_input,

@@ -27,7 +27,7 @@ use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 
 use crate::config::{Config, VmSize};
 use crate::error::{Failure, HasKind, Kind};
@@ -60,6 +60,13 @@ pub enum MonitorError {
     #[error(transparent)]
     Failed(#[from] Failure),
 }
+
+/// How long a guest has to carry out a SIGKILL itself (so the init's last output arrives whole)
+/// before the host stops its VM. A guest that ignores the request, or cannot take it (its
+/// agent starved, frozen, or gone), does not keep its container running beyond this.
+const KILL_GRACE: Duration = Duration::from_secs(5);
+/// How long the guest has to take any other signal before `kill` fails.
+const SIGNAL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How the container's terminal or streams reach the monitor.
 #[derive(Debug)]
@@ -119,6 +126,11 @@ pub(crate) struct Monitor<S> {
     /// A `start` is under way (it awaits the guest; a second one must not pass the rules).
     starting: Cell<bool>,
     exec_seq: Cell<u64>,
+    /// A SIGKILL was asked for: [`Monitor::supervise`] starts the [`KILL_GRACE`] clock.
+    sigkill: Notify,
+    /// The host stopped the VM to carry out a SIGKILL: the init's status is 137 whatever the
+    /// guest (no longer) says.
+    killed_by_host: Cell<bool>,
 }
 
 impl<S: Sandbox> Monitor<S> {
@@ -232,6 +244,8 @@ async fn life<F: SandboxFactory>(
         }),
         starting: Cell::new(false),
         exec_seq: Cell::new(1),
+        sigkill: Notify::new(),
+        killed_by_host: Cell::new(false),
         plan,
     });
     let server = tokio::task::spawn_local(server::serve(listener, monitor.clone()));
@@ -275,6 +289,10 @@ async fn life<F: SandboxFactory>(
     };
     if let Some(why) = &fault {
         crate::logging::error(&format!("container {}: vm: {why}", monitor.id()));
+        let console = monitor.plan.config.console_log(monitor.id());
+        for line in console_tail(&console, CONSOLE_TAIL_LINES) {
+            crate::logging::error(&format!("container {}: console: {line}", monitor.id()));
+        }
     }
     server.abort();
     socket_file.remove();
@@ -285,14 +303,36 @@ async fn life<F: SandboxFactory>(
 }
 
 impl<S: Sandbox> Monitor<S> {
-    /// Forwards signals to the init until it exits; returns its status.
+    /// Forwards signals to the init until it exits; returns its status. A SIGKILL that the
+    /// guest has not carried out within [`KILL_GRACE`] is carried out by stopping the VM.
     async fn supervise(&self, signals: &signals::Signals) -> Result<i32, Failure> {
         let sb = self.sandbox()?;
         let exit = sb.wait(Target::Init);
         tokio::pin!(exit);
+        let grace = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(grace);
+        let mut armed = false;
         loop {
             tokio::select! {
-                status = &mut exit => return status.map_err(|e| e.failure()),
+                status = &mut exit => return match status {
+                    Err(_) if self.killed_by_host.get() => {
+                        Ok(crate::signal::killed_status(libc::SIGKILL))
+                    }
+                    other => other.map_err(|e| e.failure()),
+                },
+                () = self.sigkill.notified(), if !armed => {
+                    armed = true;
+                    grace.as_mut().reset(tokio::time::Instant::now() + KILL_GRACE);
+                }
+                () = &mut grace, if armed && !self.killed_by_host.get() => {
+                    crate::logging::warn(&format!(
+                        "container {}: still running {}s after SIGKILL: stopping its vm from the host",
+                        self.id(),
+                        KILL_GRACE.as_secs()
+                    ));
+                    self.killed_by_host.set(true);
+                    sb.power_off().await;
+                }
                 signal = signals.next() => match signal {
                     Ok(libc::SIGWINCH) => {
                         let _ = sb.resize(Target::Init, None).await;
@@ -339,6 +379,47 @@ impl<S: Sandbox> Monitor<S> {
             let _ = std::fs::remove_file(log);
         }
     }
+}
+
+/// Lines of the console a failed VM leaves in the log.
+const CONSOLE_TAIL_LINES: usize = 30;
+/// The console bytes read for them, and the longest line kept.
+const CONSOLE_TAIL_BYTES: u64 = 8192;
+const CONSOLE_LINE_MAX: usize = 240;
+
+/// The last `lines` lines of a console log (its rotated part first, when the current file is
+/// short), made safe for a log line: the guest wrote them, so control characters become `?`
+/// and long lines are cut.
+fn console_tail(path: &std::path::Path, lines: usize) -> Vec<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let read_end = |p: &std::path::Path| -> Vec<u8> {
+        let Ok(mut f) = std::fs::File::open(p) else {
+            return Vec::new();
+        };
+        let len = f.metadata().map_or(0, |m| m.len());
+        let _ = f.seek(SeekFrom::Start(len.saturating_sub(CONSOLE_TAIL_BYTES)));
+        let mut buf = Vec::new();
+        let _ = f.take(CONSOLE_TAIL_BYTES).read_to_end(&mut buf);
+        buf
+    };
+    let mut bytes = read_end(path);
+    if (bytes.len() as u64) < CONSOLE_TAIL_BYTES {
+        let mut older = read_end(&bulkhead_vmm::devices::serial::rotated_path(path));
+        older.extend_from_slice(&bytes);
+        bytes = older;
+    }
+    let text = String::from_utf8_lossy(&bytes);
+    let all: Vec<String> = text
+        .lines()
+        .map(|l| {
+            l.chars()
+                .take(CONSOLE_LINE_MAX)
+                .map(|c| if c.is_control() { '?' } else { c })
+                .collect::<String>()
+        })
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    all[all.len().saturating_sub(lines)..].to_vec()
 }
 
 fn initial_state(plan: &Plan) -> State {
@@ -435,5 +516,28 @@ fn stdio_for(plan: &Plan, fds: [Option<OwnedFd>; 3]) -> Result<Stdio, MonitorErr
             crate::console::take_as_controlling_terminal(&pty.slave);
             Ok(Stdio::Terminal(pty.slave))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_console_tail_is_the_newest_lines_made_safe() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("c.log");
+        let old = bulkhead_vmm::devices::serial::rotated_path(&log);
+        std::fs::write(&old, "old 1\nold 2\n").unwrap();
+        std::fs::write(&log, "new 1\n\x1b[31mred\x07\n\n").unwrap();
+        assert_eq!(
+            console_tail(&log, 3),
+            vec!["old 2", "new 1", "?[31mred?"],
+            "the rotated part comes first; blank lines are dropped"
+        );
+        let long = "x".repeat(1000);
+        std::fs::write(&log, format!("{long}\n")).unwrap();
+        assert_eq!(console_tail(&log, 1)[0].len(), CONSOLE_LINE_MAX);
+        assert!(console_tail(&dir.path().join("none"), 5).is_empty());
     }
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::{UnixListener, UnixStream};
 
-use super::Monitor;
+use super::{Monitor, KILL_GRACE, SIGNAL_TIMEOUT};
 use crate::control::{self, ControlError, Done, Reply, Request, MAX_LINE};
 use crate::error::{Failure, HasKind, Kind};
 use crate::hooks::Phase;
@@ -94,11 +94,7 @@ impl<S: Sandbox> Monitor<S> {
             }
             Request::Kill { signal, all } => {
                 refused(status.can_kill())?;
-                self.sandbox()?
-                    .kill(Target::Init, signal, all)
-                    .await
-                    .map_err(|e| e.failure())?;
-                Ok(Done::Nothing)
+                self.kill(signal, all).await
             }
             Request::Pids => {
                 refused(status.can_inspect())?;
@@ -156,6 +152,31 @@ impl<S: Sandbox> Monitor<S> {
         result?;
         self.mark("started");
         self.set_status(Status::Running);
+        Ok(Done::Nothing)
+    }
+
+    /// Signals the init (with `all`, every process of the container). The guest is asked in
+    /// any case; a SIGKILL is also the host's to enforce (see [`Monitor::supervise`]), so it
+    /// succeeds whether or not the guest answers.
+    async fn kill(&self, signal: i32, all: bool) -> Result<Done, Failure> {
+        let sb = self.sandbox()?;
+        if signal == libc::SIGKILL {
+            self.sigkill.notify_one();
+            let _ = tokio::time::timeout(KILL_GRACE, sb.kill(Target::Init, signal, all)).await;
+            return Ok(Done::Nothing);
+        }
+        match tokio::time::timeout(SIGNAL_TIMEOUT, sb.kill(Target::Init, signal, all)).await {
+            Ok(sent) => sent.map_err(|e| e.failure())?,
+            Err(_) => {
+                return Err(Failure::new(
+                    Kind::Unavailable,
+                    format!(
+                        "the guest did not take signal {signal} within {}s",
+                        SIGNAL_TIMEOUT.as_secs()
+                    ),
+                ))
+            }
+        }
         Ok(Done::Nothing)
     }
 

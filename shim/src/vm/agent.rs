@@ -332,6 +332,10 @@ impl<G: Guest> Sandbox for AgentSandbox<G> {
         Ok(GuestStats::from(&s))
     }
 
+    async fn power_off(&self) {
+        self.guest.stop(Duration::ZERO).await;
+    }
+
     /// Asks the agent to power the guest off, then makes sure the guest is gone.
     async fn shutdown(&self) -> Option<String> {
         self.relays.borrow_mut().clear();

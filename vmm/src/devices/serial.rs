@@ -13,6 +13,12 @@
 //! kept, the previous chunk is lost); if that or opening the new file fails, console output is
 //! dropped from then on and the dropped bytes are counted (logged when the VM ends). Console
 //! files are created mode 0600.
+//!
+//! The console is also how a guest kernel says it panicked: we boot it with `panic=-1`, so a
+//! panic ends in the same keyboard-controller reset as a clean shutdown, and only the line
+//! `panic()` prints first tells them apart (there is no ACPI for a pvpanic device). Every byte
+//! is watched for it, wherever the output goes, and a match is noted in the VM's
+//! [`Controller`], which then reports the reset as [`crate::control::ExitReason::GuestPanic`].
 
 use std::ffi::OsString;
 use std::fs::{File, OpenOptions, Permissions};
@@ -30,6 +36,7 @@ use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::BusDevice;
+use crate::control::Controller;
 
 /// Where console output goes.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -118,8 +125,36 @@ const OUT_BUFFER: usize = 4096;
 /// Mode of console files: the guest's output is nobody else's business.
 const CONSOLE_FILE_MODE: u32 = 0o600;
 
+/// What the guest kernel prints first when it panics (`panic()` in kernel/panic.c).
+pub const PANIC_MARKER: &[u8] = b"Kernel panic - not syncing";
+
+/// Watches console output for [`PANIC_MARKER`], split over any number of writes.
+struct PanicWatch {
+    matched: usize,
+    control: Arc<Controller>,
+}
+
+impl PanicWatch {
+    fn feed(&mut self, data: &[u8]) {
+        for &b in data {
+            // The marker's first byte occurs nowhere else in it, so a mismatch restarts the
+            // match at this byte.
+            self.matched = if b == PANIC_MARKER[self.matched] {
+                self.matched + 1
+            } else {
+                usize::from(b == PANIC_MARKER[0])
+            };
+            if self.matched == PANIC_MARKER.len() {
+                self.control.note_guest_panic();
+                self.matched = 0;
+            }
+        }
+    }
+}
+
 /// Buffered console output (see the module docs for the policy).
 pub struct ConsoleOut {
+    panic_watch: Option<PanicWatch>,
     sink: Option<Sink>,
     unbuffered: bool,
     buf: Vec<u8>,
@@ -221,12 +256,22 @@ impl ConsoleOut {
         };
         let unbuffered = sink.as_ref().is_some_and(|s| s.file.is_terminal());
         Ok(Self {
+            panic_watch: None,
             sink,
             unbuffered,
             buf: Vec::with_capacity(OUT_BUFFER),
             failed: false,
             dropped: 0,
         })
+    }
+
+    /// Tells `control` when the guest kernel panics (see the module docs).
+    pub(crate) fn watch_for_panic(mut self, control: Arc<Controller>) -> Self {
+        self.panic_watch = Some(PanicWatch {
+            matched: 0,
+            control,
+        });
+        self
     }
 
     /// Writes out whatever is buffered. A failing sink (closed pipe, full disk, a console file
@@ -294,6 +339,9 @@ fn open_file(path: &Path, max_bytes: Option<u64>) -> Result<Option<Sink>, Serial
 
 impl Write for ConsoleOut {
     fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        if let Some(watch) = self.panic_watch.as_mut() {
+            watch.feed(data);
+        }
         if self.sink.is_none() {
             if self.failed {
                 self.dropped = self.dropped.saturating_add(data.len() as u64);
@@ -456,6 +504,40 @@ mod tests {
         uart.write(THR, b"x");
         uart.flush_output();
         assert_eq!(std::fs::read(&path).unwrap(), b"hello\nx");
+    }
+
+    #[test]
+    fn a_panic_line_byte_by_byte_makes_the_reset_a_guest_panic() {
+        use crate::control::ExitReason;
+        let control = Controller::new(1);
+        let out = ConsoleOut::open(&ConsoleOutput::Null, None)
+            .unwrap()
+            .watch_for_panic(control.clone());
+        let mut uart = SerialDevice::new(EventFd::new(EFD_NONBLOCK).unwrap(), out);
+        // Near misses (a restart inside the marker included) are not a panic.
+        for b in b"Kernel panic - not syncinKernel panic\nKKernel pani" {
+            uart.write(THR, &[*b]);
+        }
+        for b in b"c - not syncin" {
+            uart.write(THR, &[*b]);
+        }
+        assert!(!control.is_stopping());
+        let other = Controller::new(1);
+        other.request(ExitReason::Reset);
+        assert_eq!(
+            other.reason(),
+            Some(ExitReason::Reset),
+            "no panic seen there"
+        );
+        // "KKernel pani" + "c - not syncin" + "g": a whole marker after a false start.
+        for b in b"g: Attempted to kill init!\n" {
+            uart.write(THR, &[*b]);
+        }
+        control.request(ExitReason::Reset);
+        let reason = control.reason().unwrap();
+        assert_eq!(reason, ExitReason::GuestPanic);
+        assert!(!reason.is_clean());
+        assert_eq!(reason.to_string(), "guest kernel panic");
     }
 
     #[test]
