@@ -85,7 +85,15 @@ pub struct Config {
     /// engine's private storage); in a volume, a file the guest (root in its VM) made
     /// set-user-ID root could be run as root by any host user who can reach the directory.
     pub volumes_allow_set_id: bool,
+    /// Host file descriptors a container's share may hold for its guest (one per file or
+    /// directory the guest knows, one per open file). 0: the monitor's open-file limit less
+    /// [`MONITOR_FD_RESERVE`], so a guest can never take the fds its own monitor needs.
+    pub share_max_open_files: u64,
 }
+
+/// Fds kept for the monitor itself (control connections, vsock streams, stdio, logs) when the
+/// share's cap is derived from the open-file limit.
+pub const MONITOR_FD_RESERVE: u64 = 1024;
 
 impl Default for Config {
     fn default() -> Self {
@@ -104,6 +112,7 @@ impl Default for Config {
             templates: true,
             template_dir: "/var/lib/bulkhead/templates".into(),
             volumes_allow_set_id: false,
+            share_max_open_files: 0,
         }
     }
 }
@@ -163,6 +172,15 @@ impl Config {
     }
 
     /// The cap of a console log in bytes (for the VMM).
+    /// The share's fd cap given the monitor's hard open-file limit `fd_limit` (the VMM raises
+    /// the soft limit to it).
+    pub fn share_max_open_files(&self, fd_limit: u64) -> u64 {
+        match self.share_max_open_files {
+            0 => fd_limit.saturating_sub(MONITOR_FD_RESERVE).max(1),
+            n => n,
+        }
+    }
+
     pub fn console_max_bytes(&self) -> u64 {
         self.console_log_max_kib.saturating_mul(1024)
     }
@@ -294,14 +312,18 @@ mod tests {
         assert_eq!(c.console_log("x"), PathBuf::from("/l/x.console.log"));
         assert!(!c.keep_logs);
         assert!(!c.volumes_allow_set_id);
+        assert_eq!(c.share_max_open_files(20_000), 20_000 - MONITOR_FD_RESERVE);
+        assert_eq!(c.share_max_open_files(10), 1);
         assert_eq!(c.console_max_bytes(), 1 << 20);
         std::fs::write(
             &p,
-            "keep_logs = true\nconsole_log_max_kib = 4\nvolumes_allow_set_id = true\n",
+            "keep_logs = true\nconsole_log_max_kib = 4\nvolumes_allow_set_id = true\n\
+             share_max_open_files = 300\n",
         )
         .unwrap();
         let c = Config::load_from(&p).unwrap();
         assert!(c.keep_logs && c.volumes_allow_set_id);
+        assert_eq!(c.share_max_open_files(20_000), 300);
         assert_eq!(c.console_max_bytes(), 4096);
     }
 

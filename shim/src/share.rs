@@ -4,8 +4,14 @@
 //! `root.readonly`, after [`crate::mountpoints`] created the mount points in it) and
 //! `mounts/<n>` (bind of the n-th OCI bind mount's source — volumes, and Docker's `/etc/hosts`,
 //! `/etc/resolv.conf`, `/etc/hostname` — file or directory, read-only when its options say
-//! `ro`). The spec sent to the guest is rewritten so `root.path` and each bind
+//! `ro` or `rro`). The spec sent to the guest is rewritten so `root.path` and each bind
 //! source name the guest-side paths inside the share; nothing else in it changes.
+//!
+//! The host enforces what is read-only, whatever the guest does with its own mounts (it can
+//! mount the share's tag itself): the share directory is a bind mount of itself made read-only
+//! once filled (it lives on the host's `/run`, RAM every container shares, so only the rootfs
+//! and the volumes are the guest's to write), and a read-only rootfs or bind is read-only with
+//! every mount below it (`mount_setattr(AT_RECURSIVE)`: `rbind` + `ro` and `rro` alike).
 //!
 //! The sandbox monitor calls [`Share::prepare`] after moving into its own mount namespace (with
 //! `/` made a slave), so the binds are invisible on the host and vanish with the monitor even if
@@ -102,6 +108,14 @@ impl Share {
 
     fn fill(&mut self, bundle: &Bundle, guest_root: &Path) -> Result<(), ShareError> {
         mkdir(&self.dir)?;
+        // A mount of its own, made read-only below once the rootfs and the binds are in it.
+        let dir = self.dir.clone();
+        self.bind(&dir, &dir, false, false)?;
+        self.fill_binds(bundle, guest_root)?;
+        read_only(&dir, false)
+    }
+
+    fn fill_binds(&mut self, bundle: &Bundle, guest_root: &Path) -> Result<(), ShareError> {
         let readonly_root = bundle
             .raw
             .pointer("/root/readonly")
@@ -153,7 +167,7 @@ impl Share {
             }
             let opts = options(&m);
             let recursive = opts.iter().any(|o| o == "rbind");
-            let ro = opts.iter().any(|o| o == "ro");
+            let ro = opts.iter().any(|o| o == "ro" || o == "rro");
             self.bind(&src, &target, recursive, ro)?;
             rewrites.push((i, guest_root.join("mounts").join(i.to_string())));
         }
@@ -197,13 +211,7 @@ impl Share {
             None::<&str>,
         );
         if readonly {
-            let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
-            mount(None::<&str>, dst, None::<&str>, flags, None::<&str>).map_err(|source| {
-                ShareError::ReadOnly {
-                    path: dst.into(),
-                    source,
-                }
-            })?;
+            read_only(dst, true)?;
         }
         Ok(())
     }
@@ -215,6 +223,19 @@ impl Share {
         }
         remove_share_dir(&self.dir);
     }
+}
+
+/// Makes the mount at `path` read-only (with `recursive`, every mount below it too).
+fn read_only(path: &Path, recursive: bool) -> Result<(), ShareError> {
+    bulkhead_vmm::devices::virtio::fs::sandbox::set_mount_attrs(
+        path,
+        libc::MOUNT_ATTR_RDONLY,
+        recursive,
+    )
+    .map_err(|source| ShareError::ReadOnly {
+        path: path.into(),
+        source,
+    })
 }
 
 fn mkdir(p: &Path) -> Result<(), ShareError> {
@@ -305,13 +326,28 @@ mod tests {
         fs::write(vol.join("hello"), "from host").unwrap();
         let hosts = tmp.path().join("hosts");
         fs::write(&hosts, "127.0.0.1 localhost\n").unwrap();
+        // A tree with a mount inside it, bound read-only twice (rbind + ro, and rro).
+        let tree = tmp.path().join("tree");
+        let inner = tmp.path().join("inner");
+        fs::create_dir_all(tree.join("sub")).unwrap();
+        fs::create_dir_all(&inner).unwrap();
+        mount(
+            Some(&inner),
+            &tree.join("sub"),
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .unwrap();
         let bundle = bundle_with_mounts(
             &bundle_dir,
             json!([
                 {"destination": "/proc", "type": "proc", "source": "proc"},
                 {"destination": "/data", "type": "bind", "source": vol, "options": ["rbind", "rw"]},
                 {"destination": "/etc/hosts", "type": "bind", "source": hosts, "options": ["rbind", "ro"]},
-                {"destination": "/rel", "source": "rootfs", "options": ["bind"]}
+                {"destination": "/rel", "source": "rootfs", "options": ["bind"]},
+                {"destination": "/tree", "type": "bind", "source": tree, "options": ["rbind", "ro"]},
+                {"destination": "/tree2", "type": "bind", "source": tree, "options": ["bind", "rro"]}
             ]),
             true,
         );
@@ -351,7 +387,22 @@ mod tests {
             d.join("mounts/3/inroot").exists(),
             "relative sources resolve in the bundle"
         );
-        assert_eq!(mounts_under(d).len(), 4);
+        // The share itself and every read-only form hold on the host, submounts included.
+        assert!(fs::write(d.join("evil"), "x").is_err(), "share root");
+        assert!(fs::write(d.join("mounts/evil"), "x").is_err(), "mounts dir");
+        assert!(fs::write(d.join("mounts/4/new"), "x").is_err(), "rbind+ro");
+        assert!(
+            fs::write(d.join("mounts/4/sub/new"), "x").is_err(),
+            "rbind+ro submount"
+        );
+        assert!(fs::write(d.join("mounts/5/new"), "x").is_err(), "rro");
+        fs::write(inner.join("host"), "still the host's").unwrap();
+        assert!(
+            fs::write(tree.join("sub/host"), "x").is_ok(),
+            "the source stays writable"
+        );
+        // share, rootfs, 1, 2, 3, 4, 4/sub, 5 (a non-recursive bind: no submount)
+        assert_eq!(mounts_under(d).len(), 8, "{:?}", mounts_under(d));
 
         share.teardown();
         assert!(mounts_under(d).is_empty());
@@ -362,6 +413,7 @@ mod tests {
             "teardown must not touch sources"
         );
         assert!(bundle.rootfs.join("inroot").exists());
+        umount2(&tree.join("sub"), MntFlags::MNT_DETACH).unwrap();
     }
 
     #[test]

@@ -137,7 +137,14 @@ fn share_device(cfg: &crate::config::Config, share: &Path, has_volumes: bool) ->
         read_only: false,
         cache,
         set_id,
+        max_open_files: usize::try_from(cfg.share_max_open_files(fd_limit())).unwrap_or(usize::MAX),
     }
+}
+
+/// The hard open-file limit of this process (the monitor; its VMM raises the soft limit to it).
+fn fd_limit() -> u64 {
+    nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map_or(1 << 20, |(_, hard)| hard)
 }
 
 /// How long to wait for a guest's agent, and where its console says why it did not come.

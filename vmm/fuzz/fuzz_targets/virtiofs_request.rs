@@ -86,6 +86,8 @@ impl Fs {
         // path look-ups (under the worker's seccomp filter) instead of passing straight through.
         let config = FsConfig {
             set_id: SetIdFiles::AllowedUnder("a".into()),
+            // Small enough that fuzzed requests reach the open-file cap and FORGETs free it.
+            max_open_files: 64,
             ..FsConfig::new("fuzz", share.path())
         };
         let dev = FsDevice::new(&config).expect("fs device");

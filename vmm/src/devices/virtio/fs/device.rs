@@ -62,6 +62,7 @@ impl FsDevice {
                 read_only: config.read_only,
                 cache: config.cache,
                 set_id: config.set_id.clone(),
+                max_open_files: config.max_open_files,
             },
             queue_events: worker_events,
             metrics: metrics.clone(),

@@ -33,6 +33,7 @@ use fuse_backend_rs::api::filesystem::{
 };
 use fuse_backend_rs::passthrough::{CachePolicy, Config, PassthroughFs};
 
+use super::open_files::OpenFiles;
 use super::setid::SetIdRule;
 use super::{FsCache, SetIdFiles};
 
@@ -87,6 +88,9 @@ pub struct ShareOptions {
     pub cache: FsCache,
     /// Where the guest may make set-ID files.
     pub set_id: SetIdFiles,
+    /// Host fds (inodes the guest knows + open handles) the share may hold; see
+    /// [`super::open_files`].
+    pub max_open_files: usize,
 }
 
 /// `PassthroughFs` behind the guest-facing policy. `Sync`, so the server can share it.
@@ -99,6 +103,8 @@ pub struct ShareFs {
     zero_open: AtomicBool,
     /// The open flags the crate stored with each handle it gave out (see [`Self::io_flags`]).
     handle_flags: Mutex<HashMap<Handle, u32>>,
+    /// The share's host fds, capped.
+    open_files: OpenFiles,
 }
 
 impl std::fmt::Debug for ShareFs {
@@ -196,6 +202,7 @@ impl ShareFs {
         Ok(Self {
             inner: PassthroughFs::new(config)?,
             set_id: SetIdRule::new(Path::new(root_dir), &options.set_id),
+            open_files: OpenFiles::new(options.max_open_files),
             options,
             zero_open: AtomicBool::new(false),
             handle_flags: Mutex::new(HashMap::new()),
@@ -265,6 +272,16 @@ impl ShareFs {
         }
     }
 
+    /// Counts the guest's new reference to `entry`'s inode; past the cap the crate's
+    /// reference is dropped again and the request fails with `ENFILE`.
+    fn admit(&self, ctx: &Context, entry: Entry) -> io::Result<Entry> {
+        if let Err(e) = self.open_files.entry(entry.inode) {
+            self.inner.forget(ctx, entry.inode, 1);
+            return Err(e);
+        }
+        Ok(entry)
+    }
+
     /// A negative entry the guest may cache, when only the guest changes the share.
     fn negative_entry(&self) -> Option<Entry> {
         (self.options.cache == FsCache::Exclusive).then(|| Entry {
@@ -311,15 +328,19 @@ impl FileSystem for ShareFs {
         check_name(name)?;
         match self.inner.lookup(ctx, parent, name) {
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => self.negative_entry().ok_or(e),
-            other => other,
+            other => self.admit(ctx, other?),
         }
     }
 
     fn forget(&self, ctx: &Context, inode: Inode, count: u64) {
+        self.open_files.forget(inode, count);
         self.inner.forget(ctx, inode, count)
     }
 
     fn batch_forget(&self, ctx: &Context, requests: Vec<(Inode, u64)>) {
+        for (inode, count) in &requests {
+            self.open_files.forget(*inode, *count);
+        }
         self.inner.batch_forget(ctx, requests)
     }
 
@@ -360,7 +381,9 @@ impl FileSystem for ShareFs {
     ) -> io::Result<Entry> {
         self.writable()?;
         check_name(name)?;
-        self.inner.symlink(ctx, linkname, parent, name)
+        self.open_files.check_room(1)?;
+        let entry = self.inner.symlink(ctx, linkname, parent, name)?;
+        self.admit(ctx, entry)
     }
 
     fn mknod(
@@ -380,7 +403,9 @@ impl FileSystem for ShareFs {
         }
         // Regular files are what matters; a set-ID FIFO or socket has no use either.
         self.check_set_id(ctx, parent, mode, SetIdOn::NewFileIn)?;
-        self.inner.mknod(ctx, parent, name, mode, rdev, umask)
+        self.open_files.check_room(1)?;
+        let entry = self.inner.mknod(ctx, parent, name, mode, rdev, umask)?;
+        self.admit(ctx, entry)
     }
 
     fn mkdir(
@@ -393,7 +418,9 @@ impl FileSystem for ShareFs {
     ) -> io::Result<Entry> {
         self.writable()?;
         check_name(name)?;
-        self.inner.mkdir(ctx, parent, name, mode, umask)
+        self.open_files.check_room(1)?;
+        let entry = self.inner.mkdir(ctx, parent, name, mode, umask)?;
+        self.admit(ctx, entry)
     }
 
     fn unlink(&self, ctx: &Context, parent: Inode, name: &CStr) -> io::Result<()> {
@@ -433,7 +460,8 @@ impl FileSystem for ShareFs {
     ) -> io::Result<Entry> {
         self.writable()?;
         check_name(newname)?;
-        self.inner.link(ctx, inode, newparent, newname)
+        let entry = self.inner.link(ctx, inode, newparent, newname)?;
+        self.admit(ctx, entry)
     }
 
     fn open(
@@ -447,8 +475,12 @@ impl FileSystem for ShareFs {
         if opens_for_writing(flags) {
             self.writable()?;
         }
+        self.open_files.check_room(1)?;
         let opened = self.inner.open(ctx, inode, flags, fuse_flags)?;
         self.remember_handle(opened.0, flags);
+        if opened.0.is_some() {
+            self.open_files.opened();
+        }
         Ok(opened)
     }
 
@@ -466,8 +498,21 @@ impl FileSystem for ShareFs {
             ..args
         };
         self.check_set_id(ctx, parent, args.mode, SetIdOn::NewFileIn)?;
+        self.open_files.check_room(2)?;
         let created = self.inner.create(ctx, parent, name, args)?;
+        if let Err(e) = self.open_files.entry(created.0.inode) {
+            if let Some(h) = created.1 {
+                let _ = self
+                    .inner
+                    .release(ctx, created.0.inode, 0, h, false, false, None);
+            }
+            self.inner.forget(ctx, created.0.inode, 1);
+            return Err(e);
+        }
         self.remember_handle(created.1, args.flags);
+        if created.1.is_some() {
+            self.open_files.opened();
+        }
         Ok(created)
     }
 
@@ -563,6 +608,7 @@ impl FileSystem for ShareFs {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&handle);
+        self.open_files.released();
         Ok(())
     }
 
@@ -611,7 +657,12 @@ impl FileSystem for ShareFs {
         if opens_for_writing(flags) {
             return Err(io::Error::from_raw_os_error(libc::EISDIR));
         }
-        self.inner.opendir(ctx, inode, flags)
+        self.open_files.check_room(1)?;
+        let opened = self.inner.opendir(ctx, inode, flags)?;
+        if opened.0.is_some() {
+            self.open_files.opened();
+        }
+        Ok(opened)
     }
 
     fn readdir(
@@ -636,8 +687,27 @@ impl FileSystem for ShareFs {
         offset: u64,
         add_entry: &mut dyn FnMut(DirEntry, Entry) -> io::Result<usize>,
     ) -> io::Result<()> {
+        // An entry past the cap ends this reply as a full buffer would (the crate then drops
+        // its reference): at the cap a listing is cut short rather than the fd table filled.
+        let mut counted = |d: DirEntry, e: Entry| -> io::Result<usize> {
+            let ino = e.inode;
+            if self.open_files.entry(ino).is_err() {
+                return Ok(0);
+            }
+            match add_entry(d, e) {
+                Ok(0) => {
+                    self.open_files.forget(ino, 1);
+                    Ok(0)
+                }
+                Err(err) => {
+                    self.open_files.forget(ino, 1);
+                    Err(err)
+                }
+                ok => ok,
+            }
+        };
         self.inner
-            .readdirplus(ctx, inode, handle, size, offset, add_entry)
+            .readdirplus(ctx, inode, handle, size, offset, &mut counted)
     }
 
     fn fsyncdir(
@@ -657,7 +727,9 @@ impl FileSystem for ShareFs {
         flags: u32,
         handle: Handle,
     ) -> io::Result<()> {
-        self.inner.releasedir(ctx, inode, flags, handle)
+        self.inner.releasedir(ctx, inode, flags, handle)?;
+        self.open_files.released();
+        Ok(())
     }
 
     fn access(&self, ctx: &Context, inode: Inode, mask: u32) -> io::Result<()> {

@@ -16,6 +16,7 @@
 pub mod device;
 pub mod filesystem;
 pub mod metrics;
+pub mod open_files;
 pub mod request;
 pub mod sandbox;
 pub mod seccomp;
@@ -83,6 +84,9 @@ pub struct FsConfig {
     pub cache: FsCache,
     /// Where the guest may make set-ID files.
     pub set_id: SetIdFiles,
+    /// Most host fds the share holds for the guest: inodes it knows plus open handles
+    /// ([`open_files`]); `usize::MAX` leaves only the process's fd limit.
+    pub max_open_files: usize,
 }
 
 /// Why a virtio-fs device could not be created.
@@ -142,6 +146,7 @@ impl FsConfig {
             read_only: false,
             cache: FsCache::Exclusive,
             set_id: SetIdFiles::Allowed,
+            max_open_files: usize::MAX,
         }
     }
 

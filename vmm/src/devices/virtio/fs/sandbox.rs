@@ -105,7 +105,7 @@ pub fn confine(share: &Path, read_only: bool) -> Result<(), SandboxError> {
     if read_only {
         attrs |= libc::MOUNT_ATTR_RDONLY;
     }
-    set_tree_attrs(share, attrs).map_err(step("set mount attributes"))?;
+    set_mount_attrs(share, attrs, true).map_err(step("set mount attributes"))?;
 
     chdir(share).map_err(step("enter the share"))?;
     pivot_root(".", ".").map_err(step("pivot into the share"))?;
@@ -124,9 +124,10 @@ pub fn confine(share: &Path, read_only: bool) -> Result<(), SandboxError> {
     drop_capabilities()
 }
 
-/// `mount_setattr(path, AT_RECURSIVE)`: sets `attrs` on the mount at `path` and every mount
-/// below it (volumes bind-mounted into the share included).
-fn set_tree_attrs(path: &Path, attrs: u64) -> nix::Result<()> {
+/// `mount_setattr(2)`: sets `attrs` (`MOUNT_ATTR_*`) on the mount at `path` and, when
+/// `recursive`, on every mount below it (volumes bind-mounted into the share included); other
+/// attributes of those mounts stay as they are (a bind remount would reset them).
+pub fn set_mount_attrs(path: &Path, attrs: u64, recursive: bool) -> nix::Result<()> {
     use std::os::unix::ffi::OsStrExt;
     let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|_| {
         // An interior NUL cannot come from a real path.
@@ -145,7 +146,8 @@ fn set_tree_attrs(path: &Path, attrs: u64) -> nix::Result<()> {
             libc::SYS_mount_setattr,
             libc::AT_FDCWD,
             c_path.as_ptr(),
-            (libc::AT_RECURSIVE | libc::AT_SYMLINK_NOFOLLOW) as libc::c_uint,
+            (if recursive { libc::AT_RECURSIVE } else { 0 } | libc::AT_SYMLINK_NOFOLLOW)
+                as libc::c_uint,
             &attr as *const libc::mount_attr,
             std::mem::size_of::<libc::mount_attr>(),
         )

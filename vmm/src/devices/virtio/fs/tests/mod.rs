@@ -5,6 +5,7 @@ mod client;
 mod escape;
 mod harness;
 mod malformed;
+mod open_files;
 mod ops;
 mod sandbox;
 mod setid;
