@@ -1,18 +1,20 @@
 #!/usr/bin/env bash
 # Runs Bulkhead's fuzz targets (cargo-fuzz/libFuzzer), one after another, each for a fixed time.
 #
-#   scripts/fuzz.sh [--time SECONDS] [TARGET...]
+#   scripts/fuzz.sh [--time SECONDS] [--dev] [TARGET...]
 #
 # Without TARGETs: every target of every fuzz crate (each directory whose Cargo.toml says
 # `cargo-fuzz = true`: vmm/fuzz, protocol/fuzz), each for SECONDS (default 60).
-# scripts/test.sh runs it for a short while (BULKHEAD_FUZZ_SECONDS, default 20); longer runs
+# scripts/test.sh runs it for a short while (--dev, BULKHEAD_FUZZ_SECONDS, default 15); longer runs
 # are the point: `scripts/fuzz.sh --time 600`.
 #
 # 1. needs the nightly toolchain and cargo-fuzz (scripts/setup.sh installs both); the
 #    virtiofs_request target needs root (its device confines itself; its share is a tmpfs in a
 #    private mount namespace);
 # 2. builds each fuzz crate that has a chosen target (`cargo +nightly fuzz build`: release,
-#    debug assertions, AddressSanitizer) into $CARGO_TARGET_DIR/fuzz/build;
+#    debug assertions, AddressSanitizer) into $CARGO_TARGET_DIR/fuzz/build; with --dev
+#    unoptimised instead (a third of the build time on a fresh clone, slower runs: what
+#    test.sh's short runs want);
 # 3. runs each target's binary in one libFuzzer process (no -jobs/-workers: libFuzzer's default
 #    is one process with one fuzzing thread, and any -jobs value would fork a child writing
 #    its output to fuzz-N.log instead), with the target's -max_len, from a corpus kept between
@@ -38,11 +40,14 @@ declare -A needs_root=([virtiofs_request]=1)
 input_timeout=60
 
 seconds=60
+profile=release
+build_flags=()
 chosen=()
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --time) [[ $# -ge 2 ]] || die "--time needs a number of seconds"; seconds=$2; shift 2 ;;
         --time=*) seconds=${1#--time=}; shift ;;
+        --dev) profile=debug; build_flags=(--dev); shift ;;
         -h|--help) sed -n '2,25p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
         -*) die "unknown option '$1' (try --help)" ;;
         *) chosen+=("$1"); shift ;;
@@ -105,7 +110,7 @@ for crate in "${crates[@]}"; do
     t0=$SECONDS
     log=$out/logs/build-${crate//\//-}.log
     note "building $crate (cargo +nightly fuzz build; minutes the first time)"
-    if ! cargo +nightly fuzz build --fuzz-dir "$repo/$crate" --target-dir "$build" >"$log" 2>&1; then
+    if ! cargo +nightly fuzz build "${build_flags[@]}" --fuzz-dir "$repo/$crate" --target-dir "$build" >"$log" 2>&1; then
         cat "$log" >&2
         die "building the fuzz targets of $crate failed (log: $log)"
     fi
@@ -123,7 +128,7 @@ final_stat() { # name log: a -print_final_stats=1 value
 note "${#chosen[@]} target(s), ${seconds} s each, one at a time: ${chosen[*]}"
 for t in "${chosen[@]}"; do
     crate=${crate_of[$t]}
-    bin=$build/$host/release/$t
+    bin=$build/$host/$profile/$t
     [[ -x "$bin" ]] || die "$t was built but $bin is missing"
     corpus=$out/corpus/$t
     artifacts=$out/artifacts/$t

@@ -51,6 +51,23 @@ pub fn wait_status(pid: i32) -> i32 {
     }
 }
 
+/// Waits until `file` contains `what`; the contents. Waiting past `patience` is a failure.
+pub fn wait_for_text(file: &Path, what: &str, patience: std::time::Duration) -> String {
+    let t = std::time::Instant::now();
+    loop {
+        let text = fs::read_to_string(file).unwrap_or_default();
+        if text.contains(what) {
+            return text;
+        }
+        assert!(
+            t.elapsed() < patience,
+            "no {what:?} in {}: {text:?}",
+            file.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
 /// Makes this process a child subreaper (once), as containerd's shim and conmon are, so it can
 /// wait for the monitors whose pids `create` writes.
 pub fn become_subreaper() {

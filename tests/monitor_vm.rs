@@ -56,19 +56,7 @@ fn sh(script: &str) -> Value {
 
 /// Waits until `file` contains `what`; the contents.
 fn wait_for_text(file: &Path, what: &str) -> String {
-    let t = Instant::now();
-    loop {
-        let text = fs::read_to_string(file).unwrap_or_default();
-        if text.contains(what) {
-            return text;
-        }
-        assert!(
-            t.elapsed() < PATIENCE,
-            "no {what:?} in {}: {text:?}",
-            file.display()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    bulkhead_tests::cli::wait_for_text(file, what, PATIENCE)
 }
 
 /// Runs `bulkhead exec` with `input` on a pipe as its stdin; exit code and stdout.

@@ -1,0 +1,391 @@
+//! A hostile guest against the host's walls (issue 11), through the shipped `bulkhead` CLI with
+//! real micro-VMs. Each case gives the container what an attacker inside it would use
+//! (capabilities, no pid namespace, the raw virtio-fs tag) and checks what the host sees, not
+//! what the guest says. Gated by `BULKHEAD_E2E=1`.
+//!
+//! - `a_sigkill_the_guest_does_not_carry_out_is_carried_out_by_the_host`: the container freezes
+//!   the guest agent (moves the guest's PID 1 into a cgroup of its own and freezes it), so the
+//!   guest never acts on `kill KILL`; the host stops the VM and the container ends with 137,
+//!   which the log says.
+//! - `a_guest_kernel_panic_is_a_failure_with_the_console_tail`: the container makes the guest
+//!   kernel panic (`panic_on_oom = 2`, then an OOM); the run fails and `--log` has the panic
+//!   line from the console.
+//! - `the_share_root_read_only_binds_and_volumes_hold_on_the_host`: the container mounts the
+//!   share's tag itself (bypassing its own read-only mounts) and writes into the share root,
+//!   its `mounts` directory, a read-only root, `rbind`+`ro` (a submount too) and `rro` binds,
+//!   makes set-ID files and a device node in a volume; the host finds none of it.
+//! - `a_guest_that_opens_files_without_end_stops_at_the_share_cap`: the container creates files
+//!   until it is refused; the monitor's fd table stays below the share's cap plus its reserve,
+//!   and the monitor still answers (`ps`, then `kill KILL` → 137).
+
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use bulkhead_tests::cli::{become_subreaper, busybox_rootfs, Cli};
+use bulkhead_tests::{require, vm_needs};
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use serde_json::{json, Value};
+
+/// Generous bound on what the guest is waited for; reaching it is a failure, not a pass.
+const PATIENCE: Duration = Duration::from_secs(300);
+
+/// Every capability an attacker in the container would want for these cases.
+const CAPS: [&str; 8] = [
+    "CAP_SYS_ADMIN",
+    // Moving a process between cpusets needs it when the target has more capabilities.
+    "CAP_SYS_NICE",
+    "CAP_MKNOD",
+    "CAP_CHOWN",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_DAC_OVERRIDE",
+    "CAP_SETUID",
+];
+
+/// A bundle whose process runs `script` as root with [`CAPS`], in mount/ipc/uts namespaces only
+/// (no pid namespace: the guest's processes, its agent included, are in view).
+fn write_bundle(dir: &Path, rootfs: &Path, script: &str, extra: Value) -> PathBuf {
+    fs::create_dir_all(dir).unwrap();
+    let caps = json!(CAPS);
+    let mut spec = json!({
+        "ociVersion": "1.0.2",
+        "process": {
+            "args": ["sh", "-c", script], "cwd": "/", "env": ["PATH=/bin"],
+            "user": {"uid": 0, "gid": 0},
+            "capabilities": {"bounding": caps, "effective": caps, "permitted": caps}
+        },
+        "root": {"path": rootfs},
+        "hostname": "hostile",
+        "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"}],
+        "linux": {"namespaces": [{"type": "mount"}, {"type": "ipc"}, {"type": "uts"}]}
+    });
+    merge(&mut spec, extra);
+    fs::write(dir.join("config.json"), spec.to_string()).unwrap();
+    dir.to_path_buf()
+}
+
+/// `extra`'s keys replace the spec's (objects merged one level down, arrays appended).
+fn merge(spec: &mut Value, extra: Value) {
+    let Value::Object(extra) = extra else { return };
+    for (k, v) in extra {
+        match (spec.get_mut(&k), v) {
+            (Some(Value::Array(a)), Value::Array(b)) => a.extend(b),
+            (Some(Value::Object(a)), Value::Object(b)) => a.extend(b),
+            (_, v) => spec[&k] = v,
+        }
+    }
+}
+
+/// Waits until `file` contains `what`; the contents.
+fn wait_for_text(file: &Path, what: &str) -> String {
+    bulkhead_tests::cli::wait_for_text(file, what, PATIENCE)
+}
+
+/// The exit status (128 + signal when killed) of the monitor `pid`, a descendant of this
+/// subreaper, if it has ended (and is reaped now).
+fn exited(pid: i32) -> Option<i32> {
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    match waitpid(nix::unistd::Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG)) {
+        Ok(WaitStatus::Exited(_, c)) => Some(c),
+        Ok(WaitStatus::Signaled(_, s, _)) => Some(128 + s as i32),
+        Ok(_) => None,
+        Err(e) => panic!("waitpid {pid}: {e}"),
+    }
+}
+
+/// [`exited`], waited for; waiting past [`PATIENCE`] is a failure.
+fn exit_status(pid: i32) -> i32 {
+    let t = Instant::now();
+    loop {
+        if let Some(status) = exited(pid) {
+            return status;
+        }
+        assert!(t.elapsed() < PATIENCE, "monitor {pid} still running");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_sigkill_the_guest_does_not_carry_out_is_carried_out_by_the_host() {
+    if !require(&vm_needs()) {
+        return;
+    }
+    become_subreaper();
+    let rt = Cli::new();
+    let d = rt.dir().to_path_buf();
+    let rootfs = busybox_rootfs(&d.join("rootfs"));
+    let flag = d.join("flag");
+    fs::create_dir_all(&flag).unwrap();
+    // The guest's PID 1 (its agent) is visible without a pid namespace, and with the guest's
+    // cgroup2 hierarchy mounted it can be moved into a cgroup of its own and frozen: the guest
+    // goes deaf. The flag is written through virtio-fs once it is, so the host knows.
+    let script = "mount -t cgroup2 none /tmp || exit 3; \
+        mkdir /tmp/frozen-agent && echo 1 > /tmp/frozen-agent/cgroup.procs || exit 4; \
+        echo 1 > /tmp/frozen-agent/cgroup.freeze || exit 5; \
+        echo frozen > /flag/ready; \
+        exec sleep 100000";
+    let bundle = write_bundle(
+        &d.join("b"),
+        &rootfs,
+        script,
+        json!({"mounts": [{"destination": "/flag", "type": "bind", "source": flag,
+                            "options": ["rbind", "rw"]}]}),
+    );
+    let log = d.join("kill.log");
+    let out = d.join("kill.out");
+    let create = rt.run_to(
+        &[
+            "--log",
+            log.to_str().unwrap(),
+            "create",
+            "--bundle",
+            bundle.to_str().unwrap(),
+            "--pid-file",
+            d.join("pid").to_str().unwrap(),
+            "deaf",
+        ],
+        &out,
+    );
+    assert!(create.status.success(), "{}", rt.console("deaf"));
+    let pid: i32 = fs::read_to_string(d.join("pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(rt.run(&["start", "deaf"]).0, Some(0));
+    // A script that failed ends the container instead: say so at once.
+    let t = Instant::now();
+    while !fs::read_to_string(flag.join("ready")).is_ok_and(|t| t.contains("frozen")) {
+        if let Some(status) = exited(pid) {
+            panic!(
+                "the container ended ({status}) before freezing its guest: {}",
+                fs::read_to_string(&out).unwrap_or_default()
+            );
+        }
+        assert!(t.elapsed() < PATIENCE, "the guest never froze");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // The kill is accepted although the guest never answers it…
+    let (code, text) = rt.run(&["--log", log.to_str().unwrap(), "kill", "deaf", "KILL"]);
+    assert_eq!(code, Some(0), "{text}");
+    // …and the container ends as a SIGKILLed one: the monitor exits with 137.
+    assert_eq!(
+        exit_status(pid),
+        137,
+        "{}",
+        fs::read_to_string(&out).unwrap()
+    );
+    let (_, state) = rt.run(&["state", "deaf"]);
+    assert!(state.contains("\"stopped\""), "{state}");
+    let log = fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        log.contains("after SIGKILL: stopping its vm from the host"),
+        "the host, not the guest, ended it: {log}"
+    );
+    assert_eq!(rt.run(&["delete", "deaf"]).0, Some(0));
+    rt.assert_gone("deaf");
+}
+
+#[test]
+fn a_guest_kernel_panic_is_a_failure_with_the_console_tail() {
+    if !require(&vm_needs()) {
+        return;
+    }
+    let rt = Cli::new();
+    let d = rt.dir().to_path_buf();
+    let rootfs = busybox_rootfs(&d.join("rootfs"));
+    // An OOM in the container's memory cgroup panics the guest kernel with panic_on_oom = 2.
+    let bundle = write_bundle(
+        &d.join("b"),
+        &rootfs,
+        "echo 2 > /proc/sys/vm/panic_on_oom || exit 3; echo panicking; \
+         exec dd if=/dev/zero of=/dev/null bs=12M count=1",
+        json!({"linux": {"resources": {"memory": {"limit": 8 << 20}}}}),
+    );
+    let log = d.join("panic.log");
+    let o = rt.run_to(
+        &[
+            "--log",
+            log.to_str().unwrap(),
+            "run",
+            "--bundle",
+            bundle.to_str().unwrap(),
+            "panics",
+        ],
+        &d.join("panic.out"),
+    );
+    let text = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(text.contains("panicking"), "{text}");
+    // Not a clean exit and not an OOM kill: the runtime's failure status, with the reason.
+    assert_eq!(o.status.code(), Some(255), "{text}");
+    let log = fs::read_to_string(&log).unwrap_or_default();
+    assert!(log.contains("guest kernel panic"), "{log}");
+    assert!(
+        log.lines()
+            .any(|l| l.contains("console: ") && l.contains("Kernel panic - not syncing")),
+        "the console tail is in the log: {log}"
+    );
+    assert!(
+        rt.console("panics").contains("Kernel panic"),
+        "console log kept"
+    );
+    rt.assert_gone("panics");
+}
+
+#[test]
+fn the_share_root_read_only_binds_and_volumes_hold_on_the_host() {
+    if !require(&vm_needs()) {
+        return;
+    }
+    let rt = Cli::new();
+    let d = rt.dir().to_path_buf();
+    let rootfs = busybox_rootfs(&d.join("rootfs"));
+    let vol = d.join("vol");
+    fs::create_dir_all(&vol).unwrap();
+    // A read-only tree with a host mount inside it, bound twice: rbind + ro and rro. Outside
+    // the runtime's directory, whose mounts `assert_gone` checks.
+    let host = tempfile::tempdir().unwrap();
+    let tree = host.path().join("tree");
+    let inner = host.path().join("inner");
+    fs::create_dir_all(tree.join("sub")).unwrap();
+    fs::create_dir_all(&inner).unwrap();
+    let sub = tree.join("sub");
+    mount(
+        Some(&inner),
+        &sub,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .unwrap();
+    let _unmount = Unmount(sub);
+    // mounts: 0 proc, 1 /vol, 2 /ro1, 3 /ro2 — the share's mounts/<n> follow the spec's order.
+    let script = r#"
+        mount -t virtiofs bulkhead /data || exit 3
+        try() { if echo x > "$1" 2>/dev/null; then echo "WROTE $1"; else echo "refused $1"; fi; }
+        for p in /data/evil /data/mounts/evil /data/rootfs/evil /data/mounts/2/evil \
+                 /data/mounts/2/sub/evil /data/mounts/3/evil /data/mounts/3/sub/evil \
+                 /ro1/evil /ro2/sub/evil; do try "$p"; done
+        echo x > /vol/suid && chmod 4755 /vol/suid && echo "WROTE suid"
+        echo x > /vol/sgid && chmod 2755 /vol/sgid && echo "WROTE sgid"
+        echo x > /data/mounts/1/raw && chmod 4755 /data/mounts/1/raw && echo "WROTE raw suid"
+        mknod /vol/null c 1 3 && echo "WROTE device"
+        mkdir /vol/dir && chmod 2775 /vol/dir && echo "setgid dir ok"
+        chmod 0750 /vol/suid && echo "plain chmod ok"
+        echo done
+        sleep 100000
+    "#;
+    let bundle = write_bundle(
+        &d.join("b"),
+        &rootfs,
+        script,
+        json!({
+            "root": {"path": rootfs, "readonly": true},
+            "mounts": [
+                {"destination": "/vol", "type": "bind", "source": vol, "options": ["rbind", "rw"]},
+                {"destination": "/ro1", "type": "bind", "source": tree, "options": ["rbind", "ro"]},
+                {"destination": "/ro2", "type": "bind", "source": tree, "options": ["rbind", "rro"]}
+            ]
+        }),
+    );
+    let out = d.join("share.out");
+    rt.create("walls", &bundle, &out).unwrap();
+    assert_eq!(rt.run(&["start", "walls"]).0, Some(0));
+    let text = wait_for_text(&out, "done");
+    assert!(!text.contains("WROTE"), "the guest got through: {text}");
+    for refused in ["/data/evil", "/data/mounts/evil", "/data/mounts/2/sub/evil"] {
+        assert!(text.contains(&format!("refused {refused}")), "{text}");
+    }
+    assert!(text.contains("setgid dir ok"), "{text}");
+    assert!(text.contains("plain chmod ok"), "{text}");
+
+    // What the host sees, while the VM still runs.
+    let state_dir = rt.dir().join("root/walls");
+    let share = state_dir.join("share");
+    assert!(share.is_dir(), "the share is where the test looks");
+    for p in ["evil", "mounts/evil"] {
+        assert!(!share.join(p).exists(), "{p} in the share");
+    }
+    for p in ["evil", "sub/evil"] {
+        assert!(!tree.join(p).exists(), "{p} in the read-only tree");
+    }
+    assert!(!inner.join("evil").exists(), "the submount held");
+    assert!(!rootfs.join("evil").exists(), "the read-only root held");
+    for f in ["suid", "sgid", "raw"] {
+        let mode = fs::metadata(vol.join(f)).unwrap().permissions().mode();
+        assert_eq!(
+            mode & 0o6000,
+            0,
+            "{f} has set-ID bits on the host: {mode:o}"
+        );
+    }
+    assert!(!vol.join("null").exists(), "device node in the volume");
+
+    assert_eq!(rt.run(&["delete", "--force", "walls"]).0, Some(0));
+    rt.assert_gone("walls");
+}
+
+#[test]
+fn a_guest_that_opens_files_without_end_stops_at_the_share_cap() {
+    if !require(&vm_needs()) {
+        return;
+    }
+    become_subreaper();
+    const CAP: usize = 300;
+    let rt = Cli::with_config(&format!("share_max_open_files = {CAP}\n"));
+    let d = rt.dir().to_path_buf();
+    let rootfs = busybox_rootfs(&d.join("rootfs"));
+    let vol = d.join("vol");
+    fs::create_dir_all(&vol).unwrap();
+    // Every file the guest creates stays known to it (its inode cache), so each holds a host fd.
+    let script = "i=0; while echo x > /vol/f$i; do i=$((i+1)); done; echo \"made $i\"; \
+        sleep 100000";
+    let bundle = write_bundle(
+        &d.join("b"),
+        &rootfs,
+        script,
+        json!({"mounts": [{"destination": "/vol", "type": "bind", "source": vol,
+                            "options": ["rbind", "rw"]}]}),
+    );
+    let out = d.join("fds.out");
+    let pid = rt.create("fds", &bundle, &out).unwrap();
+    assert_eq!(rt.run(&["start", "fds"]).0, Some(0));
+    let text = wait_for_text(&out, "made ");
+    let made: usize = text
+        .lines()
+        .find_map(|l| l.strip_prefix("made "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap();
+    assert!(
+        (CAP / 2..CAP).contains(&made),
+        "stopped after {made} files: {text}"
+    );
+    assert!(text.contains("Too many open files in system"), "{text}");
+    // The host side: the monitor's fd table is bounded by the cap and its own reserve…
+    let fds = fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count();
+    assert!(
+        fds < CAP + bulkhead_shim::config::MONITOR_FD_RESERVE as usize,
+        "{fds} fds"
+    );
+    // …and it is still in control of its container.
+    let (code, pids) = rt.run(&["ps", "--format", "json", "fds"]);
+    assert_eq!(code, Some(0), "{pids}");
+    assert_eq!(rt.run(&["kill", "fds", "KILL"]).0, Some(0));
+    assert_eq!(exit_status(pid), 137);
+    assert_eq!(rt.run(&["delete", "fds"]).0, Some(0));
+    rt.assert_gone("fds");
+}
+
+/// Lazily unmounts a test's own host mount when the test ends, passed or failed.
+struct Unmount(PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = umount2(&self.0, MntFlags::MNT_DETACH);
+    }
+}
