@@ -87,7 +87,8 @@ pub struct Config {
     pub volumes_allow_set_id: bool,
     /// Host file descriptors a container's share may hold for its guest (one per file or
     /// directory the guest knows, one per open file). 0: the monitor's open-file limit less
-    /// [`MONITOR_FD_RESERVE`], so a guest can never take the fds its own monitor needs.
+    /// [`MONITOR_FD_RESERVE`] (or half of it, if more), so a guest can never take the fds its
+    /// own monitor needs.
     pub share_max_open_files: u64,
 }
 
@@ -176,7 +177,11 @@ impl Config {
     /// the soft limit to it).
     pub fn share_max_open_files(&self, fd_limit: u64) -> u64 {
         match self.share_max_open_files {
-            0 => fd_limit.saturating_sub(MONITOR_FD_RESERVE).max(1),
+            // A small limit is shared half and half rather than left to the guest at 1.
+            0 => fd_limit
+                .saturating_sub(MONITOR_FD_RESERVE)
+                .max(fd_limit / 2)
+                .max(1),
             n => n,
         }
     }
@@ -313,7 +318,8 @@ mod tests {
         assert!(!c.keep_logs);
         assert!(!c.volumes_allow_set_id);
         assert_eq!(c.share_max_open_files(20_000), 20_000 - MONITOR_FD_RESERVE);
-        assert_eq!(c.share_max_open_files(10), 1);
+        assert_eq!(c.share_max_open_files(1500), 750);
+        assert_eq!(c.share_max_open_files(1), 1);
         assert_eq!(c.console_max_bytes(), 1 << 20);
         std::fs::write(
             &p,

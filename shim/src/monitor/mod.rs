@@ -67,6 +67,8 @@ pub enum MonitorError {
 const KILL_GRACE: Duration = Duration::from_secs(5);
 /// How long the guest has to take any other signal before `kill` fails.
 const SIGNAL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a signal (or terminal size) forwarded from the monitor's own pid may take.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How the container's terminal or streams reach the monitor.
 #[derive(Debug)]
@@ -333,13 +335,17 @@ impl<S: Sandbox> Monitor<S> {
                     self.killed_by_host.set(true);
                     sb.power_off().await;
                 }
-                signal = signals.next() => match signal {
+                // Once a SIGKILL is under way nothing else is forwarded, and a forward the guest
+                // does not answer is given up: neither may hold off the grace above.
+                signal = signals.next(), if !armed => match signal {
                     Ok(libc::SIGWINCH) => {
-                        let _ = sb.resize(Target::Init, None).await;
+                        let _ = tokio::time::timeout(FORWARD_TIMEOUT, sb.resize(Target::Init, None))
+                            .await;
                     }
                     // An engine that signals the pid it knows means the container.
                     Ok(signal) => {
-                        let _ = sb.kill(Target::Init, signal, false).await;
+                        let sent = sb.kill(Target::Init, signal, false);
+                        let _ = tokio::time::timeout(FORWARD_TIMEOUT, sent).await;
                     }
                     Err(e) => crate::logging::warn(&format!("signals: {e}")),
                 },

@@ -321,6 +321,8 @@ impl FileSystem for ShareFs {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clear();
+        // The guest's references go with the session: no FORGET follows a DESTROY.
+        self.open_files.reset();
         self.inner.destroy()
     }
 
@@ -493,11 +495,32 @@ impl FileSystem for ShareFs {
     ) -> io::Result<(Entry, Option<Handle>, OpenOptions, Option<u32>)> {
         self.writable()?;
         check_name(name)?;
+        let exclusive = args.flags & libc::O_EXCL as u32 != 0;
         let args = CreateIn {
             flags: sanitize_open_flags(args.flags)? & !(libc::O_DIRECTORY as u32),
             ..args
         };
         self.check_set_id(ctx, parent, args.mode, SetIdOn::NewFileIn)?;
+        // An existing name is a LOOKUP and an OPEN, done here: the crate's CREATE keeps the
+        // inode's fd when that OPEN fails (EISDIR, EACCES), uncounted and never forgotten.
+        match self.inner.lookup(ctx, parent, name) {
+            Ok(entry) if exclusive => {
+                self.inner.forget(ctx, entry.inode, 1);
+                return Err(io::Error::from_raw_os_error(libc::EEXIST));
+            }
+            Ok(entry) => {
+                let entry = self.admit(ctx, entry)?;
+                return match self.open(ctx, entry.inode, args.flags, args.fuse_flags) {
+                    Ok((handle, opts, passthrough)) => Ok((entry, handle, opts, passthrough)),
+                    Err(e) => {
+                        self.forget(ctx, entry.inode, 1);
+                        Err(e)
+                    }
+                };
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+            Err(e) => return Err(e),
+        }
         self.open_files.check_room(2)?;
         let created = self.inner.create(ctx, parent, name, args)?;
         if let Err(e) = self.open_files.entry(created.0.inode) {
@@ -699,11 +722,8 @@ impl FileSystem for ShareFs {
                     self.open_files.forget(ino, 1);
                     Ok(0)
                 }
-                Err(err) => {
-                    self.open_files.forget(ino, 1);
-                    Err(err)
-                }
-                ok => ok,
+                // The crate keeps its reference on an error, and so do we.
+                other => other,
             }
         };
         self.inner

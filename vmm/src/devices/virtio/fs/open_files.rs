@@ -97,6 +97,11 @@ impl OpenFiles {
         c.handles = c.handles.saturating_sub(1);
     }
 
+    /// Forgets everything (the guest's session ended: DESTROY, a device reset).
+    pub fn reset(&self) {
+        *self.counts() = Counts::default();
+    }
+
     /// Inodes and handles held now.
     pub fn held(&self) -> usize {
         self.counts().total()
@@ -130,5 +135,7 @@ mod tests {
         assert_eq!(f.held(), 2);
         f.check_room(1).unwrap();
         assert!(f.check_room(2).is_err());
+        f.reset();
+        assert_eq!(f.held(), 0);
     }
 }

@@ -56,3 +56,52 @@ fn a_guest_past_the_cap_gets_enfile_and_known_files_stay_reachable() {
     h.release(entry.nodeid, open.fh).unwrap();
     assert!(h.mkdir(ROOT, "d7", 0o755).is_ok());
 }
+
+/// Fds this process holds (the worker is one of its threads).
+fn fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+#[test]
+fn a_create_of_an_existing_name_whose_open_fails_keeps_no_fd() {
+    if !can_confine("a_create_of_an_existing_name_whose_open_fails_keeps_no_fd") {
+        return;
+    }
+    let mem = test_mem();
+    let mut h = Harness::with(
+        &mem,
+        |_| {},
+        |c| {
+            c.max_open_files = 8;
+            c.cache = FsCache::Shared;
+        },
+    );
+    let before = fds();
+    for i in 0..40 {
+        let name = format!("d{i}");
+        let dir = h.mkdir(ROOT, &name, 0o755).unwrap().nodeid;
+        h.forget(dir, 1);
+        // A directory opened for writing through CREATE (no O_EXCL): EISDIR, and nothing kept.
+        assert_eq!(
+            h.create(ROOT, &name, libc::O_RDWR, 0o644).err(),
+            Some(libc::EISDIR)
+        );
+    }
+    // (Other tests of this binary open and close fds meanwhile: a leak here would be 40.)
+    let after = fds();
+    assert!(
+        after < before + 20,
+        "{} fds leaked",
+        after.saturating_sub(before)
+    );
+    // An existing regular file through CREATE opens it, counted like an OPEN.
+    std::fs::write(h.share.join("f"), b"x").unwrap();
+    let (entry, open) = h.create(ROOT, "f", libc::O_RDWR, 0o644).unwrap();
+    assert_eq!(h.read(entry.nodeid, open.fh, 0, 8).unwrap(), b"x");
+    h.release(entry.nodeid, open.fh).unwrap();
+    assert_eq!(
+        h.create(ROOT, "f", libc::O_RDWR | libc::O_EXCL, 0o644)
+            .err(),
+        Some(libc::EEXIST)
+    );
+}
