@@ -231,8 +231,13 @@ impl Sandbox for HostSandbox {
         }
         .ok_or_else(|| failed("no such process"))?;
         let status = child.wait().await.map_err(failed)?;
-        if let Target::Exec(id) = target {
-            self.execs.borrow_mut().remove(id);
+        match target {
+            Target::Exec(id) => {
+                self.execs.borrow_mut().remove(id);
+            }
+            Target::Init => {
+                self.exit.send_replace(Some(status_of(status)));
+            }
         }
         Ok(status_of(status))
     }
@@ -291,6 +296,10 @@ impl Sandbox for HostSandbox {
 
     async fn stats(&self) -> Result<GuestStats, SandboxError> {
         Ok(GuestStats::default())
+    }
+
+    fn init_exited(&self) -> bool {
+        self.exit.borrow().is_some()
     }
 
     /// A host process has no guest to ask: its init and execs are killed.

@@ -146,6 +146,9 @@ pub trait Sandbox {
     async fn update(&self, resources: &LinuxResources) -> Result<(), SandboxError>;
     /// The container's statistics as its own cgroup (in the guest) sees them.
     async fn stats(&self) -> Result<GuestStats, SandboxError>;
+    /// Whether the init has ended (its output may still be on its way to the caller: what
+    /// [`Sandbox::wait`] waits for after the exit).
+    fn init_exited(&self) -> bool;
     /// Stops the sandbox now, without the guest's help (a SIGKILL the guest did not carry out):
     /// every process in it ends, and [`Sandbox::wait`] of each resolves.
     async fn power_off(&self);

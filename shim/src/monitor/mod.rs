@@ -327,13 +327,18 @@ impl<S: Sandbox> Monitor<S> {
                     grace.as_mut().reset(tokio::time::Instant::now() + KILL_GRACE);
                 }
                 () = &mut grace, if armed && !self.killed_by_host.get() => {
-                    crate::logging::warn(&format!(
-                        "container {}: still running {}s after SIGKILL: stopping its vm from the host",
-                        self.id(),
-                        KILL_GRACE.as_secs()
-                    ));
-                    self.killed_by_host.set(true);
-                    sb.power_off().await;
+                    armed = false;
+                    // An init that did end is only delivering its last output (bounded by the
+                    // drain timeout): that is not a guest ignoring the kill.
+                    if !sb.init_exited() {
+                        crate::logging::warn(&format!(
+                            "container {}: still running {}s after SIGKILL: stopping its vm from the host",
+                            self.id(),
+                            KILL_GRACE.as_secs()
+                        ));
+                        self.killed_by_host.set(true);
+                        sb.power_off().await;
+                    }
                 }
                 // Once a SIGKILL is under way nothing else is forwarded, and a forward the guest
                 // does not answer is given up: neither may hold off the grace above.

@@ -56,6 +56,8 @@ pub struct AgentSandbox<G> {
     relays: RefCell<HashMap<String, Relays>>,
     /// The host terminal of each terminal process, for sizes the monitor notices itself.
     terminals: RefCell<HashMap<String, OwnedFd>>,
+    /// The agent reported the init's exit.
+    init_exited: std::cell::Cell<bool>,
 }
 
 fn failed(e: ClientError) -> SandboxError {
@@ -76,6 +78,7 @@ impl<G: Guest> AgentSandbox<G> {
             share_tag: share_tag.to_string(),
             relays: RefCell::new(HashMap::new()),
             terminals: RefCell::new(HashMap::new()),
+            init_exited: std::cell::Cell::new(false),
         }
     }
 
@@ -244,6 +247,9 @@ impl<G: Guest> Sandbox for AgentSandbox<G> {
                 return Err(SandboxError::failed(Kind::Unavailable, format!("vm ended: {why}")))
             }
         };
+        if target == Target::Init {
+            self.init_exited.set(true);
+        }
         let relays = self.relays.borrow_mut().remove(id);
         if let Some(r) = relays {
             r.finish(DRAIN_TIMEOUT).await;
@@ -330,6 +336,10 @@ impl<G: Guest> Sandbox for AgentSandbox<G> {
     async fn stats(&self) -> Result<GuestStats, SandboxError> {
         let s = self.client.stats(&self.id).await.map_err(failed)?;
         Ok(GuestStats::from(&s))
+    }
+
+    fn init_exited(&self) -> bool {
+        self.init_exited.get()
     }
 
     async fn power_off(&self) {
