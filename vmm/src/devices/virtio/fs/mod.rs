@@ -10,11 +10,14 @@
 //! - [`shadow`]: hands exactly the validated buffers (and our copy of the header) to the server;
 //! - [`filesystem`]: the guest-facing policy around `PassthroughFs` (names, open flags, device
 //!   nodes, read-only shares, set-ID files, FUSE options and cache timeouts);
+//! - [`guards`]: the name and open-flag checks every request passes first;
 //! - [`setid`]: where a share lets the guest make set-user-ID and set-group-ID files;
+//! - [`open_files`]: the cap on host fds a share holds for its guest;
 //! - [`metrics`]: requests per opcode, notifications, interrupts, errors.
 
 pub mod device;
 pub mod filesystem;
+mod guards;
 pub mod metrics;
 pub mod open_files;
 pub mod request;
