@@ -90,6 +90,11 @@ pub struct Config {
     /// [`MONITOR_FD_RESERVE`] (or half of it, if more), so a guest can never take the fds its
     /// own monitor needs.
     pub share_max_open_files: u64,
+    /// Whether the monitor's threads (vCPUs, device loop, control) run under their seccomp
+    /// allow-lists. Off is a way out for a host that needs a syscall a list lacks (a forbidden
+    /// syscall stops the container with a `seccomp:` line in its log); the virtio-fs worker
+    /// keeps its list either way.
+    pub seccomp: bool,
 }
 
 /// Fds kept for the monitor itself (control connections, vsock streams, stdio, logs) when the
@@ -114,6 +119,7 @@ impl Default for Config {
             template_dir: "/var/lib/bulkhead/templates".into(),
             volumes_allow_set_id: false,
             share_max_open_files: 0,
+            seccomp: true,
         }
     }
 }

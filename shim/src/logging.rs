@@ -5,9 +5,12 @@
 //! with `--log-format json` — containerd reads the last error line of that file to report why a
 //! runtime call failed — or as a logrus-style text line otherwise.
 
+use std::fmt;
+use std::fs::File;
 use std::io::Write;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::cli::LogFormat;
@@ -40,6 +43,15 @@ pub struct Logger {
 }
 
 static LOGGER: OnceLock<Logger> = OnceLock::new();
+
+/// The log file, opened (append-only) at the first line and then kept: a long-lived monitor
+/// writes every later line, from any thread, without opening a path again (its threads'
+/// seccomp lists allow no `open` of an existing file).
+static FILE: Mutex<Option<(PathBuf, File)>> = Mutex::new(None);
+
+/// A second fd of the log file for the seccomp report, which must not lock (see
+/// [`report_forbidden_syscalls`]).
+static REPORT_FILE: OnceLock<File> = OnceLock::new();
 
 /// Sets the process-wide logger (later calls are ignored).
 pub fn init(logger: Logger) {
@@ -91,7 +103,62 @@ impl Logger {
 }
 
 fn append(path: &Path, line: &str) -> std::io::Result<()> {
-    crate::private::append(path)?.write_all(line.as_bytes())
+    let mut file = FILE.lock().unwrap_or_else(PoisonError::into_inner);
+    match file.as_mut() {
+        Some((p, f)) if p == path => f.write_all(line.as_bytes()),
+        _ => {
+            let mut f = crate::private::append(path)?;
+            let written = f.write_all(line.as_bytes());
+            *file = Some((path.to_path_buf(), f));
+            written
+        }
+    }
+}
+
+/// Sends the report of a forbidden syscall (see `bulkhead_vmm::seccomp::report`) to the log
+/// file as an error line in its format, or to stderr without one. Called before a thread of
+/// this process installs a seccomp list.
+pub fn report_forbidden_syscalls() {
+    let file = logger().and_then(|l| l.file.as_deref()).and_then(|path| {
+        if let Some(f) = REPORT_FILE.get() {
+            return Some(f);
+        }
+        let f = crate::private::append(path).ok()?;
+        Some(REPORT_FILE.get_or_init(|| f))
+    });
+    let fd: BorrowedFd<'static> = match file {
+        Some(f) => f.as_fd(),
+        // SAFETY: fd 2 stays open for the life of the process (the monitor's stderr is the
+        // engine's or /dev/null; nothing closes it).
+        None => unsafe { BorrowedFd::borrow_raw(libc::STDERR_FILENO) },
+    };
+    bulkhead_vmm::seccomp::report::report_to(fd, Some(report_line));
+}
+
+/// The report line, formatted in the SIGSYS handler: no allocation, no lock (the message
+/// holds only our own words, so it needs no quoting).
+fn report_line(out: &mut dyn fmt::Write, thread: &str, nr: i64) -> fmt::Result {
+    write_report(logger().map(|l| l.format), out, thread, nr)
+}
+
+fn write_report(
+    format: Option<LogFormat>,
+    out: &mut dyn fmt::Write,
+    thread: &str,
+    nr: i64,
+) -> fmt::Result {
+    let msg = bulkhead_vmm::seccomp::report::Message { thread, nr };
+    let time = Rfc3339(SystemTime::now());
+    match format {
+        Some(LogFormat::Json) => {
+            writeln!(
+                out,
+                "{{\"level\":\"error\",\"msg\":\"{msg}\",\"time\":\"{time}\"}}"
+            )
+        }
+        Some(LogFormat::Text) => writeln!(out, "time=\"{time}\" level=error msg=\"{msg}\""),
+        None => writeln!(out, "bulkhead: {msg}"),
+    }
 }
 
 /// Collapses a multi-line message into one line (engines show only the first line).
@@ -127,17 +194,27 @@ fn quote(s: &str) -> String {
 
 /// UTC RFC 3339 timestamp with nanoseconds, as logrus writes with `time.RFC3339Nano`.
 pub fn rfc3339(at: SystemTime) -> String {
-    let d = at.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = d.as_secs();
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (y, m, dd) = civil_from_days(days as i64);
-    format!(
-        "{y:04}-{m:02}-{dd:02}T{:02}:{:02}:{:02}.{:09}Z",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60,
-        d.subsec_nanos()
-    )
+    Rfc3339(at).to_string()
+}
+
+/// [`rfc3339`] without allocating (the seccomp report formats it in a signal handler).
+struct Rfc3339(SystemTime);
+
+impl fmt::Display for Rfc3339 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let d = self.0.duration_since(UNIX_EPOCH).unwrap_or_default();
+        let secs = d.as_secs();
+        let (days, rem) = (secs / 86_400, secs % 86_400);
+        let (y, m, dd) = civil_from_days(days as i64);
+        write!(
+            f,
+            "{y:04}-{m:02}-{dd:02}T{:02}:{:02}:{:02}.{:09}Z",
+            rem / 3600,
+            (rem % 3600) / 60,
+            rem % 60,
+            d.subsec_nanos()
+        )
+    }
 }
 
 /// Days since 1970-01-01 → (year, month, day), Howard Hinnant's algorithm.
@@ -190,6 +267,26 @@ mod tests {
             line,
             "time=\"1970-01-01T00:00:00.000000000Z\" level=warning msg=\"a \\\"b\\\"\"\n"
         );
+    }
+
+    #[test]
+    fn the_seccomp_report_is_a_log_line() {
+        let line = |format| {
+            let mut out = String::new();
+            write_report(format, &mut out, "vcpu", 41).unwrap();
+            assert!(out.ends_with('\n'), "{out}");
+            out
+        };
+        let v: serde_json::Value =
+            serde_json::from_str(line(Some(LogFormat::Json)).trim()).unwrap();
+        assert_eq!(v["level"], "error");
+        let msg = v["msg"].as_str().unwrap();
+        assert!(
+            msg.starts_with("seccomp: the vcpu thread made system call 41 ("),
+            "{msg}"
+        );
+        assert!(line(Some(LogFormat::Text)).contains(" level=error msg=\"seccomp: the vcpu "));
+        assert!(line(None).starts_with("bulkhead: seccomp: "));
     }
 
     #[test]

@@ -94,6 +94,8 @@ pub enum FaultKind {
     },
     /// The vCPU thread panicked (a VMM bug).
     Panicked,
+    /// The vCPU thread could not install its seccomp allow-list, so it never ran the guest.
+    Unconfined,
     /// An exit we do not handle.
     UnexpectedExit {
         /// Its name.
@@ -126,6 +128,7 @@ impl fmt::Display for FaultKind {
                 std::io::Error::from_raw_os_error(*errno)
             ),
             FaultKind::Panicked => f.write_str("vcpu thread panicked"),
+            FaultKind::Unconfined => f.write_str("cannot install the vcpu's seccomp filter"),
             FaultKind::UnexpectedExit { exit } => write!(f, "unexpected exit {exit}"),
         }
     }

@@ -12,6 +12,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
+use seccompiler::BpfProgram;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -32,6 +33,9 @@ pub enum EventLoopError {
     /// The thread could not be started.
     #[error("cannot start the event loop thread")]
     Spawn(#[source] std::io::Error),
+    /// The thread could not install its seccomp allow-list.
+    #[error(transparent)]
+    Seccomp(crate::seccomp::SeccompError),
     /// The loop did not reach its pause point in time (or is not running).
     #[error("the device event loop did not pause within {0:?}")]
     PauseTimeout(Duration),
@@ -194,8 +198,9 @@ impl EventLoop {
         self.manager.add_subscriber(subscriber)
     }
 
-    /// Starts the loop on its own thread.
-    pub fn start(self) -> Result<RunningEventLoop, EventLoopError> {
+    /// Starts the loop on its own thread, which first installs `seccomp` if given (and the
+    /// start fails if it cannot: the loop never handles guest input unconfined).
+    pub fn start(self, seccomp: Option<BpfProgram>) -> Result<RunningEventLoop, EventLoopError> {
         let EventLoop {
             mut manager,
             stop,
@@ -203,9 +208,18 @@ impl EventLoop {
             pause,
         } = self;
         let flag = stopped.clone();
+        let (confined_tx, confined) = std::sync::mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("events".into())
             .spawn(move || {
+                let installed = seccomp.as_ref().map_or(Ok(()), |f| {
+                    crate::seccomp::confine_thread(f, "device event loop")
+                });
+                let ok = installed.is_ok();
+                let _ = confined_tx.send(installed);
+                if !ok {
+                    return;
+                }
                 while !flag.load(Ordering::Acquire) {
                     // A failed wait (other than EINTR, which the manager absorbs) would spin;
                     // back off instead of burning a CPU.
@@ -215,6 +229,19 @@ impl EventLoop {
                 }
             })
             .map_err(EventLoopError::Spawn)?;
+        match confined.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                let _ = thread.join();
+                return Err(EventLoopError::Seccomp(e));
+            }
+            Err(_) => {
+                let _ = thread.join();
+                return Err(EventLoopError::Spawn(std::io::Error::other(
+                    "the event loop thread ended before it ran",
+                )));
+            }
+        }
         Ok(RunningEventLoop {
             stop,
             stopped,
@@ -284,7 +311,7 @@ mod tests {
             evt: evt.try_clone().unwrap(),
             tx,
         })));
-        let running = el.start().unwrap();
+        let running = el.start(None).unwrap();
         evt.write(7).unwrap();
         let got = rx.recv_timeout(std::time::Duration::from_secs(5)).unwrap();
         assert_eq!(got, 7);
@@ -310,7 +337,7 @@ mod tests {
             pause.pause(Duration::from_millis(50)).is_err(),
             "not running"
         );
-        let running = el.start().unwrap();
+        let running = el.start(None).unwrap();
         pause.pause(Duration::from_secs(5)).unwrap();
         evt.write(1).unwrap();
         assert!(rx.recv_timeout(Duration::from_millis(200)).is_err());

@@ -65,6 +65,7 @@
 //!   GDT, CPUID, MSRs, registers;
 //! - [`devices`]: the `BusDevice` seam, buses, the device manager, serial, i8042, virtio;
 //! - [`event_loop`]: the device event loop thread;
+//! - [`seccomp`]: each thread's syscall allow-list and the report of a forbidden syscall;
 //! - [`compat`]: host KVM profiles (hardware vs PVM) — the only place that knows PVM.
 
 pub mod boot;
@@ -78,6 +79,7 @@ pub mod kvm;
 pub mod layout;
 pub mod memory;
 pub mod restore;
+pub mod seccomp;
 pub mod snapshot;
 pub mod vm;
 

@@ -35,6 +35,9 @@ pub enum RunError {
     /// A vCPU thread did not start.
     #[error("cannot start a vcpu thread")]
     Spawn(#[source] std::io::Error),
+    /// The threads' syscall allow-lists could not be built.
+    #[error(transparent)]
+    Seccomp(#[from] crate::seccomp::SeccompError),
 }
 
 /// Everything the builder hands to a [`Vm`].
@@ -81,6 +84,8 @@ pub(crate) struct Assembly {
 /// A VM, built and ready to run.
 pub struct Vm {
     parts: VmParts,
+    /// Whether the vCPU and event-loop threads install their seccomp allow-lists.
+    seccomp: bool,
 }
 
 impl Vm {
@@ -148,7 +153,15 @@ impl Vm {
                 save: Arc::new(a.save),
                 snapshot,
             },
+            seccomp: true,
         }
+    }
+
+    /// Runs the VM's threads without their seccomp allow-lists (see [`crate::seccomp`]): a
+    /// way out for an operator whose host needs a syscall a list lacks, never the default.
+    pub fn without_seccomp(mut self) -> Self {
+        self.seccomp = false;
+        self
     }
 
     /// A handle that stops, snapshots and resumes the VM from another thread.
@@ -195,34 +208,46 @@ impl Vm {
         &self.parts.vm_fd
     }
 
-    /// Runs the VM until it stops; returns why. Blocks the calling thread, which runs vCPU 0
-    /// itself (so it takes the vCPU kick signal, `SIGRTMIN+1`, while it does).
+    /// Runs the VM until it stops; returns why. Blocks the calling thread until every vCPU
+    /// thread has ended. With seccomp (the default) each vCPU runs on a thread of its own that
+    /// installs the vCPU list (so the caller's thread is never filtered) and the event loop
+    /// installs its own; without, vCPU 0 runs on the calling thread (one thread fewer to
+    /// start), which then takes the vCPU kick signal, `SIGRTMIN+1`, while it does.
     pub fn run(self) -> Result<ExitReason, RunError> {
-        let VmParts {
-            kvm,
-            vm_fd,
-            mem,
-            vcpus,
-            devices,
-            control,
-            serial,
-            save,
-            snapshot,
-            ..
-        } = self.parts;
+        let Vm {
+            parts:
+                VmParts {
+                    kvm,
+                    vm_fd,
+                    mem,
+                    vcpus,
+                    devices,
+                    control,
+                    serial,
+                    save,
+                    snapshot,
+                    ..
+                },
+            seccomp,
+        } = self;
+        let (vcpu_filter, events_filter) = if seccomp {
+            let vcpu = crate::seccomp::vcpu_filter(kick::kick_signal())?;
+            (Some(Arc::new(vcpu)), Some(crate::seccomp::events_filter()?))
+        } else {
+            (None, None)
+        };
         kick::install_handler().map_err(RunError::KickHandler)?;
-        let events = devices.event_loop.start()?;
+        let events = devices.event_loop.start(events_filter)?;
         let ctx = VcpuContext {
             pio: devices.pio.clone(),
             mmio: devices.mmio.clone(),
             mem,
             control: control.clone(),
             save,
+            seccomp: vcpu_filter,
         };
-        // vCPU 0 runs on the calling thread (which blocks here anyway): one thread fewer to
-        // create and schedule before the guest's first instruction.
         let mut vcpus = vcpus.into_iter();
-        let boot_vcpu = vcpus.next();
+        let on_this_thread = if seccomp { None } else { vcpus.next() };
         let mut threads = Vec::with_capacity(vcpus.len());
         let mut spawn_error = None;
         for vcpu in vcpus {
@@ -235,7 +260,7 @@ impl Vm {
                 }
             }
         }
-        if let Some(vcpu) = boot_vcpu {
+        if let Some(vcpu) = on_this_thread {
             vcpu.run(&ctx);
         }
         for t in threads {

@@ -17,6 +17,7 @@
 //! (vCPUs, device loop, virtio-fs worker) and hook runs.
 
 mod exec;
+mod seccomp;
 mod server;
 mod setup;
 mod signals;
@@ -133,6 +134,8 @@ pub(crate) struct Monitor<S> {
     /// The host stopped the VM to carry out a SIGKILL: the init's status is 137 whatever the
     /// guest (no longer) says.
     killed_by_host: Cell<bool>,
+    /// The monitor's thread runs under its seccomp list ([`Monitor::lock_down`]).
+    locked_down: Cell<bool>,
 }
 
 impl<S: Sandbox> Monitor<S> {
@@ -185,6 +188,25 @@ impl<S: Sandbox> Monitor<S> {
         self.state.borrow().oci_json().to_string()
     }
 
+    /// Confines the monitor's own thread before the container's init is released: from here
+    /// on it only serves (see [`seccomp`]). Once per process; a failure keeps the init from
+    /// running.
+    fn lock_down(&self) -> Result<(), Failure> {
+        if !self.plan.config.seccomp || self.locked_down.replace(true) {
+            return Ok(());
+        }
+        seccomp::install().map_err(|e| {
+            self.locked_down.set(false);
+            Failure::new(
+                Kind::Internal,
+                format!(
+                    "confine the monitor: {}",
+                    bulkhead_protocol::error_chain(&e)
+                ),
+            )
+        })
+    }
+
     /// Runs the hooks of `phase` off the runtime thread (they are external programs).
     async fn hooks(&self, phase: Phase) -> Result<(), Failure> {
         let spec = self.plan.bundle.spec.clone();
@@ -199,6 +221,8 @@ impl<S: Sandbox> Monitor<S> {
 
 /// The monitor's body, run in the forked child. Returns the process exit status.
 pub fn run<F: SandboxFactory>(plan: Plan, factory: &F, ready: ReadyWriter) -> i32 {
+    // Before any thread installs a seccomp list: a forbidden syscall is reported in --log.
+    crate::logging::report_forbidden_syscalls();
     let signals = crate::process::block_forwarded();
     let stdio_fds = crate::process::take_stdio();
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -248,6 +272,7 @@ async fn life<F: SandboxFactory>(
         exec_seq: Cell::new(1),
         sigkill: Notify::new(),
         killed_by_host: Cell::new(false),
+        locked_down: Cell::new(false),
         plan,
     });
     let server = tokio::task::spawn_local(server::serve(listener, monitor.clone()));

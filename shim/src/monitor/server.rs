@@ -141,7 +141,11 @@ impl<S: Sandbox> Monitor<S> {
         }
         let started = async {
             let sb = self.sandbox()?;
-            if let Err(e) = self.hooks(Phase::StartContainer).await {
+            let ready = match self.hooks(Phase::StartContainer).await {
+                Ok(()) => self.lock_down(),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = ready {
                 let _ = sb.kill(Target::Init, libc::SIGKILL, true).await;
                 return Err(e);
             }

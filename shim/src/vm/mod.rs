@@ -63,7 +63,7 @@ async fn cold_boot(ctx: &BootContext) -> Result<(VmGuest, Client), SandboxError>
     let mut cfg = vm_config(ctx, &vsock.path);
     let share = share_device(&ctx.config, &ctx.share_dir, has_volumes(&ctx.share_dir));
     cfg.fs.push(share);
-    let guest = VmGuest::start(&cfg, vsock)?;
+    let guest = VmGuest::start(&cfg, vsock, ctx.config.seccomp)?;
     let client = connect_agent(&guest, &agent_wait(ctx)).await?;
     Ok((guest, client))
 }
@@ -215,17 +215,19 @@ pub struct VmGuest {
 
 impl VmGuest {
     /// Builds the VM and starts it.
-    fn start(cfg: &VmConfig, vsock: SockPath) -> Result<VmGuest, SandboxError> {
+    fn start(cfg: &VmConfig, vsock: SockPath, seccomp: bool) -> Result<VmGuest, SandboxError> {
         let vm = Vm::build(cfg).map_err(|e| SandboxError::Vm {
             what: "build vm",
             source: Box::new(e),
         })?;
-        Self::run(vm, vsock)
+        Self::run(vm, vsock, seccomp)
     }
 
     /// Runs a built (or restored) VM. The thread inherits the caller's signal mask: the
     /// monitor blocks the signals it forwards before anything starts, so vCPUs never take them.
-    fn run(vm: Vm, vsock: SockPath) -> Result<VmGuest, SandboxError> {
+    /// With `seccomp` the vCPU and device-loop threads run under their allow-lists.
+    fn run(vm: Vm, vsock: SockPath, seccomp: bool) -> Result<VmGuest, SandboxError> {
+        let vm = if seccomp { vm } else { vm.without_seccomp() };
         let handle = vm.handle();
         let (tx, ended) = watch::channel(None);
         std::thread::Builder::new()

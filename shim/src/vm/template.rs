@@ -97,7 +97,7 @@ async fn clone_from(
         what: "restore vm",
         source: Box::new(e),
     })?;
-    let guest = VmGuest::run(vm, vsock)?;
+    let guest = VmGuest::run(vm, vsock, ctx.config.seccomp)?;
     let client = connect_agent(&guest, &agent_wait(ctx)).await?;
     let refreshed = client
         .refresh(entropy()?, SystemTime::now())
@@ -208,7 +208,7 @@ async fn make(
     }
     vm.fs.push(share_device(cfg, &share, false));
     vm.image_id = Some(image);
-    let guest = VmGuest::start(&vm, vsock)?;
+    let guest = VmGuest::start(&vm, vsock, cfg.seccomp)?;
     let wait = AgentWait {
         timeout,
         console_log: scratch.join(BUILD_LOG),

@@ -205,7 +205,15 @@ impl Rotation {
     /// same file again from its beginning.
     fn rotate(&mut self, file: &mut File) -> std::io::Result<()> {
         match std::fs::rename(&self.path, &self.old) {
-            Ok(()) => *file = create_console_file(&self.path)?,
+            // The path was just moved away: the new file is created, never an existing one
+            // opened (a vCPU thread's seccomp list allows only `O_CREAT | O_EXCL` opens).
+            Ok(()) => {
+                *file = OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(CONSOLE_FILE_MODE)
+                    .open(&self.path)?
+            }
             Err(_) => {
                 file.set_len(0)?;
                 file.seek(SeekFrom::Start(0))?;

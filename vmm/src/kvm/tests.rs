@@ -80,6 +80,8 @@ fn test_vm(code: &[u8]) -> TestVm {
         mem,
         control,
         save: Default::default(),
+        // Run on the test's own thread: no allow-list (the VM-level tests have them).
+        seccomp: None,
     };
     TestVm {
         _kvm: kvm,

@@ -8,6 +8,7 @@ use std::thread::JoinHandle;
 
 use kvm_bindings::{KVM_EXIT_INTERNAL_ERROR, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
 use kvm_ioctls::{VcpuExit, VcpuFd};
+use seccompiler::BpfProgram;
 
 use super::dump::VcpuDump;
 use super::kick::ArmedVcpu;
@@ -29,6 +30,8 @@ pub struct VcpuContext {
     pub control: Arc<Controller>,
     /// How a paused vCPU reads its state for a snapshot.
     pub save: Arc<SaveSpec>,
+    /// The allow-list each vCPU thread installs before its first `KVM_RUN` (`None`: none).
+    pub seccomp: Option<Arc<BpfProgram>>,
 }
 
 /// A configured vCPU, not yet running.
@@ -85,6 +88,17 @@ impl Vcpu {
         let mut vcpu = ArmedVcpu::arm(self.fd);
         // Dropped (unregistering this thread from kicks) before `vcpu`, even on a panic.
         let _registration = Registration::new(&ctx.control, usize::from(index));
+        if let Some(filter) = &ctx.seccomp {
+            if let Err(e) = crate::seccomp::confine_thread(filter, "vcpu") {
+                tracing::error!(vcpu = index, "{e}");
+                ctx.control.request(ExitReason::Fault(Box::new(VcpuFault {
+                    vcpu: index,
+                    kind: FaultKind::Unconfined,
+                    dump: None,
+                })));
+                return;
+            }
+        }
         if index == 0 {
             tracing::debug!(monotonic_ns = monotonic_ns(), "first KVM_RUN");
         }

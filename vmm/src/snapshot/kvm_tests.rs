@@ -100,6 +100,8 @@ fn tiny_vm(mem: GuestMemoryMmap) -> (TinyVm, SaveSpec) {
         mem,
         control,
         save: Arc::new(save.clone()),
+        // Run on the test's own thread: no allow-list (the VM-level tests have them).
+        seccomp: None,
     };
     let vm_ = TinyVm {
         _kvm: kvm,

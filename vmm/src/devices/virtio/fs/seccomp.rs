@@ -5,26 +5,13 @@
 //! fds (never `open`/`stat` of a path: everything is `*at`), reading/writing guest memory and
 //! eventfds, per-request credentials, memory management without `PROT_EXEC`, and waiting. No
 //! `execve`, `clone`, `socket`, `ioctl`, `mount`, `unshare`, `ptrace`, `open_by_handle_at` or
-//! `name_to_handle_at`. Anything else kills the process: a worker doing something unexpected
-//! is a worker being exploited, and a dead VM is the safe outcome.
+//! `name_to_handle_at`. Anything else ends the process: a worker doing something unexpected
+//! is a worker being exploited, and a dead VM is the safe outcome (see `crate::seccomp::report`).
 
-use std::collections::BTreeMap;
+use seccompiler::BpfProgram;
 
-use seccompiler::{
-    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
-    SeccompRule, TargetArch,
-};
-
-/// Why the filter could not be built or installed.
-#[derive(Debug, thiserror::Error)]
-pub enum SeccompError {
-    /// seccompiler refused the rules or the architecture.
-    #[error("cannot build the seccomp filter")]
-    Build(#[source] seccompiler::BackendError),
-    /// The kernel refused the filter.
-    #[error("cannot install the seccomp filter")]
-    Install(#[source] seccompiler::Error),
-}
+use crate::seccomp::Rules;
+pub use crate::seccomp::SeccompError;
 
 /// Syscalls allowed with any arguments.
 const ALLOWED: &[libc::c_long] = &[
@@ -91,38 +78,12 @@ const ALLOWED: &[libc::c_long] = &[
     libc::SYS_exit,
 ];
 
-/// Builds the worker's filter for the architecture we run on.
+/// Builds the worker's filter (memory without `PROT_EXEC`, as every thread's list).
 pub fn worker_filter() -> Result<BpfProgram, SeccompError> {
-    let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
-        ALLOWED.iter().map(|&nr| (nr, Vec::new())).collect();
-    // mmap(addr, len, prot, ...) and mprotect(addr, len, prot): never executable memory.
-    let no_exec = || -> Result<Vec<SeccompRule>, SeccompError> {
-        let cond = SeccompCondition::new(
-            2,
-            SeccompCmpArgLen::Dword,
-            SeccompCmpOp::MaskedEq(libc::PROT_EXEC as u64),
-            0,
-        )
-        .map_err(SeccompError::Build)?;
-        Ok(vec![
-            SeccompRule::new(vec![cond]).map_err(SeccompError::Build)?
-        ])
-    };
-    rules.insert(libc::SYS_mmap, no_exec()?);
-    rules.insert(libc::SYS_mprotect, no_exec()?);
-
-    let arch = TargetArch::try_from(std::env::consts::ARCH).map_err(SeccompError::Build)?;
-    let filter = SeccompFilter::new(
-        rules,
-        SeccompAction::KillProcess,
-        SeccompAction::Allow,
-        arch,
-    )
-    .map_err(SeccompError::Build)?;
-    BpfProgram::try_from(filter).map_err(SeccompError::Build)
+    Rules::default().thread_basics()?.allow(ALLOWED).compile()
 }
 
 /// Installs `filter` on the calling thread (and sets its `no_new_privs`).
 pub fn install(filter: &BpfProgram) -> Result<(), SeccompError> {
-    seccompiler::apply_filter(filter).map_err(SeccompError::Install)
+    crate::seccomp::install(filter, "virtio-fs worker")
 }
