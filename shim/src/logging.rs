@@ -40,10 +40,22 @@ pub struct Logger {
 }
 
 static LOGGER: OnceLock<Logger> = OnceLock::new();
+/// The log file opened once for good (see [`hold_file`]).
+static HELD: OnceLock<std::fs::File> = OnceLock::new();
 
 /// Sets the process-wide logger (later calls are ignored).
 pub fn init(logger: Logger) {
     let _ = LOGGER.set(logger);
+}
+
+/// Opens the log file once and appends to that fd from now on, instead of opening the path
+/// for every line: the monitor calls it before its lock-down, after which the file's path may
+/// be out of its sight (the engine picks it, anywhere on the host).
+pub fn hold_file() -> std::io::Result<()> {
+    if let Some(path) = logger().and_then(|l| l.file.as_ref()) {
+        let _ = HELD.set(crate::private::append(path)?);
+    }
+    Ok(())
 }
 
 fn logger() -> Option<&'static Logger> {
@@ -86,7 +98,10 @@ impl Logger {
         };
         let line = format_line(self.format, level, msg, SystemTime::now());
         // Logging must never turn a result into a different failure: write errors are dropped.
-        let _ = append(path, &line);
+        let _ = match HELD.get() {
+            Some(mut file) => file.write_all(line.as_bytes()),
+            None => append(path, &line),
+        };
     }
 }
 

@@ -134,7 +134,7 @@ impl<S: Sandbox> Monitor<S> {
     }
 
     /// Releases the init: startContainer hooks on the host first, as runc runs them just
-    /// before the init's exec.
+    /// before the init's exec, then the monitor's lock-down (the last host work is done).
     async fn start(&self) -> Result<Done, Failure> {
         if self.starting.replace(true) {
             return Err(Refused::StartRunning.failure());
@@ -145,6 +145,7 @@ impl<S: Sandbox> Monitor<S> {
                 let _ = sb.kill(Target::Init, libc::SIGKILL, true).await;
                 return Err(e);
             }
+            self.lock_down().await?;
             sb.start().await.map_err(|e| e.failure())
         };
         let result = started.await;

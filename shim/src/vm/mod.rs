@@ -279,6 +279,11 @@ impl Guest for VmGuest {
         crate::logging::debug(&format!("vm ended: {why}"));
         (!clean).then_some(why)
     }
+
+    /// The guest's processes are in the VM; the VM's threads keep what they opened.
+    fn confinable(&self) -> bool {
+        true
+    }
 }
 
 #[cfg(test)]
