@@ -18,6 +18,8 @@
 
 mod exec;
 mod jail;
+#[cfg(test)]
+mod lock_down_tests;
 mod server;
 mod setup;
 mod signals;
