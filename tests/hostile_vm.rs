@@ -17,6 +17,11 @@
 //! - `a_guest_that_opens_files_without_end_stops_at_the_share_cap`: the container creates files
 //!   until it is refused; the monitor's fd table stays below the share's cap plus its reserve,
 //!   and the monitor still answers (`ps`, then `kill KILL` → 137).
+//! - `the_monitor_runs_the_workload_from_its_jail`: once started, the monitor's root (seen from
+//!   the host through `/proc/<pid>/root`) holds only the jail's binds, its main thread keeps
+//!   `CAP_DAC_OVERRIDE` alone (bounding set too) with `no_new_privs`, its open-file and core
+//!   limits are set; and exec, ps, stats, update of the host cgroup, pause/resume, console
+//!   output and rotation, `--log` lines, timings, the state's exit and delete all still work.
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
@@ -388,4 +393,249 @@ impl Drop for Unmount {
     fn drop(&mut self) {
         let _ = umount2(&self.0, MntFlags::MNT_DETACH);
     }
+}
+
+/// The value of `key` (`CapEff:`, …) in a `/proc/<pid>/status` text.
+fn status_field<'a>(status: &'a str, key: &str) -> &'a str {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .map_or("", str::trim)
+}
+
+/// Soft and hard value of one `/proc/<pid>/limits` line (`Max open files`, …).
+fn limit(limits: &str, name: &str) -> (String, String) {
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with(name))
+        .unwrap_or_else(|| panic!("{name} in {limits}"));
+    let mut v = line[name.len()..].split_whitespace();
+    (v.next().unwrap().into(), v.next().unwrap().into())
+}
+
+/// The console log's inode, once it differs from `before` (the file was rotated).
+fn rotated_console(path: &Path, before: u64) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let t = Instant::now();
+    loop {
+        let now = fs::metadata(path).map_or(before, |m| m.ino());
+        if now != before {
+            return now;
+        }
+        assert!(t.elapsed() < PATIENCE, "console log never rotated");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn the_monitor_runs_the_workload_from_its_jail() {
+    use std::os::unix::fs::MetadataExt;
+    if !require(&vm_needs()) {
+        return;
+    }
+    become_subreaper();
+    const SHARE_FDS: u64 = 3000;
+    let parent = format!("bulkhead-jail-{}", std::process::id());
+    // Declared before the runtime: dropped after it has deleted the container.
+    let _parent = bulkhead_tests::CgroupDirs(parent.clone());
+    let rt = Cli::with_config(&format!(
+        "keep_logs = true\nconsole_log_max_kib = 1\nshare_max_open_files = {SHARE_FDS}\n"
+    ));
+    let d = rt.dir().to_path_buf();
+    let rootfs = busybox_rootfs(&d.join("rootfs"));
+    let cgroup = format!("{parent}/jailed");
+    // Console output once the workload runs (after the lock-down), more than the 1 KiB cap:
+    // each drop_caches write prints a kernel line, shown with the console log level raised.
+    let script = "echo 8 > /proc/sys/kernel/printk || exit 3; i=0; while [ $i -lt 40 ]; do \
+        echo 3 > /proc/sys/vm/drop_caches; i=$((i+1)); done; echo ready; sleep 100000";
+    let bundle = write_bundle(
+        &d.join("b"),
+        &rootfs,
+        script,
+        json!({"linux": {"cgroupsPath": format!("/{cgroup}"),
+                         "resources": {"pids": {"limit": 50}}}}),
+    );
+    let (log, out, pid_file) = (d.join("jail.log"), d.join("jail.out"), d.join("jail.pid"));
+    let o = rt.run_to(
+        &[
+            "--log",
+            log.to_str().unwrap(),
+            "--debug",
+            "create",
+            "--bundle",
+            bundle.to_str().unwrap(),
+            "--pid-file",
+            pid_file.to_str().unwrap(),
+            "jailed",
+        ],
+        &out,
+    );
+    assert!(
+        o.status.success(),
+        "create: {}",
+        fs::read_to_string(&out).unwrap()
+    );
+    let pid: i32 = fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let console = rt.console_path("jailed");
+    let before_start = fs::metadata(&console).unwrap().ino();
+    let host_root = fs::read_dir(format!("/proc/{pid}/root")).unwrap().count();
+    assert!(host_root > 3, "not locked down before start");
+    assert_eq!(rt.run(&["start", "jailed"]).0, Some(0));
+    wait_for_text(&out, "ready");
+
+    // The monitor's root: the first component of each kept directory (this test's directory,
+    // /sys for the cgroup) and /proc with only its own /proc/<pid> as /proc/self.
+    let names = |p: &str| -> std::collections::BTreeSet<String> {
+        fs::read_dir(format!("/proc/{pid}/root{p}"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+    let top = d
+        .components()
+        .nth(1)
+        .unwrap()
+        .as_os_str()
+        .to_string_lossy()
+        .into_owned();
+    let expected: std::collections::BTreeSet<String> =
+        [top, "sys".into(), "proc".into()].into_iter().collect();
+    assert_eq!(names(""), expected, "the jail's root");
+    assert_eq!(names("/proc"), ["self".to_string()].into_iter().collect());
+    for gone in ["/etc", "/usr", "/home", "/bin"] {
+        assert!(
+            !Path::new(&format!("/proc/{pid}/root{gone}")).exists(),
+            "{gone}"
+        );
+    }
+    let state_dir = format!("/proc/{pid}/root{}/root/jailed", d.display());
+    assert!(Path::new(&state_dir).join("state.json").exists());
+    assert!(
+        !d.join("root/jailed/jail").exists(),
+        "the jail's mount point is left"
+    );
+    // The virtio-fs worker's /proc/self/fd (opened before it confined itself, in the monitor's
+    // namespace) is now the jail's: its `..` no longer leads to the host's root.
+    let links: Vec<String> = fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| fs::read_link(e.ok()?.path()).ok())
+        .map(|l| l.to_string_lossy().into_owned())
+        .collect();
+    assert!(links.iter().any(|l| l == "/proc/self/fd"), "{links:?}");
+    assert!(!links.contains(&format!("/proc/{pid}/fd")), "{links:?}");
+
+    // The main thread: DAC_OVERRIDE only (bounding set too), no_new_privs, rlimits for one VM.
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    for key in ["CapEff:", "CapPrm:", "CapBnd:"] {
+        assert_eq!(status_field(&status, key), "0000000000000002", "{key}");
+    }
+    for key in ["CapInh:", "CapAmb:"] {
+        assert_eq!(status_field(&status, key), "0000000000000000", "{key}");
+    }
+    assert_eq!(status_field(&status, "NoNewPrivs:"), "1");
+    // Every thread that handles what the guest writes runs under its seccomp list (mode 2):
+    // the control thread (this one), the vCPUs, the device loop, the virtio-fs worker; the
+    // VM's own threads hold no capability, nor does the thread that waits on them.
+    assert_eq!(status_field(&status, "Seccomp:"), "2", "the control thread");
+    let mut roles = std::collections::BTreeSet::new();
+    for task in fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let task = task.unwrap().path();
+        let comm = fs::read_to_string(task.join("comm"))
+            .unwrap()
+            .trim()
+            .to_string();
+        let st = fs::read_to_string(task.join("status")).unwrap();
+        let role = match comm.as_str() {
+            c if c.starts_with("vcpu") => "vcpu",
+            "events" => "events",
+            c if c.starts_with("fs-") => "fs",
+            "vm" => "vm",
+            _ => continue,
+        };
+        roles.insert(role);
+        if role != "vm" {
+            assert_eq!(status_field(&st, "Seccomp:"), "2", "thread {comm}");
+        }
+        if role != "fs" {
+            assert_eq!(
+                status_field(&st, "CapEff:"),
+                "0000000000000000",
+                "thread {comm}"
+            );
+            assert_eq!(
+                status_field(&st, "CapPrm:"),
+                "0000000000000000",
+                "thread {comm}"
+            );
+        }
+    }
+    assert_eq!(roles.len(), 4, "threads seen: {roles:?}");
+    let limits = fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let (_, hard) =
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
+    let nofile = hard
+        .min(SHARE_FDS + bulkhead_shim::config::MONITOR_FD_RESERVE)
+        .to_string();
+    assert_eq!(limit(&limits, "Max open files"), (nofile.clone(), nofile));
+    assert_eq!(
+        limit(&limits, "Max core file size"),
+        ("0".into(), "0".into())
+    );
+
+    // Everything still works from the jail. The console (written and rotated by path on the
+    // vCPU threads) was rotated after the start:
+    let after = rotated_console(&console, before_start);
+    assert_ne!(after, before_start);
+    let rotated = fs::read_to_string(format!("{}.1", console.display())).unwrap();
+    assert!(
+        (rotated + &rt.console("jailed")).contains("drop_caches"),
+        "console output after the lock-down"
+    );
+    // exec (its stdio reopened through /proc/self/fd), ps, stats from the host cgroup, update
+    // of the host cgroup, pause and resume.
+    assert_eq!(
+        rt.run(&["exec", "jailed", "echo", "from-exec"]),
+        (Some(0), "from-exec\n".into())
+    );
+    assert_eq!(rt.run(&["ps", "jailed"]).0, Some(0));
+    let (code, text) = rt.run(&["events", "--stats", "jailed"]);
+    assert_eq!(code, Some(0), "{text}");
+    let ev: Value = serde_json::from_str(text.trim()).unwrap();
+    assert!(ev["data"]["pids"]["current"].as_u64().unwrap() >= 1, "{ev}");
+    assert!(
+        ev["data"]["memory"]["usage"]["usage"].as_u64().unwrap() > 0,
+        "{ev}"
+    );
+    let pids_max = ["/sys/fs/cgroup/pids", "/sys/fs/cgroup"]
+        .iter()
+        .map(|h| Path::new(h).join(&cgroup).join("pids.max"))
+        .find(|p| p.exists())
+        .expect("the container's host pids cgroup");
+    assert_eq!(fs::read_to_string(&pids_max).unwrap().trim(), "114");
+    let (code, text) = rt.run(&["update", "--pids-limit", "20", "jailed"]);
+    assert_eq!(code, Some(0), "update: {text}");
+    assert_eq!(fs::read_to_string(&pids_max).unwrap().trim(), "84");
+    assert_eq!(rt.run(&["pause", "jailed"]).0, Some(0));
+    assert!(rt.run(&["state", "jailed"]).1.contains("\"paused\""));
+    assert_eq!(rt.run(&["resume", "jailed"]).0, Some(0));
+    assert!(rt.run(&["state", "jailed"]).1.contains("\"running\""));
+
+    // kill, the exit written to the state, the log lines of the end, timings, delete.
+    assert_eq!(rt.run(&["kill", "jailed", "KILL"]).0, Some(0));
+    assert_eq!(exit_status(pid), 137);
+    assert!(rt.run(&["state", "jailed"]).1.contains("\"stopped\""));
+    let text = fs::read_to_string(&log).unwrap();
+    let locked = text.find("monitor locked down").expect("lock-down logged");
+    let ended = text.rfind("vm ended").expect("the vm's end logged");
+    assert!(
+        ended > locked,
+        "a line after the lock-down reached --log: {text}"
+    );
+    assert!(rt.timings("jailed").contains("torn_down"), "timings.json");
+    assert_eq!(rt.run(&["delete", "jailed"]).0, Some(0));
+    rt.assert_gone("jailed");
 }

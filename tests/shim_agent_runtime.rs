@@ -79,4 +79,9 @@ impl Guest for AgentProcess {
         let _ = child.wait().await;
         Some("agent killed".into())
     }
+
+    /// The agent is a host process, and its container processes are too.
+    fn confinable(&self) -> bool {
+        false
+    }
 }

@@ -298,6 +298,11 @@ impl Sandbox for HostSandbox {
         Ok(GuestStats::default())
     }
 
+    /// Its processes are host processes: they need the host's file system.
+    fn confinable(&self) -> bool {
+        false
+    }
+
     fn init_exited(&self) -> bool {
         self.exit.borrow().is_some()
     }

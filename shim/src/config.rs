@@ -192,6 +192,17 @@ impl Config {
         }
     }
 
+    /// The monitor's open-file limit once it is locked down, given its hard limit `fd_limit`
+    /// at boot (from which the share's cap was derived): the share's cap plus
+    /// [`MONITOR_FD_RESERVE`], never more than it had (it could not raise it again anyway).
+    /// With the derived cap (0) that is the hard limit itself: the cap already left the
+    /// reserve out of it.
+    pub fn monitor_fd_limit(&self, fd_limit: u64) -> u64 {
+        self.share_max_open_files(fd_limit)
+            .saturating_add(MONITOR_FD_RESERVE)
+            .min(fd_limit)
+    }
+
     pub fn console_max_bytes(&self) -> u64 {
         self.console_log_max_kib.saturating_mul(1024)
     }
@@ -326,6 +337,8 @@ mod tests {
         assert_eq!(c.share_max_open_files(20_000), 20_000 - MONITOR_FD_RESERVE);
         assert_eq!(c.share_max_open_files(1500), 750);
         assert_eq!(c.share_max_open_files(1), 1);
+        assert_eq!(c.monitor_fd_limit(1 << 20), 1 << 20);
+        assert_eq!(c.monitor_fd_limit(1500), 1500);
         assert_eq!(c.console_max_bytes(), 1 << 20);
         std::fs::write(
             &p,
@@ -336,6 +349,8 @@ mod tests {
         let c = Config::load_from(&p).unwrap();
         assert!(c.keep_logs && c.volumes_allow_set_id);
         assert_eq!(c.share_max_open_files(20_000), 300);
+        assert_eq!(c.monitor_fd_limit(20_000), 300 + MONITOR_FD_RESERVE);
+        assert_eq!(c.monitor_fd_limit(1000), 1000, "never above the hard limit");
         assert_eq!(c.console_max_bytes(), 4096);
     }
 

@@ -10,7 +10,7 @@ use std::fs::File;
 use std::io::Write;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, OnceLock, PoisonError};
+use std::sync::OnceLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::cli::LogFormat;
@@ -43,19 +43,23 @@ pub struct Logger {
 }
 
 static LOGGER: OnceLock<Logger> = OnceLock::new();
-
-/// The log file, opened (append-only) at the first line and then kept: a long-lived monitor
-/// writes every later line, from any thread, without opening a path again (its threads'
-/// seccomp lists allow no `open` of an existing file).
-static FILE: Mutex<Option<(PathBuf, File)>> = Mutex::new(None);
-
-/// A second fd of the log file for the seccomp report, which must not lock (see
-/// [`report_forbidden_syscalls`]).
-static REPORT_FILE: OnceLock<File> = OnceLock::new();
+/// The log file opened once for good (see [`hold_file`]).
+static HELD: OnceLock<File> = OnceLock::new();
 
 /// Sets the process-wide logger (later calls are ignored).
 pub fn init(logger: Logger) {
     let _ = LOGGER.set(logger);
+}
+
+/// Opens the log file once and appends to that fd from now on, instead of opening the path
+/// for every line: the monitor calls it first thing, before its VM's threads (whose seccomp
+/// lists allow no `open` of an existing file) can log, and before its lock-down, after which
+/// the file's path may be out of its sight (the engine picks it, anywhere on the host).
+pub fn hold_file() -> std::io::Result<()> {
+    if let Some(path) = logger().and_then(|l| l.file.as_ref()) {
+        let _ = HELD.set(crate::private::append(path)?);
+    }
+    Ok(())
 }
 
 fn logger() -> Option<&'static Logger> {
@@ -98,35 +102,22 @@ impl Logger {
         };
         let line = format_line(self.format, level, msg, SystemTime::now());
         // Logging must never turn a result into a different failure: write errors are dropped.
-        let _ = append(path, &line);
+        let _ = match HELD.get() {
+            Some(mut file) => file.write_all(line.as_bytes()),
+            None => append(path, &line),
+        };
     }
 }
 
 fn append(path: &Path, line: &str) -> std::io::Result<()> {
-    let mut file = FILE.lock().unwrap_or_else(PoisonError::into_inner);
-    match file.as_mut() {
-        Some((p, f)) if p == path => f.write_all(line.as_bytes()),
-        _ => {
-            let mut f = crate::private::append(path)?;
-            let written = f.write_all(line.as_bytes());
-            *file = Some((path.to_path_buf(), f));
-            written
-        }
-    }
+    crate::private::append(path)?.write_all(line.as_bytes())
 }
 
-/// Sends the report of a forbidden syscall (see `bulkhead_vmm::seccomp::report`) to the log
-/// file as an error line in its format, or to stderr without one. Called before a thread of
-/// this process installs a seccomp list.
+/// Sends the report of a forbidden syscall (see `bulkhead_vmm::seccomp::report`) to the held
+/// log file ([`hold_file`]) as an error line in its format, or to stderr without one. Called
+/// before a thread of this process installs a seccomp list.
 pub fn report_forbidden_syscalls() {
-    let file = logger().and_then(|l| l.file.as_deref()).and_then(|path| {
-        if let Some(f) = REPORT_FILE.get() {
-            return Some(f);
-        }
-        let f = crate::private::append(path).ok()?;
-        Some(REPORT_FILE.get_or_init(|| f))
-    });
-    let fd: BorrowedFd<'static> = match file {
+    let fd: BorrowedFd<'static> = match HELD.get() {
         Some(f) => f.as_fd(),
         // SAFETY: fd 2 stays open for the life of the process (the monitor's stderr is the
         // engine's or /dev/null; nothing closes it).

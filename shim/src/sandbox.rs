@@ -146,6 +146,10 @@ pub trait Sandbox {
     async fn update(&self, resources: &LinuxResources) -> Result<(), SandboxError>;
     /// The container's statistics as its own cgroup (in the guest) sees them.
     async fn stats(&self) -> Result<GuestStats, SandboxError>;
+    /// Whether the monitor may lock itself down (`monitor/jail.rs`: its own root, capabilities
+    /// dropped) before the workload runs. A VM's processes are in the guest and need nothing of
+    /// the host's file system; a sandbox whose processes are host processes does (tests).
+    fn confinable(&self) -> bool;
     /// Whether the init has ended (its output may still be on its way to the caller: what
     /// [`Sandbox::wait`] waits for after the exit).
     fn init_exited(&self) -> bool;

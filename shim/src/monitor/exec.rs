@@ -104,6 +104,8 @@ impl<S: Sandbox> Monitor<S> {
     ) -> Result<String, Failure> {
         let status = self.settled_status().await.map_err(|e| e.failure())?;
         status.can_exec().map_err(|e| e.failure())?;
+        // An exec into a created container is the workload's first process.
+        self.lock_down().await?;
         let stdio = stdio_from(fds, tty, stdin)
             .ok_or_else(|| Failure::new(Kind::InvalidArgument, "exec: missing stdio fds"))?;
         let seq = self.exec_seq.get();

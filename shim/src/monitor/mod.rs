@@ -17,6 +17,9 @@
 //! (vCPUs, device loop, virtio-fs worker) and hook runs.
 
 mod exec;
+mod jail;
+#[cfg(test)]
+mod lock_down_tests;
 mod seccomp;
 mod server;
 mod setup;
@@ -134,9 +137,23 @@ pub(crate) struct Monitor<S> {
     /// The host stopped the VM to carry out a SIGKILL: the init's status is 137 whatever the
     /// guest (no longer) says.
     killed_by_host: Cell<bool>,
-    /// The monitor's thread runs under its seccomp list ([`Monitor::lock_down`]).
-    locked_down: Cell<bool>,
+    /// Where [`Monitor::lock_down`] is.
+    lock: Cell<Lock>,
 }
+
+/// The monitor's lock-down (see [`Monitor::lock_down`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lock {
+    /// Set-up: the whole host is in view (hooks run).
+    Open,
+    /// In its jail (or a sandbox that runs nothing in the guest, for tests).
+    Locked,
+    /// It failed part-way: the workload never runs.
+    Failed,
+}
+
+/// The directory in a container's state directory the jail's root is mounted on.
+const JAIL_DIR: &str = "jail";
 
 impl<S: Sandbox> Monitor<S> {
     fn id(&self) -> &str {
@@ -188,23 +205,63 @@ impl<S: Sandbox> Monitor<S> {
         self.state.borrow().oci_json().to_string()
     }
 
-    /// Confines the monitor's own thread before the container's init is released: from here
-    /// on it only serves (see [`seccomp`]). Once per process; a failure keeps the init from
-    /// running.
-    fn lock_down(&self) -> Result<(), Failure> {
-        if !self.plan.config.seccomp || self.locked_down.replace(true) {
+    /// Locks the monitor down before the workload's first process runs (`start`, or an `exec`
+    /// into a created container): from here on the guest may be hostile. Its own root with
+    /// only what it still uses, capabilities dropped, `no_new_privs`, rlimits (`jail.rs`),
+    /// then this thread's seccomp list (`seccomp.rs`, unless `seccomp = false`). Idempotent. When it
+    /// fails, the init is killed and the container never runs unconfined: `start` fails with
+    /// one line and the monitor ends with the init (137).
+    async fn lock_down(&self) -> Result<(), Failure> {
+        match self.lock.get() {
+            Lock::Locked => return Ok(()),
+            Lock::Failed => return Err(Failure::new(Kind::Internal, "monitor lock-down failed")),
+            Lock::Open => {}
+        }
+        let sb = self.sandbox()?;
+        if !sb.confinable() {
+            self.lock.set(Lock::Locked);
             return Ok(());
         }
-        seccomp::install().map_err(|e| {
-            self.locked_down.set(false);
-            Failure::new(
-                Kind::Internal,
-                format!(
-                    "confine the monitor: {}",
-                    bulkhead_protocol::error_chain(&e)
-                ),
-            )
-        })
+        let locked = crate::logging::hold_file()
+            .map_err(|e| format!("open the log file: {e}"))
+            .and_then(|()| {
+                jail::enter(&self.jail()).map_err(|e| bulkhead_protocol::error_chain(&e))
+            })
+            .and_then(|()| {
+                if !self.plan.config.seccomp {
+                    return Ok(());
+                }
+                seccomp::install()
+                    .map_err(|e| format!("seccomp: {}", bulkhead_protocol::error_chain(&e)))
+            });
+        if let Err(why) = locked {
+            self.lock.set(Lock::Failed);
+            let message = format!("container {}: lock-down failed: {why}", self.id());
+            crate::logging::error(&message);
+            let _ =
+                tokio::time::timeout(KILL_GRACE, sb.kill(Target::Init, libc::SIGKILL, true)).await;
+            self.sigkill.notify_one();
+            return Err(Failure::new(Kind::Internal, message));
+        }
+        self.lock.set(Lock::Locked);
+        crate::logging::debug(&format!("container {}: monitor locked down", self.id()));
+        Ok(())
+    }
+
+    /// What the jail keeps: the state directory (state, sockets, the share's directory for its
+    /// teardown), the log directory (console log and its rotation, timings), the host cgroup
+    /// directories (update, stats); open files for the share's cap and the monitor's reserve.
+    fn jail(&self) -> jail::Jail {
+        let plan = &self.plan;
+        let mut keep = vec![plan.state_dir.clone(), plan.config.log_dir.clone()];
+        keep.extend(self.state.borrow().cgroup_dirs.iter().cloned());
+        let hard = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+            .map_or(1 << 20, |(_, hard)| hard);
+        jail::Jail {
+            dir: plan.state_dir.join(JAIL_DIR),
+            keep,
+            nofile: plan.config.monitor_fd_limit(hard),
+        }
     }
 
     /// Runs the hooks of `phase` off the runtime thread (they are external programs).
@@ -221,7 +278,12 @@ impl<S: Sandbox> Monitor<S> {
 
 /// The monitor's body, run in the forked child. Returns the process exit status.
 pub fn run<F: SandboxFactory>(plan: Plan, factory: &F, ready: ReadyWriter) -> i32 {
-    // Before any thread installs a seccomp list: a forbidden syscall is reported in --log.
+    // Before any thread installs a seccomp list: every later line, and the report of a
+    // forbidden syscall, goes to the log file opened now.
+    if let Err(e) = crate::logging::hold_file() {
+        let e = std::io::Error::new(e.kind(), format!("open the log file: {e}"));
+        return fail_early(&plan, ready, &e);
+    }
     crate::logging::report_forbidden_syscalls();
     let signals = crate::process::block_forwarded();
     let stdio_fds = crate::process::take_stdio();
@@ -272,7 +334,7 @@ async fn life<F: SandboxFactory>(
         exec_seq: Cell::new(1),
         sigkill: Notify::new(),
         killed_by_host: Cell::new(false),
-        locked_down: Cell::new(false),
+        lock: Cell::new(Lock::Open),
         plan,
     });
     let server = tokio::task::spawn_local(server::serve(listener, monitor.clone()));

@@ -134,21 +134,18 @@ impl<S: Sandbox> Monitor<S> {
     }
 
     /// Releases the init: startContainer hooks on the host first, as runc runs them just
-    /// before the init's exec.
+    /// before the init's exec, then the monitor's lock-down (the last host work is done).
     async fn start(&self) -> Result<Done, Failure> {
         if self.starting.replace(true) {
             return Err(Refused::StartRunning.failure());
         }
         let started = async {
             let sb = self.sandbox()?;
-            let ready = match self.hooks(Phase::StartContainer).await {
-                Ok(()) => self.lock_down(),
-                Err(e) => Err(e),
-            };
-            if let Err(e) = ready {
+            if let Err(e) = self.hooks(Phase::StartContainer).await {
                 let _ = sb.kill(Target::Init, libc::SIGKILL, true).await;
                 return Err(e);
             }
+            self.lock_down().await?;
             sb.start().await.map_err(|e| e.failure())
         };
         let result = started.await;

@@ -43,6 +43,9 @@ pub trait Guest {
     /// Makes sure the guest is gone, giving it `grace` to end by itself first (the agent was
     /// just asked to shut down). Returns how it ended when that was not clean.
     async fn stop(&self, grace: Duration) -> Option<String>;
+    /// Whether the guest needs nothing of the host's file system once it runs (a VM: yes; an
+    /// agent run as a host process for tests: no). See [`Sandbox::confinable`].
+    fn confinable(&self) -> bool;
 }
 
 /// The container side of a sandbox.
@@ -336,6 +339,10 @@ impl<G: Guest> Sandbox for AgentSandbox<G> {
     async fn stats(&self) -> Result<GuestStats, SandboxError> {
         let s = self.client.stats(&self.id).await.map_err(failed)?;
         Ok(GuestStats::from(&s))
+    }
+
+    fn confinable(&self) -> bool {
+        self.guest.confinable()
     }
 
     fn init_exited(&self) -> bool {

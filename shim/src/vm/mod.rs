@@ -233,12 +233,20 @@ impl VmGuest {
         std::thread::Builder::new()
             .name("vm".into())
             .spawn(move || {
-                let ending = match vm.run() {
+                // This thread only waits on the VM's own (which confine themselves): it needs
+                // no capability either.
+                let dropped = if seccomp {
+                    bulkhead_vmm::seccomp::drop_capabilities()
+                } else {
+                    Ok(())
+                };
+                let ran = match dropped {
+                    Ok(()) => vm.run().map_err(|e| bulkhead_protocol::error_chain(&e)),
+                    Err(e) => Err(bulkhead_protocol::error_chain(&e)),
+                };
+                let ending = match ran {
                     Ok(reason) => (reason.is_clean(), reason.to_string()),
-                    Err(e) => (
-                        false,
-                        format!("vm failed: {}", bulkhead_protocol::error_chain(&e)),
-                    ),
+                    Err(e) => (false, format!("vm failed: {e}")),
                 };
                 let _ = tx.send(Some(ending));
             })
@@ -280,6 +288,11 @@ impl Guest for VmGuest {
         let (clean, why) = self.ending().await;
         crate::logging::debug(&format!("vm ended: {why}"));
         (!clean).then_some(why)
+    }
+
+    /// The guest's processes are in the VM; the VM's threads keep what they opened.
+    fn confinable(&self) -> bool {
+        true
     }
 }
 

@@ -152,11 +152,18 @@ pub fn install(filter: &BpfProgram, thread: &'static str) -> Result<(), SeccompE
 /// or the device loop uses none; capabilities are per thread, so the others keep theirs),
 /// then `filter` (see [`install`]).
 pub fn confine_thread(filter: &BpfProgram, thread: &'static str) -> Result<(), SeccompError> {
-    drop_capabilities().map_err(SeccompError::Capabilities)?;
+    drop_capabilities()?;
     install(filter, thread)
 }
 
-fn drop_capabilities() -> Result<(), caps::errors::CapsError> {
+/// Empties every capability set of the calling thread (the bounding set too, where it may):
+/// for a thread of the embedding process that only waits on the VM (the one that calls
+/// [`crate::Vm::run`]).
+pub fn drop_capabilities() -> Result<(), SeccompError> {
+    drop_all().map_err(SeccompError::Capabilities)
+}
+
+fn drop_all() -> Result<(), caps::errors::CapsError> {
     use caps::CapSet;
     // The bounding set needs CAP_SETPCAP (an unprivileged VMM has an empty effective set and
     // no way to gain one: `no_new_privs` comes with the filter).
