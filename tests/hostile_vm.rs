@@ -591,6 +591,15 @@ fn the_monitor_runs_the_workload_from_its_jail() {
     let after = rotated_console(&console, before_start);
     assert_ne!(after, before_start);
     let rotated = fs::read_to_string(format!("{}.1", console.display())).unwrap();
+    // The guest's console flood (40 kernel lines, ~4 KiB) stays within the cap on the host:
+    // each of the two files holds at most 1 KiB.
+    for f in [
+        console.clone(),
+        PathBuf::from(format!("{}.1", console.display())),
+    ] {
+        let len = fs::metadata(&f).unwrap().len();
+        assert!(len <= 1024, "{} holds {len} bytes", f.display());
+    }
     assert!(
         (rotated + &rt.console("jailed")).contains("drop_caches"),
         "console output after the lock-down"

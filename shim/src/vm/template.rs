@@ -23,6 +23,16 @@ use crate::template::{now_secs, Meta, Recipe, TemplateError, Templates, BUILD_LO
 const ENTROPY_BYTES: usize = 64;
 /// How long a template's guest gets to finish closing the readiness connection.
 const VSOCK_IDLE_WAIT: Duration = Duration::from_secs(10);
+/// How long a restored clone's agent may take to answer (at most `boot_timeout_secs`). A
+/// restore reaches the agent in about a second here (several on a guest 4× slower); a clone
+/// that has not answered by then never will (seen once in CI: a template whose restored guest
+/// went idle without answering), and waiting the whole boot timeout would cost the container
+/// minutes before it cold-boots.
+const RESTORE_READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// [`SandboxError::Vm::what`] of a restore that failed before the guest ran.
+const RESTORE_FAILED: &str = "restore vm";
+/// [`SandboxError::Vm::what`] of a restored guest whose agent did not answer.
+const CLONE_SILENT: &str = "restored vm did not answer";
 
 /// The container's VM restored from its template, its agent refreshed.
 pub(super) async fn restore(ctx: &BootContext) -> Result<(VmGuest, Client), SandboxError> {
@@ -36,7 +46,26 @@ pub(super) async fn restore(ctx: &BootContext) -> Result<(VmGuest, Client), Sand
     };
     match clone_from(ctx, &dir, image).await {
         Err(SandboxError::Vm {
-            what: "restore vm",
+            what: CLONE_SILENT,
+            source,
+        }) => {
+            // The snapshot restored but its guest does not answer: the container cold-boots
+            // (the caller's fallback) and the next one makes the template again.
+            let _lock = templates.lock(&key, timeout).await.map_err(tpl)?;
+            if templates.find(&key).as_deref() == Some(dir.as_path()) {
+                templates.remove(&key).map_err(tpl)?;
+            }
+            Err(SandboxError::Vm {
+                what: CLONE_SILENT,
+                source: format!(
+                    "{}; template {key} removed",
+                    bulkhead_protocol::error_chain(&*source)
+                )
+                .into(),
+            })
+        }
+        Err(SandboxError::Vm {
+            what: RESTORE_FAILED,
             source,
         }) => {
             // The template itself is unusable (corrupt, truncated, from another VMM or host):
@@ -94,11 +123,22 @@ async fn clone_from(
         has_volumes(&ctx.share_dir),
     )];
     let vm = Vm::restore(&config).map_err(|e| SandboxError::Vm {
-        what: "restore vm",
+        what: RESTORE_FAILED,
         source: Box::new(e),
     })?;
     let guest = VmGuest::run(vm, vsock, ctx.config.seccomp)?;
-    let client = connect_agent(&guest, &agent_wait(ctx)).await?;
+    let mut wait = agent_wait(ctx);
+    wait.timeout = wait.timeout.min(RESTORE_READY_TIMEOUT);
+    let client = match connect_agent(&guest, &wait).await {
+        Ok(c) => c,
+        Err(e) => {
+            guest.stop(Duration::ZERO).await;
+            return Err(SandboxError::Vm {
+                what: CLONE_SILENT,
+                source: bulkhead_protocol::error_chain(&e).into(),
+            });
+        }
+    };
     let refreshed = client
         .refresh(entropy()?, SystemTime::now())
         .await

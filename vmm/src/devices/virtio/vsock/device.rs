@@ -227,6 +227,15 @@ impl VsockDevice {
                 *b = *saved;
             }
             self.transport_reset_pending = true;
+            // The held chains go back on the TX timer, as they would have in the template: a
+            // new packet arms it only when nothing is held, so without this they (and every
+            // chain after them) would wait for a quarter of the queue to fill.
+            if !active.held_tx.is_empty() {
+                let delay = Expiration::OneShot(TimeSpec::from_duration(TX_RETURN_DELAY));
+                self.tx_timer
+                    .set(delay, TimerSetTimeFlags::empty())
+                    .map_err(|e| VsockError::EventFd(e.into()))?;
+            }
         } else if !state.held_tx.is_empty() || !state.queues.is_empty() {
             return Err(VsockError::BadState("queue state for an inactive device"));
         }

@@ -11,11 +11,13 @@
 //! queued on our side except one flag set per connection and a bounded list of RSTs.
 
 use std::collections::{HashMap, VecDeque};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
+use std::time::Duration;
 
 use event_manager::{EventOps, EventSet, Events};
+use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFlags};
 
 use super::connection::{rst_reply, ConnKey, Connection, Verdict};
 use super::metrics::{add, VsockMetrics};
@@ -30,6 +32,10 @@ use super::VsockConfig;
 const FIRST_LOCAL_PORT: u32 = 1 << 30;
 /// RSTs we hold for the guest when it gives us no RX buffers; more are dropped.
 const MAX_PENDING_RSTS: usize = 256;
+/// How long the host listener rests after an accept error (out of fds, out of memory): the
+/// pending connection keeps the listener readable, so without a rest the loop would wake at
+/// once, again and again, for as long as the error lasts.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 fn stream_events() -> EventSet {
     EventSet::IN | EventSet::OUT | EventSet::READ_HANG_UP | EventSet::EDGE_TRIGGERED
@@ -50,6 +56,10 @@ pub struct Muxer {
     buf_alloc: u32,
     max_conns: usize,
     listener: Listener,
+    /// Whether the listener is watched (not resting after an accept error).
+    listening: bool,
+    /// Ends a rest of the listener ([`ACCEPT_BACKOFF`]).
+    accept_rest: TimerFd,
     owners: HashMap<RawFd, Owner>,
     handshakes: HashMap<RawFd, UnixStream>,
     conns: HashMap<ConnKey, Connection>,
@@ -68,6 +78,12 @@ impl Muxer {
             buf_alloc: config.buf_alloc,
             max_conns: config.max_connections,
             listener: Listener::bind(&config.uds_path)?,
+            listening: false,
+            accept_rest: TimerFd::new(
+                ClockId::CLOCK_MONOTONIC,
+                TimerFlags::TFD_NONBLOCK | TimerFlags::TFD_CLOEXEC,
+            )
+            .map_err(|e| UnixError::Io(e.into()))?,
             owners: HashMap::new(),
             handshakes: HashMap::new(),
             conns: HashMap::new(),
@@ -79,10 +95,45 @@ impl Muxer {
         })
     }
 
-    /// Registers the listener with the event loop.
+    /// Registers the listener and its rest timer with the event loop.
     pub fn init(&mut self, ops: &mut EventOps) {
-        if let Err(e) = ops.add(Events::new(&self.listener, EventSet::IN)) {
-            tracing::error!("vsock: cannot watch the host socket: {e}");
+        let timer = Events::new_raw(self.accept_rest.as_fd().as_raw_fd(), EventSet::IN);
+        if let Err(e) = ops.add(timer) {
+            tracing::error!("vsock: cannot watch the accept timer: {e}");
+        }
+        self.listen(ops);
+    }
+
+    /// Watches the listener again (after a rest, or for the first time).
+    fn listen(&mut self, ops: &mut EventOps) {
+        if self.listening {
+            return;
+        }
+        match ops.add(Events::new(&self.listener, EventSet::IN)) {
+            Ok(()) => self.listening = true,
+            Err(e) => {
+                tracing::error!("vsock: cannot watch the host socket: {e}");
+                self.rest_timer();
+            }
+        }
+    }
+
+    /// Stops watching the listener for [`ACCEPT_BACKOFF`].
+    fn rest(&mut self, ops: &mut EventOps) {
+        if self.listening
+            && ops
+                .remove(Events::new(&self.listener, EventSet::IN))
+                .is_ok()
+        {
+            self.listening = false;
+        }
+        self.rest_timer();
+    }
+
+    fn rest_timer(&self) {
+        let rest = Expiration::OneShot(ACCEPT_BACKOFF.into());
+        if let Err(e) = self.accept_rest.set(rest, TimerSetTimeFlags::empty()) {
+            tracing::warn!("vsock: cannot arm the accept timer: {e}");
         }
     }
 
@@ -114,6 +165,13 @@ impl Muxer {
     /// Handles an event on one of our fds; returns false if the fd is not ours.
     pub fn on_event(&mut self, fd: RawFd, set: EventSet, ops: &mut EventOps) -> bool {
         if fd == self.listener.as_raw_fd() {
+            self.accept(ops);
+            return true;
+        }
+        if fd == self.accept_rest.as_fd().as_raw_fd() {
+            // Non-blocking: a timer re-armed after it fired just reads EAGAIN.
+            let _ = self.accept_rest.wait();
+            self.listen(ops);
             self.accept(ops);
             return true;
         }
@@ -153,7 +211,11 @@ impl Muxer {
                 Ok(Some(s)) => s,
                 Ok(None) => return,
                 Err(e) => {
-                    tracing::warn!("vsock: accept failed: {e}");
+                    tracing::warn!(
+                        "vsock: accept failed: {e}; the host socket rests for {}ms",
+                        ACCEPT_BACKOFF.as_millis()
+                    );
+                    self.rest(ops);
                     return;
                 }
             };

@@ -370,3 +370,53 @@ fn guest_rst_with_unread_data_drains_to_the_host_first() {
     assert!(got.iter().enumerate().all(|(i, &b)| b == (i % 251) as u8));
     assert_eq!(h.dev.lock().unwrap().buffered_bytes(), 0);
 }
+
+/// Out of fds, `accept` fails while the connection stays pending (the listener stays readable):
+/// the listener rests instead of waking the loop at once, again and again. Runs in a forked
+/// child, whose fd limit it lowers.
+#[test]
+fn an_accept_error_rests_the_listener_instead_of_spinning() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    use nix::sys::wait::{waitpid, WaitStatus};
+    use nix::unistd::{fork, ForkResult};
+    use std::time::{Duration, Instant};
+
+    // SAFETY: the child builds a device and runs its event loop on its only thread, then
+    // exits without returning into the test harness.
+    match unsafe { fork() }.unwrap() {
+        ForkResult::Child => {
+            let code = std::panic::catch_unwind(|| {
+                let mem = test_mem();
+                let mut h = Harness::new(&mem);
+                h.activate(true);
+                let _pending = UnixStream::connect(&h.path).unwrap();
+                // The lowest free fd becomes the limit: the next fd (accept's) is over it.
+                let probe = nix::unistd::dup(0).unwrap();
+                let _ = nix::unistd::close(probe);
+                let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+                setrlimit(Resource::RLIMIT_NOFILE, probe as u64, hard).unwrap();
+                let start = Instant::now();
+                let mut events = 0;
+                while start.elapsed() < Duration::from_millis(500) {
+                    events += h.em.run_with_timeout(50).unwrap();
+                }
+                // A rest of 100 ms: about 5 retries (timer + listener) in 500 ms; spinning
+                // would be thousands.
+                events
+            });
+            let code = match code {
+                Ok(events) if events <= 30 => 0,
+                Ok(events) => {
+                    eprintln!("the loop woke {events} times in 500 ms");
+                    1
+                }
+                Err(_) => 2,
+            };
+            // SAFETY: ends the child at once, without running the test harness's code.
+            unsafe { libc::_exit(code) }
+        }
+        ForkResult::Parent { child } => {
+            assert_eq!(waitpid(child, None).unwrap(), WaitStatus::Exited(child, 0));
+        }
+    }
+}
