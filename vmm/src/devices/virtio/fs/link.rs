@@ -392,3 +392,97 @@ pub fn default_program() -> (PathBuf, Vec<OsString>) {
         vec![OsString::from(server::SUBCOMMAND)],
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A link whose "server" is `peer`, a thread of the test that answers as it is told.
+    fn link_to(peer: impl FnOnce(OwnedFd) + Send + 'static) -> ServerLink {
+        let (ours, theirs) = socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .unwrap();
+        size_socket(ours.as_fd()).unwrap();
+        size_socket(theirs.as_fd()).unwrap();
+        ServerLink {
+            sock: Some(ours),
+            runner: Runner::Thread(Some(std::thread::spawn(move || peer(theirs)))),
+            request: Buffer::new(BUFFER).unwrap(),
+            reply: Buffer::new(BUFFER).unwrap(),
+        }
+    }
+
+    /// Receives one request and answers it with `kind` and `body`.
+    fn answer(sock: &OwnedFd, kind: u32, body: &[u8]) {
+        let mut buf = vec![0u8; BUFFER];
+        wire::recv(sock.as_fd(), &mut buf).unwrap();
+        wire::send(sock.as_fd(), Head { kind, arg: 0 }, body).unwrap();
+    }
+
+    #[test]
+    fn a_full_size_request_and_reply_cross_whole() {
+        let mut link = link_to(|s| {
+            let mut buf = vec![0u8; BUFFER];
+            let (head, len) = wire::recv(s.as_fd(), &mut buf).unwrap();
+            assert_eq!((head.kind, head.arg as usize), (wire::REQUEST, MAX_MESSAGE));
+            assert_eq!(len, BUFFER);
+            // Echo the request back as the reply.
+            wire::send(
+                s.as_fd(),
+                Head {
+                    kind: wire::SERVED,
+                    arg: 0,
+                },
+                &buf[HEAD..len],
+            )
+            .unwrap();
+        });
+        for (i, b) in link.request_buffer().iter_mut().enumerate() {
+            *b = i as u8;
+        }
+        let expected: Vec<u8> = (0..MAX_MESSAGE).map(|i| i as u8).collect();
+        match link.exchange(MAX_MESSAGE, MAX_MESSAGE).unwrap() {
+            Answer::Served(reply) => assert!(reply == &expected[..]),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_reply_past_its_room_or_out_of_kind_is_a_breach() {
+        let mut link = link_to(|s| answer(&s, wire::SERVED, &[7u8; 100]));
+        assert!(matches!(
+            link.exchange(40, 99),
+            Err(LinkError::Overlong { len: 100, room: 99 })
+        ));
+        let mut link = link_to(|s| answer(&s, wire::READY, &[]));
+        assert!(matches!(
+            link.exchange(40, 4096),
+            Err(LinkError::Wire(WireError::Malformed { .. }))
+        ));
+        let mut link = link_to(|s| answer(&s, wire::FAILED, b"x"));
+        assert!(matches!(
+            link.exchange(40, 4096),
+            Err(LinkError::Wire(WireError::Malformed { .. }))
+        ));
+        let mut link = link_to(|s| answer(&s, wire::FAILED, &[]));
+        assert_eq!(link.exchange(40, 4096).unwrap(), Answer::Failed);
+    }
+
+    #[test]
+    fn a_server_that_is_gone_is_an_error_not_a_hang() {
+        let mut link = link_to(drop);
+        assert!(matches!(
+            link.exchange(40, 4096),
+            Err(LinkError::Wire(WireError::Closed))
+        ));
+        assert!(matches!(
+            link.reset(),
+            Err(LinkError::Wire(WireError::Closed))
+        ));
+        assert_eq!(link.finish(), "server thread ended");
+    }
+}
