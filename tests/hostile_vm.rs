@@ -17,6 +17,13 @@
 //! - `a_guest_that_opens_files_without_end_stops_at_the_share_cap`: the container creates files
 //!   until it is refused; the monitor's fd table stays below the share's cap plus its reserve,
 //!   and the monitor still answers (`ps`, then `kill KILL` → 137).
+//! - `the_fs_server_is_a_process_that_reaches_only_the_share`: the virtio-fs server, found from
+//!   the host while a container runs, is its own process (PID 1 of its own PID namespace) whose
+//!   root is the share, whose fds are its socket, stdio, its own `/proc/self/fd` and files of
+//!   the share, with the 7 capabilities (bounding set too), seccomp and `no_new_privs`, its
+//!   limits; it dies with the monitor (SIGKILL).
+//! - `a_dead_fs_server_ends_its_container_with_one_line`: killing the server stops the VM; the
+//!   container ends as a failure, `--log` says so in one line, delete leaves nothing.
 //! - `the_monitor_runs_the_workload_from_its_jail`: once started, the monitor's root (seen from
 //!   the host through `/proc/<pid>/root`) holds only the jail's binds, its main thread keeps
 //!   `CAP_DAC_OVERRIDE` alone (bounding set too) with `no_new_privs`, its open-file and core
@@ -24,6 +31,11 @@
 //!   output and rotation, `--log` lines, timings, the state's exit and delete all still work.
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+/// The virtio-fs server process, seen from the host.
+#[path = "hostile/fs_server.rs"]
+mod fs_server;
+use fs_server::fs_server_of;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -371,12 +383,17 @@ fn a_guest_that_opens_files_without_end_stops_at_the_share_cap() {
         "stopped after {made} files: {text}"
     );
     assert!(text.contains("Too many open files in system"), "{text}");
-    // The host side: the monitor's fd table is bounded by the cap and its own reserve…
-    let fds = fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count();
+    // The host side: the share's fds are its server's, bounded by the cap and the server's
+    // reserve, and the monitor's fd table holds none of them…
+    let server = fs_server_of(pid);
+    let fds = fs::read_dir(format!("/proc/{server}/fd")).unwrap().count();
+    let reserve = bulkhead_vmm::devices::virtio::fs::server::FD_RESERVE as usize;
     assert!(
-        fds < CAP + bulkhead_shim::config::MONITOR_FD_RESERVE as usize,
-        "{fds} fds"
+        (CAP / 2..CAP + reserve).contains(&fds),
+        "{fds} fds in the server"
     );
+    let fds = fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count();
+    assert!(fds < 100, "{fds} fds in the monitor");
     // …and it is still in control of its container.
     let (code, pids) = rt.run(&["ps", "--format", "json", "fds"]);
     assert_eq!(code, Some(0), "{pids}");
@@ -518,14 +535,14 @@ fn the_monitor_runs_the_workload_from_its_jail() {
         !d.join("root/jailed/jail").exists(),
         "the jail's mount point is left"
     );
-    // The virtio-fs worker's /proc/self/fd (opened before it confined itself, in the monitor's
-    // namespace) is now the jail's: its `..` no longer leads to the host's root.
+    // The virtio-fs server's /proc/self/fd is its own process's now (its own PID namespace's
+    // procfs): the monitor holds no such directory, neither the jail's nor the host's.
     let links: Vec<String> = fs::read_dir(format!("/proc/{pid}/fd"))
         .unwrap()
         .filter_map(|e| fs::read_link(e.ok()?.path()).ok())
         .map(|l| l.to_string_lossy().into_owned())
         .collect();
-    assert!(links.iter().any(|l| l == "/proc/self/fd"), "{links:?}");
+    assert!(!links.iter().any(|l| l == "/proc/self/fd"), "{links:?}");
     assert!(!links.contains(&format!("/proc/{pid}/fd")), "{links:?}");
 
     // The main thread: DAC_OVERRIDE only (bounding set too), no_new_privs, rlimits for one VM.
@@ -538,8 +555,10 @@ fn the_monitor_runs_the_workload_from_its_jail() {
     }
     assert_eq!(status_field(&status, "NoNewPrivs:"), "1");
     // Every thread that handles what the guest writes runs under its seccomp list (mode 2):
-    // the control thread (this one), the vCPUs, the device loop, the virtio-fs worker; the
-    // VM's own threads hold no capability, nor does the thread that waits on them.
+    // the control thread (this one), the vCPUs, the device loop, the virtio-fs queue thread;
+    // the VM's own threads hold no capability, nor does the thread that waits on them (the
+    // capabilities the share needs are in its server process, checked in
+    // `the_fs_server_is_a_process_that_reaches_only_the_share`).
     assert_eq!(status_field(&status, "Seccomp:"), "2", "the control thread");
     let mut roles = std::collections::BTreeSet::new();
     for task in fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
@@ -560,18 +579,16 @@ fn the_monitor_runs_the_workload_from_its_jail() {
         if role != "vm" {
             assert_eq!(status_field(&st, "Seccomp:"), "2", "thread {comm}");
         }
-        if role != "fs" {
-            assert_eq!(
-                status_field(&st, "CapEff:"),
-                "0000000000000000",
-                "thread {comm}"
-            );
-            assert_eq!(
-                status_field(&st, "CapPrm:"),
-                "0000000000000000",
-                "thread {comm}"
-            );
-        }
+        assert_eq!(
+            status_field(&st, "CapEff:"),
+            "0000000000000000",
+            "thread {comm}"
+        );
+        assert_eq!(
+            status_field(&st, "CapPrm:"),
+            "0000000000000000",
+            "thread {comm}"
+        );
     }
     assert_eq!(roles.len(), 4, "threads seen: {roles:?}");
     let limits = fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();

@@ -25,6 +25,9 @@ fn vm_sandbox_boots_and_reaches_the_agent() {
         initramfs: agent_initramfs(),
         log_dir: dir.path().to_path_buf(),
         boot_timeout_secs: 300,
+        // This test binary builds the VM as the monitor would; the share's server is
+        // `bulkhead __virtiofs-server`.
+        fs_server_program: bulkhead_tests::workspace_binary("bulkhead"),
         ..Config::default()
     };
     bulkhead_shim::vm::check_guest_files(&config).unwrap();

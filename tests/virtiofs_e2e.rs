@@ -18,7 +18,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bulkhead_tests::{kernel, repo_root, require, vm_needs, Need};
-use bulkhead_vmm::devices::virtio::fs::{FsConfig, FsMetricsSnapshot};
+use bulkhead_vmm::devices::virtio::fs::{FsConfig, FsMetricsSnapshot, FsServer};
 use bulkhead_vmm::{ConsoleOutput, Vm, VmConfig};
 
 const TIMEOUT: Duration = Duration::from_secs(900);
@@ -135,9 +135,18 @@ fn boot(l: &Layout) -> (String, Vec<(String, FsMetricsSnapshot)>) {
     config.mem_mib = 256;
     config.console = ConsoleOutput::File(console.clone());
     config.cmdline = Some(format!("fstest_outside={}", l.outside.display()));
+    // The shares' servers are `bulkhead-vmm __virtiofs-server` processes (this test binary
+    // boots the VM in-process, and cannot be a server itself).
+    let server = FsServer::Exec {
+        program: bulkhead_tests::vmm_binary(),
+        args: vec![bulkhead_vmm::devices::virtio::fs::server::SUBCOMMAND.into()],
+    };
     let mut ro = FsConfig::new("ro", &l.ro);
     ro.read_only = true;
-    config.fs = vec![FsConfig::new("bulkhead", &l.share), ro];
+    ro.server = server.clone();
+    let mut rw = FsConfig::new("bulkhead", &l.share);
+    rw.server = server;
+    config.fs = vec![rw, ro];
 
     let vm = Vm::build(&config).expect("build the vm");
     let metrics = vm

@@ -92,9 +92,13 @@ pub struct Config {
     pub share_max_open_files: u64,
     /// Whether the monitor's threads (vCPUs, device loop, control) run under their seccomp
     /// allow-lists. Off is a way out for a host that needs a syscall a list lacks (a forbidden
-    /// syscall stops the container with a `seccomp:` line in its log); the virtio-fs worker
-    /// keeps its list either way.
+    /// syscall stops the container with a `seccomp:` line in its log); the virtio-fs server and
+    /// its queue thread keep theirs either way.
     pub seccomp: bool,
+    /// The program a container's virtio-fs server runs (with `__virtiofs-server`): empty for
+    /// this `bulkhead` binary itself, which is what ships. For embedders whose own binary is
+    /// not `bulkhead` (tests that run the monitor's code in-process).
+    pub fs_server_program: PathBuf,
 }
 
 /// Fds kept for the monitor itself (control connections, vsock streams, stdio, logs) when the
@@ -120,6 +124,7 @@ impl Default for Config {
             volumes_allow_set_id: false,
             share_max_open_files: 0,
             seccomp: true,
+            fs_server_program: PathBuf::new(),
         }
     }
 }

@@ -142,7 +142,7 @@ pub fn build_vm(config: &VmConfig) -> Result<Vm, BuildError> {
         virtio.push(attach_vsock_device(&mut devices, &vm, &mem, vsock)?);
     }
     for share in &config.fs {
-        virtio.push(attach_fs_device(&mut devices, &vm, &mem, share)?);
+        virtio.push(attach_fs_device(&mut devices, &vm, &mem, share, &control)?);
     }
 
     let cmdline = cmdline::build(
@@ -274,8 +274,9 @@ pub(crate) fn attach_fs_device(
     vm: &VmFd,
     mem: &GuestMemoryMmap,
     config: &FsConfig,
+    control: &Arc<Controller>,
 ) -> Result<VirtioHandle, BuildError> {
-    let device = FsDevice::new(config)?;
+    let device = FsDevice::new(config, control.clone())?;
     let metrics = device.metrics();
     let (slot, irq) = devices.allocate_virtio_slot(vm)?;
     let transport = MmioTransport::new(mem.clone(), Arc::new(Mutex::new(device)), irq)?;

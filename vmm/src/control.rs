@@ -30,12 +30,18 @@ pub enum ExitReason {
     GuestPanic,
     /// A vCPU died.
     Fault(Box<VcpuFault>),
+    /// A device's host side could not go on (a virtio-fs server died): one line saying which
+    /// and why.
+    DeviceFailed(String),
 }
 
 impl ExitReason {
     /// Whether the guest ended the way a guest should (reset, power-off, or stopped by us).
     pub fn is_clean(&self) -> bool {
-        !matches!(self, ExitReason::Fault(_) | ExitReason::GuestPanic)
+        !matches!(
+            self,
+            ExitReason::Fault(_) | ExitReason::GuestPanic | ExitReason::DeviceFailed(_)
+        )
     }
 }
 
@@ -47,6 +53,7 @@ impl fmt::Display for ExitReason {
             ExitReason::Stopped => f.write_str("stopped"),
             ExitReason::GuestPanic => f.write_str("guest kernel panic"),
             ExitReason::Fault(fault) => fault.fmt(f),
+            ExitReason::DeviceFailed(why) => f.write_str(why),
         }
     }
 }

@@ -142,7 +142,7 @@ pub fn restore_vm(config: &RestoreConfig) -> Result<Vm, RestoreError> {
             DeviceState::Fs { tag } => {
                 let share = config.fs.iter().find(|s| &s.tag == tag);
                 let share = share.ok_or_else(|| missing_share(tag))?;
-                builder::attach_fs_device(&mut devices, &vm, &mem, share)?
+                builder::attach_fs_device(&mut devices, &vm, &mem, share, &control)?
             }
         };
         restore_slot(&handle, saved)?;

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bulkhead_protocol::client::{Client, ClientConfig, Connector};
-use bulkhead_vmm::devices::virtio::fs::{FsCache, FsConfig, SetIdFiles};
+use bulkhead_vmm::devices::virtio::fs::{FsCache, FsConfig, FsServer, SetIdFiles};
 use bulkhead_vmm::devices::virtio::vsock::VsockConfig;
 use bulkhead_vmm::{ConsoleOutput, Vm, VmConfig, VmHandle};
 use tokio::sync::watch;
@@ -138,6 +138,22 @@ fn share_device(cfg: &crate::config::Config, share: &Path, has_volumes: bool) ->
         cache,
         set_id,
         max_open_files: usize::try_from(cfg.share_max_open_files(fd_limit())).unwrap_or(usize::MAX),
+        // This binary again, as `bulkhead __virtiofs-server` (see `main.rs`), started while the
+        // VM is built, before the monitor's lock-down forbids `execve`.
+        server: fs_server(cfg),
+    }
+}
+
+/// How the share's server starts: `fs_server_program` of the config, or this binary.
+fn fs_server(cfg: &crate::config::Config) -> FsServer {
+    match FsServer::default() {
+        FsServer::Exec { args, .. } if !cfg.fs_server_program.as_os_str().is_empty() => {
+            FsServer::Exec {
+                program: cfg.fs_server_program.clone(),
+                args,
+            }
+        }
+        other => other,
     }
 }
 

@@ -2,18 +2,23 @@
 //! node ids, header lengths and bodies, split over any number of descriptors, with reply
 //! buffers of any size; raw descriptor chains; FORGETs on the hiprio queue.
 //!
-//! The device is the real one with its confined worker thread, serving a 32 MiB tmpfs (in a
-//! private mount namespace of this process) so nothing the fuzzer creates reaches the disk or
-//! outlives the run. Needs root. Invariants: the device never panics, always answers a chain it
-//! can parse (or declares the queue broken), and never reports more reply bytes than the
-//! writable buffers hold.
+//! The device is the real one: its queue thread copies each request out of guest memory into
+//! a message, and its server — the same code, confinement and seccomp list as the process the
+//! VMM starts, here on a thread of the fuzzer (`FsServer::InProcess`: libFuzzer's binary cannot
+//! be exec'd as a server) — parses the message and answers over the same socket protocol. It
+//! serves a 32 MiB tmpfs (in a private mount namespace of this process) so nothing the fuzzer
+//! creates reaches the disk or outlives the run. Needs root. Invariants: the device never
+//! panics, always answers a chain it can parse (or declares the queue broken), never reports
+//! more reply bytes than the writable buffers hold, and the server never dies (a dead server
+//! stops the VM: the controller would say so).
 
 #![no_main]
 
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use bulkhead_vmm::devices::virtio::fs::{FsConfig, FsDevice, SetIdFiles};
+use bulkhead_vmm::control::Controller;
+use bulkhead_vmm::devices::virtio::fs::{FsConfig, FsDevice, FsServer, SetIdFiles};
 use bulkhead_vmm::devices::virtio::{
     GuestMemoryMmap, Interrupt, VirtioDevice, FEATURE_EVENT_IDX, FEATURE_VERSION_1,
 };
@@ -45,6 +50,7 @@ struct Fs {
     mem: GuestMemoryMmap,
     dev: FsDevice,
     interrupt: Arc<Interrupt>,
+    control: Arc<Controller>,
     kicks: Vec<EventFd>,
     next_desc: [u16; 2],
     avail_idx: [u16; 2],
@@ -88,9 +94,11 @@ impl Fs {
             set_id: SetIdFiles::AllowedUnder("a".into()),
             // Small enough that fuzzed requests reach the open-file cap and FORGETs free it.
             max_open_files: 64,
+            server: FsServer::InProcess,
             ..FsConfig::new("fuzz", share.path())
         };
-        let dev = FsDevice::new(&config).expect("fs device");
+        let control = Controller::new(1);
+        let dev = FsDevice::new(&config, control.clone()).expect("fs device");
         let kicks = dev
             .queue_events()
             .iter()
@@ -101,6 +109,7 @@ impl Fs {
             mem,
             dev,
             interrupt: Arc::new(Interrupt::new(EventFd::new(EFD_NONBLOCK).expect("eventfd"))),
+            control,
             kicks,
             next_desc: [0; 2],
             avail_idx: [0; 2],
@@ -234,6 +243,11 @@ impl Fs {
                 );
                 return true;
             }
+            assert!(
+                self.control.reason().is_none(),
+                "the server died: {:?}",
+                self.control.reason()
+            );
             if self.interrupt.needs_reset() {
                 self.active = false;
                 return false;

@@ -176,6 +176,8 @@ fn restore_config(args: &Args, dir: PathBuf) -> Result<RestoreConfig, String> {
 }
 
 fn main() -> ExitCode {
+    // A share's server is this binary started again (see `fs::server`): it never returns.
+    bulkhead_vmm::devices::virtio::fs::server::main_if_requested();
     let args = Args::parse();
     init_logging();
     if let Some(dir) = args.restore.clone() {

@@ -2,17 +2,18 @@
 //! `tag` + `num_request_queues` configuration space, activation and reset.
 //!
 //! The device does no I/O itself. It is shared as `Arc<Mutex<FsDevice>>` with its transport
-//! (vCPU threads) and hands the queues to its worker thread at activation; see [`super::worker`].
+//! (vCPU threads) and hands the queues to its queue thread at activation; see
+//! [`super::worker`], which starts the share's server process ([`super::server`]).
 
 use std::sync::Arc;
 
 use virtio_queue::Queue;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::filesystem::ShareOptions;
 use super::metrics::FsMetrics;
 use super::worker::{self, Activation, Command, WorkerHandle, WorkerSetup};
-use super::{FsConfig, FsError, NUM_QUEUES, QUEUE_SIZE, TAG_MAX_LEN};
+use super::{FsConfig, FsError, FsServer, NUM_QUEUES, QUEUE_SIZE, TAG_MAX_LEN};
+use crate::control::Controller;
 use crate::devices::virtio::{
     ActivateError, GuestMemoryMmap, Interrupt, VirtioDevice, FEATURE_EVENT_IDX,
     FEATURE_INDIRECT_DESC, FEATURE_VERSION_1,
@@ -42,12 +43,15 @@ impl std::fmt::Debug for FsDevice {
 }
 
 impl FsDevice {
-    /// Checks `config`, starts the worker and waits until it is confined to the share. Fails if
-    /// the share cannot be confined (the VMM needs CAP_SYS_ADMIN for that).
-    pub fn new(config: &FsConfig) -> Result<Self, FsError> {
+    /// Checks `config`, starts the queue thread and the share's server, and waits until the
+    /// server is confined to the share. Fails if it cannot be (the VMM needs CAP_SYS_ADMIN for
+    /// that). If the server dies later, `control` stops the VM.
+    pub fn new(config: &FsConfig, control: Arc<Controller>) -> Result<Self, FsError> {
         config.validate()?;
         let share = config.canonical_dir()?;
-        raise_fd_limit();
+        if config.server == FsServer::InProcess {
+            raise_fd_limit();
+        }
         let evt = || EventFd::new(EFD_NONBLOCK).map_err(FsError::EventFd);
         let queue_events = vec![evt()?, evt()?];
         let worker_events = queue_events
@@ -56,16 +60,11 @@ impl FsDevice {
             .collect::<Result<Vec<_>, _>>()?;
         let metrics = Arc::new(FsMetrics::default());
         let worker = worker::spawn(WorkerSetup {
-            tag: config.tag.clone(),
+            config: config.clone(),
             share,
-            options: ShareOptions {
-                read_only: config.read_only,
-                cache: config.cache,
-                set_id: config.set_id.clone(),
-                max_open_files: config.max_open_files,
-            },
             queue_events: worker_events,
             metrics: metrics.clone(),
+            control,
         })?;
 
         let mut space = [0u8; CONFIG_SIZE];
@@ -160,8 +159,9 @@ impl VirtioDevice for FsDevice {
     }
 }
 
-/// Raises this process's soft `RLIMIT_NOFILE` to its hard limit: every inode the guest keeps
-/// looked up is an `O_PATH` fd of the worker, and a guest with a day-long entry cache walking a
+/// Raises this process's soft `RLIMIT_NOFILE` to its hard limit when it serves a share itself
+/// ([`FsServer::InProcess`]; a server process sets its own): every inode the guest keeps
+/// looked up is an `O_PATH` fd of the server, and a guest with a day-long entry cache walking a
 /// rootfs of a few thousand files would otherwise exhaust a 1024 soft limit (virtiofsd raises it
 /// too). The limit is per process, so the VM's other fds share it.
 fn raise_fd_limit() {

@@ -1,13 +1,17 @@
-//! virtio-fs (device id 26): one host directory shared with the guest over FUSE, served inside
-//! the VMM by `fuse-backend-rs`'s passthrough file system on a confined thread. One device per
-//! tag; a VM may have several.
+//! virtio-fs (device id 26): one host directory shared with the guest over FUSE, served by
+//! `fuse-backend-rs`'s passthrough file system in a confined process of its own. One device
+//! per tag; a VM may have several.
 //!
-//! - [`device`]: the virtio device: configuration space, activation and reset;
-//! - [`worker`]: the thread that owns the queues and answers requests, confined for its whole
-//!   life by [`sandbox`] (own mount namespace rooted at the share, capabilities) and
-//!   [`seccomp`] (its syscall allowlist);
-//! - [`request`]: one chain → one FUSE request: header checks, server call, error replies;
-//! - [`shadow`]: hands exactly the validated buffers (and our copy of the header) to the server;
+//! The monitor keeps the virtqueues (and guest memory); the server process gets each request
+//! as a copy and answers with the reply's bytes, over a socket. Two sides:
+//! - monitor: [`device`] (configuration space, activation, reset), [`worker`] (the queue
+//!   thread: owns the queues, watches the server, stops the VM if it dies), [`request`] (one
+//!   chain → one message: header checks, copies both ways, error replies), [`link`] (the
+//!   server's socket and process), [`spawn`] (starting the process);
+//! - server: [`server`] (the process's entry point and request loop), confined by [`sandbox`]
+//!   (own mount and PID namespaces, rooted at the share, capabilities) and [`seccomp`] (its
+//!   syscall allow-list; the queue thread's too);
+//! - between them, [`wire`]: the messages and their bounds;
 //! - [`filesystem`]: the guest-facing policy around `PassthroughFs` (names, open flags, device
 //!   nodes, read-only shares, set-ID files, FUSE options and cache timeouts);
 //! - [`guards`]: the name and open-flag checks every request passes first;
@@ -18,18 +22,22 @@
 pub mod device;
 pub mod filesystem;
 mod guards;
+pub mod link;
 pub mod metrics;
 pub mod open_files;
 pub mod request;
 pub mod sandbox;
 pub mod seccomp;
+pub mod server;
 pub mod setid;
-pub mod shadow;
+pub mod spawn;
+pub mod wire;
 mod worker;
 
 #[cfg(test)]
 mod tests;
 
+use std::ffi::OsString;
 use std::path::{Component, Path, PathBuf};
 use std::str::FromStr;
 
@@ -74,6 +82,32 @@ pub enum SetIdFiles {
     AllowedUnder(PathBuf),
 }
 
+/// How a share's server is started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FsServer {
+    /// A process of its own: `program args…`, which must be a binary that embeds this crate
+    /// and calls [`server::main_if_requested`] first thing in `main`. The default is this very
+    /// program (`/proc/self/exe`) with [`server::SUBCOMMAND`]: `bulkhead` and `bulkhead-vmm`
+    /// both do. Started when the device is created, before the embedder may forbid `execve`.
+    Exec {
+        /// The program.
+        program: PathBuf,
+        /// Its arguments (not `argv[0]`).
+        args: Vec<OsString>,
+    },
+    /// A thread of this process, confined per thread (same code, same namespaces and seccomp
+    /// list, but no process boundary: a compromised server would share the VMM's memory and
+    /// fds). For tests and fuzzing only.
+    InProcess,
+}
+
+impl Default for FsServer {
+    fn default() -> Self {
+        let (program, args) = link::default_program();
+        FsServer::Exec { program, args }
+    }
+}
+
 /// One shared directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FsConfig {
@@ -90,6 +124,8 @@ pub struct FsConfig {
     /// Most host fds the share holds for the guest: inodes it knows plus open handles
     /// ([`open_files`]); `usize::MAX` leaves only the process's fd limit.
     pub max_open_files: usize,
+    /// How its server is started.
+    pub server: FsServer,
 }
 
 /// Why a virtio-fs device could not be created.
@@ -120,23 +156,20 @@ pub enum FsError {
     /// An eventfd could not be created.
     #[error("cannot create an eventfd")]
     EventFd(#[source] std::io::Error),
-    /// The worker thread could not be started.
-    #[error("cannot start the virtio-fs worker")]
+    /// The queue thread could not be started.
+    #[error("cannot start the virtio-fs queue thread")]
     Spawn(#[source] std::io::Error),
-    /// The worker ended before saying whether it is ready.
-    #[error("the virtio-fs worker died while starting")]
+    /// The queue thread ended before saying whether it is ready.
+    #[error("the virtio-fs queue thread died while starting")]
     WorkerGone,
-    /// The passthrough file system could not be created.
-    #[error("cannot create the passthrough file system")]
-    Server(#[source] std::io::Error),
-    /// The worker could not be confined.
-    #[error("cannot confine the virtio-fs worker")]
-    Sandbox(#[from] sandbox::SandboxError),
-    /// The worker's seccomp filter.
+    /// The share's server could not be started or confined.
+    #[error("cannot start the virtio-fs server")]
+    Server(#[source] link::LinkError),
+    /// The queue thread's seccomp filter.
     #[error(transparent)]
     Seccomp(#[from] seccomp::SeccompError),
-    /// The worker's epoll set.
-    #[error("cannot set up the virtio-fs worker's epoll")]
+    /// The queue thread's epoll set.
+    #[error("cannot set up the virtio-fs queue thread's epoll")]
     Epoll(#[source] std::io::Error),
 }
 
@@ -150,6 +183,7 @@ impl FsConfig {
             cache: FsCache::Exclusive,
             set_id: SetIdFiles::Allowed,
             max_open_files: usize::MAX,
+            server: FsServer::default(),
         }
     }
 

@@ -1,13 +1,15 @@
-//! Confinement of the thread that serves a share.
+//! Confinement of the server that serves a share (its own process, see [`super::server`];
+//! a thread of the caller in tests).
 //!
 //! `PassthroughFs` resolves guest names relative to directory fds, one component at a time and
 //! without following symlinks, but a few things it does still depend on the thread's view of
 //! the file system (`..` from the root, its `import` of `/`). Like virtiofsd, we give it a view
 //! in which the share *is* the whole file system, so even a resolution bug cannot name a host
-//! file. Unlike virtiofsd this is a thread of the VMM, not a process: the rest of the VMM (event
-//! loop, vCPUs, the monitor that links us) keeps the host's view.
+//! file. The steps are per thread (namespaces, root, capabilities), so the same code confines the
+//! server process (one thread) and, in tests, a server thread.
 //!
-//! [`confine`] runs on the worker thread, once, before any guest request:
+//! They run once, before any guest request ([`enter_namespace`], [`mount_private_proc`],
+//! [`pivot_into`]):
 //! 1. `unshare(CLONE_FS | CLONE_NEWNS)`: the thread gets its own root/cwd/umask and its own copy
 //!    of the mount table (allowed in a multi-threaded process; only this thread moves);
 //! 2. every mount becomes a slave: host unmounts (the shim tearing down volumes) still reach us,
@@ -72,14 +74,17 @@ fn step(step: &'static str) -> impl FnOnce(nix::Error) -> SandboxError {
     move |source| SandboxError::Mount { step, source }
 }
 
-/// Confines the calling thread to `share` (see the module docs). On error the thread is in an
-/// unknown state and must not serve requests.
+/// Confines the calling thread to `share` (see the module docs), without a `/proc` of its
+/// own: [`enter_namespace`] then [`pivot_into`]. On error the thread is in an unknown state
+/// and must not serve requests.
 pub fn confine(share: &Path, read_only: bool) -> Result<(), SandboxError> {
-    if !share.is_absolute() || !share.is_dir() {
-        return Err(SandboxError::NotADirectory(share.to_owned()));
-    }
-    let before = stat(share).map_err(step("stat the share"))?;
+    enter_namespace()?;
+    pivot_into(share, read_only, None)
+}
 
+/// Steps 1-2: a mount namespace (and root, cwd, umask) of the caller's own, every mount a
+/// slave of the host's.
+pub fn enter_namespace() -> Result<(), SandboxError> {
     unshare(CloneFlags::CLONE_FS | CloneFlags::CLONE_NEWNS)
         .map_err(step("create a mount namespace"))?;
     mount(
@@ -89,7 +94,43 @@ pub fn confine(share: &Path, read_only: bool) -> Result<(), SandboxError> {
         MsFlags::MS_SLAVE | MsFlags::MS_REC,
         None::<&str>,
     )
-    .map_err(step("make mounts private"))?;
+    .map_err(step("make mounts private"))
+}
+
+/// Mounts a procfs of the caller's PID namespace on `/proc` of its own mount namespace, with
+/// only the per-process directories (`subset=pid`: no `/proc/sys`, `/proc/sysrq-trigger`,
+/// `/proc/kcore`…), read-only, `nosuid,nodev,noexec`. The server process is PID 1 of a PID
+/// namespace of its own, so this `/proc` shows that one process and nothing else: the
+/// `/proc/self/fd` the passthrough crate re-opens inodes through (and walks `..` from, if it
+/// were exploited) leads to no other process's `root`, `fd`, `mem` or `environ`. After
+/// [`pivot_into`] it is detached with the old root, alive only through that fd.
+pub fn mount_private_proc() -> Result<(), SandboxError> {
+    mount(
+        Some("proc"),
+        "/proc",
+        Some("proc"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC | MsFlags::MS_RDONLY,
+        Some("subset=pid"),
+    )
+    .map_err(step("mount a private /proc"))
+}
+
+/// Steps 3-5: the share bound onto itself with the hardening attributes, `pivot_root` into
+/// it, the host's tree detached, and the capabilities cut to [`KEPT_CAPABILITIES`]. With
+/// `expected` (`st_dev`, `st_ino` of a directory fd the monitor opened), the new root must be
+/// that directory.
+pub fn pivot_into(
+    share: &Path,
+    read_only: bool,
+    expected: Option<(u64, u64)>,
+) -> Result<(), SandboxError> {
+    if !share.is_absolute() || !share.is_dir() {
+        return Err(SandboxError::NotADirectory(share.to_owned()));
+    }
+    let before = stat(share).map_err(step("stat the share"))?;
+    if expected.is_some_and(|id| id != (before.st_dev, before.st_ino)) {
+        return Err(SandboxError::RootMismatch);
+    }
     mount(
         Some(share),
         share,

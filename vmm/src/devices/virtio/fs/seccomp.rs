@@ -1,12 +1,19 @@
-//! The syscall allowlist of a virtio-fs worker thread.
+//! The syscall allow-lists of a share's two sides.
 //!
-//! Installed on the worker alone (no TSYNC) after it has confined itself and opened everything
-//! it needs, so the list holds only what serving requests takes: file operations relative to
-//! fds (never `open`/`stat` of a path: everything is `*at`), reading/writing guest memory and
-//! eventfds, per-request credentials, memory management without `PROT_EXEC`, and waiting. No
-//! `execve`, `clone`, `socket`, `ioctl`, `mount`, `unshare`, `ptrace`, `open_by_handle_at` or
-//! `name_to_handle_at`. Anything else ends the process: a worker doing something unexpected
-//! is a worker being exploited, and a dead VM is the safe outcome (see `crate::seccomp::report`).
+//! - The server ([`server_filter`]), installed by the server process (or test thread) on
+//!   itself after it has confined itself and opened everything it needs, so the list holds
+//!   only what serving requests takes: file operations relative to fds (never `open`/`stat`
+//!   of a path: everything is `*at`), the messages on its socket, per-request credentials,
+//!   memory management without `PROT_EXEC`. No `execve`, `clone`, `socket`, `connect`,
+//!   `ioctl`, `mount`, `unshare`, `ptrace`, `kill`, `open_by_handle_at` or
+//!   `name_to_handle_at`. Anything else ends the server: one doing something unexpected is
+//!   one being exploited (its SIGSYS report goes to its stderr, which the monitor reads).
+//! - The monitor's queue thread ([`queue_filter`]), which walks the virtqueues, copies
+//!   requests and replies between guest memory and the server's socket, and watches the
+//!   server: epoll, eventfds, `sendmsg`/`recvmsg`, `kill` with SIGKILL and `wait4` for its
+//!   server process, and the vCPU kick (`tgkill`) with which it stops the VM when the server
+//!   dies. No `open`, no sockets of its own, no `clone` or `execve` (the server is
+//!   started before the list goes on).
 
 use seccompiler::BpfProgram;
 
@@ -15,7 +22,9 @@ pub use crate::seccomp::SeccompError;
 
 /// Syscalls allowed with any arguments.
 const ALLOWED: &[libc::c_long] = &[
-    // Guest memory <-> files, eventfds, logging.
+    // Requests and replies on the socket; file data; the SIGSYS report on stderr.
+    libc::SYS_recvmsg,
+    libc::SYS_sendmsg,
     libc::SYS_read,
     libc::SYS_write,
     libc::SYS_readv,
@@ -57,9 +66,7 @@ const ALLOWED: &[libc::c_long] = &[
     // Acting as the guest user for creations.
     libc::SYS_setresuid,
     libc::SYS_setresgid,
-    // Waiting and synchronisation.
-    libc::SYS_epoll_wait,
-    libc::SYS_epoll_pwait,
+    // Synchronisation (the crate's locks).
     libc::SYS_futex,
     libc::SYS_sched_yield,
     libc::SYS_clock_gettime,
@@ -78,12 +85,40 @@ const ALLOWED: &[libc::c_long] = &[
     libc::SYS_exit,
 ];
 
-/// Builds the worker's filter (memory without `PROT_EXEC`, as every thread's list).
-pub fn worker_filter() -> Result<BpfProgram, SeccompError> {
+/// Builds the server's filter (memory without `PROT_EXEC`, as every thread's list).
+pub fn server_filter() -> Result<BpfProgram, SeccompError> {
     Rules::default().thread_basics()?.allow(ALLOWED).compile()
 }
 
 /// Installs `filter` on the calling thread (and sets its `no_new_privs`).
 pub fn install(filter: &BpfProgram) -> Result<(), SeccompError> {
-    crate::seccomp::install(filter, "virtio-fs worker")
+    crate::seccomp::install(filter, "virtio-fs server")
+}
+
+/// Builds the monitor's queue-thread filter.
+pub fn queue_filter() -> Result<BpfProgram, SeccompError> {
+    Rules::default()
+        .thread_basics()?
+        .allow(&[
+            libc::SYS_epoll_wait,
+            libc::SYS_epoll_pwait,
+            libc::SYS_read,
+            libc::SYS_sendmsg,
+            libc::SYS_recvmsg,
+            libc::SYS_close,
+            libc::SYS_wait4,
+        ])
+        .allow_if_arg(libc::SYS_kill, 1, &[libc::SIGKILL as u64])?
+        // Stopping the VM when the server dies kicks the vCPUs out of the guest.
+        .allow_if_arg(
+            libc::SYS_tgkill,
+            2,
+            &[crate::kvm::kick::kick_signal() as u64],
+        )?
+        .compile()
+}
+
+/// Drops every capability of the calling queue thread and installs `filter` on it.
+pub fn confine_queue_thread(filter: &BpfProgram) -> Result<(), SeccompError> {
+    crate::seccomp::confine_thread(filter, "virtio-fs queue")
 }

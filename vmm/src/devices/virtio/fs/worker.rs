@@ -1,15 +1,24 @@
-//! The thread that serves one share: confined at birth, it owns the queues while a driver runs
-//! the device and answers every request.
+//! The monitor's thread for one share (the queue thread): it owns the queues while a driver
+//! runs the device, hands every request to the share's server ([`ServerLink`]) and puts the
+//! replies in the used ring.
 //!
 //! The device (on vCPU threads) talks to it only through a channel and a wake-up eventfd:
 //! activation hands over guest memory, the queues and the interrupt; reset takes them back and
-//! forgets every inode and handle the old driver had. The worker waits on its own epoll set (the
-//! wake-up eventfd and one eventfd per queue), never on the VMM's event loop, which keeps the
-//! host's view of the file system.
+//! has the server forget every inode and handle the old driver had (the same server process
+//! serves the next driver). The thread waits on its own epoll set: the wake-up eventfd, one
+//! eventfd per queue, and the server's socket, which becomes readable only when the server is
+//! gone (or talks out of turn).
 //!
-//! Start-up order: open what the server needs from the host (`/proc/self/fd`), confine the
-//! thread ([`sandbox::confine`]), set up epoll, install the seccomp filter, report ready. Any
-//! failure is reported to [`spawn`]'s caller and the thread ends; it never serves unconfined.
+//! Start-up order: start the server and wait until it is confined ([`ServerLink::start`]; on
+//! this thread, because a server process dies with the thread that started it), set up epoll,
+//! drop every capability of this thread and install its seccomp list, report ready. Any
+//! failure is reported to [`spawn`]'s caller and the thread ends.
+//!
+//! When the server dies (or breaks the protocol) the VM stops: the thread logs one line
+//! naming the share, how the server ended and its last words (a seccomp report, a panic
+//! message), and asks the VM's [`Controller`] to stop with [`ExitReason::DeviceFailed`]. A
+//! guest without its root file system cannot go on, and a server that misbehaves may be
+//! compromised.
 
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
@@ -17,24 +26,24 @@ use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use fuse_backend_rs::api::filesystem::FileSystem;
-use fuse_backend_rs::api::server::Server;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestAddress;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::filesystem::{ShareFs, ShareOptions};
+use super::link::{LinkError, ServerLink};
 use super::metrics::{add, FsMetrics};
 use super::request::Handler;
-use super::shadow::ShadowQueue;
-use super::{sandbox, seccomp, FsError, NUM_QUEUES};
+use super::{seccomp, FsConfig, FsError, NUM_QUEUES};
+use crate::control::{Controller, ExitReason};
 use crate::devices::virtio::{
     chain, drain_event, needs_interrupt, pop_avail, GuestMemoryMmap, Interrupt, QueueError,
 };
 
 /// epoll data of the wake-up eventfd; queues use their index.
 const WAKE: u64 = u64::MAX;
+/// epoll data of the server's socket.
+const SERVER: u64 = u64::MAX - 1;
 
 /// What the device asks of its worker.
 pub(super) enum Command {
@@ -87,11 +96,11 @@ impl Drop for WorkerHandle {
 
 /// What the worker needs to start.
 pub(super) struct WorkerSetup {
-    pub tag: String,
+    pub config: FsConfig,
     pub share: PathBuf,
-    pub options: ShareOptions,
     pub queue_events: Vec<EventFd>,
     pub metrics: Arc<FsMetrics>,
+    pub control: Arc<Controller>,
 }
 
 /// Starts the worker and waits until it is confined and ready (or has failed).
@@ -101,7 +110,7 @@ pub(super) fn spawn(setup: WorkerSetup) -> Result<WorkerHandle, FsError> {
     let (commands, rx) = mpsc::channel();
     let (ready_tx, ready_rx) = mpsc::sync_channel(1);
     let thread = std::thread::Builder::new()
-        .name(format!("fs-{}", setup.tag))
+        .name(format!("fs-{}", setup.config.tag))
         .spawn(move || match Worker::start(setup, worker_wake, rx) {
             Ok(worker) => {
                 let _ = ready_tx.send(Ok(()));
@@ -132,12 +141,13 @@ struct Running {
     used: [bool; NUM_QUEUES],
     interrupt: Arc<Interrupt>,
     indirect: bool,
-    shadow: ShadowQueue,
 }
 
 struct Worker {
-    fs: Arc<ShareFs>,
-    server: Server<Arc<ShareFs>>,
+    tag: String,
+    /// The share's server; `None` once it is gone (the VM is stopping then).
+    link: Option<ServerLink>,
+    control: Arc<Controller>,
     epoll: Epoll,
     wake: EventFd,
     queue_events: Vec<EventFd>,
@@ -152,31 +162,35 @@ impl Worker {
         wake: EventFd,
         commands: Receiver<Command>,
     ) -> Result<Self, FsError> {
-        block_signals();
-        let filter = seccomp::worker_filter().map_err(FsError::Seccomp)?;
-        let read_only = setup.options.read_only;
-        // The server's root is "/" as this thread will see it once confined: the share.
-        let fs = Arc::new(ShareFs::new("/", setup.options).map_err(FsError::Server)?);
-        sandbox::confine(&setup.share, read_only).map_err(FsError::Sandbox)?;
+        // Process-directed signals go to the monitor's other threads.
+        super::server::block_signals();
+        let filter = seccomp::queue_filter().map_err(FsError::Seccomp)?;
+        let link = ServerLink::start(&setup.config, &setup.share).map_err(FsError::Server)?;
 
         let epoll = Epoll::new().map_err(FsError::Epoll)?;
-        let watch = |fd: i32, data: u64| {
+        let watch = |fd: i32, data: u64, events: EventSet| {
             epoll
-                .ctl(
-                    ControlOperation::Add,
-                    fd,
-                    EpollEvent::new(EventSet::IN, data),
-                )
+                .ctl(ControlOperation::Add, fd, EpollEvent::new(events, data))
                 .map_err(FsError::Epoll)
         };
-        watch(wake.as_raw_fd(), WAKE)?;
+        watch(wake.as_raw_fd(), WAKE, EventSet::IN)?;
         for (i, evt) in setup.queue_events.iter().enumerate() {
-            watch(evt.as_raw_fd(), i as u64)?;
+            watch(evt.as_raw_fd(), i as u64, EventSet::IN)?;
         }
-        seccomp::install(&filter).map_err(FsError::Seccomp)?;
+        let server_fd = link
+            .fd()
+            .map_err(|e| FsError::Server(e.into()))?
+            .as_raw_fd();
+        watch(
+            server_fd,
+            SERVER,
+            EventSet::IN | EventSet::READ_HANG_UP | EventSet::HANG_UP,
+        )?;
+        seccomp::confine_queue_thread(&filter).map_err(FsError::Seccomp)?;
         Ok(Self {
-            server: Server::new(fs.clone()),
-            fs,
+            tag: setup.config.tag,
+            link: Some(link),
+            control: setup.control,
             epoll,
             wake,
             queue_events: setup.queue_events,
@@ -187,7 +201,7 @@ impl Worker {
     }
 
     fn run(mut self) {
-        let mut events = vec![EpollEvent::default(); NUM_QUEUES + 1];
+        let mut events = vec![EpollEvent::default(); NUM_QUEUES + 2];
         loop {
             let n = match self.epoll.wait(-1, &mut events) {
                 Ok(n) => n,
@@ -199,6 +213,11 @@ impl Worker {
             };
             for event in &events[..n] {
                 match event.data() {
+                    SERVER => {
+                        // Readable while no request is under way: it is gone, or talks out
+                        // of turn. Either way it serves no more.
+                        self.server_failed(&LinkError::Wire(super::wire::WireError::Closed));
+                    }
                     WAKE => {
                         drain_event(&self.wake);
                         if !self.handle_commands() {
@@ -226,7 +245,9 @@ impl Worker {
                 Command::Reset => {
                     if self.running.take().is_some() {
                         // The next driver starts from a clean slate: no inodes, no handles.
-                        self.fs.destroy();
+                        if let Some(Err(e)) = self.link.as_mut().map(ServerLink::reset) {
+                            self.server_failed(&e);
+                        }
                     }
                 }
                 Command::Stop => return false,
@@ -236,14 +257,6 @@ impl Worker {
     }
 
     fn activate(&mut self, a: Activation) {
-        let shadow = match ShadowQueue::new(&a.mem) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!("virtio-fs: cannot activate: {e}");
-                a.interrupt.set_needs_reset();
-                return;
-            }
-        };
         self.running = Some(Running {
             mem: a.mem,
             queues: a.queues,
@@ -251,7 +264,6 @@ impl Worker {
             used: [false; NUM_QUEUES],
             interrupt: a.interrupt,
             indirect: a.indirect,
-            shadow,
         });
         // Requests may have been queued before DRIVER_OK reached us.
         for q in 0..NUM_QUEUES {
@@ -260,18 +272,21 @@ impl Worker {
     }
 
     fn process_queue(&mut self, index: usize) {
-        let Some(run) = self.running.as_mut() else {
+        let (Some(run), Some(link)) = (self.running.as_mut(), self.link.as_mut()) else {
             return;
         };
         if run.broken.get(index).copied().unwrap_or(true) {
             return;
         }
-        loop {
+        let lost = 'serve: loop {
             loop {
                 let head = match pop_avail(&mut run.queues[index], &run.mem) {
                     Ok(Some(h)) => h,
                     Ok(None) => break,
-                    Err(e) => return run.break_queue(index, &e, &self.metrics),
+                    Err(e) => {
+                        run.break_queue(index, &e, &self.metrics);
+                        break 'serve None;
+                    }
                 };
                 let q = &run.queues[index];
                 let chain = match chain::parse(
@@ -282,26 +297,60 @@ impl Worker {
                     run.indirect,
                 ) {
                     Ok(c) => c,
-                    Err(e) => return run.break_queue(index, &QueueError::Chain(e), &self.metrics),
+                    Err(e) => {
+                        run.break_queue(index, &QueueError::Chain(e), &self.metrics);
+                        break 'serve None;
+                    }
                 };
-                let used = Handler {
-                    server: &self.server,
+                let handled = Handler {
+                    link: &mut *link,
                     mem: &run.mem,
-                    shadow: &mut run.shadow,
                     metrics: &self.metrics,
                 }
                 .handle(&chain);
+                let used = match handled {
+                    Ok(n) => n,
+                    Err(e) => break 'serve Some(e),
+                };
                 if let Err(e) = run.queues[index].add_used(&run.mem, head, used) {
-                    return run.break_queue(index, &QueueError::Ring(e), &self.metrics);
+                    run.break_queue(index, &QueueError::Ring(e), &self.metrics);
+                    break 'serve None;
                 }
                 run.used[index] = true;
             }
             match run.queues[index].enable_notification(&run.mem) {
                 Ok(true) => continue,
-                Ok(false) => break,
-                Err(e) => return run.break_queue(index, &QueueError::Ring(e), &self.metrics),
+                Ok(false) => break None,
+                Err(e) => {
+                    run.break_queue(index, &QueueError::Ring(e), &self.metrics);
+                    break None;
+                }
             }
+        };
+        if let Some(e) = lost {
+            self.server_failed(&e);
         }
+    }
+
+    /// The server is gone or broke the protocol: end it, say so in one line, stop the VM.
+    fn server_failed(&mut self, err: &LinkError) {
+        let Some(mut link) = self.link.take() else {
+            return;
+        };
+        let end = link.finish();
+        drop(link);
+        let line = format!(
+            "virtio-fs server of share {:?} failed ({}): {end}",
+            self.tag,
+            super::server::error_chain(err)
+        );
+        // One line, said once: the VM's end carries it (the embedder logs that).
+        tracing::debug!("{line}");
+        add(&self.metrics.queue_errors, 1);
+        if let Some(run) = &self.running {
+            run.interrupt.set_needs_reset();
+        }
+        self.control.request(ExitReason::DeviceFailed(line));
     }
 
     /// Raises one interrupt for everything used since the last call, if the driver wants it.
@@ -334,14 +383,5 @@ impl Running {
         self.broken[index] = true;
         add(&metrics.queue_errors, 1);
         self.interrupt.set_needs_reset();
-    }
-}
-
-/// Blocks every signal on this thread, so process-directed signals go to other threads and the
-/// worker never runs a handler (handlers are not in its seccomp filter's world).
-fn block_signals() {
-    let all = nix::sys::signal::SigSet::all();
-    if let Err(e) = all.thread_block() {
-        tracing::warn!("virtio-fs: cannot block signals: {e}");
     }
 }

@@ -1,5 +1,6 @@
 //! A driver-side model of the guest for virtio-fs tests: virtio-queue's mock rings in real guest
-//! memory, the real device with its real (confined) worker thread, and a temporary share.
+//! memory, the real device with its real queue thread and (confined) server — on a thread of
+//! this process ([`FsServer::InProcess`]) — and a temporary share.
 //!
 //! Layout of the temporary directory: `<tmp>/share` is shared, `<tmp>/outside` holds files the
 //! guest must never reach.
@@ -15,7 +16,8 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::{ByteValued, Bytes, GuestAddress};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use crate::devices::virtio::fs::{FsConfig, FsDevice, FsMetricsSnapshot};
+use crate::control::Controller;
+use crate::devices::virtio::fs::{FsConfig, FsDevice, FsMetricsSnapshot, FsServer};
 use crate::devices::virtio::{
     GuestMemoryMmap, Interrupt, VirtioDevice, FEATURE_EVENT_IDX, FEATURE_VERSION_1,
 };
@@ -201,6 +203,8 @@ pub struct Harness<'m> {
     pub share: PathBuf,
     pub outside: PathBuf,
     pub dev: Arc<Mutex<FsDevice>>,
+    /// The VM's stop switch the device pulls when its server dies.
+    pub control: Arc<Controller>,
     pub interrupt: Arc<Interrupt>,
     pub q: Vec<DriverQueue<'m>>,
     queue_events: Vec<EventFd>,
@@ -229,8 +233,13 @@ impl<'m> Harness<'m> {
         std::fs::write(outside.join("secret"), b"host secret").unwrap();
         populate(tmp.path());
         let mut config = FsConfig::new("testfs", &share);
+        // The server on a thread of this test process, confined per thread: the same code and
+        // protocol as the process the VMM starts (which these tests cannot exec: the test
+        // binary is not a server).
+        config.server = FsServer::InProcess;
         tweak(&mut config);
-        let dev = FsDevice::new(&config).unwrap();
+        let control = Controller::new(1);
+        let dev = FsDevice::new(&config, control.clone()).unwrap();
         let queue_events = dev
             .queue_events()
             .iter()
@@ -244,6 +253,7 @@ impl<'m> Harness<'m> {
             share,
             outside,
             dev: Arc::new(Mutex::new(dev)),
+            control,
             interrupt,
             q: vec![
                 DriverQueue::new_at(mem, 0x0),

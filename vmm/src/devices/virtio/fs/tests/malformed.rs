@@ -18,6 +18,8 @@ const INDIRECT: u16 = VRING_DESC_F_INDIRECT as u16;
 fn assert_alive(h: &mut Harness<'_>) {
     assert!(h.getattr(ROOT).is_ok());
     assert!(!h.needs_reset());
+    // The server is still there: a dead one would have stopped the VM.
+    assert_eq!(h.control.reason(), None);
 }
 
 /// Sends `msg` (any bytes) with a reply buffer of `reply_len` and returns the used length and
@@ -184,7 +186,8 @@ fn oversized_chains_are_clipped_not_allocated() {
     let mem = test_mem();
     let mut h = Harness::new(&mem);
     // 200 readable descriptors of 1 MiB each, all naming the same memory (200 MiB of request),
-    // and a 16 MiB reply area: the device must clip both, not allocate them.
+    // and a 16 MiB reply area: a request past the largest message is answered with an error
+    // without being copied, and nothing is allocated to its size.
     let mut msg = header(OP_LOOKUP, u32::MAX, ROOT).as_slice().to_vec();
     msg.resize(1 << 20, b'a');
     let req = h.put(&msg);

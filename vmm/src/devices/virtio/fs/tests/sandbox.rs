@@ -1,4 +1,6 @@
-//! The worker's confinement as the kernel reports it, and the seccomp filter's verdicts.
+//! The server's confinement as the kernel reports it (here on a thread of the test process,
+//! named "fss-<tag>"; the process the VMM starts is checked end to end in
+//! `tests/hostile_vm.rs`), the queue thread's ("fs-<tag>"), and the seccomp filters' verdicts.
 
 use std::path::Path;
 
@@ -10,9 +12,10 @@ use super::harness::*;
 use crate::devices::virtio::fs::sandbox::KEPT_CAPABILITIES;
 use crate::devices::virtio::fs::seccomp;
 
-/// The thread id of the worker serving `tag` (its name is "fs-<tag>", cut to 15 bytes).
-fn worker_tid(tag: &str) -> String {
-    let comm = format!("fs-{tag}");
+/// The thread id of the thread named `<prefix><tag>` (cut to 15 bytes): "fss-" for the
+/// server, "fs-" for the queue thread.
+fn thread_tid(prefix: &str, tag: &str) -> String {
+    let comm = format!("{prefix}{tag}");
     let comm = &comm[..comm.len().min(15)];
     let tids: Vec<String> = std::fs::read_dir("/proc/self/task")
         .unwrap()
@@ -47,7 +50,13 @@ fn worker_is_confined_and_the_rest_of_the_process_is_not() {
         |t| std::fs::write(t.join("share/f"), b"x").unwrap(),
         |c| c.tag = "sbx-rw".into(),
     );
-    let tid = worker_tid("sbx-rw");
+    let tid = thread_tid("fss-", "sbx-rw");
+    // The queue thread (guest memory, the queues): no capability at all, its own list.
+    let queue = thread_tid("fs-", "sbx-rw");
+    assert_eq!(status_field(&queue, "Seccomp"), "2");
+    for set in ["CapEff", "CapPrm", "CapInh", "CapAmb"] {
+        assert_eq!(status_field(&queue, set), "0000000000000000", "queue {set}");
+    }
 
     assert_eq!(status_field(&tid, "Seccomp"), "2", "seccomp filter mode");
     assert_eq!(status_field(&tid, "NoNewPrivs"), "1");
@@ -133,7 +142,7 @@ fn read_only_share_is_mounted_read_only_for_the_worker() {
             c.read_only = true;
         },
     );
-    let tid = worker_tid("sbx-ro");
+    let tid = thread_tid("fss-", "sbx-ro");
     let mountinfo = std::fs::read_to_string(format!("/proc/self/task/{tid}/mountinfo")).unwrap();
     let mounts: Vec<Vec<&str>> = mountinfo.lines().map(|l| l.split(' ').collect()).collect();
     assert_eq!(mounts.len(), 2, "{mountinfo}");
@@ -149,9 +158,16 @@ fn read_only_share_is_mounted_read_only_for_the_worker() {
     nix::mount::umount2(&vol, nix::mount::MntFlags::MNT_DETACH).unwrap();
 }
 
-/// Runs `syscall(nr, args)` in a forked child under the worker's filter; returns how it ended.
+/// Runs `syscall(nr, args)` in a forked child under the server's filter; returns how it ended.
 fn run_filtered(nr: libc::c_long, args: [libc::c_long; 3]) -> WaitStatus {
-    let filter = seccomp::worker_filter().unwrap();
+    run_under(seccomp::server_filter().unwrap(), nr, args)
+}
+
+fn run_under(
+    filter: crate::seccomp::BpfProgram,
+    nr: libc::c_long,
+    args: [libc::c_long; 3],
+) -> WaitStatus {
     // SAFETY: the child only makes raw system calls (prctl, seccomp, the probe, exit) before it
     // exits, all async-signal-safe; it touches no lock another thread may hold.
     match unsafe { fork() }.unwrap() {
@@ -199,9 +215,17 @@ fn seccomp_filter_allows_file_work_and_kills_the_rest() {
         libc::SYS_process_vm_writev,
         libc::SYS_capset,
         libc::SYS_kill,
+        libc::SYS_connect,
+        libc::SYS_socketpair,
+        libc::SYS_epoll_wait,
     ] {
         let s = run_filtered(nr, [-1, 0, 0]);
         assert!(killed(s), "syscall {nr} must kill: {s:?}");
+    }
+    // Its socket: messages only.
+    for nr in [libc::SYS_sendmsg, libc::SYS_recvmsg] {
+        let s = run_filtered(nr, [-1, 0, 0]);
+        assert!(fine(s), "syscall {nr}: {s:?}");
     }
     // Memory: never executable.
     let rw = i64::from(libc::PROT_READ | libc::PROT_WRITE);
@@ -209,6 +233,45 @@ fn seccomp_filter_allows_file_work_and_kills_the_rest() {
     assert!(fine(run_filtered(libc::SYS_mprotect, [0, 0, rw])));
     assert!(killed(run_filtered(libc::SYS_mprotect, [0, 0, rwx])));
     assert!(killed(run_filtered(libc::SYS_mmap, [0, 4096, rwx])));
+}
+
+#[test]
+fn the_queue_thread_filter_allows_messages_and_kill_of_its_server_only() {
+    let killed = |s: WaitStatus| matches!(s, WaitStatus::Exited(_, c) if c == crate::seccomp::report::FORBIDDEN_SYSCALL_EXIT);
+    let fine = |s: WaitStatus| matches!(s, WaitStatus::Exited(_, 0));
+    let q = || seccomp::queue_filter().unwrap();
+    for nr in [
+        libc::SYS_sendmsg,
+        libc::SYS_recvmsg,
+        libc::SYS_epoll_pwait,
+        libc::SYS_wait4,
+    ] {
+        let s = run_under(q(), nr, [-1, 0, 0]);
+        assert!(fine(s), "syscall {nr}: {s:?}");
+    }
+    // kill(-1, SIGKILL) is allowed by the list (and fails: pid -1 from a child of ours would
+    // be everything, so probe with a pid that does not exist).
+    assert!(fine(run_under(
+        q(),
+        libc::SYS_kill,
+        [i64::from(i32::MAX), 9, 0]
+    )));
+    assert!(killed(run_under(
+        q(),
+        libc::SYS_kill,
+        [i64::from(i32::MAX), 15, 0]
+    )));
+    for nr in [
+        libc::SYS_openat,
+        libc::SYS_socket,
+        libc::SYS_execve,
+        libc::SYS_clone,
+        libc::SYS_ptrace,
+        libc::SYS_ioctl,
+    ] {
+        let s = run_under(q(), nr, [-1, 0, 0]);
+        assert!(killed(s), "syscall {nr} must kill: {s:?}");
+    }
 }
 
 #[test]
