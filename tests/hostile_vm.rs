@@ -97,6 +97,36 @@ fn merge(spec: &mut Value, extra: Value) {
     }
 }
 
+/// `create`s container `id` with its log in `log` (and `--debug` if asked), the container's
+/// output in `out`; returns the monitor's pid. A failed create panics with its output.
+fn create_logged(rt: &Cli, id: &str, bundle: &Path, log: &Path, out: &Path, debug: bool) -> i32 {
+    let pid_file = out.with_extension("pid");
+    let mut args = vec!["--log", log.to_str().unwrap()];
+    if debug {
+        args.push("--debug");
+    }
+    args.extend([
+        "create",
+        "--bundle",
+        bundle.to_str().unwrap(),
+        "--pid-file",
+        pid_file.to_str().unwrap(),
+        id,
+    ]);
+    let o = rt.run_to(&args, out);
+    assert!(
+        o.status.success(),
+        "create {id}: {}\nconsole: {}",
+        fs::read_to_string(out).unwrap_or_default(),
+        rt.console(id)
+    );
+    fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
 /// Waits until `file` contains `what`; the contents.
 fn wait_for_text(file: &Path, what: &str) -> String {
     bulkhead_tests::cli::wait_for_text(file, what, PATIENCE)
@@ -154,25 +184,7 @@ fn a_sigkill_the_guest_does_not_carry_out_is_carried_out_by_the_host() {
     );
     let log = d.join("kill.log");
     let out = d.join("kill.out");
-    let create = rt.run_to(
-        &[
-            "--log",
-            log.to_str().unwrap(),
-            "create",
-            "--bundle",
-            bundle.to_str().unwrap(),
-            "--pid-file",
-            d.join("pid").to_str().unwrap(),
-            "deaf",
-        ],
-        &out,
-    );
-    assert!(create.status.success(), "{}", rt.console("deaf"));
-    let pid: i32 = fs::read_to_string(d.join("pid"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let pid = create_logged(&rt, "deaf", &bundle, &log, &out, false);
     assert_eq!(rt.run(&["start", "deaf"]).0, Some(0));
     // A script that failed ends the container instead: say so at once.
     let t = Instant::now();
@@ -472,31 +484,8 @@ fn the_monitor_runs_the_workload_from_its_jail() {
         json!({"linux": {"cgroupsPath": format!("/{cgroup}"),
                          "resources": {"pids": {"limit": 50}}}}),
     );
-    let (log, out, pid_file) = (d.join("jail.log"), d.join("jail.out"), d.join("jail.pid"));
-    let o = rt.run_to(
-        &[
-            "--log",
-            log.to_str().unwrap(),
-            "--debug",
-            "create",
-            "--bundle",
-            bundle.to_str().unwrap(),
-            "--pid-file",
-            pid_file.to_str().unwrap(),
-            "jailed",
-        ],
-        &out,
-    );
-    assert!(
-        o.status.success(),
-        "create: {}",
-        fs::read_to_string(&out).unwrap()
-    );
-    let pid: i32 = fs::read_to_string(&pid_file)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let (log, out) = (d.join("jail.log"), d.join("jail.out"));
+    let pid = create_logged(&rt, "jailed", &bundle, &log, &out, true);
     let console = rt.console_path("jailed");
     let before_start = fs::metadata(&console).unwrap().ino();
     let host_root = fs::read_dir(format!("/proc/{pid}/root")).unwrap().count();

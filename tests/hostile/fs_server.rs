@@ -207,30 +207,8 @@ fn a_dead_fs_server_ends_its_container_with_one_line() {
     let d = rt.dir().to_path_buf();
     let rootfs = busybox_rootfs(&d.join("rootfs"));
     let bundle = write_bundle(&d.join("b"), &rootfs, "echo ready; sleep 100000", json!({}));
-    let (log, out, pid_file) = (d.join("dead.log"), d.join("dead.out"), d.join("dead.pid"));
-    let o = rt.run_to(
-        &[
-            "--log",
-            log.to_str().unwrap(),
-            "create",
-            "--bundle",
-            bundle.to_str().unwrap(),
-            "--pid-file",
-            pid_file.to_str().unwrap(),
-            "dead",
-        ],
-        &out,
-    );
-    assert!(
-        o.status.success(),
-        "create: {}",
-        fs::read_to_string(&out).unwrap()
-    );
-    let monitor: i32 = fs::read_to_string(&pid_file)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let (log, out) = (d.join("dead.log"), d.join("dead.out"));
+    let monitor = create_logged(&rt, "dead", &bundle, &log, &out, false);
     assert_eq!(rt.run(&["start", "dead"]).0, Some(0));
     wait_for_text(&out, "ready");
 

@@ -21,7 +21,6 @@
 //!
 //! Every step is fatal: the caller must not let the workload run when [`enter`] fails.
 
-use std::collections::HashSet;
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
 
@@ -293,11 +292,11 @@ fn file_id(st: &FileStat) -> (u64, u64) {
     (st.st_dev, st.st_ino)
 }
 
-/// Every directory fd of this mount namespace, mapped to where the jail will show it. Fds in
-/// other namespaces (the virtio-fs worker's, whose root is the share) are not ours to move;
-/// a directory of ours outside every bind is an error.
+/// Every directory fd of the process, mapped to where the jail will show it; one outside every
+/// bind is an error. Whatever mount namespace an fd was opened in (the state directory's fd of a
+/// long socket path is opened before the monitor's own namespace exists), its `..` leads to
+/// that namespace's root, so none is left as it is.
 fn old_tree_directories(binds: &[Bind]) -> Result<Vec<Reopen>, JailError> {
-    let ours = mount_ids().map_err(JailError::Fds)?;
     let fds: Vec<RawFd> = std::fs::read_dir("/proc/thread-self/fd")
         .map_err(JailError::Fds)?
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
@@ -308,10 +307,6 @@ fn old_tree_directories(binds: &[Bind]) -> Result<Vec<Reopen>, JailError> {
         let Ok(st) = fstat(fd) else { continue };
         if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFDIR {
             continue;
-        }
-        match fd_mount_id(fd) {
-            Some(id) if ours.contains(&id) => {}
-            _ => continue,
         }
         let path = std::fs::read_link(format!("/proc/thread-self/fd/{fd}")).unwrap_or_default();
         let Some(jailed) = jail_path(binds, &path) else {
@@ -336,23 +331,6 @@ fn jail_path(binds: &[Bind], path: &Path) -> Option<PathBuf> {
             b.target.join(rest)
         })
     })
-}
-
-/// Mount ids of this thread's mount namespace.
-fn mount_ids() -> std::io::Result<HashSet<u64>> {
-    let text = std::fs::read_to_string("/proc/thread-self/mountinfo")?;
-    Ok(text
-        .lines()
-        .filter_map(|l| l.split(' ').next()?.parse().ok())
-        .collect())
-}
-
-/// The mount id of an open fd (`mnt_id:` of its fdinfo).
-fn fd_mount_id(fd: RawFd) -> Option<u64> {
-    let info = std::fs::read_to_string(format!("/proc/thread-self/fdinfo/{fd}")).ok()?;
-    info.lines()
-        .find_map(|l| l.strip_prefix("mnt_id:"))
-        .and_then(|v| v.trim().parse().ok())
 }
 
 /// `_LINUX_CAPABILITY_VERSION_3`: 64-bit capability sets in two 32-bit halves.
@@ -595,6 +573,9 @@ mod tests {
             file_id(&fstat(open_dir(Path::new("/")).as_raw_fd()).unwrap()),
             base.clone(),
         );
+        // A directory fd opened before the monitor's own mount namespace exists (as `SockPath`
+        // opens the state directory of a long socket path): its `..` leads to the host's root.
+        let held_early = open_dir(&kept);
         let report = in_own_namespace(move || {
             // A directory fd of the old tree inside the jail (as `SockPath` holds one).
             let held = open_dir(&kept);
@@ -609,7 +590,7 @@ mod tests {
                 ["/etc", "/usr", "/home"].map(|p| Path::new(p).exists()),
                 outside.join("other/secret").exists(),
                 spec.dir.exists(),
-                root_reached(&held),
+                (root_reached(&held), root_reached(&held_early)),
                 file_id(&nix::sys::stat::stat("/").unwrap()),
                 std::fs::create_dir("/new").is_err(),
                 status,
@@ -622,11 +603,16 @@ mod tests {
         );
         assert!(!secret, "a sibling of a kept directory is out of sight");
         assert!(!stub, "the jail's mount point is removed");
+        let (reached, reached_early) = reached;
         assert_eq!(
             reached, jail_root,
             "a held fd leads to the jail's root, not the host's"
         );
         assert_ne!(reached, host_root);
+        assert_eq!(
+            reached_early, jail_root,
+            "an fd opened in the host's namespace leads to the jail's root too"
+        );
         assert!(ro, "the jail's root is read-only");
         assert_eq!(status_mask(&status, "CapEff:"), KEPT_CAPABILITIES);
         assert_eq!(status_mask(&status, "CapPrm:"), KEPT_CAPABILITIES);

@@ -52,7 +52,6 @@ pub fn control_filter(kick_signal: i32) -> Result<BpfProgram, SeccompError> {
             libc::SYS_close,
             libc::SYS_dup,
             libc::SYS_dup3,
-            libc::SYS_fcntl,
             // Unix sockets: the control socket, the VM's vsock socket, fd passing.
             libc::SYS_accept4,
             libc::SYS_connect,
@@ -87,9 +86,10 @@ pub fn control_filter(kick_signal: i32) -> Result<BpfProgram, SeccompError> {
         ])
         .allow_if_arg(libc::SYS_socket, 0, &[libc::AF_UNIX as u64])?
         .allow_if_arg(libc::SYS_ioctl, 1, TTY_IOCTLS)?
-        .allow_if_arg(libc::SYS_tgkill, 2, &[kick_signal as u64])?
-        // Reading a limit, never setting one.
-        .allow_if_arg(libc::SYS_prlimit64, 2, &[0])?
+        .allow_kick(kick_signal)?
+        .allow_fd_flags()?
+        // Reading a limit, never setting one (the new limit's pointer is NULL, all 64 bits).
+        .allow_if_arg64(libc::SYS_prlimit64, 2, 0)?
         .compile()
 }
 
@@ -156,6 +156,20 @@ mod tests {
             (libc::SYS_ioctl, [u64::MAX, libc::TIOCSTI, 0]),
             (libc::SYS_ioctl, [u64::MAX, 0xAE80, 0]),
             (libc::SYS_prlimit64, [0, libc::RLIMIT_NOFILE as u64, 1]),
+            // A pointer whose low 32 bits are 0 is still a pointer.
+            (
+                libc::SYS_prlimit64,
+                [0, libc::RLIMIT_NOFILE as u64, 1 << 32],
+            ),
+            (libc::SYS_fcntl, [u64::MAX, libc::F_SETOWN as u64, 1]),
+            (
+                libc::SYS_tgkill,
+                [
+                    i32::MAX as u64,
+                    i32::MAX as u64,
+                    (libc::SIGRTMIN() + 1) as u64,
+                ],
+            ),
         ] {
             let s = ends(nr, args);
             assert_eq!(

@@ -24,14 +24,17 @@ const ENTROPY_BYTES: usize = 64;
 /// How long a template's guest gets to finish closing the readiness connection.
 const VSOCK_IDLE_WAIT: Duration = Duration::from_secs(10);
 /// How long a restored clone's agent may take to answer (at most `boot_timeout_secs`). A
-/// restore reaches the agent in about a second here (several on a guest 4× slower); a clone
-/// that has not answered by then never will (seen once in CI: a template whose restored guest
-/// went idle without answering), and waiting the whole boot timeout would cost the container
-/// minutes before it cold-boots.
-const RESTORE_READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// restore reaches the agent in about a second here (several on a guest 4× slower, so this is
+/// a wide margin even under load: a slow clone must not cost the template); a clone that has
+/// not answered by then never will (seen in CI: a template whose restored guests went idle
+/// without answering), and waiting the whole boot timeout would cost the container minutes
+/// before it cold-boots.
+const RESTORE_READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// [`SandboxError::Vm::what`] of a restore that failed before the guest ran.
 const RESTORE_FAILED: &str = "restore vm";
-/// [`SandboxError::Vm::what`] of a restored guest whose agent did not answer.
+/// [`SandboxError::Vm::what`] of a restored guest whose agent did not answer: the container
+/// cold-boots (the caller's fallback); the template stays (a clone slowed by a loaded host must
+/// not cost every later container a template build).
 const CLONE_SILENT: &str = "restored vm did not answer";
 
 /// The container's VM restored from its template, its agent refreshed.
@@ -45,25 +48,6 @@ pub(super) async fn restore(ctx: &BootContext) -> Result<(VmGuest, Client), Sand
         None => ensure(&templates, &recipe, image, &ctx.config, false).await?,
     };
     match clone_from(ctx, &dir, image).await {
-        Err(SandboxError::Vm {
-            what: CLONE_SILENT,
-            source,
-        }) => {
-            // The snapshot restored but its guest does not answer: the container cold-boots
-            // (the caller's fallback) and the next one makes the template again.
-            let _lock = templates.lock(&key, timeout).await.map_err(tpl)?;
-            if templates.find(&key).as_deref() == Some(dir.as_path()) {
-                templates.remove(&key).map_err(tpl)?;
-            }
-            Err(SandboxError::Vm {
-                what: CLONE_SILENT,
-                source: format!(
-                    "{}; template {key} removed",
-                    bulkhead_protocol::error_chain(&*source)
-                )
-                .into(),
-            })
-        }
         Err(SandboxError::Vm {
             what: RESTORE_FAILED,
             source,

@@ -36,9 +36,9 @@ const FIONBIO: u64 = libc::FIONBIO;
 /// A vCPU thread: `KVM_RUN` and the reads of its own state (a snapshot's save, the register
 /// dump of a dying vCPU); port and MMIO exits, which end in eventfd writes and the serial
 /// console's file (written, and rotated at its cap: a rename and a new file); kicks of the
-/// other vCPUs with `kick_signal` only. The thread that ran vCPU 0 also drops the VM's parts
-/// (closes, unmaps, unlinks the vsock socket). No `open` of an existing file, no sockets, no
-/// `clone`, no `execve`, no other ioctl.
+/// other vCPUs (threads of this process) with `kick_signal` only. No `open` of an existing
+/// file, no `unlink`, no sockets, no `clone`, no `execve`, no other ioctl, no signal to another
+/// process.
 pub fn vcpu_filter(kick_signal: i32) -> Result<BpfProgram, SeccompError> {
     Rules::default()
         .thread_basics()?
@@ -55,8 +55,6 @@ pub fn vcpu_filter(kick_signal: i32) -> Result<BpfProgram, SeccompError> {
             libc::SYS_rename,
             libc::SYS_renameat,
             libc::SYS_renameat2,
-            libc::SYS_unlink,
-            libc::SYS_unlinkat,
         ])
         // The console file after a rotation: created anew, never an existing file opened.
         .allow_if_masked(
@@ -81,7 +79,7 @@ pub fn vcpu_filter(kick_signal: i32) -> Result<BpfProgram, SeccompError> {
                 KVM_GET_XCRS,
             ],
         )?
-        .allow_if_arg(libc::SYS_tgkill, 2, &[kick_signal as u64])?
+        .allow_kick(kick_signal)?
         .compile()
 }
 
@@ -109,12 +107,12 @@ pub fn events_filter() -> Result<BpfProgram, SeccompError> {
             libc::SYS_setsockopt,
             libc::SYS_shutdown,
             libc::SYS_close,
-            libc::SYS_fcntl,
             libc::SYS_timerfd_settime,
             libc::SYS_timerfd_gettime,
         ])
         .allow_if_arg(libc::SYS_socket, 0, &[libc::AF_UNIX as u64])?
         .allow_if_arg(libc::SYS_ioctl, 1, &[FIONBIO])?
+        .allow_fd_flags()?
         .compile()
 }
 

@@ -74,6 +74,62 @@ impl Rules {
         Ok(self)
     }
 
+    /// Allows `syscall` when every `(arg, value)` holds (each argument's low 32 bits: pids,
+    /// signals, flags).
+    pub fn allow_if_all(
+        mut self,
+        syscall: libc::c_long,
+        conds: &[(u8, u64)],
+    ) -> Result<Self, SeccompError> {
+        let conds = conds
+            .iter()
+            .map(|&(arg, v)| {
+                SeccompCondition::new(arg, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, v)
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(SeccompError::Build)?;
+        let rule = SeccompRule::new(conds).map_err(SeccompError::Build)?;
+        self.rules.entry(syscall).or_default().push(rule);
+        Ok(self)
+    }
+
+    /// Allows `syscall` when its 64-bit argument `arg` (a pointer) equals `value`.
+    pub fn allow_if_arg64(
+        mut self,
+        syscall: libc::c_long,
+        arg: u8,
+        value: u64,
+    ) -> Result<Self, SeccompError> {
+        let cond = SeccompCondition::new(arg, SeccompCmpArgLen::Qword, SeccompCmpOp::Eq, value)
+            .map_err(SeccompError::Build)?;
+        let rule = SeccompRule::new(vec![cond]).map_err(SeccompError::Build)?;
+        self.rules.entry(syscall).or_default().push(rule);
+        Ok(self)
+    }
+
+    /// Allows `tgkill` of this process's own threads with `signal` only (a vCPU kick): never
+    /// a signal to another process.
+    pub fn allow_kick(self, signal: i32) -> Result<Self, SeccompError> {
+        let pid = u64::from(std::process::id());
+        self.allow_if_all(libc::SYS_tgkill, &[(0, pid), (2, signal as u64)])
+    }
+
+    /// Allows the `fcntl` commands that read and set an fd's own flags, and duplicating it;
+    /// not `F_SETOWN`/`F_SETSIG` (signals to any process) nor locks.
+    pub fn allow_fd_flags(self) -> Result<Self, SeccompError> {
+        self.allow_if_arg(
+            libc::SYS_fcntl,
+            1,
+            &[
+                libc::F_GETFD as u64,
+                libc::F_SETFD as u64,
+                libc::F_GETFL as u64,
+                libc::F_SETFL as u64,
+                libc::F_DUPFD_CLOEXEC as u64,
+            ],
+        )
+    }
+
     /// Allows `syscall` when the bits `mask` of argument `arg` are `value`.
     pub fn allow_if_masked(
         mut self,
@@ -147,8 +203,24 @@ impl Rules {
 /// kill the process without a word.
 pub fn install(filter: &BpfProgram, thread: &'static str) -> Result<(), SeccompError> {
     report::install_handler().map_err(SeccompError::Handler)?;
+    keep_malloc_from_trimming();
     report::name_this_thread(thread);
     seccompiler::apply_filter(filter).map_err(SeccompError::Install)
+}
+
+/// Keeps glibc's malloc from trimming thread arenas, once per process: the first trim of a
+/// thread arena's heap reads `/proc/sys/vm/overcommit_memory`, an `open` no list allows, so
+/// whichever confined thread freed enough memory first would stop the process. With the trim
+/// threshold at a thread heap's largest size (64 MiB) that trim never happens; freed memory
+/// stays with its arena (large blocks are `mmap`ed and unmapped as before).
+fn keep_malloc_from_trimming() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: mallopt only sets a malloc parameter; any thread may call it at any time.
+        unsafe {
+            libc::mallopt(libc::M_TRIM_THRESHOLD, 64 << 20);
+        }
+    });
 }
 
 /// Confines the calling thread, one of the VM's own: first no capability in any set (a vCPU

@@ -103,6 +103,17 @@ fn a_vcpu_thread_runs_kvm_and_nothing_else() {
         (libc::SYS_clone, [0; 3]),
         (libc::SYS_ptrace, [0; 3]),
         (libc::SYS_tgkill, [0, 0, libc::SIGKILL as u64]),
+        // The kick signal, but to another process (one that does not exist).
+        (
+            libc::SYS_tgkill,
+            [
+                i32::MAX as u64,
+                i32::MAX as u64,
+                (libc::SIGRTMIN() + 1) as u64,
+            ],
+        ),
+        (libc::SYS_unlink, [0; 3]),
+        (libc::SYS_fcntl, [u64::MAX, libc::F_SETOWN as u64, 1]),
         (
             libc::SYS_mprotect,
             [0, 0, (libc::PROT_READ | libc::PROT_EXEC) as u64],
@@ -148,6 +159,8 @@ fn the_event_loop_has_unix_sockets_and_no_files() {
         (libc::SYS_ioctl, [u64::MAX, numbers::KVM_RUN, 0]),
         (libc::SYS_execve, [0; 3]),
         (libc::SYS_unlink, [0; 3]),
+        (libc::SYS_fcntl, [u64::MAX, libc::F_SETOWN as u64, 1]),
+        (libc::SYS_fcntl, [u64::MAX, 10 /* F_SETSIG */, 9]),
     ] {
         let o = run_filtered(&f, "device event loop", nr, args);
         assert!(

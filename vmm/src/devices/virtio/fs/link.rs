@@ -8,7 +8,7 @@
 
 use std::ffi::OsString;
 use std::fs::File;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 
@@ -85,6 +85,9 @@ enum Runner {
 }
 
 /// A running server and the monitor's buffers for it.
+/// How long a new server has to confine itself and answer the setup (it takes milliseconds).
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 pub struct ServerLink {
     sock: Option<OwnedFd>,
     runner: Runner,
@@ -99,6 +102,14 @@ impl std::fmt::Debug for ServerLink {
 }
 
 impl ServerLink {
+    /// The server process's pid (none for a server on a thread).
+    pub fn server_pid(&self) -> Option<libc::pid_t> {
+        match &self.runner {
+            Runner::Process { pid, .. } => Some(pid.as_raw()),
+            Runner::Thread(_) => None,
+        }
+    }
+
     /// Starts the server for `config` (its canonical directory `share`) and waits until it is
     /// confined and ready. Call it on the thread that will own the link for the device's life:
     /// a server process dies with the thread that started it.
@@ -149,9 +160,23 @@ impl ServerLink {
         }
     }
 
-    /// Sends the setup and waits for the server's word.
+    /// Sends the setup and waits for the server's word, at most [`HANDSHAKE_TIMEOUT`] (a server
+    /// that never answers must not hang the VM's build).
     fn handshake(&mut self, setup: &Setup) -> Result<(), LinkError> {
         let body = setup.to_bytes()?;
+        let fd = self.sock.as_ref().ok_or(WireError::Closed)?.as_fd();
+        let wait = nix::sys::time::TimeVal::new(HANDSHAKE_TIMEOUT.as_secs() as _, 0);
+        nix::sys::socket::setsockopt(&fd, nix::sys::socket::sockopt::ReceiveTimeout, &wait)
+            .map_err(LinkError::Socket)?;
+        let answer = self.setup_exchange(&body);
+        let fd = self.sock.as_ref().ok_or(WireError::Closed)?.as_fd();
+        let forever = nix::sys::time::TimeVal::new(0, 0);
+        nix::sys::socket::setsockopt(&fd, nix::sys::socket::sockopt::ReceiveTimeout, &forever)
+            .map_err(LinkError::Socket)?;
+        answer
+    }
+
+    fn setup_exchange(&mut self, body: &[u8]) -> Result<(), LinkError> {
         let fd = self.sock.as_ref().ok_or(WireError::Closed)?.as_fd();
         wire::send(
             fd,
@@ -159,7 +184,7 @@ impl ServerLink {
                 kind: wire::SETUP,
                 arg: 0,
             },
-            &body,
+            body,
         )?;
         let (head, len) = wire::recv(fd, &mut self.reply)?;
         match head.kind {
@@ -235,7 +260,11 @@ impl ServerLink {
     /// Ends the server for good (a dead or misbehaving one included) and says how it ended:
     /// its exit status and its last line on stderr, when it is a process.
     pub fn finish(&mut self) -> String {
-        self.sock = None;
+        // Shut down, not only closed: the device keeps a second fd of this end (to wake a
+        // worker blocked on a silent server), and the server must see its end now.
+        if let Some(sock) = self.sock.take() {
+            let _ = nix::sys::socket::shutdown(sock.as_raw_fd(), nix::sys::socket::Shutdown::Both);
+        }
         match &mut self.runner {
             Runner::Process {
                 pid,

@@ -95,9 +95,17 @@ pub fn install(filter: &BpfProgram) -> Result<(), SeccompError> {
     crate::seccomp::install(filter, "virtio-fs server")
 }
 
-/// Builds the monitor's queue-thread filter.
-pub fn queue_filter() -> Result<BpfProgram, SeccompError> {
-    Rules::default()
+/// Builds the monitor's queue-thread filter; `server` is the server process it may kill (none
+/// for a server on a thread).
+pub fn queue_filter(server: Option<libc::pid_t>) -> Result<BpfProgram, SeccompError> {
+    let rules = match server {
+        Some(pid) => Rules::default().allow_if_all(
+            libc::SYS_kill,
+            &[(0, pid as u64), (1, libc::SIGKILL as u64)],
+        )?,
+        None => Rules::default(),
+    };
+    rules
         .thread_basics()?
         .allow(&[
             libc::SYS_epoll_wait,
@@ -105,16 +113,13 @@ pub fn queue_filter() -> Result<BpfProgram, SeccompError> {
             libc::SYS_read,
             libc::SYS_sendmsg,
             libc::SYS_recvmsg,
+            // Ending the link: the server sees its end even while the device holds a second fd.
+            libc::SYS_shutdown,
             libc::SYS_close,
             libc::SYS_wait4,
         ])
-        .allow_if_arg(libc::SYS_kill, 1, &[libc::SIGKILL as u64])?
         // Stopping the VM when the server dies kicks the vCPUs out of the guest.
-        .allow_if_arg(
-            libc::SYS_tgkill,
-            2,
-            &[crate::kvm::kick::kick_signal() as u64],
-        )?
+        .allow_kick(crate::kvm::kick::kick_signal())?
         .compile()
 }
 

@@ -90,6 +90,13 @@ pub fn spawn(
     let null = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(null) };
     let (err_r, err_w) =
         nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK).map_err(SpawnError::Stdio)?;
+    // Only our end reads without blocking: the server's writes (a panic message, the seccomp
+    // report) must wait for room rather than fail.
+    nix::fcntl::fcntl(
+        err_w.as_raw_fd(),
+        nix::fcntl::FcntlArg::F_SETFL(OFlag::empty()),
+    )
+    .map_err(SpawnError::Stdio)?;
     let sources: [RawFd; 5] = [
         null.as_raw_fd(),
         null.as_raw_fd(),

@@ -20,7 +20,7 @@
 //! guest without its root file system cannot go on, and a server that misbehaves may be
 //! compromised.
 
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
@@ -68,7 +68,17 @@ pub(super) struct WorkerHandle {
     commands: Sender<Command>,
     wake: EventFd,
     thread: Option<JoinHandle<()>>,
+    /// Disconnected when the worker's thread ends.
+    done: Receiver<()>,
+    /// A second fd of the monitor's end of the server's socket: shut down to wake a worker
+    /// blocked on a server that does not answer.
+    unblock: OwnedFd,
 }
+
+/// How long a worker has to take its `Stop` before its server's socket is shut down under it
+/// (a request in flight to a server that never answers would otherwise hold the VM's end, and
+/// with it a host SIGKILL, for good).
+const STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl WorkerHandle {
     /// Sends `cmd` and wakes the worker. Never blocks.
@@ -86,6 +96,13 @@ impl WorkerHandle {
 impl Drop for WorkerHandle {
     fn drop(&mut self) {
         self.send(Command::Stop);
+        if let Err(mpsc::RecvTimeoutError::Timeout) = self.done.recv_timeout(STOP_WAIT) {
+            tracing::warn!("virtio-fs: the worker is waiting on its server: shutting it down");
+            let _ = nix::sys::socket::shutdown(
+                self.unblock.as_raw_fd(),
+                nix::sys::socket::Shutdown::Both,
+            );
+        }
         if let Some(thread) = self.thread.take() {
             if thread.join().is_err() {
                 tracing::error!("virtio-fs: worker panicked");
@@ -109,26 +126,34 @@ pub(super) fn spawn(setup: WorkerSetup) -> Result<WorkerHandle, FsError> {
     let worker_wake = wake.try_clone().map_err(FsError::EventFd)?;
     let (commands, rx) = mpsc::channel();
     let (ready_tx, ready_rx) = mpsc::sync_channel(1);
+    let (done_tx, done) = mpsc::channel::<()>();
     let thread = std::thread::Builder::new()
         .name(format!("fs-{}", setup.config.tag))
-        .spawn(move || match Worker::start(setup, worker_wake, rx) {
-            Ok(worker) => {
-                let _ = ready_tx.send(Ok(()));
-                worker.run();
-            }
-            Err(e) => {
-                let _ = ready_tx.send(Err(e));
+        .spawn(move || {
+            let _done = done_tx;
+            match Worker::start(setup, worker_wake, rx) {
+                Ok((worker, unblock)) => {
+                    let _ = ready_tx.send(Ok(unblock));
+                    worker.run();
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                }
             }
         })
         .map_err(FsError::Spawn)?;
-    let handle = WorkerHandle {
-        commands,
-        wake,
-        thread: Some(thread),
-    };
     match ready_rx.recv() {
-        Ok(Ok(())) => Ok(handle),
-        Ok(Err(e)) => Err(e),
+        Ok(Ok(unblock)) => Ok(WorkerHandle {
+            commands,
+            wake,
+            thread: Some(thread),
+            done,
+            unblock,
+        }),
+        Ok(Err(e)) => {
+            let _ = thread.join();
+            Err(e)
+        }
         Err(_) => Err(FsError::WorkerGone),
     }
 }
@@ -157,15 +182,17 @@ struct Worker {
 }
 
 impl Worker {
+    /// Starts the server and confines this thread; the worker and a second fd of its end of the
+    /// server's socket (see [`WorkerHandle::unblock`]).
     fn start(
         setup: WorkerSetup,
         wake: EventFd,
         commands: Receiver<Command>,
-    ) -> Result<Self, FsError> {
+    ) -> Result<(Self, OwnedFd), FsError> {
         // Process-directed signals go to the monitor's other threads.
         super::server::block_signals();
-        let filter = seccomp::queue_filter().map_err(FsError::Seccomp)?;
         let link = ServerLink::start(&setup.config, &setup.share).map_err(FsError::Server)?;
+        let filter = seccomp::queue_filter(link.server_pid()).map_err(FsError::Seccomp)?;
 
         let epoll = Epoll::new().map_err(FsError::Epoll)?;
         let watch = |fd: i32, data: u64, events: EventSet| {
@@ -177,17 +204,16 @@ impl Worker {
         for (i, evt) in setup.queue_events.iter().enumerate() {
             watch(evt.as_raw_fd(), i as u64, EventSet::IN)?;
         }
-        let server_fd = link
-            .fd()
-            .map_err(|e| FsError::Server(e.into()))?
-            .as_raw_fd();
+        let server = link.fd().map_err(|e| FsError::Server(e.into()))?;
+        let unblock = server.try_clone_to_owned().map_err(FsError::EventFd)?;
+        let server_fd = server.as_raw_fd();
         watch(
             server_fd,
             SERVER,
             EventSet::IN | EventSet::READ_HANG_UP | EventSet::HANG_UP,
         )?;
         seccomp::confine_queue_thread(&filter).map_err(FsError::Seccomp)?;
-        Ok(Self {
+        let worker = Self {
             tag: setup.config.tag,
             link: Some(link),
             control: setup.control,
@@ -197,7 +223,8 @@ impl Worker {
             commands,
             metrics: setup.metrics,
             running: None,
-        })
+        };
+        Ok((worker, unblock))
     }
 
     fn run(mut self) {

@@ -239,7 +239,9 @@ fn seccomp_filter_allows_file_work_and_kills_the_rest() {
 fn the_queue_thread_filter_allows_messages_and_kill_of_its_server_only() {
     let killed = |s: WaitStatus| matches!(s, WaitStatus::Exited(_, c) if c == crate::seccomp::report::FORBIDDEN_SYSCALL_EXIT);
     let fine = |s: WaitStatus| matches!(s, WaitStatus::Exited(_, 0));
-    let q = || seccomp::queue_filter().unwrap();
+    // The server it may kill: a pid that does not exist (the probe must not kill anything).
+    let server = i32::MAX;
+    let q = || seccomp::queue_filter(Some(server)).unwrap();
     for nr in [
         libc::SYS_sendmsg,
         libc::SYS_recvmsg,
@@ -249,17 +251,37 @@ fn the_queue_thread_filter_allows_messages_and_kill_of_its_server_only() {
         let s = run_under(q(), nr, [-1, 0, 0]);
         assert!(fine(s), "syscall {nr}: {s:?}");
     }
-    // kill(-1, SIGKILL) is allowed by the list (and fails: pid -1 from a child of ours would
-    // be everything, so probe with a pid that does not exist).
+    // SIGKILL to its server only: not another signal, not another process (probed with a pid
+    // that does not exist either: never -1, which a broken list would let kill every process),
+    // and nothing at all for a server on a thread.
     assert!(fine(run_under(
         q(),
         libc::SYS_kill,
-        [i64::from(i32::MAX), 9, 0]
+        [i64::from(server), 9, 0]
     )));
     assert!(killed(run_under(
         q(),
         libc::SYS_kill,
-        [i64::from(i32::MAX), 15, 0]
+        [i64::from(server), 15, 0]
+    )));
+    assert!(killed(run_under(
+        q(),
+        libc::SYS_kill,
+        [i64::from(server - 1), 9, 0]
+    )));
+    let threaded = seccomp::queue_filter(None).unwrap();
+    assert!(killed(run_under(
+        threaded,
+        libc::SYS_kill,
+        [i64::from(server), 9, 0]
+    )));
+    // A kick to another process (one that does not exist) is refused.
+    let kick = i64::from(crate::kvm::kick::kick_signal());
+    let other = i64::from(server - 1);
+    assert!(killed(run_under(
+        q(),
+        libc::SYS_tgkill,
+        [other, other, kick]
     )));
     for nr in [
         libc::SYS_openat,
