@@ -3,7 +3,7 @@
 //! runs as root on a thread with its own mount namespace (as the monitor's set-up leaves its
 //! main thread), so the test process keeps its root.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::path::Path;
 
 use oci_spec::runtime::{LinuxResources, Process};
@@ -99,21 +99,7 @@ fn monitor(dir: &Path, confinable: bool) -> Monitor<Recorder> {
         confinable,
         kills: RefCell::new(Vec::new()),
     });
-    Monitor {
-        state: RefCell::new(initial_state(&plan)),
-        status: watch::Sender::new(Status::Created),
-        sandbox,
-        timings: RefCell::new(Timings {
-            t0: Instant::now(),
-            marks: Vec::new(),
-        }),
-        starting: Cell::new(false),
-        exec_seq: Cell::new(1),
-        sigkill: Notify::new(),
-        killed_by_host: Cell::new(false),
-        lock: Cell::new(Lock::Open),
-        plan,
-    }
+    Monitor::new(plan, Status::Created, sandbox)
 }
 
 /// Runs `f` on the monitor's runtime, on a thread with its own mount namespace.

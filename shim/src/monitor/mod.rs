@@ -156,6 +156,25 @@ enum Lock {
 const JAIL_DIR: &str = "jail";
 
 impl<S: Sandbox> Monitor<S> {
+    /// A monitor for `plan` in `status`, its clock started now.
+    fn new(plan: Plan, status: Status, sandbox: OnceCell<S>) -> Self {
+        Monitor {
+            state: RefCell::new(initial_state(&plan)),
+            status: watch::Sender::new(status),
+            sandbox,
+            timings: RefCell::new(Timings {
+                t0: Instant::now(),
+                marks: Vec::new(),
+            }),
+            starting: Cell::new(false),
+            exec_seq: Cell::new(1),
+            sigkill: Notify::new(),
+            killed_by_host: Cell::new(false),
+            lock: Cell::new(Lock::Open),
+            plan,
+        }
+    }
+
     fn id(&self) -> &str {
         &self.plan.id
     }
@@ -322,21 +341,7 @@ async fn life<F: SandboxFactory>(
         Ok(l) => l,
         Err(e) => return fail_early(&plan, ready, &MonitorError::Listen(e)),
     };
-    let monitor = Rc::new(Monitor {
-        state: RefCell::new(initial_state(&plan)),
-        status: watch::Sender::new(Status::Creating),
-        sandbox: OnceCell::new(),
-        timings: RefCell::new(Timings {
-            t0: Instant::now(),
-            marks: Vec::new(),
-        }),
-        starting: Cell::new(false),
-        exec_seq: Cell::new(1),
-        sigkill: Notify::new(),
-        killed_by_host: Cell::new(false),
-        lock: Cell::new(Lock::Open),
-        plan,
-    });
+    let monitor = Rc::new(Monitor::new(plan, Status::Creating, OnceCell::new()));
     let server = tokio::task::spawn_local(server::serve(listener, monitor.clone()));
 
     let mut undo = setup::Undo::default();
