@@ -90,7 +90,7 @@ fn spec(rootfs: &Path, vol: &Path) -> Value {
         ],
         "linux": {
             "namespaces": [{"type": "pid"}, {"type": "mount"}, {"type": "ipc"}, {"type": "uts"},
-                           {"type": "cgroup"}],
+                           {"type": "cgroup"}, {"type": "network"}],
             "maskedPaths": ["/proc/kcore", "/etc/secret"],
             "readonlyPaths": ["/proc/sys"],
             "resources": {"memory": {"limit": 12 << 20}, "pids": {"limit": 64}},
@@ -231,7 +231,7 @@ fn malformed_bundles_are_refused_before_a_vm_starts() {
         "ociVersion": "1.0.2",
         "process": {"args": ["true"], "cwd": "/", "user": {"uid": 0, "gid": 0}},
         "root": {"path": "rootfs"},
-        "linux": {"namespaces": [{"type": "pid"}]}
+        "linux": {"namespaces": [{"type": "pid"}, {"type": "network"}]}
     });
     let mut no_process = good.clone();
     no_process.as_object_mut().unwrap().remove("process");
@@ -239,6 +239,9 @@ fn malformed_bundles_are_refused_before_a_vm_starts() {
     relative_missing["root"]["path"] = json!("no-such-rootfs");
     let mut bad_namespace = good.clone();
     bad_namespace["linux"]["namespaces"] = json!([{"type": "pid"}, {"type": "bogus"}]);
+    // `docker run --network host`: no network namespace in the spec.
+    let mut host_network = good.clone();
+    host_network["linux"]["namespaces"] = json!([{"type": "pid"}]);
     let cases = [
         ("bad-json", "{\"process\": ".to_string(), "invalid JSON"),
         ("no-process", no_process.to_string(), "missing \"process\""),
@@ -251,6 +254,11 @@ fn malformed_bundles_are_refused_before_a_vm_starts() {
             "bad-ns",
             bad_namespace.to_string(),
             "unknown namespace type \"bogus\"",
+        ),
+        (
+            "host-net",
+            host_network.to_string(),
+            "share the host's network namespace",
         ),
     ];
     for (id, config, cause) in cases {

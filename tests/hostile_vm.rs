@@ -78,7 +78,7 @@ fn write_bundle(dir: &Path, rootfs: &Path, script: &str, extra: Value) -> PathBu
         "root": {"path": rootfs},
         "hostname": "hostile",
         "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"}],
-        "linux": {"namespaces": [{"type": "mount"}, {"type": "ipc"}, {"type": "uts"}]}
+        "linux": {"namespaces": [{"type": "mount"}, {"type": "ipc"}, {"type": "uts"}, {"type": "network"}]}
     });
     merge(&mut spec, extra);
     fs::write(dir.join("config.json"), spec.to_string()).unwrap();

@@ -104,7 +104,7 @@ fn lifecycle_on_one_vm_with_a_second_beside_it() {
         sh("trap 'echo got-usr1' USR1; sleep 100000 & echo ready; while :; do wait; done"),
         json!({
             "namespaces": [{"type": "pid"}, {"type": "mount"}, {"type": "ipc"},
-                           {"type": "uts"}, {"type": "cgroup"}],
+                           {"type": "uts"}, {"type": "cgroup"}, {"type": "network"}],
             "cgroupsPath": format!("/{cgroup}"),
             "resources": {"memory": {"limit": 64 << 20}, "pids": {"limit": 50},
                           "cpu": {"quota": 200000, "period": 100000},
@@ -185,7 +185,7 @@ fn lifecycle_on_one_vm_with_a_second_beside_it() {
         sh("cat; cat /proc/sys/kernel/random/boot_id; \
             exec dd if=/dev/zero of=/dev/null bs=12M count=1"),
         json!({
-            "namespaces": [{"type": "pid"}, {"type": "mount"}, {"type": "ipc"}, {"type": "uts"}],
+            "namespaces": [{"type": "pid"}, {"type": "mount"}, {"type": "ipc"}, {"type": "uts"}, {"type": "network"}],
             "resources": {"memory": {"limit": 8 << 20}}
         }),
     );
@@ -327,7 +327,7 @@ fn terminal_resizes_reach_the_init_and_an_exec() {
         &d.join("b"),
         &rootfs,
         process,
-        json!({"namespaces": [{"type": "pid"}, {"type": "mount"}, {"type": "ipc"}, {"type": "uts"}]}),
+        json!({"namespaces": [{"type": "pid"}, {"type": "mount"}, {"type": "ipc"}, {"type": "uts"}, {"type": "network"}]}),
     );
     let socket = d.join("console.sock");
     let listener = UnixListener::bind(&socket).unwrap();
@@ -403,7 +403,7 @@ fn a_guest_that_goes_away_under_its_container_is_a_failure() {
         &d.join("b"),
         &rootfs,
         process,
-        json!({"namespaces": [{"type": "mount"}, {"type": "ipc"}, {"type": "uts"}]}),
+        json!({"namespaces": [{"type": "mount"}, {"type": "ipc"}, {"type": "uts"}, {"type": "network"}]}),
     );
     let log = d.join("run.log");
     let out = d.join("run.out");

@@ -27,6 +27,11 @@ struct HostAgentFactory;
 impl SandboxFactory for HostAgentFactory {
     type Sandbox = AgentSandbox<AgentProcess>;
 
+    /// Its processes are host processes: they can share the host's network.
+    fn can_share_host_network(&self) -> bool {
+        true
+    }
+
     async fn boot(&self, ctx: &BootContext) -> Result<Self::Sandbox, SandboxError> {
         let fail = |e: String| SandboxError::failed(Kind::Internal, e);
         let bin = std::env::var_os("BULKHEAD_AGENT_BIN")

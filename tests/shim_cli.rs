@@ -44,7 +44,7 @@ fn bulkhead_runs_a_container_in_a_micro_vm() {
             {"destination": "/proc", "type": "proc", "source": "proc"},
             {"destination": "/data", "type": "bind", "source": vol, "options": ["rbind", "rw"]}
         ],
-        "linux": {"namespaces": [{"type": "pid"}, {"type": "mount"}, {"type": "ipc"}, {"type": "uts"}]}
+        "linux": {"namespaces": [{"type": "pid"}, {"type": "mount"}, {"type": "ipc"}, {"type": "uts"}, {"type": "network"}]}
     });
     fs::write(d.join("bundle/config.json"), spec.to_string()).unwrap();
 

@@ -28,6 +28,11 @@ struct HostFactory;
 impl SandboxFactory for HostFactory {
     type Sandbox = HostSandbox;
 
+    /// Its processes are host processes: they can share the host's network.
+    fn can_share_host_network(&self) -> bool {
+        true
+    }
+
     async fn boot(&self, ctx: &BootContext) -> Result<HostSandbox, SandboxError> {
         // Lets tests prove that a boot failure leaves nothing behind.
         if std::env::var_os("BULKHEAD_TEST_FAIL_BOOT").is_some() {

@@ -34,7 +34,7 @@ fn bundle(rt: &Cli, name: &str, script: &str) -> PathBuf {
                     "user": {"uid": 0, "gid": 0}},
         "root": {"path": rootfs},
         "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"}],
-        "linux": {"namespaces": [{"type": "pid"}, {"type": "mount"}, {"type": "ipc"}, {"type": "uts"}]}
+        "linux": {"namespaces": [{"type": "pid"}, {"type": "mount"}, {"type": "ipc"}, {"type": "uts"}, {"type": "network"}]}
     });
     fs::write(dir.join("config.json"), spec.to_string()).unwrap();
     dir

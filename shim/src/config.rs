@@ -99,6 +99,10 @@ pub struct Config {
     /// this `bulkhead` binary itself, which is what ships. For embedders whose own binary is
     /// not `bulkhead` (tests that run the monitor's code in-process).
     pub fs_server_program: PathBuf,
+    /// NIC slots every VM has (virtio-net devices the guest sees only once the host attaches
+    /// a tap): how many interfaces a container's network namespace may have. Templates are made
+    /// with them, so changing it makes new templates.
+    pub net_slots: u8,
 }
 
 /// Fds kept for the monitor itself (control connections, vsock streams, stdio, logs) when the
@@ -125,6 +129,7 @@ impl Default for Config {
             share_max_open_files: 0,
             seccomp: true,
             fs_server_program: PathBuf::new(),
+            net_slots: 4,
         }
     }
 }

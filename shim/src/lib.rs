@@ -22,6 +22,7 @@ pub mod lifecycle;
 pub mod logging;
 pub mod monitor;
 pub mod mountpoints;
+pub mod network;
 pub mod private;
 pub mod process;
 pub mod sandbox;

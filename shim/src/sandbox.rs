@@ -167,6 +167,14 @@ pub trait SandboxFactory {
     /// Boots one; `ctx` says what for.
     async fn boot(&self, ctx: &BootContext) -> Result<Self::Sandbox, SandboxError>;
 
+    /// Whether a container may share the runtime's network namespace (a spec without one, as
+    /// `docker run --network host` makes): host processes can; a VM's guest has its own kernel
+    /// and network stack, so `create` refuses such a spec with one line instead of starting a
+    /// container that silently has no network.
+    fn can_share_host_network(&self) -> bool {
+        false
+    }
+
     /// Where the agent sees the container's share (`share_dir` on the host), so the spec it
     /// gets names its rootfs and volumes there: in a VM, where the agent mounts the share.
     fn share_root(&self, share_dir: &Path) -> PathBuf {

@@ -32,6 +32,10 @@ pub enum SpecError {
     Json { path: PathBuf, msg: String },
     #[error("config.json: {0}")]
     Invalid(String),
+    /// `docker run --network host` and the like: runc would share the host's network stack,
+    /// a micro-VM has a kernel of its own and cannot (Kata refuses it too).
+    #[error("the container would share the host's network namespace ({0}), which a micro-VM cannot do: use a network namespace of its own (not --network host)")]
+    HostNetwork(&'static str),
     #[error("rootfs ({0}) does not exist")]
     NoRootfs(PathBuf),
     #[error("rootfs ({0}) is not a directory")]
@@ -134,6 +138,30 @@ impl Bundle {
                     .filter(|p| !p.is_empty())
                     .map(PathBuf::from)
             })
+    }
+
+    /// Fails when the container would share the network namespace the runtime runs in: the
+    /// spec has no network namespace, or names ours by path.
+    pub fn check_own_network(&self) -> Result<(), SpecError> {
+        match self.namespace("network") {
+            None => Err(SpecError::HostNetwork("the spec has no network namespace")),
+            Some(None) => Ok(()),
+            Some(Some(path)) => {
+                let same = |a: &std::fs::Metadata, b: &std::fs::Metadata| {
+                    use std::os::unix::fs::MetadataExt;
+                    a.dev() == b.dev() && a.ino() == b.ino()
+                };
+                match (
+                    std::fs::metadata(&path),
+                    std::fs::metadata("/proc/self/ns/net"),
+                ) {
+                    (Ok(theirs), Ok(ours)) if same(&theirs, &ours) => Err(SpecError::HostNetwork(
+                        "its namespace path is the runtime's own",
+                    )),
+                    _ => Ok(()),
+                }
+            }
+        }
     }
 
     pub fn terminal(&self) -> bool {
@@ -312,6 +340,29 @@ pub(crate) mod tests {
         assert_eq!(b.namespace("pid"), Some(None));
         assert_eq!(b.namespace("uts"), None);
         assert!(!b.terminal());
+    }
+
+    #[test]
+    fn only_a_network_namespace_of_its_own_is_accepted() {
+        let d = tempfile::tempdir().unwrap();
+        let check = |namespaces: Value| {
+            let mut spec = minimal();
+            spec["linux"]["namespaces"] = namespaces;
+            write_bundle(d.path(), &spec);
+            Bundle::load(d.path())
+                .unwrap()
+                .check_own_network()
+                .map_err(|e| e.to_string())
+        };
+        let host = check(json!([{"type": "pid"}])).unwrap_err();
+        assert!(
+            host.contains("share the host's network namespace") && host.contains("--network host"),
+            "{host}"
+        );
+        let ours = check(json!([{"type": "network", "path": "/proc/self/ns/net"}])).unwrap_err();
+        assert!(ours.contains("the runtime's own"), "{ours}");
+        check(json!([{"type": "network"}])).unwrap();
+        check(json!([{"type": "network", "path": "/proc/1/task/1/ns/mnt"}])).unwrap();
     }
 
     #[test]

@@ -66,6 +66,9 @@ pub struct Recipe {
     pub memory_mib: u32,
     pub profile: String,
     pub kernel_args: String,
+    /// NIC slots (config `net_slots`): the guest's devices, so part of the snapshot.
+    #[serde(default)]
+    pub net_slots: u8,
     /// The VMM that took it (and its snapshot format).
     pub vmm: String,
 }
@@ -86,6 +89,7 @@ impl Recipe {
             memory_mib: size.memory_mib,
             profile: HostProfile::probe().name().to_string(),
             kernel_args: cfg.kernel_args.clone(),
+            net_slots: cfg.net_slots,
             vmm: format!(
                 "{} format {}",
                 env!("CARGO_PKG_VERSION"),
@@ -105,6 +109,7 @@ impl Recipe {
             &self.memory_mib.to_string(),
             &self.profile,
             &self.kernel_args,
+            &self.net_slots.to_string(),
             &self.vmm,
         ] {
             h.update(part.as_bytes());
@@ -326,6 +331,7 @@ mod tests {
             memory_mib: 128,
             profile: "pvm".into(),
             kernel_args: String::new(),
+            net_slots: 4,
             vmm: "0.1.0 format 1".into(),
         }
     }
@@ -342,6 +348,7 @@ mod tests {
             |r: &mut Recipe| r.memory_mib = 256,
             |r: &mut Recipe| r.profile = "hardware".into(),
             |r: &mut Recipe| r.kernel_args = "quiet".into(),
+            |r: &mut Recipe| r.net_slots = 1,
             |r: &mut Recipe| r.vmm = "0.2.0 format 1".into(),
         ] {
             let mut b = a.clone();

@@ -27,6 +27,9 @@ pub fn create<F: SandboxFactory>(
 ) -> Result<Pid> {
     crate::state::validate_id(&args.id)?;
     let bundle = Bundle::load(&args.bundle)?;
+    if !factory.can_share_host_network() {
+        bundle.check_own_network()?;
+    }
     let config = Config::load()?;
     let size = VmSize::choose(&config, &bundle.annotations(), &bundle.size_hints())?;
     let cgroup = crate::cgroups::resolve_path(

@@ -1,0 +1,99 @@
+//! The container's network, carried into its VM (Kata's "tcfilter" model).
+//!
+//! The engine owns the container's network namespace (the monitor's: see
+//! `monitor::setup::enter_namespaces`) and puts its interfaces there — podman and CRI before
+//! `create`, Docker in a prestart hook or between `create` and `start`. So at `start`, before the
+//! init runs, the monitor reads the namespace ([`discover`]), gives each interface a tap in the
+//! same namespace joined to it by tc redirects ([`redirect`]), attaches each tap to a NIC slot of
+//! the VM, and has the agent configure the guest's NICs as the interfaces were (name, MAC, MTU,
+//! addresses, routes, neighbours). The namespace's own stack never sees the traffic.
+
+mod discover;
+pub mod netlink;
+pub mod redirect;
+
+use std::net::Ipv4Addr;
+
+pub use discover::discover;
+
+/// Taps are named `bh<N>`; discovery skips taps, so they are never taken for the engine's.
+pub const TAP_PREFIX: &str = "bh";
+
+/// An IPv4 address with its prefix length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ipv4Net {
+    pub address: Ipv4Addr,
+    pub prefix_len: u8,
+}
+
+impl std::fmt::Display for Ipv4Net {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.address, self.prefix_len)
+    }
+}
+
+/// One interface of the container's namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Interface {
+    pub name: String,
+    /// Its index in the namespace.
+    pub index: u32,
+    pub mac: [u8; 6],
+    pub mtu: u32,
+    /// IPv4 only: the guest kernel has no IPv6.
+    pub addresses: Vec<Ipv4Net>,
+}
+
+/// A route the engine added (the kernel's own subnet routes are left out).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// `0.0.0.0/0` for the default route.
+    pub destination: Ipv4Net,
+    pub gateway: Option<Ipv4Addr>,
+    pub device: String,
+    pub source: Option<Ipv4Addr>,
+    /// rtnetlink scope (0 universe, 253 link).
+    pub scope: u8,
+    pub metric: u32,
+}
+
+/// A permanent neighbour entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Neighbor {
+    pub address: Ipv4Addr,
+    pub mac: [u8; 6],
+    pub device: String,
+}
+
+/// What the engine gave the container.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HostNetwork {
+    pub interfaces: Vec<Interface>,
+    pub routes: Vec<Route>,
+    pub neighbors: Vec<Neighbor>,
+}
+
+/// Why the container's network could not be carried into its VM.
+#[derive(Debug, thiserror::Error)]
+pub enum NetworkError {
+    #[error("read the container's network namespace")]
+    Discover(#[source] std::io::Error),
+    #[error("create tap {name}")]
+    Tap {
+        name: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("join {interface} and tap {tap}")]
+    Join {
+        interface: String,
+        tap: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the network namespace has {found} interfaces; a VM has {slots} NIC slots (config `net_slots`)")]
+    TooMany { found: usize, slots: usize },
+}
+
+#[cfg(test)]
+mod tests;

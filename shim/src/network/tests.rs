@@ -1,0 +1,165 @@
+//! Discovery and the tc join against a real network namespace: each test runs on its own thread
+//! that unshares a new namespace (only that thread's), builds what an engine would there with
+//! `ip`, and checks what our netlink code reads and does. Nothing reaches the host's namespace,
+//! and the namespace dies with the thread. Needs root (CAP_NET_ADMIN), as the runtime does.
+
+use std::net::Ipv4Addr;
+use std::process::Command;
+
+use super::netlink::Netlink;
+use super::*;
+
+/// Runs `f` on a thread in a fresh network namespace.
+fn in_new_netns<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    std::thread::spawn(move || {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare(CLONE_NEWNET)");
+        f()
+    })
+    .join()
+    .expect("test thread")
+}
+
+/// `ip ARGS` in the calling thread's namespace (a child inherits it).
+fn ip(args: &str) -> String {
+    let out = Command::new("ip")
+        .args(args.split_whitespace())
+        .output()
+        .expect("run ip");
+    assert!(
+        out.status.success(),
+        "ip {args}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn tc(args: &str) -> String {
+    let out = Command::new("tc")
+        .args(args.split_whitespace())
+        .output()
+        .expect("run tc");
+    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+}
+
+/// What Docker leaves in a container's namespace: `eth0` (one end of a veth) up with an address,
+/// a default route through the bridge's address, and here also a permanent neighbour and a
+/// second, down interface that is not the container's network.
+fn docker_like() {
+    ip("link add eth0 address 02:42:ac:11:00:02 mtu 1450 type veth peer name peer0");
+    ip("addr add 172.17.0.2/16 dev eth0");
+    ip("link set eth0 up");
+    ip("link set peer0 up");
+    ip("route add default via 172.17.0.1 dev eth0");
+    ip("neigh add 172.17.0.9 lladdr 02:42:ac:11:00:09 dev eth0 nud permanent");
+    ip("link add spare type veth peer name spare1");
+}
+
+#[test]
+fn discovery_reads_what_the_engine_configured() {
+    let (net, peer_index) = in_new_netns(|| {
+        docker_like();
+        let mut nl = Netlink::open().unwrap();
+        let net = discover(&mut nl).unwrap();
+        let peer = redirect::link_index(&mut nl, "peer0").unwrap();
+        (net, peer)
+    });
+    // peer0 is up too (it is the other end, left in the namespace by this test only).
+    let eth0 = net
+        .interfaces
+        .iter()
+        .find(|i| i.name == "eth0")
+        .expect("eth0 found");
+    assert_eq!(eth0.mac, [0x02, 0x42, 0xac, 0x11, 0x00, 0x02]);
+    assert_eq!(eth0.mtu, 1450);
+    assert_eq!(
+        eth0.addresses,
+        vec![Ipv4Net {
+            address: Ipv4Addr::new(172, 17, 0, 2),
+            prefix_len: 16
+        }]
+    );
+    assert!(net
+        .interfaces
+        .iter()
+        .all(|i| !["lo", "spare", "spare1"].contains(&i.name.as_str())));
+    assert!(net.interfaces.iter().any(|i| i.index == peer_index));
+    // Only the engine's route: the kernel's 172.17.0.0/16 subnet route is the guest's to make.
+    assert_eq!(
+        net.routes,
+        vec![Route {
+            destination: Ipv4Net {
+                address: Ipv4Addr::UNSPECIFIED,
+                prefix_len: 0
+            },
+            gateway: Some(Ipv4Addr::new(172, 17, 0, 1)),
+            device: "eth0".into(),
+            source: None,
+            scope: 0,
+            metric: 0,
+        }]
+    );
+    assert_eq!(
+        net.neighbors,
+        vec![Neighbor {
+            address: Ipv4Addr::new(172, 17, 0, 9),
+            mac: [0x02, 0x42, 0xac, 0x11, 0x00, 0x09],
+            device: "eth0".into(),
+        }]
+    );
+}
+
+#[test]
+fn an_empty_namespace_has_no_interfaces() {
+    let net = in_new_netns(|| {
+        ip("link set lo up");
+        discover(&mut Netlink::open().unwrap()).unwrap()
+    });
+    assert_eq!(net, HostNetwork::default());
+}
+
+#[test]
+fn join_redirects_both_ways_and_unjoin_restores_the_interface() {
+    let (joined, after, again) = in_new_netns(|| {
+        docker_like();
+        ip("tuntap add dev bh0 mode tap");
+        let mut nl = Netlink::open().unwrap();
+        let eth0 = redirect::link_index(&mut nl, "eth0").unwrap();
+        let tap = redirect::link_index(&mut nl, "bh0").unwrap();
+        redirect::tap_up(&mut nl, tap, 1450).unwrap();
+        redirect::join(&mut nl, eth0, tap).unwrap();
+        let joined = (
+            tc("filter show dev eth0 ingress"),
+            tc("filter show dev bh0 ingress"),
+            ip("link show bh0"),
+        );
+        // A second join of the same pair is refused (the qdisc exists), not doubled.
+        let again = redirect::join(&mut nl, eth0, tap).is_err();
+        redirect::unjoin(&mut nl, eth0).unwrap();
+        redirect::unjoin(&mut nl, tap).unwrap();
+        // Twice is fine: nothing to remove.
+        redirect::unjoin(&mut nl, eth0).unwrap();
+        (
+            joined,
+            tc("qdisc show dev eth0") + &tc("filter show dev eth0 ingress"),
+            again,
+        )
+    });
+    let (eth0_filters, tap_filters, tap_link) = joined;
+    assert!(
+        eth0_filters.contains("u32") && eth0_filters.contains("Redirect to device bh0"),
+        "eth0 ingress: {eth0_filters}"
+    );
+    assert!(
+        tap_filters.contains("u32") && tap_filters.contains("Redirect to device eth0"),
+        "bh0 ingress: {tap_filters}"
+    );
+    assert!(
+        tap_link.contains("mtu 1450") && tap_link.contains("UP"),
+        "{tap_link}"
+    );
+    assert!(again);
+    assert!(
+        !after.contains("ingress") && !after.contains("u32"),
+        "{after}"
+    );
+}
