@@ -99,13 +99,12 @@ fn interface(l: &LinkMessage) -> Option<Interface> {
             LinkAttribute::IfName(n) => name = Some(n.clone()),
             LinkAttribute::Address(m) => mac = <[u8; 6]>::try_from(m.as_slice()).ok(),
             LinkAttribute::Mtu(m) => mtu = *m,
-            LinkAttribute::LinkInfo(infos) => {
+            LinkAttribute::LinkInfo(infos)
                 if infos
                     .iter()
-                    .any(|i| matches!(i, LinkInfo::Kind(InfoKind::Tun)))
-                {
-                    return None;
-                }
+                    .any(|i| matches!(i, LinkInfo::Kind(InfoKind::Tun))) =>
+            {
+                return None;
             }
             _ => {}
         }
