@@ -47,11 +47,26 @@ pub struct Dockerd {
     child: Child,
     pub namespace: String,
     bin: PathBuf,
+    /// The network namespace dockerd runs in, when it has a network of its own.
+    pub netns: Option<super::netns::TestNetns>,
 }
 
 impl Dockerd {
-    /// Starts dockerd with runtimes `bulkhead` and `bulkhead-broken`; imports the test image.
+    /// Starts dockerd with runtimes `bulkhead` and `bulkhead-broken` and no network (no bridge,
+    /// no iptables: the host's network is never touched); imports the test image.
     pub fn start() -> Dockerd {
+        Self::launch(None)
+    }
+
+    /// Starts dockerd inside a network namespace made for it, with Docker's default bridge
+    /// network and its iptables rules (NAT for published ports) there: every packet of the
+    /// suite stays in that namespace and the containers' own. Talk to its published ports
+    /// with [`super::netns::TestNetns::http_get`].
+    pub fn start_networked() -> Dockerd {
+        Self::launch(Some(super::netns::TestNetns::new("bhdock")))
+    }
+
+    fn launch(netns: Option<super::netns::TestNetns>) -> Dockerd {
         assert!(ensure_docker(), "docker.io could not be installed");
         let dir = tempfile::Builder::new()
             .prefix("bh-docker")
@@ -64,7 +79,21 @@ impl Dockerd {
         let log = fs::File::create(d.join("dockerd.log")).expect("dockerd.log");
         // Not the host's /etc/docker/daemon.json: it may register `bulkhead` too (setup does).
         fs::write(d.join("daemon.json"), "{}\n").expect("daemon.json");
-        let child = Command::new(DOCKERD)
+        // `nsenter --net` only (not `ip netns exec`, whose new mount namespace would hide
+        // dockerd's rootfs mounts from the runtimes its containerd starts).
+        let mut cmd = match &netns {
+            Some(ns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net={}", ns.path().display())).arg(DOCKERD);
+                c
+            }
+            None => {
+                let mut c = Command::new(DOCKERD);
+                c.args(["--iptables=false", "--ip-masq=false", "--bridge=none"]);
+                c
+            }
+        };
+        let child = cmd
             .arg("--config-file")
             .arg(d.join("daemon.json"))
             .arg("--data-root")
@@ -75,7 +104,6 @@ impl Dockerd {
             .arg(format!("unix://{}", d.join("docker.sock").display()))
             .arg("--pidfile")
             .arg(d.join("docker.pid"))
-            .args(["--iptables=false", "--ip-masq=false", "--bridge=none"])
             .args([
                 "--containerd-namespace",
                 &namespace,
@@ -96,6 +124,7 @@ impl Dockerd {
             child,
             namespace,
             bin,
+            netns,
         };
         let t = Instant::now();
         while !dockerd.docker(&["info"]).status.success() {

@@ -7,6 +7,7 @@
 
 pub mod cases;
 pub mod dockerd;
+pub mod netns;
 pub mod suite;
 
 use std::fs;
