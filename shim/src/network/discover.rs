@@ -71,6 +71,8 @@ pub fn discover(nl: &mut Netlink) -> io::Result<HostNetwork> {
         }
     }
 
+    routes.retain(|r| !is_subnet_route(r, &interfaces));
+
     let mut get_neigh = NeighbourMessage::default();
     get_neigh.header.family = AddressFamily::Inet;
     let mut neighbors = Vec::new();
@@ -176,6 +178,27 @@ fn route(r: &RouteMessage, names: &HashMap<u32, String>) -> Option<Route> {
         scope: u8::from(h.scope),
         metric,
     })
+}
+
+/// Whether `r` is the route the guest's kernel makes by itself when the interface gets its
+/// address (Docker's libnetwork re-adds it, so it is not marked `proto kernel` on the host):
+/// on-link, to the address's own subnet. The guest must not be asked to add it again.
+fn is_subnet_route(r: &Route, interfaces: &[Interface]) -> bool {
+    let subnet = |a: &Ipv4Net| {
+        let mask = u32::MAX
+            .checked_shl(32 - u32::from(a.prefix_len))
+            .unwrap_or(0);
+        Ipv4Net {
+            address: Ipv4Addr::from(u32::from(a.address) & mask),
+            prefix_len: a.prefix_len,
+        }
+    };
+    r.gateway.is_none()
+        && interfaces
+            .iter()
+            .filter(|i| i.name == r.device)
+            .flat_map(|i| &i.addresses)
+            .any(|a| subnet(a) == r.destination)
 }
 
 fn neighbor(n: &NeighbourMessage, names: &HashMap<u32, String>) -> Option<Neighbor> {

@@ -50,6 +50,10 @@ fn docker_like() {
     ip("link set eth0 up");
     ip("link set peer0 up");
     ip("route add default via 172.17.0.1 dev eth0");
+    // libnetwork re-adds the subnet route itself, so it is not `proto kernel`.
+    ip("route del 172.17.0.0/16 dev eth0");
+    ip("route add 172.17.0.0/16 dev eth0 proto boot scope link src 172.17.0.2");
+    ip("route add 10.7.0.0/24 dev eth0 scope link");
     ip("neigh add 172.17.0.9 lladdr 02:42:ac:11:00:09 dev eth0 nud permanent");
     ip("link add spare type veth peer name spare1");
 }
@@ -83,20 +87,33 @@ fn discovery_reads_what_the_engine_configured() {
         .iter()
         .all(|i| !["lo", "spare", "spare1"].contains(&i.name.as_str())));
     assert!(net.interfaces.iter().any(|i| i.index == peer_index));
-    // Only the engine's route: the kernel's 172.17.0.0/16 subnet route is the guest's to make.
+    // Only the engine's routes (in the kernel's dump order; the agent orders them): the 172.17.0.0/16 subnet route is the guest kernel's to make.
     assert_eq!(
         net.routes,
-        vec![Route {
-            destination: Ipv4Net {
-                address: Ipv4Addr::UNSPECIFIED,
-                prefix_len: 0
+        vec![
+            Route {
+                destination: Ipv4Net {
+                    address: Ipv4Addr::UNSPECIFIED,
+                    prefix_len: 0
+                },
+                gateway: Some(Ipv4Addr::new(172, 17, 0, 1)),
+                device: "eth0".into(),
+                source: None,
+                scope: 0,
+                metric: 0,
             },
-            gateway: Some(Ipv4Addr::new(172, 17, 0, 1)),
-            device: "eth0".into(),
-            source: None,
-            scope: 0,
-            metric: 0,
-        }]
+            Route {
+                destination: Ipv4Net {
+                    address: Ipv4Addr::new(10, 7, 0, 0),
+                    prefix_len: 24
+                },
+                gateway: None,
+                device: "eth0".into(),
+                source: None,
+                scope: 253,
+                metric: 0,
+            }
+        ]
     );
     assert_eq!(
         net.neighbors,
