@@ -50,6 +50,8 @@ pub enum SandboxError {
     Transport(#[source] bulkhead_protocol::client::ClientError),
     #[error("{0} is not supported by this runtime")]
     Unsupported(&'static str),
+    #[error("container network")]
+    Network(#[from] crate::network::NetworkError),
 }
 
 impl HasKind for SandboxError {
@@ -58,7 +60,9 @@ impl HasKind for SandboxError {
         match self {
             SandboxError::Failed(f) => f.kind,
             SandboxError::MissingFile { .. } => Kind::NotFound,
-            SandboxError::Vm { .. } | SandboxError::Protocol { .. } => Kind::Internal,
+            SandboxError::Vm { .. } | SandboxError::Protocol { .. } | SandboxError::Network(_) => {
+                Kind::Internal
+            }
             SandboxError::NoAgent { .. } => Kind::Unavailable,
             SandboxError::Transport(ClientError::Timeout(_)) => Kind::DeadlineExceeded,
             SandboxError::Transport(ClientError::Agent(status)) => status.code.into(),
@@ -119,6 +123,12 @@ pub trait Sandbox {
     async fn create(&self, spec: &Value, stdio: Stdio) -> Result<(), SandboxError>;
     /// Releases the init process.
     async fn start(&self) -> Result<(), SandboxError>;
+    /// Makes the container's network (the interfaces of the monitor's network namespace, where
+    /// the engine put them) the sandbox's, before its init runs. Host processes already live
+    /// in that namespace: nothing to do.
+    async fn connect_network(&self) -> Result<(), SandboxError> {
+        Ok(())
+    }
     /// Signals a process (with `all` and the init: every process of the container).
     async fn kill(&self, target: Target<'_>, signal: i32, all: bool) -> Result<(), SandboxError>;
     /// Waits until the process has exited and its output reached the caller; its status

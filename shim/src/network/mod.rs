@@ -91,8 +91,15 @@ pub enum NetworkError {
         #[source]
         source: std::io::Error,
     },
-    #[error("the network namespace has {found} interfaces; a VM has {slots} NIC slots (config `net_slots`)")]
-    TooMany { found: usize, slots: usize },
+    /// No free slot (more interfaces than `net_slots`), a bad MAC, or the VM has ended.
+    #[error("attach {interface} to the vm")]
+    Attach {
+        interface: String,
+        #[source]
+        source: bulkhead_vmm::devices::virtio::net::NetError,
+    },
+    #[error("{interface}: mtu {mtu} is more than a NIC takes")]
+    Mtu { interface: String, mtu: u32 },
 }
 
 #[cfg(test)]

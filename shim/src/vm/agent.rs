@@ -15,6 +15,7 @@ use std::time::Duration;
 use bulkhead_protocol::api;
 use bulkhead_protocol::client::{Client, ClientError};
 use bulkhead_protocol::stream::StreamKind;
+use bulkhead_vmm::devices::virtio::net::{NetBackend, NetError, NetSlotInfo};
 use oci_spec::runtime::{LinuxResources, Process};
 use serde_json::Value;
 
@@ -46,6 +47,12 @@ pub trait Guest {
     /// Whether the guest needs nothing of the host's file system once it runs (a VM: yes; an
     /// agent run as a host process for tests: no). See [`Sandbox::confinable`].
     fn confinable(&self) -> bool;
+    /// Attaches a tap to a free NIC slot of the guest. A guest without NIC slots (an agent run
+    /// as a host process) has none free.
+    fn attach_nic(&self, backend: NetBackend) -> Result<NetSlotInfo, NetError> {
+        drop(backend);
+        Err(NetError::NoFreeSlot(0))
+    }
 }
 
 /// The container side of a sandbox.
@@ -229,6 +236,14 @@ impl<G: Guest> Sandbox for AgentSandbox<G> {
 
     async fn start(&self) -> Result<(), SandboxError> {
         self.client.start_container(&self.id).await.map_err(failed)
+    }
+
+    /// A NIC per interface of the namespace, then one agent call that configures them all.
+    async fn connect_network(&self) -> Result<(), SandboxError> {
+        if let Some(req) = super::network::plug(&self.guest)? {
+            self.client.configure_network(&req).await.map_err(failed)?;
+        }
+        Ok(())
     }
 
     async fn kill(&self, target: Target<'_>, signal: i32, all: bool) -> Result<(), SandboxError> {

@@ -9,6 +9,7 @@
 
 mod agent;
 pub mod hostio;
+mod network;
 pub mod relay;
 mod template;
 
@@ -17,6 +18,7 @@ use std::time::Duration;
 
 use bulkhead_protocol::client::{Client, ClientConfig, Connector};
 use bulkhead_vmm::devices::virtio::fs::{FsCache, FsConfig, FsServer, SetIdFiles};
+use bulkhead_vmm::devices::virtio::net::{NetBackend, NetError, NetSlotInfo};
 use bulkhead_vmm::devices::virtio::vsock::VsockConfig;
 use bulkhead_vmm::{ConsoleOutput, Vm, VmConfig, VmHandle};
 use tokio::sync::watch;
@@ -108,6 +110,7 @@ pub fn vm_config(ctx: &BootContext, vsock: &Path) -> VmConfig {
     cfg.console = ConsoleOutput::File(ctx.console_log.clone());
     cfg.console_max_bytes = Some(ctx.config.console_max_bytes());
     cfg.vsock = Some(VsockConfig::new(vsock));
+    cfg.net_slots = ctx.config.net_slots;
     if !ctx.config.kernel_args.is_empty() {
         cfg.cmdline = Some(ctx.config.kernel_args.clone());
     }
@@ -309,6 +312,10 @@ impl Guest for VmGuest {
     /// The guest's processes are in the VM; the VM's threads keep what they opened.
     fn confinable(&self) -> bool {
         true
+    }
+
+    fn attach_nic(&self, backend: NetBackend) -> Result<NetSlotInfo, NetError> {
+        self.handle.attach_net(backend)
     }
 }
 
