@@ -146,6 +146,7 @@ impl SnapshotSource {
         if self.control.is_stopping() {
             return Err(SnapshotError::NotRunning);
         }
+        self.check_no_nic()?;
         let state_path = dir.join(STATE_FILE);
         if state_path.exists() {
             return Err(SnapshotError::Exists(dir.to_owned()));
@@ -156,7 +157,6 @@ impl SnapshotSource {
                 ImageId::of_files(kernel, initrd.as_deref()).map_err(SnapshotError::Image)?
             }
         };
-        self.check_no_nic()?;
         std::fs::create_dir_all(dir).map_err(|source| SnapshotError::Write {
             path: dir.to_owned(),
             source,
