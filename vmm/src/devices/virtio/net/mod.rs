@@ -61,8 +61,8 @@ pub enum NetError {
     /// The MTU is outside [`MIN_MTU`]..=[`MAX_MTU`].
     #[error("mtu {0} is out of range")]
     Mtu(u16),
-    /// A multicast or all-zero MAC address.
-    #[error("mac address {0} is not a unicast address")]
+    /// Not six hex bytes, or a multicast or all-zero MAC address.
+    #[error("invalid mac address {0} (want a unicast aa:bb:cc:dd:ee:ff)")]
     Mac(String),
     /// The tap.
     #[error(transparent)]
