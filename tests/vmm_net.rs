@@ -5,7 +5,8 @@
 //! 1. The guest boots (its boot probe of the empty slots finds DeviceID 0) and retries binding
 //!    `virtio-mmio.32`, as an agent would. The VM is snapshotted then (empty slots: a template).
 //! 2. A tap is attached to the running VM: the guest's next bind probes it; the guest sets its
-//!    address, pings us, sends 2 MiB over TCP and receives 2 MiB; we ping it. A snapshot with
+//!    address, pings us, sends 2 MiB over TCP and receives 2 MiB, then serves 4 MiB over HTTP
+//!    (busybox httpd: sendfile, so TSO from the guest); we ping it. A snapshot with
 //!    the tap attached is refused and leaves the VM running.
 //! 3. The snapshot is restored into a new VM, a tap (offloads off, to compare) is attached to
 //!    the restored guest, which binds it and does the same again.
@@ -31,6 +32,8 @@ use bulkhead_vmm::{
 const TIMEOUT: Duration = Duration::from_secs(600);
 const PREFIX: &str = "NET-TEST: ";
 const BYTES: usize = 2 * 1024 * 1024;
+/// The file the guest serves over HTTP.
+const HTTP_BYTES: usize = 4 * 1024 * 1024;
 const MAC: [u8; 6] = [0x02, 0x42, 0x0a, 0x00, 0x02, 0x02];
 
 /// `$BULKHEAD_NET_TEST_INITRAMFS`, or built now by `images/build-net-test-initramfs.sh`.
@@ -265,6 +268,37 @@ fn exercise(vm: &Running, tap_name: &str, offloads: bool, label: &str) {
     );
     let received = vm.wait_for("received");
     assert_eq!(received.trim(), format!("received {BYTES}"));
+
+    // Guest → host again, from busybox httpd (sendfile: the guest may use TSO).
+    vm.wait_for("serving");
+    let mut conn = TcpStream::connect("10.0.2.2:8080").unwrap();
+    conn.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let before = counters.device.snapshot();
+    let started = Instant::now();
+    conn.write_all(b"GET /big HTTP/1.0\r\n\r\n").unwrap();
+    let mut response = Vec::with_capacity(HTTP_BYTES + 4096);
+    conn.read_to_end(&mut response).unwrap();
+    let elapsed = started.elapsed();
+    let body = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|i| &response[i + 4..])
+        .unwrap_or_else(|| panic!("no http response: {:?}", String::from_utf8_lossy(&response)));
+    assert_eq!(
+        body.len(),
+        HTTP_BYTES,
+        "{:?}",
+        String::from_utf8_lossy(&response[..200.min(response.len())])
+    );
+    assert!(body.iter().all(|&b| b == 0), "corrupt data from the guest");
+    per_mib(
+        &format!("{label} guest→host (httpd, sendfile)"),
+        HTTP_BYTES,
+        elapsed,
+        before,
+        &counters,
+    );
+    TcpStream::connect("10.0.2.2:5002").unwrap();
 }
 
 fn in_own_netns(f: impl FnOnce() + Send + 'static) {
@@ -303,6 +337,8 @@ fn a_nic_attached_to_a_running_and_to_a_restored_vm_carries_traffic() {
         let mut config = VmConfig::new(kernel());
         config.initrd = Some(initrd.clone());
         config.net_slots = 2;
+        // For experiments with the guest driver, e.g. `virtio_net.napi_tx=0`.
+        config.cmdline = std::env::var("BULKHEAD_NET_TEST_CMDLINE").ok();
         config.console = ConsoleOutput::File(tmp.path().join("boot.log"));
         let vm = Vm::build(&config).unwrap();
         assert!(
