@@ -34,7 +34,7 @@ repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo"
 
 # Per-target libFuzzer settings (the lengths the targets' inputs are designed for).
-declare -A max_len=([vsock_tx]=4096 [virtiofs_request]=8192 [snapshot_state]=65536)
+declare -A max_len=([vsock_tx]=4096 [net_tx]=4096 [virtiofs_request]=8192 [snapshot_state]=65536)
 declare -A needs_root=([virtiofs_request]=1)
 # An input that runs this long is a hang (libFuzzer's default is 20 minutes).
 input_timeout=60

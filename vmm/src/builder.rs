@@ -18,6 +18,7 @@ use crate::devices::serial::{
 };
 use crate::devices::virtio::fs::{FsConfig, FsDevice, FsError};
 use crate::devices::virtio::mmio::{MmioError, MmioTransport};
+use crate::devices::virtio::net::{NetDevice, NetError, PLATFORM_ID_BASE};
 use crate::devices::virtio::vsock::{VsockConfig, VsockDevice, VsockError};
 use crate::event_loop::{EventLoop, EventLoopError};
 use crate::kvm::state::{self as kvm_state, cpuid_entries, SaveSpec, StateError};
@@ -59,6 +60,9 @@ pub enum BuildError {
     /// A virtio-fs device (or its share).
     #[error(transparent)]
     Fs(#[from] FsError),
+    /// A NIC slot.
+    #[error("cannot create a nic slot")]
+    Net(#[from] NetError),
     /// A virtio-mmio transport.
     #[error("cannot create a virtio-mmio transport")]
     Transport(#[from] MmioError),
@@ -143,6 +147,10 @@ pub fn build_vm(config: &VmConfig) -> Result<Vm, BuildError> {
     }
     for share in &config.fs {
         virtio.push(attach_fs_device(&mut devices, &vm, &mem, share, &control)?);
+    }
+    // Last, so the other devices keep their addresses, IRQs and guest ids.
+    for index in 0..config.net_slots {
+        virtio.push(attach_net_slot(&mut devices, &vm, &mem, index)?);
     }
 
     let cmdline = cmdline::build(
@@ -258,7 +266,7 @@ pub(crate) fn attach_vsock_device(
     let (slot, irq) = devices.allocate_virtio_slot(vm)?;
     let transport = MmioTransport::new(mem.clone(), device.clone(), irq)?;
     let transport = Arc::new(Mutex::new(transport));
-    devices.attach_virtio_mmio(vm, slot, transport.clone(), Some(device.clone()))?;
+    devices.attach_virtio_mmio(vm, slot, transport.clone(), Some(device.clone()), None)?;
     Ok(VirtioHandle {
         slot,
         transport,
@@ -281,7 +289,7 @@ pub(crate) fn attach_fs_device(
     let (slot, irq) = devices.allocate_virtio_slot(vm)?;
     let transport = MmioTransport::new(mem.clone(), Arc::new(Mutex::new(device)), irq)?;
     let transport = Arc::new(Mutex::new(transport));
-    devices.attach_virtio_mmio(vm, slot, transport.clone(), None)?;
+    devices.attach_virtio_mmio(vm, slot, transport.clone(), None, None)?;
     Ok(VirtioHandle {
         slot,
         transport,
@@ -289,6 +297,28 @@ pub(crate) fn attach_fs_device(
             tag: config.tag.clone(),
             metrics,
         },
+    })
+}
+
+/// An empty NIC slot: a virtio-net device without a tap behind a virtio-mmio transport, with
+/// the explicit guest platform-device id `virtio-mmio.<32 + index>`, so the host can tell the
+/// guest which device to bind once a tap is attached ([`crate::devices::virtio::net`]).
+pub(crate) fn attach_net_slot(
+    devices: &mut DeviceManager,
+    vm: &VmFd,
+    mem: &GuestMemoryMmap,
+    index: u8,
+) -> Result<VirtioHandle, BuildError> {
+    let device = Arc::new(Mutex::new(NetDevice::new(index)?));
+    let (slot, irq) = devices.allocate_virtio_slot(vm)?;
+    let transport = MmioTransport::new(mem.clone(), device.clone(), irq)?;
+    let transport = Arc::new(Mutex::new(transport));
+    let id = PLATFORM_ID_BASE + u32::from(index);
+    devices.attach_virtio_mmio(vm, slot, transport.clone(), Some(device.clone()), Some(id))?;
+    Ok(VirtioHandle {
+        slot,
+        transport,
+        device: VirtioKind::Net(device),
     })
 }
 

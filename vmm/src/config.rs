@@ -41,6 +41,10 @@ pub struct VmConfig {
     /// Host directories shared over virtio-fs, one device per tag (`tag`, `host_dir`,
     /// `read_only`, cache mode, where set-ID files are allowed).
     pub fs: Vec<FsConfig>,
+    /// Empty NIC slots wired after every other device, each probed by the guest only once a
+    /// tap is attached to it ([`crate::VmHandle::attach_net`]). Free for a guest without a
+    /// NIC: an empty slot shows DeviceID 0.
+    pub net_slots: u8,
     /// The identity of `kernel` + `initrd` recorded in snapshots of this VM; `None` hashes the
     /// two files when a snapshot is taken ([`ImageId::of_files`]).
     pub image_id: Option<ImageId>,
@@ -62,6 +66,7 @@ impl VmConfig {
             profile: None,
             vsock: None,
             fs: Vec::new(),
+            net_slots: 0,
             image_id: None,
         }
     }

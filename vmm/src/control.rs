@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
+use crate::devices::virtio::net::{NetBackend, NetCounters, NetError, NetSlotInfo};
 use crate::kvm::dump::VcpuDump;
 use crate::kvm::kick;
 use crate::kvm::state::{StateError, VcpuState};
@@ -433,6 +434,24 @@ impl VmHandle {
             }
             std::thread::sleep(Duration::from_millis(5));
         }
+    }
+
+    /// Attaches `backend` (a tap, the guest's MAC and MTU) to the VM's next free NIC slot
+    /// while the VM runs, on a cold-booted VM and on one restored from a snapshot alike. The
+    /// slot then shows a virtio-net device with link up; the guest probes it when
+    /// [`NetSlotInfo::device_name`] is written to
+    /// `/sys/bus/platform/drivers/virtio-mmio/bind` (before that, nothing in the guest
+    /// changes). The tap is served by the VM's device thread from then on and closed when the
+    /// VM ends; a VM with a tap attached can no longer be snapshotted.
+    pub fn attach_net(&self, backend: NetBackend) -> Result<NetSlotInfo, NetError> {
+        let source = self.source.upgrade().ok_or(NetError::NotRunning)?;
+        source.attach_net(backend)
+    }
+
+    /// The frame, drop, kick and interrupt counters of NIC slot `slot` and its register
+    /// window's, while the VM runs.
+    pub fn net_counters(&self, slot: u8) -> Option<NetCounters> {
+        self.source.upgrade()?.net_counters(slot)
     }
 
     /// Lets a VM paused by [`VmHandle::snapshot`] run on (devices first, then vCPUs).

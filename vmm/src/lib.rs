@@ -88,6 +88,7 @@ pub use compat::HostProfile;
 pub use config::{RestoreConfig, VmConfig};
 pub use control::{ExitReason, FaultKind, VcpuFault, VmHandle};
 pub use devices::serial::ConsoleOutput;
+pub use devices::virtio::net::{NetBackend, NetCounters, NetError, NetSlotInfo, Tap};
 pub use restore::RestoreError;
 pub use snapshot::{ImageId, SnapshotError, SnapshotInfo};
 pub use vm::{RunError, Vm};

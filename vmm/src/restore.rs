@@ -144,6 +144,9 @@ pub fn restore_vm(config: &RestoreConfig) -> Result<Vm, RestoreError> {
                 let share = share.ok_or_else(|| missing_share(tag))?;
                 builder::attach_fs_device(&mut devices, &vm, &mem, share, &control)?
             }
+            DeviceState::Net { index } => {
+                builder::attach_net_slot(&mut devices, &vm, &mem, *index)?
+            }
         };
         restore_slot(&handle, saved)?;
         virtio.push(handle);
@@ -270,8 +273,10 @@ fn restore_slot(handle: &VirtioHandle, saved: &VirtioSlotState) -> Result<(), Re
                 .unwrap_or_else(|p| p.into_inner())
                 .resume_from_snapshot(state)?;
         }
-        (VirtioKind::Fs { .. }, DeviceState::Fs { .. }) => {
-            // Never used by the guest (checked when saved): every queue at its start.
+        (VirtioKind::Fs { .. }, DeviceState::Fs { .. })
+        | (VirtioKind::Net(_), DeviceState::Net { .. }) => {
+            // Never used by a driver (checked when saved; an empty NIC slot offers no
+            // features, so no driver gets past FEATURES_OK): every queue at its start.
             let start = vec![QueuePosition::default(); saved.transport.queues.len()];
             transport
                 .restore_state(&saved.transport, &start)

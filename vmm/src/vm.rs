@@ -110,7 +110,7 @@ impl Vm {
             .iter()
             .filter_map(|h| match &h.device {
                 VirtioKind::Fs { tag, metrics } => Some((tag.clone(), metrics.clone())),
-                VirtioKind::Vsock(_) => None,
+                VirtioKind::Vsock(_) | VirtioKind::Net(_) => None,
             })
             .collect();
         let vsock_counters = a.virtio.iter().find_map(|h| match &h.device {
@@ -122,7 +122,7 @@ impl Vm {
                     .unwrap_or_else(|p| p.into_inner())
                     .metrics(),
             }),
-            VirtioKind::Fs { .. } => None,
+            VirtioKind::Fs { .. } | VirtioKind::Net(_) => None,
         });
         let snapshot = Arc::new(SnapshotSource {
             vm_fd: vm_fd.clone(),

@@ -17,7 +17,8 @@ use std::time::Duration;
 use bulkhead_vmm::devices::virtio::fs::FsConfig;
 use bulkhead_vmm::devices::virtio::vsock::VsockConfig;
 use bulkhead_vmm::{
-    ConsoleOutput, ExitReason, HostProfile, ImageId, RestoreConfig, Vm, VmConfig, VmHandle,
+    ConsoleOutput, ExitReason, HostProfile, ImageId, NetBackend, RestoreConfig, Tap, Vm, VmConfig,
+    VmHandle,
 };
 use clap::Parser;
 
@@ -79,6 +80,65 @@ struct Args {
     /// be the ones it booted).
     #[arg(long)]
     restore: Option<PathBuf>,
+    /// Empty NIC slots wired after every other device (each shows no device to the guest
+    /// until a tap is attached; at least one per `--tap`).
+    #[arg(long, default_value_t = 0, conflicts_with = "restore")]
+    net_slots: u8,
+    /// Attach a tap (created in this process's network namespace, or an existing unowned
+    /// one) to the next free NIC slot before the VM starts (repeatable). The guest sees the
+    /// NIC at boot; a restored guest binds `virtio-mmio.<32 + slot>` itself. Default MAC
+    /// 52:54:00:12:34:<56 + slot>, MTU 1500, offloads on.
+    #[arg(long = "tap", value_name = "NAME[,mac=XX:XX:XX:XX:XX:XX][,mtu=N][,offload=off]", value_parser = parse_tap)]
+    taps: Vec<TapSpec>,
+}
+
+/// A `--tap` argument.
+#[derive(Debug, Clone)]
+struct TapSpec {
+    name: String,
+    mac: Option<[u8; 6]>,
+    mtu: u16,
+    offloads: bool,
+}
+
+fn parse_tap(s: &str) -> Result<TapSpec, String> {
+    let mut parts = s.split(',');
+    let name = parts.next().unwrap_or_default().to_owned();
+    let mut spec = TapSpec {
+        name,
+        mac: None,
+        mtu: bulkhead_vmm::devices::virtio::net::DEFAULT_MTU,
+        offloads: true,
+    };
+    for part in parts {
+        match part.split_once('=') {
+            Some(("mac", v)) => {
+                let mac = bulkhead_vmm::devices::virtio::net::parse_mac(v);
+                spec.mac = Some(mac.map_err(|e| e.to_string())?);
+            }
+            Some(("mtu", v)) => spec.mtu = v.parse().map_err(|_| format!("bad mtu {v:?}"))?,
+            Some(("offload", "on")) => spec.offloads = true,
+            Some(("offload", "off")) => spec.offloads = false,
+            _ => return Err(format!("unknown tap option {part:?}")),
+        }
+    }
+    Ok(spec)
+}
+
+/// Opens each `--tap` and attaches it to the VM's next free NIC slot.
+fn attach_taps(handle: &VmHandle, taps: &[TapSpec]) -> Result<(), String> {
+    for (i, spec) in taps.iter().enumerate() {
+        let tap = Tap::open(&spec.name).map_err(|e| one_line(&e))?;
+        let mac = spec
+            .mac
+            .unwrap_or([0x52, 0x54, 0, 0x12, 0x34, 0x56u8.wrapping_add(i as u8)]);
+        let mut backend = NetBackend::new(tap, mac);
+        backend.mtu = spec.mtu;
+        backend.offloads = spec.offloads;
+        let info = handle.attach_net(backend).map_err(|e| one_line(&e))?;
+        tracing::info!(?info, "tap attached");
+    }
+    Ok(())
 }
 
 fn parse_profile(s: &str) -> Result<HostProfile, String> {
@@ -183,6 +243,7 @@ fn main() -> ExitCode {
     if let Some(dir) = args.restore.clone() {
         let result =
             restore_config(&args, dir).and_then(|c| Vm::restore(&c).map_err(|e| one_line(&e)));
+        let result = result.and_then(|vm| attach_taps(&vm.handle(), &args.taps).map(|()| vm));
         return finish(result.and_then(|vm| vm.run().map_err(|e| one_line(&e))));
     }
     let mut config = VmConfig::new(args.kernel.clone());
@@ -198,6 +259,7 @@ fn main() -> ExitCode {
     config.console_input = args.stdin;
     config.profile = args.profile;
     config.fs = args.fs;
+    config.net_slots = args.net_slots;
     if let Some(dev) = kvm_device() {
         config.kvm_device = dev;
     }
@@ -206,6 +268,9 @@ fn main() -> ExitCode {
         Ok(vm) => vm,
         Err(e) => return finish(Err(one_line(&e))),
     };
+    if let Err(line) = attach_taps(&vm.handle(), &args.taps) {
+        return finish(Err(line));
+    }
     let trigger = match (args.snapshot, args.snapshot_port, args.vsock) {
         (Some(dir), Some(port), Some(uds)) => {
             let handle = vm.handle();

@@ -32,6 +32,8 @@ pub struct MmioDeviceParam {
     pub addr: u64,
     /// Its interrupt line (GSI).
     pub irq: u32,
+    /// An explicit platform-device id (`virtio-mmio.<id>` in the guest), or Linux's next one.
+    pub id: Option<u32>,
 }
 
 /// Builds the command line from the profile's parameters, the user's text and the devices.
@@ -51,7 +53,7 @@ pub fn build(
     let mut cmdline = Cmdline::try_from(&text, CMDLINE_MAX_SIZE).map_err(CmdlineError::Invalid)?;
     for dev in devices {
         cmdline
-            .add_virtio_mmio_device(MMIO_SLOT_SIZE, GuestAddress(dev.addr), dev.irq, None)
+            .add_virtio_mmio_device(MMIO_SLOT_SIZE, GuestAddress(dev.addr), dev.irq, dev.id)
             .map_err(CmdlineError::Device)?;
     }
     Ok(cmdline)
@@ -82,6 +84,7 @@ mod tests {
             &[MmioDeviceParam {
                 addr: 0xd000_0000,
                 irq: 5,
+                id: None,
             }],
         )
         .unwrap();
@@ -99,12 +102,41 @@ mod tests {
             &[MmioDeviceParam {
                 addr: 0xd000_1000,
                 irq: 6,
+                id: None,
             }],
         )
         .unwrap();
         assert_eq!(
             render(&c).unwrap(),
             format!("{DEFAULT_PARAMS} rdinit=/init virtio_mmio.device=4K@0xd0001000:6 -- -v")
+        );
+    }
+
+    #[test]
+    fn an_explicit_platform_id_is_rendered() {
+        let c = build(
+            "",
+            None,
+            &[
+                MmioDeviceParam {
+                    addr: 0xd000_0000,
+                    irq: 5,
+                    id: None,
+                },
+                MmioDeviceParam {
+                    addr: 0xd000_1000,
+                    irq: 6,
+                    id: Some(32),
+                },
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            render(&c).unwrap(),
+            format!(
+                "{DEFAULT_PARAMS} virtio_mmio.device=4K@0xd0000000:5 \
+                 virtio_mmio.device=4K@0xd0001000:6:32"
+            )
         );
     }
 

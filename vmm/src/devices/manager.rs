@@ -159,13 +159,15 @@ impl DeviceManager {
 
     /// Wires a virtio-mmio transport into `slot`: an ioeventfd per queue on QueueNotify
     /// (datamatch = queue index), the register window on the MMIO bus, the event-loop
-    /// `subscriber` (the device's), and the `virtio_mmio.device=` command-line entry.
+    /// `subscriber` (the device's), and the `virtio_mmio.device=` command-line entry, with
+    /// `platform_id` as the guest's platform-device id if given.
     pub fn attach_virtio_mmio<D: VirtioMmioDevice + 'static>(
         &mut self,
         vm: &VmFd,
         slot: MmioSlot,
         transport: Arc<Mutex<D>>,
         subscriber: Option<Subscriber>,
+        platform_id: Option<u32>,
     ) -> Result<(), DeviceError> {
         {
             let dev = transport.lock().unwrap_or_else(|p| p.into_inner());
@@ -183,6 +185,7 @@ impl DeviceManager {
         self.virtio_devices.push(MmioDeviceParam {
             addr: slot.addr,
             irq: slot.irq,
+            id: platform_id,
         });
         Ok(())
     }

@@ -32,6 +32,8 @@ const KVM_GET_XCRS: u64 = kvm_ioc(IOC_READ, 0xa6, size_of::<kvm_xcrs>());
 
 /// `FIONBIO`: the vsock muxer makes accepted and connected sockets non-blocking.
 const FIONBIO: u64 = libc::FIONBIO;
+/// `TUNSETOFFLOAD`: a NIC gives its tap the offloads the guest's driver negotiated.
+pub(crate) const TUNSETOFFLOAD: u64 = crate::devices::virtio::net::tap::TUNSETOFFLOAD_REQUEST;
 
 /// A vCPU thread: `KVM_RUN` and the reads of its own state (a snapshot's save, the register
 /// dump of a dying vCPU); port and MMIO exits, which end in eventfd writes and the serial
@@ -86,7 +88,8 @@ pub fn vcpu_filter(kick_signal: i32) -> Result<BpfProgram, SeccompError> {
 /// The device event loop: epoll, eventfds and irqfds, the vsock device's unix sockets (accept
 /// on its listener, connect to `<path>_<port>` listeners for guest connections, reads and
 /// writes of streams) and its timer. No `open`, no `clone`, no `execve`; sockets are unix
-/// sockets only; the one ioctl is `FIONBIO`.
+/// sockets only; the ioctls are `FIONBIO` and, for NICs, `TUNSETOFFLOAD` (taps are read and
+/// written with `read`/`write`; they are opened by the caller of `attach_net`, not here).
 pub fn events_filter() -> Result<BpfProgram, SeccompError> {
     Rules::default()
         .thread_basics()?
@@ -111,12 +114,12 @@ pub fn events_filter() -> Result<BpfProgram, SeccompError> {
             libc::SYS_timerfd_gettime,
         ])
         .allow_if_arg(libc::SYS_socket, 0, &[libc::AF_UNIX as u64])?
-        .allow_if_arg(libc::SYS_ioctl, 1, &[FIONBIO])?
+        .allow_if_arg(libc::SYS_ioctl, 1, &[FIONBIO, TUNSETOFFLOAD])?
         .allow_fd_flags()?
         .compile()
 }
 
 #[cfg(test)]
 pub(super) mod numbers {
-    pub(crate) use super::{KVM_GET_REGS, KVM_GET_XSAVE, KVM_RUN};
+    pub(crate) use super::{KVM_GET_REGS, KVM_GET_XSAVE, KVM_RUN, TUNSETOFFLOAD};
 }

@@ -136,6 +136,7 @@ fn the_event_loop_has_unix_sockets_and_no_files() {
         (libc::SYS_epoll_wait, [u64::MAX, 0, 0]),
         (libc::SYS_accept4, [u64::MAX, 0, 0]),
         (libc::SYS_ioctl, [u64::MAX, libc::FIONBIO, 0]),
+        (libc::SYS_ioctl, [u64::MAX, numbers::TUNSETOFFLOAD, 0]),
         // A unix socket (then closed by the exit).
         (
             libc::SYS_socket,
@@ -157,6 +158,8 @@ fn the_event_loop_has_unix_sockets_and_no_files() {
         ),
         (libc::SYS_openat, [u64::MAX, 0, 0]),
         (libc::SYS_ioctl, [u64::MAX, numbers::KVM_RUN, 0]),
+        // TUNSETIFF: taps are created by the caller of attach_net, never on the loop.
+        (libc::SYS_ioctl, [u64::MAX, 0x4004_54ca, 0]),
         (libc::SYS_execve, [0; 3]),
         (libc::SYS_unlink, [0; 3]),
         (libc::SYS_fcntl, [u64::MAX, libc::F_SETOWN as u64, 1]),

@@ -23,7 +23,7 @@ use super::state::VmSnapshot;
 /// The file's magic.
 pub const MAGIC: [u8; 8] = *b"BHVMSNAP";
 /// The layout of [`VmSnapshot`] this VMM reads and writes.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 /// Header bytes before the payload.
 pub const HEADER_LEN: usize = 28;
 /// Largest state file we read (a few KiB per vCPU; 254 vCPUs fit many times over).

@@ -19,6 +19,9 @@ use crate::devices::manager::MmioSlot;
 use crate::devices::serial::SerialDevice;
 use crate::devices::virtio::fs::{FsMetrics, FsMetricsSnapshot};
 use crate::devices::virtio::mmio::{MmioTransport, QueueRegsState};
+use crate::devices::virtio::net::{
+    self, NetBackend, NetCounters, NetDevice, NetError, NetSlot, NetSlotInfo,
+};
 use crate::devices::virtio::vsock::VsockDevice;
 use crate::event_loop::{EventLoopError, LoopPause};
 use crate::kvm::state::{self as kvm_state, StateError};
@@ -74,6 +77,10 @@ pub enum SnapshotError {
          snapshot before the guest mounts it"
     )]
     FsInUse(String),
+    /// A NIC slot has a tap: a tap cannot be carried into another process, and a template
+    /// is taken before anything container-specific.
+    #[error("nic slot {0} has a tap attached: snapshot before attaching nics")]
+    NetAttached(u8),
     /// Guest memory could not be written.
     #[error(transparent)]
     Memory(#[from] MemoryFileError),
@@ -96,6 +103,7 @@ pub(crate) enum VirtioKind {
         tag: String,
         metrics: Arc<FsMetrics>,
     },
+    Net(Arc<Mutex<NetDevice>>),
 }
 
 /// Where the image id of a snapshot comes from.
@@ -138,6 +146,7 @@ impl SnapshotSource {
         if self.control.is_stopping() {
             return Err(SnapshotError::NotRunning);
         }
+        self.check_no_nic()?;
         let state_path = dir.join(STATE_FILE);
         if state_path.exists() {
             return Err(SnapshotError::Exists(dir.to_owned()));
@@ -206,8 +215,49 @@ impl SnapshotSource {
     pub fn vsock_idle(&self) -> bool {
         self.virtio.iter().all(|h| match &h.device {
             VirtioKind::Vsock(dev) => lock(dev).is_idle(),
-            VirtioKind::Fs { .. } => true,
+            VirtioKind::Fs { .. } | VirtioKind::Net(_) => true,
         })
+    }
+
+    /// The NIC slots, in slot order.
+    fn net_slots(&self) -> Vec<NetSlot> {
+        self.virtio
+            .iter()
+            .filter_map(|h| match &h.device {
+                VirtioKind::Net(device) => Some(NetSlot {
+                    transport: h.transport.clone(),
+                    device: device.clone(),
+                    mmio_addr: h.slot.addr,
+                    irq: h.slot.irq,
+                }),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Attaches a tap to the next free NIC slot (see [`net::attach`]); never during a
+    /// snapshot.
+    pub fn attach_net(&self, backend: NetBackend) -> Result<NetSlotInfo, NetError> {
+        let _one = lock(&self.busy);
+        if self.control.is_stopping() {
+            return Err(NetError::NotRunning);
+        }
+        net::attach(&self.net_slots(), backend)
+    }
+
+    /// The counters of NIC slot `index`.
+    pub fn net_counters(&self, index: u8) -> Option<NetCounters> {
+        net::counters(&self.net_slots(), index)
+    }
+
+    /// Refuses a snapshot while a NIC slot has a tap (checked before anything is paused).
+    fn check_no_nic(&self) -> Result<(), SnapshotError> {
+        for h in &self.virtio {
+            if let VirtioKind::Net(device) = &h.device {
+                net_slot_state(&lock(device))?;
+            }
+        }
+        Ok(())
     }
 
     fn save_slot(&self, h: &VirtioHandle) -> Result<VirtioSlotState, SnapshotError> {
@@ -230,6 +280,7 @@ impl SnapshotSource {
                 self.check_fs_unused(tag, metrics, &transport)?;
                 DeviceState::Fs { tag: tag.clone() }
             }
+            VirtioKind::Net(device) => net_slot_state(&lock(device))?,
         };
         Ok(VirtioSlotState {
             index: h.slot.index,
@@ -253,6 +304,16 @@ impl SnapshotSource {
             Err(SnapshotError::FsInUse(tag.to_owned()))
         }
     }
+}
+
+/// A NIC slot is saved empty or not at all: a tap cannot be carried into another process.
+fn net_slot_state(device: &NetDevice) -> Result<DeviceState, SnapshotError> {
+    if device.is_attached() {
+        return Err(SnapshotError::NetAttached(device.index()));
+    }
+    Ok(DeviceState::Net {
+        index: device.index(),
+    })
 }
 
 /// A share may be snapshotted only if the guest never sent it a request: FUSE_INIT is always
@@ -295,6 +356,33 @@ fn write_state(dir: &Path, bytes: &[u8]) -> Result<(), SnapshotError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_nic_slot_with_a_tap_cannot_be_saved() {
+        let empty = NetDevice::new(2).unwrap();
+        assert_eq!(
+            net_slot_state(&empty).unwrap(),
+            DeviceState::Net { index: 2 }
+        );
+        // A tap in a namespace of this test's own (needs root).
+        std::thread::spawn(|| {
+            // SAFETY: unshare with CLONE_NEWNET changes only this thread's network namespace.
+            assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0);
+            let mut device = NetDevice::new(1).unwrap();
+            let tap = crate::devices::virtio::net::Tap::open("bhnet-s0").unwrap();
+            device
+                .attach(NetBackend::new(tap, [2, 0, 0, 0, 0, 1]))
+                .unwrap();
+            let e = net_slot_state(&device).unwrap_err();
+            assert!(matches!(e, SnapshotError::NetAttached(1)), "{e}");
+            assert_eq!(
+                e.to_string(),
+                "nic slot 1 has a tap attached: snapshot before attaching nics"
+            );
+        })
+        .join()
+        .unwrap();
+    }
 
     #[test]
     fn a_share_is_untouched_until_the_guest_posts_or_sends_a_request() {

@@ -41,6 +41,12 @@ pub enum DeviceState {
         /// The mount tag.
         tag: String,
     },
+    /// An empty NIC slot (a slot with a tap cannot be saved): its number among the NIC slots,
+    /// which fixes the guest's name for it (`virtio-mmio.<32 + index>`).
+    Net {
+        /// The slot's number among the NIC slots.
+        index: u8,
+    },
 }
 
 /// One virtio-mmio slot: where it is, its transport's registers, its device.
@@ -137,6 +143,13 @@ impl VmSnapshot {
                 }
             }
         }
+        let nets = self.virtio.iter().filter_map(|s| match s.device {
+            DeviceState::Net { index } => Some(index),
+            _ => None,
+        });
+        if nets.enumerate().any(|(i, index)| usize::from(index) != i) {
+            return Err(Invalid("nic slot numbers"));
+        }
         let vsocks = self
             .virtio
             .iter()
@@ -152,7 +165,7 @@ impl VmSnapshot {
     pub fn vsock_cid(&self) -> Option<u64> {
         self.virtio.iter().find_map(|s| match s.device {
             DeviceState::Vsock { guest_cid, .. } => Some(guest_cid),
-            DeviceState::Fs { .. } => None,
+            DeviceState::Fs { .. } | DeviceState::Net { .. } => None,
         })
     }
 
@@ -160,7 +173,7 @@ impl VmSnapshot {
     pub fn fs_tags(&self) -> impl Iterator<Item = &str> {
         self.virtio.iter().filter_map(|s| match &s.device {
             DeviceState::Fs { tag } => Some(tag.as_str()),
-            DeviceState::Vsock { .. } => None,
+            DeviceState::Vsock { .. } | DeviceState::Net { .. } => None,
         })
     }
 }

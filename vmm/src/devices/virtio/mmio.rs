@@ -373,6 +373,20 @@ impl MmioTransport {
         Ok(())
     }
 
+    /// Resets the transport and its device as a driver's write of 0 to the status register
+    /// would (before a NIC is attached to an empty slot).
+    pub fn reset_device(&mut self) {
+        self.reset();
+    }
+
+    /// Re-reads the device's type and features after its backend changed (a tap attached to
+    /// an empty NIC slot). Call after [`Self::reset_device`]: the driver probes afresh.
+    pub fn reload_device(&mut self) {
+        let dev = lock(&self.device);
+        self.device_type = dev.device_type();
+        self.avail_features = dev.avail_features();
+    }
+
     fn status_register(&self) -> u32 {
         if self.interrupt.needs_reset() {
             self.status | VIRTIO_CONFIG_S_NEEDS_RESET

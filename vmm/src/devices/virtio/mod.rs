@@ -15,6 +15,7 @@
 pub mod chain;
 pub mod fs;
 pub mod mmio;
+pub mod net;
 pub mod vsock;
 
 use std::io;
@@ -56,6 +57,9 @@ pub enum ActivateError {
     /// The transport could not rebuild a queue from its registers.
     #[error("queue {0} configuration is invalid")]
     InvalidQueue(usize),
+    /// The device has no backend (an empty NIC slot).
+    #[error("device has no backend")]
+    NoBackend,
     /// Waking the device's event loop failed.
     #[error("cannot signal the device thread")]
     Signal(#[source] io::Error),
