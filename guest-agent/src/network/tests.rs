@@ -516,3 +516,9 @@ fn a_later_call_adds_interfaces_even_with_swapped_names_and_ipv6() {
         assert_eq!(ip(&["-j", "route", "show", "default"])[0]["dev"], "eth0");
     });
 }
+
+/// An empty request changes nothing and costs no syscall (not even a socket).
+#[test]
+fn an_empty_request_does_nothing() {
+    assert!(configure_present(&Config::default()).unwrap().is_empty());
+}
