@@ -342,3 +342,20 @@ pub fn configure_network_checks_the_request(client: &Client) {
         "bad request: routes[0]: prefix length 33 is too long for 0.0.0.0"
     );
 }
+
+/// `lo` is up (`IFF_UP | IFF_LOOPBACK`): in a guest the agent brings it up at boot, as runc
+/// gives every container an up loopback (only meaningful there: a host's `lo` is up anyway).
+pub fn loopback_is_up(client: &Client, ids: &Ids) {
+    let (out, err, status) = run(
+        client,
+        &ids.next("lo"),
+        &["sh", "-c", "cat /sys/class/net/lo/flags"],
+    );
+    assert_eq!(
+        status,
+        ExitStatus::Exited(0),
+        "{}",
+        String::from_utf8_lossy(&err)
+    );
+    assert_eq!(String::from_utf8_lossy(&out).trim(), "0x9");
+}
