@@ -301,3 +301,61 @@ pub fn errors_are_clear(client: &Client, ids: &Ids) {
     let err = client.create_process(&command("bad id", &["true"], false, false, false));
     assert!(err.is_err());
 }
+
+/// ConfigureNetwork checks its request before it changes anything: a malformed one is refused
+/// with the field named (the same in test mode and in a guest).
+pub fn configure_network_checks_the_request(client: &Client) {
+    let nic = api::NetworkInterface {
+        name: "eth0".into(),
+        mac: vec![0x02, 0x42, 0xac, 0x11, 0x00],
+        ..Default::default()
+    };
+    let req = api::ConfigureNetworkRequest {
+        interfaces: vec![nic],
+        ..Default::default()
+    };
+    let err = client.configure_network(&req).expect_err("a 5-byte MAC");
+    let ClientError::Agent(status) = &err else {
+        panic!("not the agent's answer: {err:?}");
+    };
+    assert_eq!(status.code, bulkhead_protocol::rpc::Code::InvalidArgument);
+    assert_eq!(
+        err.to_string(),
+        "bad request: interfaces[0] (eth0): a MAC address has 6 bytes, not 5"
+    );
+    let route = api::Route {
+        destination: MessageField::some(api::IpNetwork {
+            address: vec![0; 4],
+            prefix_len: 33,
+            ..Default::default()
+        }),
+        device: "eth0".into(),
+        ..Default::default()
+    };
+    let req = api::ConfigureNetworkRequest {
+        routes: vec![route],
+        ..Default::default()
+    };
+    let err = client.configure_network(&req).expect_err("a /33");
+    assert_eq!(
+        err.to_string(),
+        "bad request: routes[0]: prefix length 33 is too long for 0.0.0.0"
+    );
+}
+
+/// `lo` is up (`IFF_UP | IFF_LOOPBACK`): in a guest the agent brings it up at boot, as runc
+/// gives every container an up loopback (only meaningful there: a host's `lo` is up anyway).
+pub fn loopback_is_up(client: &Client, ids: &Ids) {
+    let (out, err, status) = run(
+        client,
+        &ids.next("lo"),
+        &["sh", "-c", "cat /sys/class/net/lo/flags"],
+    );
+    assert_eq!(
+        status,
+        ExitStatus::Exited(0),
+        "{}",
+        String::from_utf8_lossy(&err)
+    );
+    assert_eq!(String::from_utf8_lossy(&out).trim(), "0x9");
+}

@@ -83,6 +83,24 @@ fn processes_run_with_their_streams() {
     cases::errors_are_clear(&client, &ids);
 }
 
+/// Malformed requests are refused as in a guest; a well-formed one is refused too, since in
+/// test mode the agent runs in the host's network namespace.
+#[test]
+fn configure_network_is_checked_and_refused_on_the_host() {
+    let agent = Agent::start();
+    let client = agent.client(Duration::from_secs(30));
+    cases::configure_network_checks_the_request(&client);
+    let req = bulkhead_protocol::api::ConfigureNetworkRequest::default();
+    let err = client
+        .configure_network(&req)
+        .expect_err("refused in test mode");
+    assert!(
+        err.to_string()
+            .starts_with("network configuration is refused in test mode"),
+        "{err}"
+    );
+}
+
 #[test]
 fn an_agent_that_dies_mid_call_gives_a_clear_error() {
     let mut agent = Agent::start();

@@ -123,6 +123,10 @@ fn agent_runs_processes_in_a_vm() {
     let t = Instant::now();
     cases::errors_are_clear(&client, &ids);
     step("errors", t);
+    let t = Instant::now();
+    cases::loopback_is_up(&client, &ids);
+    cases::configure_network_checks_the_request(&client);
+    step("network: lo up, requests checked", t);
     let mib: usize = std::env::var("BULKHEAD_E2E_STREAM_MIB")
         .ok()
         .and_then(|v| v.parse().ok())

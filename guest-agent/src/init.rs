@@ -1,5 +1,5 @@
-//! PID 1 duties: the file systems every guest process expects, stdio on the console, and a
-//! guest that ends (rather than hangs) if the agent panics.
+//! PID 1 duties: the file systems every guest process expects, stdio on the console, an up
+//! loopback device, and a guest that ends (rather than hangs) if the agent panics.
 
 use std::path::Path;
 
@@ -99,7 +99,7 @@ fn mounts() -> [Mount; 8] {
     ]
 }
 
-/// Mounts the basics and makes sure fds 0-2 are the console.
+/// Mounts the basics, makes sure fds 0-2 are the console and brings `lo` up.
 pub fn setup() -> Result<(), InitError> {
     for m in mounts() {
         if m.mkdir {
@@ -113,6 +113,11 @@ pub fn setup() -> Result<(), InitError> {
             .map_err(|e| InitError::Mount(m.target, e))?;
     }
     ensure_stdio(Path::new("/dev/console"));
+    // Every container expects an up `lo` (runc's have one), with or without a network; the
+    // agent itself does not need it, so a failure is logged rather than fatal.
+    if let Err(e) = crate::network::loopback_up() {
+        crate::log(&bulkhead_protocol::error_chain(&e));
+    }
     Ok(())
 }
 

@@ -6,6 +6,7 @@
 #[allow(dead_code)] // Container::id and ::is_paused are not needed by the server
 mod container;
 mod init;
+mod network;
 mod process;
 mod reaper;
 mod refresh;

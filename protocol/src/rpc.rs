@@ -57,6 +57,7 @@ methods!(
     RemoveContainer,
     Shutdown,
     Refresh,
+    ConfigureNetwork,
 );
 
 /// google.rpc status codes, as carried in `ttrpc.Status.code`.
@@ -265,7 +266,7 @@ mod tests {
 
     #[test]
     fn method_names_round_trip() {
-        assert_eq!(Method::ALL.len(), 18);
+        assert_eq!(Method::ALL.len(), 19);
         for m in Method::ALL {
             assert_eq!(Method::from_name(m.name()), Some(*m));
         }

@@ -194,7 +194,39 @@ impl Server {
                 empty()
             }
             Method::Refresh => self.refresh(decode(call)?),
+            Method::ConfigureNetwork => self.configure_network(&decode(call)?),
         }
+    }
+
+    /// Makes the container's NICs appear and configures them (see `crate::network`). The
+    /// request is checked in test mode too, but only a guest's agent changes its network: on
+    /// the host it would be the host's.
+    fn configure_network(&mut self, r: &api::ConfigureNetworkRequest) -> Handled {
+        use crate::network::{self, NetworkError};
+        let status = |e: NetworkError| {
+            let code = match &e {
+                NetworkError::Request(_) => Code::InvalidArgument,
+                NetworkError::NoNic { .. } => Code::NotFound,
+                NetworkError::NameTaken { .. } => Code::AlreadyExists,
+                NetworkError::Step { errno, .. } if *errno == nix::errno::Errno::EEXIST => {
+                    Code::AlreadyExists
+                }
+                NetworkError::Netlink(_) => Code::Internal,
+                _ => Code::FailedPrecondition,
+            };
+            Status::new(code, chain(&e))
+        };
+        let config = network::parse(r).map_err(status)?;
+        if self.on_shutdown != super::OnShutdown::Reboot {
+            return Err(Status::new(
+                Code::FailedPrecondition,
+                "network configuration is refused in test mode (it would change the host's network)",
+            ));
+        }
+        for warning in network::configure(&config).map_err(status)? {
+            crate::log(&warning);
+        }
+        empty()
     }
 
     /// A restored clone becomes its own: the host's entropy, the host's time. On the host (test

@@ -132,6 +132,10 @@ impl Client {
         self.runtime.block_on(self.inner.refresh(entropy, now))
     }
 
+    pub fn configure_network(&self, req: &api::ConfigureNetworkRequest) -> Result<(), ClientError> {
+        self.runtime.block_on(self.inner.configure_network(req))
+    }
+
     /// Opens a stdio stream like [`super::Client::open_stream`], as a blocking std socket.
     pub fn open_stream(&self, id: &str, kind: StreamKind) -> Result<UnixStream, ClientError> {
         let stream = self.runtime.block_on(self.inner.open_stream(id, kind))?;

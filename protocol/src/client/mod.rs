@@ -409,6 +409,17 @@ impl Client {
             .map(drop)
     }
 
+    /// Makes the container's network interfaces appear in the guest, configured as described
+    /// (see `ConfigureNetwork` in proto/agent.proto).
+    pub async fn configure_network(
+        &self,
+        req: &api::ConfigureNetworkRequest,
+    ) -> Result<(), ClientError> {
+        self.call_default::<_, api::Empty>(Method::ConfigureNetwork, req)
+            .await
+            .map(drop)
+    }
+
     /// Opens the `kind` stdio stream of process `id`: a new connection to the stream port that
     /// starts with the stream header. Stdin: write to it, `shutdown(Write)` for EOF. Stdout,
     /// stderr: read to EOF. Terminal: both.
