@@ -68,7 +68,7 @@ fn plug_one(
     Ok(slot)
 }
 
-fn net(n: &Ipv4Net) -> api::IpNetwork {
+fn ip_network(n: &Ipv4Net) -> api::IpNetwork {
     api::IpNetwork {
         address: n.address.octets().to_vec(),
         prefix_len: u32::from(n.prefix_len),
@@ -86,7 +86,7 @@ fn request(net: &HostNetwork, devices: &[String]) -> api::ConfigureNetworkReques
             name: i.name.clone(),
             mac: i.mac.to_vec(),
             mtu: i.mtu,
-            addresses: i.addresses.iter().map(net).collect(),
+            addresses: i.addresses.iter().map(ip_network).collect(),
             platform_device: device.clone(),
             ..Default::default()
         })
@@ -112,7 +112,7 @@ fn request(net: &HostNetwork, devices: &[String]) -> api::ConfigureNetworkReques
 
 fn route(r: &Route) -> api::Route {
     api::Route {
-        destination: Some(net(&r.destination)).into(),
+        destination: Some(ip_network(&r.destination)).into(),
         gateway: r.gateway.map(|g| g.octets().to_vec()).unwrap_or_default(),
         device: r.device.clone(),
         source: r.source.map(|s| s.octets().to_vec()).unwrap_or_default(),

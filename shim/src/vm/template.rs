@@ -227,6 +227,7 @@ async fn make(
     vm.console = ConsoleOutput::File(scratch.join(BUILD_LOG));
     vm.console_max_bytes = Some(cfg.console_max_bytes());
     vm.vsock = Some(VsockConfig::new(&vsock.path));
+    vm.net_slots = recipe.net_slots;
     if !cfg.kernel_args.is_empty() {
         vm.cmdline = Some(cfg.kernel_args.clone());
     }
