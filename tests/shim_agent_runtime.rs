@@ -32,6 +32,9 @@ impl SandboxFactory for HostAgentFactory {
         true
     }
 
+    /// Host processes join the spec's network namespace by its path themselves.
+    fn adapt_spec(&self, _spec: &mut serde_json::Value) {}
+
     async fn boot(&self, ctx: &BootContext) -> Result<Self::Sandbox, SandboxError> {
         let fail = |e: String| SandboxError::failed(Kind::Internal, e);
         let bin = std::env::var_os("BULKHEAD_AGENT_BIN")

@@ -33,6 +33,9 @@ impl SandboxFactory for HostFactory {
         true
     }
 
+    /// Host processes join the spec's network namespace by its path themselves.
+    fn adapt_spec(&self, _spec: &mut serde_json::Value) {}
+
     async fn boot(&self, ctx: &BootContext) -> Result<HostSandbox, SandboxError> {
         // Lets tests prove that a boot failure leaves nothing behind.
         if std::env::var_os("BULKHEAD_TEST_FAIL_BOOT").is_some() {

@@ -185,6 +185,13 @@ pub trait SandboxFactory {
         false
     }
 
+    /// The spec the guest gets, from the one the share made. A VM's guest has one network, the
+    /// VM's, whose NICs carry the namespace's interfaces: a network namespace path names a host
+    /// namespace the guest cannot open, so it goes (the container stays in the guest's own).
+    fn adapt_spec(&self, spec: &mut Value) {
+        crate::network::drop_namespace_path(spec);
+    }
+
     /// Where the agent sees the container's share (`share_dir` on the host), so the spec it
     /// gets names its rootfs and volumes there: in a VM, where the agent mounts the share.
     fn share_root(&self, share_dir: &Path) -> PathBuf {

@@ -212,3 +212,17 @@ impl Drop for Dockerd {
         super::stop_daemon(&mut self.child);
     }
 }
+
+impl super::network_cases::NetEngine for Dockerd {
+    fn cli(&self) -> EngineCli {
+        Dockerd::cli(self)
+    }
+    fn netns(&self) -> &super::netns::TestNetns {
+        self.netns
+            .as_ref()
+            .expect("a networked dockerd (Dockerd::start_networked)")
+    }
+    fn image(&self) -> &'static str {
+        IMAGE
+    }
+}

@@ -8,6 +8,8 @@
 pub mod cases;
 pub mod dockerd;
 pub mod netns;
+pub mod network_cases;
+pub mod podman;
 pub mod suite;
 
 use std::fs;

@@ -563,7 +563,8 @@ async fn prepare<F: SandboxFactory>(
     let share_root = factory.share_root(&plan.state_dir.join(crate::share::SHARE_DIR));
     let share = Share::prepare(&plan.state_dir, &plan.bundle, &share_root)?;
     let share_dir = share.dir.clone();
-    let guest_spec = share.guest_spec.clone();
+    let mut guest_spec = share.guest_spec.clone();
+    factory.adapt_spec(&mut guest_spec);
     undo.share = Some(share);
 
     plan.store.save(&monitor.state.borrow())?;

@@ -73,6 +73,24 @@ pub struct HostNetwork {
     pub neighbors: Vec<Neighbor>,
 }
 
+/// Removes the `path` of the spec's network namespace entry (see
+/// [`crate::sandbox::SandboxFactory::adapt_spec`]).
+pub fn drop_namespace_path(spec: &mut serde_json::Value) {
+    let Some(list) = spec
+        .pointer_mut("/linux/namespaces")
+        .and_then(serde_json::Value::as_array_mut)
+    else {
+        return;
+    };
+    for ns in list {
+        if ns.get("type").and_then(serde_json::Value::as_str) == Some("network") {
+            if let Some(entry) = ns.as_object_mut() {
+                entry.remove("path");
+            }
+        }
+    }
+}
+
 /// Why the container's network could not be carried into its VM.
 #[derive(Debug, thiserror::Error)]
 pub enum NetworkError {

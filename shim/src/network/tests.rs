@@ -180,3 +180,19 @@ fn join_redirects_both_ways_and_unjoin_restores_the_interface() {
         "{after}"
     );
 }
+
+#[test]
+fn the_guest_spec_keeps_its_network_namespace_without_the_host_path() {
+    let mut spec = serde_json::json!({"linux": {"namespaces": [
+        {"type": "pid"},
+        {"type": "network", "path": "/run/netns/netns-1234"},
+    ]}});
+    drop_namespace_path(&mut spec);
+    assert_eq!(
+        spec["linux"]["namespaces"],
+        serde_json::json!([{"type": "pid"}, {"type": "network"}])
+    );
+    let mut none = serde_json::json!({"process": {}});
+    drop_namespace_path(&mut none);
+    assert_eq!(none, serde_json::json!({"process": {}}));
+}

@@ -1,0 +1,276 @@
+//! The network cases every engine suite runs (issue 12), runc first (it proves the cases), then
+//! Bulkhead, on an engine whose network lives in a namespace the suite made
+//! ([`super::netns::TestNetns`]): a published port serves, containers on the engine's default
+//! bridge reach each other by IP (Bulkhead↔Bulkhead and Bulkhead↔runc), `/etc/resolv.conf` and
+//! `/etc/hosts` are the engine's, `--network none` leaves only `lo`, `--network host` fails in
+//! one line. No packet leaves the suite's namespace and the containers' own.
+
+use std::process::Output;
+use std::sync::Arc;
+use std::time::Duration;
+
+use libtest_mimic::Trial;
+
+use super::netns::TestNetns;
+use super::suite::{half_trials, trial, Shared};
+use super::{text, EngineCli};
+
+/// An engine with a network of its own.
+pub trait NetEngine: Send + Sync + 'static {
+    fn cli(&self) -> EngineCli;
+    fn netns(&self) -> &TestNetns;
+    /// The busybox image.
+    fn image(&self) -> &'static str;
+}
+
+/// How long a just-started server may take to answer: a Bulkhead start is a VM restore (or a
+/// boot) plus the container's start, seconds to a minute on a busy PVM host.
+const SERVE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// The host port published by the port case.
+const PORT: u16 = 18080;
+
+fn ok(o: Output, what: &str) -> String {
+    assert!(
+        o.status.success(),
+        "{what}: {}{}",
+        text(&o.stdout),
+        text(&o.stderr)
+    );
+    text(&o.stdout).trim().to_string()
+}
+
+/// `run MODE [--runtime RT] EXTRA… ARGS…` on `e`.
+fn run(e: &impl NetEngine, rt: &str, mode: &str, args: &[&str]) -> Output {
+    let cli = e.cli();
+    cli.output(rt, &cli.run_args(rt, mode, args))
+}
+
+/// Starts a detached server answering `GET /` with `body` (busybox httpd on port 80); returns
+/// its id and bridge IP.
+fn start_server(e: &impl NetEngine, rt: &str, body: &str, extra: &[&str]) -> (String, String) {
+    let script =
+        format!("mkdir -p /www && echo {body} > /www/index.html && exec httpd -f -p 80 -h /www");
+    let args = [extra, &[e.image(), "sh", "-c", &script]].concat();
+    let id = ok(run(e, rt, "-d", &args), "start the server");
+    let cli = e.cli();
+    let ip = ok(
+        cli.output(
+            rt,
+            &["inspect", "-f", "{{.NetworkSettings.IPAddress}}", &id],
+        ),
+        "inspect",
+    );
+    assert!(ip.split('.').count() == 4, "bridge address of {id}: {ip:?}");
+    (id, ip)
+}
+
+fn remove(e: &impl NetEngine, rt: &str, id: &str) {
+    ok(e.cli().output(rt, &["rm", "-f", id]), "rm");
+}
+
+/// A client container fetching `http://<ip>/`, retrying while the server starts.
+fn fetch_from_container(e: &impl NetEngine, rt: &str, ip: &str) -> String {
+    let script = format!(
+        "for i in $(seq 1 60); do wget -q -O - http://{ip}/ && exit 0; sleep 1; done; exit 1"
+    );
+    ok(
+        run(e, rt, "--rm", &[e.image(), "sh", "-c", &script]),
+        "fetch from a container",
+    )
+}
+
+fn published_port_serves_a_file(e: &impl NetEngine, rt: &str) {
+    let port = format!("{PORT}:80");
+    let (id, _) = start_server(e, rt, "hello-published", &["-p", &port]);
+    let got = e
+        .netns()
+        .http_get_when_up(([127, 0, 0, 1], PORT).into(), SERVE_TIMEOUT);
+    remove(e, rt, &id);
+    assert_eq!(got.unwrap().trim(), "hello-published");
+}
+
+fn containers_reach_each_other_by_ip(e: &impl NetEngine, rt: &str) {
+    let (id, ip) = start_server(e, rt, "hello-peer", &[]);
+    let got = fetch_from_container(e, rt, &ip);
+    remove(e, rt, &id);
+    assert_eq!(got, "hello-peer");
+}
+
+fn resolv_conf_and_hosts_are_the_engines(e: &impl NetEngine, rt: &str) {
+    let out = ok(
+        run(
+            e,
+            rt,
+            "--rm",
+            &[
+                "--hostname",
+                "bh-host",
+                "--add-host",
+                "extra.test:10.99.0.1",
+                e.image(),
+                "sh",
+                "-c",
+                "cat /etc/resolv.conf; echo ---; cat /etc/hosts; echo ---; ip -o -4 addr show eth0",
+            ],
+        ),
+        "cat",
+    );
+    let parts: Vec<&str> = out.split("---").collect();
+    assert_eq!(parts.len(), 3, "{out}");
+    let (resolv, hosts, addr) = (parts[0], parts[1], parts[2]);
+    assert!(resolv.contains("nameserver"), "{out}");
+    assert!(
+        hosts
+            .lines()
+            .any(|l| l.starts_with("10.99.0.1") && l.contains("extra.test")),
+        "{out}"
+    );
+    // The engine's hosts file names the container's own address and hostname.
+    let ip = addr
+        .split_whitespace()
+        .nth(3)
+        .and_then(|a| a.split('/').next())
+        .unwrap_or_default();
+    assert!(
+        !ip.is_empty()
+            && hosts
+                .lines()
+                .any(|l| l.starts_with(ip) && l.contains("bh-host")),
+        "{out}"
+    );
+}
+
+fn network_none_has_only_loopback(e: &impl NetEngine, rt: &str) {
+    let out = ok(
+        run(
+            e,
+            rt,
+            "--rm",
+            &[
+                "--network",
+                "none",
+                e.image(),
+                "sh",
+                "-c",
+                "ip -o link | cut -d: -f2; ip -o -4 addr",
+            ],
+        ),
+        "ip",
+    );
+    let first = out.lines().next().unwrap_or_default().trim();
+    assert_eq!(first, "lo", "{out}");
+    assert!(out.contains("127.0.0.1/8"), "loopback is up: {out}");
+    assert!(!out.contains("eth"), "{out}");
+}
+
+type Case<E> = fn(&E, &str);
+
+fn cases<E: NetEngine>() -> Vec<(&'static str, Case<E>)> {
+    vec![
+        ("published_port_serves_a_file", published_port_serves_a_file),
+        (
+            "containers_reach_each_other_by_ip",
+            containers_reach_each_other_by_ip,
+        ),
+        (
+            "resolv_conf_and_hosts_are_the_engines",
+            resolv_conf_and_hosts_are_the_engines,
+        ),
+        (
+            "network_none_has_only_loopback",
+            network_none_has_only_loopback,
+        ),
+    ]
+}
+
+/// Both halves of the cases, then the cases that need both runtimes: `runc` and `bulkhead`
+/// give each half's `--runtime` value.
+pub fn trials<E: NetEngine>(
+    shared: &Arc<Shared<E>>,
+    runc: fn(&E) -> String,
+    bulkhead: fn(&E) -> String,
+) -> Vec<Trial> {
+    let as_trials = |prefix: &str, rt: fn(&E) -> String| {
+        half_trials(
+            prefix,
+            shared,
+            rt,
+            cases::<E>()
+                .into_iter()
+                .map(|(name, case)| (name, move |e: &E, rt: &String| case(e, rt))),
+        )
+    };
+    let mut trials = as_trials("runc", runc);
+    let e = Arc::clone(shared);
+    trials.push(trial("runc::network_host_runs", move || {
+        // The case below fails for Bulkhead only: runc shares the host's network.
+        let e = e.get();
+        let rt = runc(e);
+        ok(
+            run(e, &rt, "--rm", &["--network", "host", e.image(), "true"]),
+            "--network host",
+        );
+    }));
+    trials.extend(as_trials("bulkhead", bulkhead));
+    let e = Arc::clone(shared);
+    trials.push(trial("bulkhead::reaches_runc_and_back", move || {
+        let e = e.get();
+        let (runc, bulkhead) = (runc(e), bulkhead(e));
+        let (id, ip) = start_server(e, &runc, "from-runc", &[]);
+        let got = fetch_from_container(e, &bulkhead, &ip);
+        remove(e, &runc, &id);
+        assert_eq!(got, "from-runc");
+        let (id, ip) = start_server(e, &bulkhead, "from-bulkhead", &[]);
+        let got = fetch_from_container(e, &runc, &ip);
+        remove(e, &bulkhead, &id);
+        assert_eq!(got, "from-bulkhead");
+    }));
+    let e = Arc::clone(shared);
+    trials.push(trial(
+        "bulkhead::network_host_fails_in_one_line",
+        move || {
+            let e = e.get();
+            let rt = bulkhead(e);
+            let o = run(e, &rt, "--rm", &["--network", "host", e.image(), "true"]);
+            assert_ne!(o.status.code(), Some(0));
+            let err = text(&o.stderr);
+            assert!(
+                err.contains("share the host's network namespace") && err.contains("micro-VM"),
+                "{err}"
+            );
+        },
+    ));
+    trials
+}
+
+/// No tap or tc redirect of ours in any network namespace under `dir` (an engine may remove a
+/// container's namespace file only in a later garbage collection).
+pub fn assert_no_taps_in_namespaces_under(dir: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for ns in entries.filter_map(Result::ok) {
+        let path = ns.path();
+        let run = |args: &[&str]| {
+            let o = super::output(
+                std::process::Command::new("nsenter")
+                    .arg(format!("--net={}", path.display()))
+                    .args(args),
+            );
+            text(&o.stdout)
+        };
+        let links = run(&["ip", "-o", "link"]);
+        assert!(
+            !links.contains(": bh"),
+            "a tap left in {}: {links}",
+            path.display()
+        );
+        let qdiscs = run(&["tc", "qdisc", "show"]);
+        assert!(
+            !qdiscs.contains("ingress"),
+            "tc left in {}: {qdiscs}",
+            path.display()
+        );
+    }
+}
