@@ -217,6 +217,22 @@ fn an_empty_slot_is_device_id_0_until_a_tap_is_attached() {
 }
 
 #[test]
+fn rx_interrupts_follow_the_drivers_used_event() {
+    use super::device::need_event;
+    // The driver wants an interrupt once entry `event` is used: moving 0 → 3 passes 2, not 3.
+    assert!(need_event(2, 3, 0));
+    assert!(!need_event(3, 3, 0));
+    assert!(need_event(0, 1, 0));
+    // Nothing used since the last check: never.
+    assert!(!need_event(5, 5, 5));
+    // Already signalled past it (the driver has not moved it): no second interrupt.
+    assert!(!need_event(2, 6, 4));
+    // Across the wrap of the 16-bit index.
+    assert!(need_event(u16::MAX, 2, u16::MAX - 1));
+    assert!(!need_event(1, 1, u16::MAX));
+}
+
+#[test]
 fn mac_addresses_parse_strictly() {
     assert_eq!(parse_mac("02:00:00:00:00:42").unwrap(), MAC);
     for bad in [
