@@ -555,7 +555,13 @@ fn rx_needs_interrupt(active: &mut Active) -> Result<bool, QueueError> {
             .read_obj::<u16>(at)
             .map_err(|e| QueueError::Ring(virtio_queue::Error::GuestMemory(e)))?,
     );
-    Ok(new.wrapping_sub(used_event).wrapping_sub(1) < new.wrapping_sub(old))
+    Ok(need_event(used_event, new, old))
+}
+
+/// `vring_need_event`: whether moving the used index from `old` to `new` passed `event`
+/// (the driver's `used_event`), in the ring's wrapping index space.
+pub(super) fn need_event(event: u16, new: u16, old: u16) -> bool {
+    new.wrapping_sub(event).wrapping_sub(1) < new.wrapping_sub(old)
 }
 
 impl Drop for NetDevice {
