@@ -51,7 +51,13 @@ fn drive(
                 .as_millis()
                 .min(50) as u8
         });
-        let n = epoll.wait(&mut events, EpollTimeout::from(wait)).unwrap();
+        let n = match epoll.wait(&mut events, EpollTimeout::from(wait)) {
+            Ok(n) => n,
+            // Another test's child exiting: its SIGCHLD, blocked by the thread that spawned
+            // it, is handed to a thread that does not block it, and wakes this wait.
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => panic!("epoll_wait: {e}"),
+        };
         for e in &events[..n] {
             let mut io = Io { epoll, scratch };
             relay.on_event(e.data() as usize, e.events(), &mut io);
