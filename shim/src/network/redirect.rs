@@ -64,7 +64,21 @@ pub fn link_index(nl: &mut Netlink, name: &str) -> io::Result<u32> {
 }
 
 /// Redirects everything arriving on `a` to `b` and everything arriving on `b` to `a`.
+///
+/// `a` may still carry the redirect of a VM that has ended (a namespace that outlives its
+/// container: a pod's, or one the engine reuses), whose tap is gone: the monitor cannot remove
+/// it when its VM ends (it has dropped CAP_NET_ADMIN by then), so it is replaced here. A
+/// redirect to a device that still exists is another VM's: refused.
 pub fn join(nl: &mut Netlink, a: u32, b: u32) -> io::Result<()> {
+    if let Some(target) = redirect_target(nl, a)? {
+        if link_exists(nl, target)? {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "the interface is already carried into another VM",
+            ));
+        }
+        unjoin(nl, a)?;
+    }
     for (from, to) in [(a, b), (b, a)] {
         nl.request(
             RouteNetlinkMessage::NewQueueDiscipline(ingress_qdisc(from)),
@@ -94,6 +108,59 @@ pub fn unjoin(nl: &mut Netlink, link: u32) -> io::Result<()> {
             Ok(())
         }
         other => other,
+    }
+}
+
+/// Where the ingress redirect on `link` sends its frames, if it has one.
+fn redirect_target(nl: &mut Netlink, link: u32) -> io::Result<Option<u32>> {
+    let mut m = TcMessage::default();
+    m.header.index = link as i32;
+    m.header.parent = INGRESS_HANDLE;
+    let filters = match nl.dump(RouteNetlinkMessage::GetTrafficFilter(m)) {
+        Ok(f) => f,
+        // No ingress qdisc: nothing there.
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOENT)) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    for f in filters {
+        let RouteNetlinkMessage::NewTrafficFilter(f) = f else {
+            continue;
+        };
+        for attr in &f.attributes {
+            let TcAttribute::Options(options) = attr else {
+                continue;
+            };
+            for option in options {
+                let TcOption::U32(TcFilterU32Option::Action(actions)) = option else {
+                    continue;
+                };
+                for action in actions {
+                    for a in &action.attributes {
+                        let TcActionAttribute::Options(opts) = a else {
+                            continue;
+                        };
+                        for o in opts {
+                            if let TcActionOption::Mirror(TcActionMirrorOption::Parms(m)) = o {
+                                return Ok(Some(m.ifindex));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(None)
+}
+
+fn link_exists(nl: &mut Netlink, index: u32) -> io::Result<bool> {
+    let mut m = LinkMessage::default();
+    m.header.index = index;
+    match nl.dump(RouteNetlinkMessage::GetLink(m)) {
+        Ok(links) => Ok(links
+            .iter()
+            .any(|l| matches!(l, RouteNetlinkMessage::NewLink(l) if l.header.index == index))),
+        Err(e) if e.raw_os_error() == Some(libc::ENODEV) => Ok(false),
+        Err(e) => Err(e),
     }
 }
 

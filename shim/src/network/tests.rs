@@ -149,7 +149,7 @@ fn join_redirects_both_ways_and_unjoin_restores_the_interface() {
             tc("filter show dev bh0 ingress"),
             ip("link show bh0"),
         );
-        // A second join of the same pair is refused (the qdisc exists), not doubled.
+        // A second join of the same pair is refused (the tap is there), not doubled.
         let again = redirect::join(&mut nl, eth0, tap).is_err();
         redirect::unjoin(&mut nl, eth0).unwrap();
         redirect::unjoin(&mut nl, tap).unwrap();
@@ -195,4 +195,24 @@ fn the_guest_spec_keeps_its_network_namespace_without_the_host_path() {
     let mut none = serde_json::json!({"process": {}});
     drop_namespace_path(&mut none);
     assert_eq!(none, serde_json::json!({"process": {}}));
+}
+
+#[test]
+fn a_redirect_left_by_an_ended_vm_is_replaced() {
+    let filters = in_new_netns(|| {
+        docker_like();
+        ip("tuntap add dev bh0 mode tap");
+        ip("tuntap add dev bh1 mode tap");
+        let mut nl = Netlink::open().unwrap();
+        let eth0 = redirect::link_index(&mut nl, "eth0").unwrap();
+        let old = redirect::link_index(&mut nl, "bh0").unwrap();
+        let new = redirect::link_index(&mut nl, "bh1").unwrap();
+        redirect::join(&mut nl, eth0, old).unwrap();
+        // The first VM ends: its tap goes, its redirect on eth0 stays.
+        ip("link del bh0");
+        redirect::join(&mut nl, eth0, new).unwrap();
+        tc("filter show dev eth0 ingress")
+    });
+    assert!(filters.contains("Redirect to device bh1"), "{filters}");
+    assert_eq!(filters.matches("mirred").count(), 1, "{filters}");
 }
