@@ -36,6 +36,13 @@ pub fn run(ctx: &Ctx, id: &str, force: bool) -> Result<()> {
         ) {
             crate::logging::warn(&bulkhead_protocol::error_chain(&e));
         }
+        // The monitor has exited, so its taps are gone; its redirects stay on the engine's
+        // interfaces in a namespace that outlives the container.
+        if let Some(Some(netns)) = bundle.namespace("network") {
+            if let Err(e) = crate::network::release_stale_redirects(&netns) {
+                crate::logging::debug(&format!("network namespace {}: {e}", netns.display()));
+            }
+        }
     }
     super::create::cleanup(ctx, id);
     Ok(())

@@ -73,6 +73,33 @@ pub struct HostNetwork {
     pub neighbors: Vec<Neighbor>,
 }
 
+/// Removes the redirects that containers whose VMs have ended left in the network namespace
+/// at `path` (one that outlives its containers: podman's, a pod's). A monitor cannot do it
+/// when its VM ends (it has dropped CAP_NET_ADMIN by then); `delete` can. Runs on a thread of
+/// its own that joins the namespace; returns how many it removed.
+pub fn release_stale_redirects(path: &std::path::Path) -> std::io::Result<usize> {
+    let path = path.to_path_buf();
+    std::thread::spawn(move || {
+        let ns = std::fs::File::open(&path)?;
+        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)?;
+        let mut nl = netlink::Netlink::open()?;
+        let links = nl.dump(netlink_packet_route::RouteNetlinkMessage::GetLink(
+            netlink_packet_route::link::LinkMessage::default(),
+        ))?;
+        let mut removed = 0;
+        for l in links {
+            if let netlink_packet_route::RouteNetlinkMessage::NewLink(l) = l {
+                if redirect::drop_stale(&mut nl, l.header.index)? {
+                    removed += 1;
+                }
+            }
+        }
+        Ok(removed)
+    })
+    .join()
+    .unwrap_or_else(|_| Err(std::io::Error::other("the namespace thread panicked")))
+}
+
 /// Removes the `path` of the spec's network namespace entry (see
 /// [`crate::sandbox::SandboxFactory::adapt_spec`]).
 pub fn drop_namespace_path(spec: &mut serde_json::Value) {

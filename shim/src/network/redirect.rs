@@ -111,6 +111,18 @@ pub fn unjoin(nl: &mut Netlink, link: u32) -> io::Result<()> {
     }
 }
 
+/// Removes the redirect on `link` if the device it sends to is gone (its VM ended); whether
+/// there was one.
+pub fn drop_stale(nl: &mut Netlink, link: u32) -> io::Result<bool> {
+    match redirect_target(nl, link)? {
+        Some(target) if !link_exists(nl, target)? => {
+            unjoin(nl, link)?;
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
+}
+
 /// Where the ingress redirect on `link` sends its frames, if it has one.
 fn redirect_target(nl: &mut Netlink, link: u32) -> io::Result<Option<u32>> {
     let mut m = TcMessage::default();

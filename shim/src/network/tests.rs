@@ -216,3 +216,24 @@ fn a_redirect_left_by_an_ended_vm_is_replaced() {
     assert!(filters.contains("Redirect to device bh1"), "{filters}");
     assert_eq!(filters.matches("mirred").count(), 1, "{filters}");
 }
+
+#[test]
+fn delete_releases_the_redirects_of_ended_vms_in_a_lasting_namespace() {
+    let (removed, filters) = in_new_netns(|| {
+        docker_like();
+        ip("tuntap add dev bh0 mode tap");
+        let mut nl = Netlink::open().unwrap();
+        let eth0 = redirect::link_index(&mut nl, "eth0").unwrap();
+        let tap = redirect::link_index(&mut nl, "bh0").unwrap();
+        redirect::join(&mut nl, eth0, tap).unwrap();
+        // A live VM's redirect stays.
+        let tid = nix::unistd::gettid();
+        let path = format!("/proc/self/task/{tid}/ns/net");
+        assert_eq!(release_stale_redirects(path.as_ref()).unwrap(), 0);
+        ip("link del bh0");
+        let removed = release_stale_redirects(path.as_ref()).unwrap();
+        (removed, tc("qdisc show dev eth0"))
+    });
+    assert_eq!(removed, 1);
+    assert!(!filters.contains("ingress"), "{filters}");
+}
