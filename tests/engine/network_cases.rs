@@ -87,7 +87,10 @@ fn published_port_serves_a_file(e: &impl NetEngine, rt: &str) {
         .netns()
         .http_get_when_up(([127, 0, 0, 1], PORT).into(), SERVE_TIMEOUT);
     remove(e, rt, &id);
-    assert_eq!(got.unwrap().trim(), "hello-published");
+    assert_eq!(
+        got.expect("GET the published port").trim(),
+        "hello-published"
+    );
 }
 
 fn containers_reach_each_other_by_ip(e: &impl NetEngine, rt: &str) {

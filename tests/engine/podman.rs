@@ -41,6 +41,7 @@ pub struct Podman {
 
 impl Podman {
     /// Containers without a network (`--network none`).
+    #[allow(clippy::new_without_default)] // starts an engine: not a default value
     pub fn new() -> Podman {
         Self::with_netns(None)
     }
@@ -55,11 +56,11 @@ impl Podman {
         let dir = tempfile::Builder::new()
             .prefix("bh-podman")
             .tempdir_in("/tmp")
-            .unwrap();
+            .expect("temporary directory");
         let bin = private_bulkhead(dir.path());
         let p = Podman { dir, bin, netns };
         // Not the host's containers.conf: it may register `bulkhead` too (setup does).
-        fs::write(p.dir.path().join("containers.conf"), "").unwrap();
+        fs::write(p.dir.path().join("containers.conf"), "").expect("containers.conf");
         let tar = busybox_tar(p.dir.path());
         let o = p.cli().output(
             RUNC,
@@ -67,7 +68,7 @@ impl Podman {
                 "import",
                 "--change",
                 "ENV PATH=/bin",
-                tar.to_str().unwrap(),
+                tar.to_str().expect("utf-8 path"),
                 IMAGE,
             ],
         );
