@@ -139,6 +139,8 @@ pub(crate) struct Monitor<S> {
     killed_by_host: Cell<bool>,
     /// Where [`Monitor::lock_down`] is.
     lock: Cell<Lock>,
+    /// The container's network is in its sandbox ([`Monitor::connect_network`]).
+    network_connected: Cell<bool>,
 }
 
 /// The monitor's lock-down (see [`Monitor::lock_down`]).
@@ -171,6 +173,7 @@ impl<S: Sandbox> Monitor<S> {
             sigkill: Notify::new(),
             killed_by_host: Cell::new(false),
             lock: Cell::new(Lock::Open),
+            network_connected: Cell::new(false),
             plan,
         }
     }
@@ -224,6 +227,24 @@ impl<S: Sandbox> Monitor<S> {
         self.state.borrow().oci_json().to_string()
     }
 
+    /// Carries the container's network into the sandbox, once: the engine's interfaces are in
+    /// the namespace by `start` (Docker adds them in a prestart hook or between `create` and
+    /// `start`), and it is host work (netlink, taps) the jail no longer allows, so it happens
+    /// before the lock-down whichever comes first, `start` or an `exec` into a created
+    /// container.
+    async fn connect_network(&self) -> Result<(), Failure> {
+        if self.network_connected.get() {
+            return Ok(());
+        }
+        self.sandbox()?
+            .connect_network()
+            .await
+            .map_err(|e| e.failure())?;
+        self.network_connected.set(true);
+        self.mark("network_ready");
+        Ok(())
+    }
+
     /// Locks the monitor down before the workload's first process runs (`start`, or an `exec`
     /// into a created container): from here on the guest may be hostile. Its own root with
     /// only what it still uses, capabilities dropped, `no_new_privs`, rlimits (`jail.rs`),
@@ -237,6 +258,13 @@ impl<S: Sandbox> Monitor<S> {
             Lock::Open => {}
         }
         let sb = self.sandbox()?;
+        if let Err(e) = self.connect_network().await {
+            self.lock.set(Lock::Failed);
+            let _ =
+                tokio::time::timeout(KILL_GRACE, sb.kill(Target::Init, libc::SIGKILL, true)).await;
+            self.sigkill.notify_one();
+            return Err(e);
+        }
         if !sb.confinable() {
             self.lock.set(Lock::Locked);
             return Ok(());

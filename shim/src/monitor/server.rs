@@ -141,13 +141,11 @@ impl<S: Sandbox> Monitor<S> {
         }
         let started = async {
             let sb = self.sandbox()?;
-            // The engine's interfaces are in the namespace by now (Docker adds them in a
-            // prestart hook or between create and start).
-            if let Err(e) = sb.connect_network().await {
+            // The network first: the startContainer hooks see the container's as it will be.
+            if let Err(e) = self.connect_network().await {
                 let _ = sb.kill(Target::Init, libc::SIGKILL, true).await;
-                return Err(e.failure());
+                return Err(e);
             }
-            self.mark("network_ready");
             if let Err(e) = self.hooks(Phase::StartContainer).await {
                 let _ = sb.kill(Target::Init, libc::SIGKILL, true).await;
                 return Err(e);
