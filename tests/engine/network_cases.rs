@@ -230,6 +230,34 @@ pub fn trials<E: NetEngine>(
         assert_eq!(got, "from-bulkhead");
     }));
     let e = Arc::clone(shared);
+    trials.push(trial("runc::network_container_shares_a_namespace", move || {
+        let e = e.get();
+        let rt = runc(e);
+        let (id, _) = start_server(e, &rt, "same-namespace", &[]);
+        let mode = format!("container:{id}");
+        let script = "for i in $(seq 1 30); do wget -q -O - http://127.0.0.1/ && exit 0; sleep 1; done; exit 1";
+        let got = run(e, &rt, "--rm", &["--network", &mode, e.image(), "sh", "-c", script]);
+        remove(e, &rt, &id);
+        assert_eq!(ok(got, "--network container:"), "same-namespace");
+    }));
+    let e = Arc::clone(shared);
+    trials.push(trial(
+        "bulkhead::network_container_fails_in_one_line",
+        move || {
+            // The first container's interfaces are carried into its VM; a second VM cannot have them.
+            let e = e.get();
+            let rt = bulkhead(e);
+            let (id, _) = start_server(e, &rt, "same-namespace", &[]);
+            let mode = format!("container:{id}");
+            let o = run(e, &rt, "--rm", &["--network", &mode, e.image(), "true"]);
+            remove(e, &rt, &id);
+            assert_ne!(o.status.code(), Some(0));
+            let err = text(&o.stderr);
+            assert!(err.contains("already carried into another VM"), "{err}");
+            assert_eq!(err.trim().lines().count(), 1, "{err}");
+        },
+    ));
+    let e = Arc::clone(shared);
     trials.push(trial(
         "bulkhead::network_host_fails_in_one_line",
         move || {

@@ -23,11 +23,29 @@ pub fn plug(guest: &impl Guest) -> Result<Option<api::ConfigureNetworkRequest>, 
         return Ok(None);
     }
     let mut devices = Vec::with_capacity(net.interfaces.len());
-    for (n, iface) in net.interfaces.iter().enumerate() {
-        let slot = plug_one(&mut nl, guest, iface, &format!("{TAP_PREFIX}{n}"))?;
+    for iface in &net.interfaces {
+        let tap = free_tap_name(&mut nl)?;
+        let slot = plug_one(&mut nl, guest, iface, &tap)?;
         devices.push(slot.device_name);
     }
     Ok(Some(request(&net, &devices)))
+}
+
+/// The first `bh<N>` no link in the namespace has: another container's VM may already have taps
+/// here (a namespace shared with `--network container:…`), and opening its tap would fail with
+/// a less telling error than the join's.
+fn free_tap_name(nl: &mut Netlink) -> Result<String, NetworkError> {
+    for n in 0..1024 {
+        let name = format!("{TAP_PREFIX}{n}");
+        match redirect::link_index(nl, &name) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(name),
+            Err(e) => return Err(NetworkError::Discover(e)),
+            Ok(_) => {}
+        }
+    }
+    Err(NetworkError::Discover(std::io::Error::other(
+        "no free tap name in the namespace",
+    )))
 }
 
 fn plug_one(
