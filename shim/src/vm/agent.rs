@@ -47,8 +47,14 @@ pub trait Guest {
     /// Whether the guest needs nothing of the host's file system once it runs (a VM: yes; an
     /// agent run as a host process for tests: no). See [`Sandbox::confinable`].
     fn confinable(&self) -> bool;
-    /// Attaches a tap to a free NIC slot of the guest. A guest without NIC slots (an agent run
-    /// as a host process) has none free.
+    /// Whether the guest has a network of its own, into which the container's is carried
+    /// (a VM: yes; an agent run as a host process, whose containers are host processes in the
+    /// namespace already: no).
+    fn has_own_network(&self) -> bool {
+        false
+    }
+    /// Attaches a tap to a free NIC slot of the guest (only called when
+    /// [`Guest::has_own_network`]).
     fn attach_nic(&self, backend: NetBackend) -> Result<NetSlotInfo, NetError> {
         drop(backend);
         Err(NetError::NoFreeSlot(0))
@@ -240,6 +246,9 @@ impl<G: Guest> Sandbox for AgentSandbox<G> {
 
     /// A NIC per interface of the namespace, then one agent call that configures them all.
     async fn connect_network(&self) -> Result<(), SandboxError> {
+        if !self.guest.has_own_network() {
+            return Ok(());
+        }
         if let Some(req) = super::network::plug(&self.guest)? {
             self.client.configure_network(&req).await.map_err(failed)?;
         }

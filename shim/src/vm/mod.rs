@@ -314,6 +314,10 @@ impl Guest for VmGuest {
         true
     }
 
+    fn has_own_network(&self) -> bool {
+        true
+    }
+
     fn attach_nic(&self, backend: NetBackend) -> Result<NetSlotInfo, NetError> {
         self.handle.attach_net(backend)
     }
