@@ -38,7 +38,7 @@ fuzz_seconds=${BULKHEAD_FUZZ_SECONDS:-15}
 started=$SECONDS
 
 # Longest first, so the two lanes end together; suites not named here run after these.
-order=(podman_run docker_run docker_network podman_network template_vm container_vm monitor_vm hostile_vm agent_vm network_vm virtiofs_e2e vmm_snapshot
+order=(podman_network vmm_net template_vm podman_run docker_run container_vm hostile_vm docker_network monitor_vm agent_vm network_vm virtiofs_e2e vmm_snapshot
     vmm_boot shim_cli ctr_run vmm_vsock shim_vm agent_unix shim_agent shim_process shim_lifecycle
     vmm_errors virtiofs_errors shim_register)
 

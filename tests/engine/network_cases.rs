@@ -65,8 +65,12 @@ fn start_server(e: &impl NetEngine, rt: &str, body: &str, extra: &[&str]) -> (St
     (id, ip)
 }
 
+/// SIGKILL, then remove: `podman rm -f` first waits 10 s for a SIGTERM that httpd (pid 1)
+/// ignores.
 fn remove(e: &impl NetEngine, rt: &str, id: &str) {
-    ok(e.cli().output(rt, &["rm", "-f", id]), "rm");
+    let cli = e.cli();
+    let _ = cli.output(rt, &["kill", id]);
+    ok(cli.output(rt, &["rm", "-f", id]), "rm");
 }
 
 /// A client container fetching `http://<ip>/`, retrying while the server starts.
