@@ -113,8 +113,8 @@ for rt in runc bulkhead; do
     echo "$rt: ${result[$rt]}"
 done
 
-python3 - "${result[runc]}" "${result[bulkhead]}" "$mib" "$reqs" <<'PY'
-import json, sys
+python3 - "${result[runc]}" "${result[bulkhead]}" "$mib" "$reqs" "$work/logs" <<'PY'
+import glob, json, sys
 runc, bh = json.loads(sys.argv[1]), json.loads(sys.argv[2])
 print(f"\n{sys.argv[3]} MiB transfers, {sys.argv[4]} small requests, through the published port")
 print(f"{'':28}{'runc':>12}{'bulkhead':>12}{'ratio':>10}")
@@ -124,4 +124,15 @@ for name, k, higher_better in rows:
     ratio = runc[k] / bh[k] if higher_better else bh[k] / runc[k]
     print(f"{name:28}{runc[k]:12.2f}{bh[k]:12.2f}{ratio:9.1f}x")
 print("(ratio: how many times slower Bulkhead is)")
+# The NIC's counters, written by the monitor with its timings (keep_logs).
+for f in glob.glob(sys.argv[5] + "/*.timings.json"):
+    nic = json.load(open(f)).get("net.eth0")
+    if not nic:
+        continue
+    mib = (nic["rx_bytes"] + nic["tx_bytes"]) / (1 << 20)
+    print(f"\nBulkhead NIC over the whole run ({mib:.1f} MiB both ways), per MiB: "
+          f"frames {(nic['rx_packets'] + nic['tx_packets']) / mib:.0f} "
+          f"(rx {nic['rx_packets'] / mib:.0f}, tx {nic['tx_packets'] / mib:.0f}), "
+          f"queue kicks {nic['kicks'] / mib:.0f}, interrupts {nic['interrupts'] / mib:.0f}, "
+          f"dropped {nic['dropped']}")
 PY

@@ -123,6 +123,11 @@ pub trait Sandbox {
     async fn create(&self, spec: &Value, stdio: Stdio) -> Result<(), SandboxError>;
     /// Releases the init process.
     async fn start(&self) -> Result<(), SandboxError>;
+    /// Device counters for `bench/` (written with the timings when `keep_logs` is on), e.g.
+    /// each NIC's frames, kicks and interrupts; they stay readable after the sandbox ended.
+    fn counters(&self) -> serde_json::Map<String, Value> {
+        serde_json::Map::new()
+    }
     /// Makes the container's network (the interfaces of the monitor's network namespace, where
     /// the engine put them) the sandbox's, before its init runs. Host processes already live
     /// in that namespace: nothing to do.

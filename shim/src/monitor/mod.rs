@@ -111,12 +111,14 @@ impl Timings {
         self.marks.push((phase, self.t0.elapsed().as_secs_f64()));
     }
 
-    fn write(&self, path: &std::path::Path) {
-        let map: serde_json::Map<String, serde_json::Value> = self
+    /// The marks, and `extra` (the sandbox's counters: [`Sandbox::counters`]).
+    fn write(&self, path: &std::path::Path, extra: serde_json::Map<String, serde_json::Value>) {
+        let mut map: serde_json::Map<String, serde_json::Value> = self
             .marks
             .iter()
             .map(|(k, v)| (k.to_string(), serde_json::json!(v)))
             .collect();
+        map.extend(extra);
         let text = serde_json::Value::Object(map).to_string() + "\n";
         let _ = crate::private::write(path, text.as_bytes());
     }
@@ -503,7 +505,14 @@ impl<S: Sandbox> Monitor<S> {
     fn finish_logs(&self, healthy: bool) {
         let cfg = &self.plan.config;
         if cfg.keep_logs {
-            self.timings.borrow().write(&cfg.timings_log(self.id()));
+            let extra = self
+                .sandbox
+                .get()
+                .map(Sandbox::counters)
+                .unwrap_or_default();
+            self.timings
+                .borrow()
+                .write(&cfg.timings_log(self.id()), extra);
         } else if healthy {
             let log = cfg.console_log(self.id());
             let _ = std::fs::remove_file(bulkhead_vmm::devices::serial::rotated_path(&log));

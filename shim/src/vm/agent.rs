@@ -15,7 +15,7 @@ use std::time::Duration;
 use bulkhead_protocol::api;
 use bulkhead_protocol::client::{Client, ClientError};
 use bulkhead_protocol::stream::StreamKind;
-use bulkhead_vmm::devices::virtio::net::{NetBackend, NetError, NetSlotInfo};
+use bulkhead_vmm::devices::virtio::net::{NetBackend, NetCounters, NetError, NetSlotInfo};
 use oci_spec::runtime::{LinuxResources, Process};
 use serde_json::Value;
 
@@ -59,6 +59,11 @@ pub trait Guest {
         drop(backend);
         Err(NetError::NoFreeSlot(0))
     }
+    /// The counters of NIC slot `slot` (they outlive the VM).
+    fn nic_counters(&self, slot: u8) -> Option<NetCounters> {
+        let _ = slot;
+        None
+    }
 }
 
 /// The container side of a sandbox.
@@ -74,6 +79,8 @@ pub struct AgentSandbox<G> {
     terminals: RefCell<HashMap<String, OwnedFd>>,
     /// The agent reported the init's exit.
     init_exited: std::cell::Cell<bool>,
+    /// Each NIC's name in the container and its counters.
+    nics: RefCell<Vec<(String, NetCounters)>>,
 }
 
 fn failed(e: ClientError) -> SandboxError {
@@ -95,6 +102,7 @@ impl<G: Guest> AgentSandbox<G> {
             relays: RefCell::new(HashMap::new()),
             terminals: RefCell::new(HashMap::new()),
             init_exited: std::cell::Cell::new(false),
+            nics: RefCell::new(Vec::new()),
         }
     }
 
@@ -249,10 +257,37 @@ impl<G: Guest> Sandbox for AgentSandbox<G> {
         if !self.guest.has_own_network() {
             return Ok(());
         }
-        if let Some(req) = super::network::plug(&self.guest)? {
+        if let Some((req, slots)) = super::network::plug(&self.guest)? {
+            let counters = req
+                .interfaces
+                .iter()
+                .zip(slots)
+                .filter_map(|(iface, slot)| {
+                    Some((iface.name.clone(), self.guest.nic_counters(slot)?))
+                });
+            self.nics.borrow_mut().extend(counters);
             self.client.configure_network(&req).await.map_err(failed)?;
         }
         Ok(())
+    }
+
+    /// `net.<nic>`: the NIC's frames, bytes, kicks, interrupts and drops.
+    fn counters(&self) -> serde_json::Map<String, Value> {
+        self.nics
+            .borrow()
+            .iter()
+            .map(|(name, c)| {
+                let m = c.device.snapshot();
+                let v = serde_json::json!({
+                    "tx_packets": m.tx_packets, "tx_bytes": m.tx_bytes,
+                    "rx_packets": m.rx_packets, "rx_bytes": m.rx_bytes,
+                    "rx_buffers": m.rx_buffers, "kicks": m.kicks, "rx_kicks": m.rx_kicks,
+                    "interrupts": m.interrupts,
+                    "dropped": m.tx_malformed + m.tx_tap_errors + m.rx_too_big + m.rx_malformed,
+                });
+                (format!("net.{name}"), v)
+            })
+            .collect()
     }
 
     async fn kill(&self, target: Target<'_>, signal: i32, all: bool) -> Result<(), SandboxError> {

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use bulkhead_protocol::client::{Client, ClientConfig, Connector};
 use bulkhead_vmm::devices::virtio::fs::{FsCache, FsConfig, FsServer, SetIdFiles};
-use bulkhead_vmm::devices::virtio::net::{NetBackend, NetError, NetSlotInfo};
+use bulkhead_vmm::devices::virtio::net::{NetBackend, NetCounters, NetError, NetSlotInfo};
 use bulkhead_vmm::devices::virtio::vsock::VsockConfig;
 use bulkhead_vmm::{ConsoleOutput, Vm, VmConfig, VmHandle};
 use tokio::sync::watch;
@@ -320,6 +320,10 @@ impl Guest for VmGuest {
 
     fn attach_nic(&self, backend: NetBackend) -> Result<NetSlotInfo, NetError> {
         self.handle.attach_net(backend)
+    }
+
+    fn nic_counters(&self, slot: u8) -> Option<NetCounters> {
+        self.handle.net_counters(slot)
     }
 }
 

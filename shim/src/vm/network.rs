@@ -16,19 +16,24 @@ use crate::network::{
 /// none (`--network none`: the guest keeps only its loopback). The taps belong to the VM from
 /// here on and vanish with it; the redirects on the engine's interfaces go with them (a
 /// redirect to a deleted device drops) or with the interface when the engine deletes it.
-pub fn plug(guest: &impl Guest) -> Result<Option<api::ConfigureNetworkRequest>, NetworkError> {
+/// With the request, each interface's NIC slot.
+pub fn plug(
+    guest: &impl Guest,
+) -> Result<Option<(api::ConfigureNetworkRequest, Vec<u8>)>, NetworkError> {
     let mut nl = Netlink::open().map_err(NetworkError::Discover)?;
     let net = discover(&mut nl).map_err(NetworkError::Discover)?;
     if net.interfaces.is_empty() {
         return Ok(None);
     }
     let mut devices = Vec::with_capacity(net.interfaces.len());
+    let mut slots = Vec::with_capacity(net.interfaces.len());
     for iface in &net.interfaces {
         let tap = free_tap_name(&mut nl)?;
         let slot = plug_one(&mut nl, guest, iface, &tap)?;
         devices.push(slot.device_name);
+        slots.push(slot.slot);
     }
-    Ok(Some(request(&net, &devices)))
+    Ok(Some((request(&net, &devices), slots)))
 }
 
 /// The first `bh<N>` no link in the namespace has: another container's VM may already have taps

@@ -209,6 +209,18 @@ pub enum QueueError {
 ///
 /// Unlike `Queue::pop_descriptor_chain`, this reports a corrupt available index instead of
 /// treating it as an empty queue, so the device can declare itself broken rather than stall.
+/// Copies `config[offset..]` into `data` for a guest read of a device's config space; bytes past
+/// the end (or an offset the guest made up) read as zero.
+pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
+    for (i, b) in data.iter_mut().enumerate() {
+        *b = offset
+            .checked_add(i as u64)
+            .and_then(|o| usize::try_from(o).ok())
+            .and_then(|o| config.get(o).copied())
+            .unwrap_or(0);
+    }
+}
+
 pub fn pop_avail(queue: &mut Queue, mem: &GuestMemoryMmap) -> Result<Option<u16>, QueueError> {
     let mut iter = queue.iter(mem).map_err(QueueError::Ring)?;
     Ok(iter.next().map(|chain| chain.head_index()))

@@ -609,13 +609,7 @@ impl VirtioDevice for NetDevice {
             config[8..10].copy_from_slice(&1u16.to_le_bytes());
             config[10..12].copy_from_slice(&b.mtu.to_le_bytes());
         }
-        for (i, byte) in data.iter_mut().enumerate() {
-            *byte = offset
-                .checked_add(i as u64)
-                .and_then(|o| usize::try_from(o).ok())
-                .and_then(|o| config.get(o).copied())
-                .unwrap_or(0);
-        }
+        crate::devices::virtio::read_config_bytes(&config, offset, data);
     }
 
     fn activate(
