@@ -5,7 +5,8 @@
 use std::io;
 
 use netlink_packet_core::{
-    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST,
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_DUMP, NLM_F_DUMP_INTR,
+    NLM_F_REQUEST,
 };
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
@@ -13,6 +14,11 @@ use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 /// Large enough for any single kernel reply of a dump (the kernel fills up to a page, or 32 KiB
 /// with large pages, per datagram).
 const RECV_BUFFER: usize = 64 * 1024;
+
+/// How long a reply may take.
+const REPLY_TIMEOUT_SECS: i64 = 10;
+/// How often a dump the kernel marks as interrupted (the table changed under it) is tried.
+const DUMP_TRIES: usize = 3;
 
 /// One rtnetlink socket; bound to the namespace of the thread that opened it.
 pub struct Netlink {
@@ -27,6 +33,10 @@ impl Netlink {
         let mut socket = Socket::new(NETLINK_ROUTE)?;
         socket.bind_auto()?;
         socket.connect(&SocketAddr::new(0, 0))?;
+        // The kernel answers at once; a reply that never comes (a lost datagram) must not hang
+        // the monitor's start.
+        let timeout = nix::sys::time::TimeVal::new(REPLY_TIMEOUT_SECS, 0);
+        nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::ReceiveTimeout, &timeout)?;
         Ok(Netlink {
             socket,
             seq: 0,
@@ -51,7 +61,7 @@ impl Netlink {
     pub fn request(&mut self, msg: RouteNetlinkMessage, flags: u16) -> io::Result<()> {
         let seq = self.send(msg, NLM_F_REQUEST | NLM_F_ACK | flags)?;
         let mut done = false;
-        self.receive(seq, |payload| match payload {
+        self.receive(seq, |_, payload| match payload {
             NetlinkPayload::Error(e) => {
                 done = true;
                 match e.code {
@@ -68,27 +78,53 @@ impl Netlink {
         }
     }
 
-    /// Sends a dump request and returns every message of the reply.
+    /// Sends a dump request and returns every message of the reply. A dump the kernel cut
+    /// short is an error; one it marks inconsistent (`NLM_F_DUMP_INTR`) is tried again.
     pub fn dump(&mut self, msg: RouteNetlinkMessage) -> io::Result<Vec<RouteNetlinkMessage>> {
+        for _ in 1..DUMP_TRIES {
+            match self.dump_once(msg.clone())? {
+                (out, false) => return Ok(out),
+                (_, true) => continue,
+            }
+        }
+        match self.dump_once(msg)? {
+            (out, false) => Ok(out),
+            (_, true) => Err(io::Error::new(
+                io::ErrorKind::Interrupted,
+                "netlink: the dump kept changing",
+            )),
+        }
+    }
+
+    /// One dump: its messages, and whether the kernel marked it interrupted.
+    fn dump_once(
+        &mut self,
+        msg: RouteNetlinkMessage,
+    ) -> io::Result<(Vec<RouteNetlinkMessage>, bool)> {
         let seq = self.send(msg, NLM_F_REQUEST | NLM_F_DUMP)?;
         let mut out = Vec::new();
-        self.receive(seq, |payload| match payload {
-            NetlinkPayload::InnerMessage(m) => {
-                out.push(m);
-                Ok(false)
+        let mut interrupted = false;
+        self.receive(seq, |flags, payload| {
+            interrupted |= flags & NLM_F_DUMP_INTR != 0;
+            match payload {
+                NetlinkPayload::InnerMessage(m) => {
+                    out.push(m);
+                    Ok(false)
+                }
+                NetlinkPayload::Done(d) if d.code < 0 => Err(io::Error::from_raw_os_error(-d.code)),
+                NetlinkPayload::Done(_) => Ok(true),
+                NetlinkPayload::Error(e) => Err(e.to_io()),
+                _ => Ok(false),
             }
-            NetlinkPayload::Done(_) => Ok(true),
-            NetlinkPayload::Error(e) => Err(e.to_io()),
-            _ => Ok(false),
         })?;
-        Ok(out)
+        Ok((out, interrupted))
     }
 
     /// Reads replies to `seq` until `each` says the exchange is complete.
     fn receive(
         &mut self,
         seq: u32,
-        mut each: impl FnMut(NetlinkPayload<RouteNetlinkMessage>) -> io::Result<bool>,
+        mut each: impl FnMut(u16, NetlinkPayload<RouteNetlinkMessage>) -> io::Result<bool>,
     ) -> io::Result<()> {
         loop {
             let n = self.socket.recv(&mut &mut self.buf[..], 0)?;
@@ -107,7 +143,7 @@ impl Netlink {
                 if msg.header.sequence_number != seq {
                     continue;
                 }
-                if each(msg.payload)? {
+                if each(msg.header.flags, msg.payload)? {
                     return Ok(());
                 }
             }

@@ -79,17 +79,26 @@ pub fn join(nl: &mut Netlink, a: u32, b: u32) -> io::Result<()> {
         }
         unjoin(nl, a)?;
     }
-    for (from, to) in [(a, b), (b, a)] {
+    let mut added = Vec::with_capacity(2);
+    let mut add = |nl: &mut Netlink, from: u32, to: u32| -> io::Result<()> {
         nl.request(
             RouteNetlinkMessage::NewQueueDiscipline(ingress_qdisc(from)),
             NLM_F_CREATE | NLM_F_EXCL,
         )?;
+        added.push(from);
         nl.request(
             RouteNetlinkMessage::NewTrafficFilter(redirect_filter(from, to)),
             NLM_F_CREATE | NLM_F_EXCL,
-        )?;
+        )
+    };
+    let joined = add(nl, a, b).and_then(|()| add(nl, b, a));
+    if joined.is_err() {
+        // Half a join would make every later one on this interface fail: undo it.
+        for link in added {
+            let _ = unjoin(nl, link);
+        }
     }
-    Ok(())
+    joined
 }
 
 /// Removes the ingress qdisc of `link` (and with it the filter): the engine's interface is as

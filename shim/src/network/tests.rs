@@ -237,3 +237,20 @@ fn delete_releases_the_redirects_of_ended_vms_in_a_lasting_namespace() {
     assert_eq!(removed, 1);
     assert!(!filters.contains("ingress"), "{filters}");
 }
+
+#[test]
+fn a_join_that_fails_half_way_is_undone() {
+    let (failed, left) = in_new_netns(|| {
+        docker_like();
+        ip("tuntap add dev bh0 mode tap");
+        // Something else already has an ingress qdisc on the tap: the second half fails.
+        tc("qdisc add dev bh0 ingress");
+        let mut nl = Netlink::open().unwrap();
+        let eth0 = redirect::link_index(&mut nl, "eth0").unwrap();
+        let tap = redirect::link_index(&mut nl, "bh0").unwrap();
+        let failed = redirect::join(&mut nl, eth0, tap).is_err();
+        (failed, tc("qdisc show dev eth0"))
+    });
+    assert!(failed);
+    assert!(!left.contains("ingress"), "eth0 kept half a join: {left}");
+}

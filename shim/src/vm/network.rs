@@ -81,14 +81,19 @@ fn plug_one(
         mtu,
         offloads: true,
     };
-    let slot = guest
-        .attach_nic(backend)
-        .map_err(|source| NetworkError::Attach {
-            interface: iface.name.clone(),
-            source,
-        })?;
+    // Joined first: an interface another VM has (a shared namespace) is refused before it
+    // takes a NIC slot.
     redirect::join(nl, iface.index, tap_index).map_err(join_err)?;
-    Ok(slot)
+    match guest.attach_nic(backend) {
+        Ok(slot) => Ok(slot),
+        Err(source) => {
+            let _ = redirect::unjoin(nl, iface.index);
+            Err(NetworkError::Attach {
+                interface: iface.name.clone(),
+                source,
+            })
+        }
+    }
 }
 
 fn ip_network(n: &Ipv4Net) -> api::IpNetwork {

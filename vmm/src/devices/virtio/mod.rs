@@ -205,10 +205,6 @@ pub enum QueueError {
     Chain(#[from] chain::ChainError),
 }
 
-/// Takes the head index of the next available chain, if any.
-///
-/// Unlike `Queue::pop_descriptor_chain`, this reports a corrupt available index instead of
-/// treating it as an empty queue, so the device can declare itself broken rather than stall.
 /// Copies `config[offset..]` into `data` for a guest read of a device's config space; bytes past
 /// the end (or an offset the guest made up) read as zero.
 pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
@@ -221,6 +217,10 @@ pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
     }
 }
 
+/// Takes the head index of the next available chain, if any.
+///
+/// Unlike `Queue::pop_descriptor_chain`, this reports a corrupt available index instead of
+/// treating it as an empty queue, so the device can declare itself broken rather than stall.
 pub fn pop_avail(queue: &mut Queue, mem: &GuestMemoryMmap) -> Result<Option<u16>, QueueError> {
     let mut iter = queue.iter(mem).map_err(QueueError::Ring)?;
     Ok(iter.next().map(|chain| chain.head_index()))

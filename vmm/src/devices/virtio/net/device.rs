@@ -309,8 +309,17 @@ impl NetDevice {
         if let Err(e) = active.queues[TX].disable_notification(&active.mem) {
             return active.break_queue(TX, &QueueError::Ring(e), metrics);
         }
-        loop {
+        // At most a ring's worth per event: a guest that keeps refilling TX must not keep the
+        // event loop (every device of the VM) to itself. The rest waits for our own kick.
+        let mut budget = usize::from(active.queues[TX].size()).max(1);
+        let mut more = false;
+        'ring: loop {
             loop {
+                if budget == 0 {
+                    more = true;
+                    break 'ring;
+                }
+                budget -= 1;
                 let head = match pop_avail(&mut active.queues[TX], &active.mem) {
                     Ok(Some(h)) => h,
                     Ok(None) => break,
@@ -342,9 +351,20 @@ impl NetDevice {
                 active.used[TX] = true;
             }
             match active.queues[TX].enable_notification(&active.mem) {
-                Ok(true) => continue,
+                Ok(true) => {
+                    // Notifications stay off while we drain what came in meanwhile.
+                    if let Err(e) = active.queues[TX].disable_notification(&active.mem) {
+                        return active.break_queue(TX, &QueueError::Ring(e), metrics);
+                    }
+                    continue;
+                }
                 Ok(false) => break,
                 Err(e) => return active.break_queue(TX, &QueueError::Ring(e), metrics),
+            }
+        }
+        if more {
+            if let Err(e) = self.queue_events[TX].write(1) {
+                tracing::warn!("virtio-net: cannot requeue tx: {e}");
             }
         }
         if let Some(e) = tap_error {
@@ -382,9 +402,13 @@ impl NetDevice {
                         add(&metrics.rx_malformed, 1);
                         continue;
                     }
+                    // Only EAGAIN means the tap is empty; after another error frames may
+                    // still be queued, and the tap is watched edge-triggered: the next event
+                    // of the device tries again.
                     Err(e) => {
-                        b.readable = false;
-                        if e.kind() != std::io::ErrorKind::WouldBlock {
+                        if e.kind() == std::io::ErrorKind::WouldBlock {
+                            b.readable = false;
+                        } else {
                             read_error = Some(e);
                         }
                         break;
@@ -402,13 +426,14 @@ impl NetDevice {
                     add(&metrics.rx_too_big, 1);
                     b.rx_len = 0;
                 }
-                Delivery::Wait => match active.queues[RX].enable_notification(&active.mem) {
-                    Ok(true) => {
-                        let _ = active.queues[RX].disable_notification(&active.mem);
-                        continue;
-                    }
+                // Not enough room: wait for buffers the guest has not offered yet. (The ones
+                // it has are still in the ring, so `enable_notification`'s own "anything
+                // there?" test would say yes for ever: with MRG_RXBUF a frame that needs more
+                // buffers than are posted would spin this loop.)
+                Delivery::Wait => match wait_for_more_rx(&mut active.queues[RX], &active.mem) {
+                    Ok(true) => continue,
                     Ok(false) => break,
-                    Err(e) => return active.break_queue(RX, &QueueError::Ring(e), metrics),
+                    Err(e) => return active.break_queue(RX, &e, metrics),
                 },
                 Delivery::Broken => return,
             }
@@ -443,6 +468,30 @@ impl NetDevice {
             }
         }
     }
+}
+
+/// Asks the driver to notify us when it adds an RX buffer past those it has posted now, and
+/// says whether it already did (then the caller tries again at once). With EVENT_IDX that is
+/// `avail_event` = the driver's current avail index (its next kick comes when it moves past);
+/// without, notifications back on.
+fn wait_for_more_rx(queue: &mut Queue, mem: &GuestMemoryMmap) -> Result<bool, QueueError> {
+    use std::sync::atomic::{fence, Ordering};
+    let ring = |e| QueueError::Ring(e);
+    let posted = queue.avail_idx(mem, Ordering::Acquire).map_err(ring)?;
+    if queue.event_idx_enabled() {
+        // struct virtq_used { le16 flags; le16 idx; virtq_used_elem ring[size]; le16 avail_event; }
+        let at = GuestAddress(queue.used_ring())
+            .checked_add(4 + 8 * u64::from(queue.size()))
+            .ok_or(QueueError::Ring(virtio_queue::Error::AddressOverflow))?;
+        mem.store(posted.0.to_le(), at, Ordering::Release)
+            .map_err(|e| QueueError::Ring(virtio_queue::Error::GuestMemory(e)))?;
+    } else {
+        queue.enable_notification(mem).map_err(ring)?;
+    }
+    // A buffer posted between our read and the request would not be notified: look again.
+    fence(Ordering::SeqCst);
+    let now = queue.avail_idx(mem, Ordering::Acquire).map_err(ring)?;
+    Ok(now != posted)
 }
 
 /// Puts `packet` into as many RX chains as it needs (one without MRG_RXBUF), all published

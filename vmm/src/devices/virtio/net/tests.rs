@@ -538,8 +538,30 @@ fn frames_cross_the_tap_both_ways_and_a_frame_waits_for_rx_buffers() {
         run(&mut em);
         let m = dev.lock().unwrap().metrics().snapshot();
         assert_eq!((m.rx_packets, m.rx_too_big), (0, 0));
-        // Two 1 KiB buffers: the frame is spread over both.
+        // One 1 KiB buffer is not room enough: the frame keeps waiting, and the device asks for
+        // a kick when the driver posts past it instead of retrying the buffer it has (which
+        // spun the event loop for ever). A watchdog turns a spin into a failure.
+        let returned = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let watch = returned.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs(60));
+            if !watch.load(std::sync::atomic::Ordering::SeqCst) {
+                eprintln!("virtio-net RX spins on too few buffers");
+                std::process::abort();
+            }
+        });
         rxq.add(0x5_0000, 1024, VRING_DESC_F_WRITE as u16);
+        kick(0);
+        run(&mut em);
+        returned.store(true, std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(rxq.take_used(), vec![]);
+        let used_ring = rxq.mock.used().start();
+        let avail_event: u16 = mem
+            // `start()` is the ring array (after flags and idx); avail_event follows it.
+            .read_obj(GuestAddress(used_ring.0 + 8 * u64::from(QSIZE)))
+            .unwrap();
+        assert_eq!(avail_event, 1, "a kick is asked for past the posted buffer");
+        // A second buffer: the frame is spread over both.
         rxq.add(0x6_0000, 1024, VRING_DESC_F_WRITE as u16);
         kick(0);
         run(&mut em);
