@@ -38,6 +38,8 @@ dockerd_pid=
 cleanup() {
     docker ps -aq 2>/dev/null | xargs -r docker rm -f >/dev/null 2>&1 || true
     [[ -n $dockerd_pid ]] && kill "$dockerd_pid" 2>/dev/null && wait "$dockerd_pid" 2>/dev/null
+    # dockerd leaves its namespaces' bind mounts in its exec root.
+    for m in "$work"/exec/netns/*; do [[ -e $m ]] && umount -l "$m" 2>/dev/null; done
     ip netns del "$ns" 2>/dev/null || true
     rm -rf "$work"
 }

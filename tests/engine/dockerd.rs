@@ -210,6 +210,13 @@ impl Drop for Dockerd {
         let _ = fs::remove_dir(self.runtime_root());
         // dockerd stops its containerd and unmounts on SIGTERM.
         super::stop_daemon(&mut self.child);
+        // ...except the bind mounts of network namespaces in its exec root (its own `default`,
+        // and containers' it had not garbage-collected yet), which would keep the temporary
+        // directory from being removed.
+        let netns = self.dir.path().join("exec/netns");
+        for ns in fs::read_dir(&netns).into_iter().flatten().flatten() {
+            let _ = nix::mount::umount2(&ns.path(), nix::mount::MntFlags::MNT_DETACH);
+        }
     }
 }
 
