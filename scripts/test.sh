@@ -183,6 +183,14 @@ for name in "${queue[@]}"; do
     printf 'test:   %-16s %5s s  %s\n' "$name" "$secs" "$([[ $rc == 0 ]] && echo ok || echo "FAILED ($rc)")" >&2
     [[ $rc == 0 ]] || failed+=("$name")
 done
+# The engine suites print each trial's wall time: the slowest show where a run's time went.
+note "slowest trials:"
+grep -H '^trial .*: [0-9.]* s$' "$logs"/*.log 2>/dev/null | sed -E 's|^.*/([^/]+)\.log:trial |\1 |' |
+    awk '{print $(NF-1), $0}' | sort -g -r | cut -d' ' -f2- | head -n 15 | sed 's/^/test:   /' >&2 || true
+# The default template store the engine suites share: a `<key>.silent` there is a template
+# whose clone did not answer (see DESIGN-NOTES, "A clone that never answers").
+note "templates the engine suites left ($target/release/bulkhead template ls):"
+"$target/release/bulkhead" template ls 2>&1 | sed 's/^/test:   /' >&2 || true
 [[ ${#failed[@]} -eq 0 ]] || die "end-to-end suites failed: ${failed[*]} (logs: $logs)"
 [[ $fuzz_rc -eq 0 ]] || die "fuzzing failed (its lines above; inputs and logs: $target/fuzz)"
 

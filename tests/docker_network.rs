@@ -14,11 +14,14 @@ use bulkhead_tests::engine::processes_of;
 use bulkhead_tests::engine::suite::{self, trial, Shared};
 use bulkhead_tests::{vm_needs, Need};
 
-/// Nothing of Bulkhead is left: no monitors, no taps or tc redirects in any container namespace
-/// Docker still has, no veths on dockerd's bridge.
+/// Nothing of Bulkhead is left: no monitors, no containerd shims (a failed start once left one),
+/// no taps or tc redirects in any container namespace Docker still has, no veths on dockerd's
+/// bridge.
 fn assert_nothing_left(d: &Dockerd) {
     let left = processes_of(d.bin());
     assert!(left.is_empty(), "bulkhead processes left: {left:?}");
+    let shims = d.shims();
+    assert!(shims.is_empty(), "containerd shims left: {shims:?}");
     let links = NetEngine::netns(d).links();
     assert!(
         !links.contains("veth") && !links.contains(": bh"),

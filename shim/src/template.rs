@@ -232,6 +232,16 @@ impl Templates {
         Ok(())
     }
 
+    /// Moves template `key` out of use to `<key><suffix>`, replacing what was there (clones
+    /// of either keep their mapping), where an operator can restore it by hand or remove it
+    /// (`template rm`). The caller holds the lock.
+    pub fn set_aside(&self, key: &str, suffix: &str) -> Result<PathBuf, TemplateError> {
+        let (dir, aside) = (self.path(key), self.path(&format!("{key}{suffix}")));
+        self.remove_dir(&aside)?;
+        fs::rename(&dir, &aside).map_err(io_err(&dir))?;
+        Ok(aside)
+    }
+
     fn remove_dir(&self, dir: &Path) -> Result<(), TemplateError> {
         match fs::remove_dir_all(dir) {
             Ok(()) => Ok(()),
@@ -397,6 +407,32 @@ mod tests {
         t.remove(&key).unwrap();
         assert!(t.list().unwrap().is_empty());
         assert!(matches!(t.remove(&key), Err(TemplateError::Unknown(_))));
+    }
+
+    #[tokio::test]
+    async fn a_template_set_aside_is_out_of_use_and_replaces_the_last_one() {
+        let d = tempfile::tempdir().unwrap();
+        let t = Templates::new(d.path());
+        let key = recipe().key();
+        let meta = Meta {
+            recipe: recipe(),
+            created: now_secs(),
+            build_secs: 1.5,
+            memory_bytes: 10,
+        };
+        for generation in [b"first", b"later"] {
+            let scratch = t.scratch(&key).unwrap();
+            fs::write(scratch.join(bulkhead_vmm::snapshot::STATE_FILE), generation).unwrap();
+            t.install(&key, &scratch, &meta).unwrap();
+            let aside = t.set_aside(&key, ".silent").unwrap();
+            assert!(t.find(&key).is_none(), "not used any more");
+            let state = fs::read(aside.join(bulkhead_vmm::snapshot::STATE_FILE)).unwrap();
+            assert_eq!(state, generation);
+        }
+        let listed: Vec<_> = t.list().unwrap().into_iter().map(|l| l.key).collect();
+        assert_eq!(listed, [format!("{key}.silent")], "one kept, and shown");
+        t.remove(&format!("{key}.silent")).unwrap();
+        assert!(t.list().unwrap().is_empty());
     }
 
     #[tokio::test]

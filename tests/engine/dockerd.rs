@@ -186,6 +186,24 @@ impl Dockerd {
         }
     }
 
+    /// The containerd shims of this dockerd's containers (the runtime's parent while a task
+    /// lives): none may be left once every container is removed.
+    pub fn shims(&self) -> Vec<i32> {
+        let ns = format!("-namespace\0{}\0", self.namespace);
+        fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|pid| {
+                fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                    let c = String::from_utf8_lossy(&c);
+                    c.contains("containerd-shim") && c.contains(&ns)
+                })
+            })
+            .collect()
+    }
+
     /// containerd's state directory for our namespace's runc-v2 tasks (`--root` of the runtime).
     pub fn runtime_root(&self) -> PathBuf {
         PathBuf::from("/run/containerd/runc").join(&self.namespace)

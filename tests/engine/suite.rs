@@ -43,10 +43,16 @@ pub fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "panic".into())
 }
 
-/// A named trial: `body` panics to fail, as a `#[test]` does.
+/// A named trial: `body` panics to fail, as a `#[test]` does. Its wall time goes to stderr
+/// (`trial <name>: <s> s`): the suites' logs then show where a slow run spent its time.
 pub fn trial(name: impl Into<String>, body: impl FnOnce() + Send + 'static) -> Trial {
+    let name = name.into();
+    let label = name.clone();
     Trial::test(name, move || {
-        catch_unwind(AssertUnwindSafe(body)).map_err(|p| panic_text(p.as_ref()).into())
+        let started = std::time::Instant::now();
+        let result = catch_unwind(AssertUnwindSafe(body));
+        eprintln!("trial {label}: {:.1} s", started.elapsed().as_secs_f64());
+        result.map_err(|p| panic_text(p.as_ref()).into())
     })
 }
 

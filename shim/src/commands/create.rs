@@ -29,6 +29,9 @@ pub fn create<F: SandboxFactory>(
     let bundle = Bundle::load(&args.bundle)?;
     if !factory.can_share_host_network() {
         bundle.check_own_network()?;
+        if let Some(Some(netns)) = bundle.namespace("network") {
+            crate::network::refuse_carried(&netns).map_err(crate::sandbox::SandboxError::from)?;
+        }
     }
     let config = Config::load()?;
     let size = VmSize::choose(&config, &bundle.annotations(), &bundle.size_hints())?;

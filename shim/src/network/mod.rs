@@ -75,26 +75,75 @@ pub struct HostNetwork {
 
 /// Removes the redirects that containers whose VMs have ended left in the network namespace
 /// at `path` (one that outlives its containers: podman's, a pod's). A monitor cannot do it
-/// when its VM ends (it has dropped CAP_NET_ADMIN by then); `delete` can. Runs on a thread of
-/// its own that joins the namespace; returns how many it removed.
+/// when its VM ends (it has dropped CAP_NET_ADMIN by then); `delete` can. Returns how many it
+/// removed.
 pub fn release_stale_redirects(path: &std::path::Path) -> std::io::Result<usize> {
+    in_namespace(path, |nl, links| {
+        let mut removed = 0;
+        for (index, _) in links {
+            if redirect::drop_stale(nl, index)? {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    })
+}
+
+/// Refuses a network namespace whose interfaces another container's VM already carries (a
+/// `--network container:` of a Bulkhead container): a frame can go to one VM only. `create`
+/// asks, so the engine hears it before it has started anything; `start`'s join would refuse
+/// too, later. A namespace that cannot be read is left to `start`.
+pub fn refuse_carried(path: &std::path::Path) -> Result<(), NetworkError> {
+    let carried = in_namespace(path, |nl, links| {
+        // A tap of ours is redirected to its interface too: the interface is what is named.
+        for (index, name) in links
+            .into_iter()
+            .filter(|(_, n)| !n.starts_with(TAP_PREFIX))
+        {
+            if redirect::carried(nl, index)? {
+                return Ok(Some(name));
+            }
+        }
+        Ok(None)
+    });
+    match carried {
+        Ok(Some(interface)) => Err(NetworkError::Carried { interface }),
+        Ok(None) => Ok(()),
+        Err(e) => {
+            crate::logging::debug(&format!("network namespace {}: {e}", path.display()));
+            Ok(())
+        }
+    }
+}
+
+/// Runs `f` with a netlink socket in the network namespace at `path` and the index and name
+/// of each of its links, on a thread of its own that joins the namespace (the caller's stays).
+fn in_namespace<T: Send + 'static>(
+    path: &std::path::Path,
+    f: impl FnOnce(&mut netlink::Netlink, Vec<(u32, String)>) -> std::io::Result<T> + Send + 'static,
+) -> std::io::Result<T> {
+    use netlink_packet_route::link::{LinkAttribute, LinkMessage};
+    use netlink_packet_route::RouteNetlinkMessage;
     let path = path.to_path_buf();
     std::thread::spawn(move || {
         let ns = std::fs::File::open(&path)?;
         nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)?;
         let mut nl = netlink::Netlink::open()?;
-        let links = nl.dump(netlink_packet_route::RouteNetlinkMessage::GetLink(
-            netlink_packet_route::link::LinkMessage::default(),
-        ))?;
-        let mut removed = 0;
-        for l in links {
-            if let netlink_packet_route::RouteNetlinkMessage::NewLink(l) = l {
-                if redirect::drop_stale(&mut nl, l.header.index)? {
-                    removed += 1;
+        let links = nl
+            .dump(RouteNetlinkMessage::GetLink(LinkMessage::default()))?
+            .into_iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewLink(l) => {
+                    let name = l.attributes.iter().find_map(|a| match a {
+                        LinkAttribute::IfName(n) => Some(n.clone()),
+                        _ => None,
+                    });
+                    Some((l.header.index, name.unwrap_or_default()))
                 }
-            }
-        }
-        Ok(removed)
+                _ => None,
+            })
+            .collect();
+        f(&mut nl, links)
     })
     .join()
     .unwrap_or_else(|_| Err(std::io::Error::other("the namespace thread panicked")))
@@ -143,6 +192,11 @@ pub enum NetworkError {
         #[source]
         source: bulkhead_vmm::devices::virtio::net::NetError,
     },
+    #[error(
+        "join {interface}: the interface is already carried into another VM (a Bulkhead \
+         container's network namespace cannot be shared: its VM has it)"
+    )]
+    Carried { interface: String },
     #[error("{interface}: mtu {mtu} is more than a NIC takes")]
     Mtu { interface: String, mtu: u32 },
 }

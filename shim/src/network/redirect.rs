@@ -70,15 +70,14 @@ pub fn link_index(nl: &mut Netlink, name: &str) -> io::Result<u32> {
 /// it when its VM ends (it has dropped CAP_NET_ADMIN by then), so it is replaced here. A
 /// redirect to a device that still exists is another VM's: refused.
 pub fn join(nl: &mut Netlink, a: u32, b: u32) -> io::Result<()> {
-    if let Some(target) = redirect_target(nl, a)? {
-        if link_exists(nl, target)? {
-            return Err(io::Error::new(
-                io::ErrorKind::AlreadyExists,
-                "the interface is already carried into another VM",
-            ));
-        }
-        unjoin(nl, a)?;
+    if carried(nl, a)? {
+        return Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            "the interface is already carried into another VM",
+        ));
     }
+    // A redirect to a device that is gone (or none): replaced.
+    unjoin(nl, a)?;
     let mut added = Vec::with_capacity(2);
     let mut add = |nl: &mut Netlink, from: u32, to: u32| -> io::Result<()> {
         nl.request(
@@ -129,6 +128,14 @@ pub fn drop_stale(nl: &mut Netlink, link: u32) -> io::Result<bool> {
             Ok(true)
         }
         _ => Ok(false),
+    }
+}
+
+/// Whether `link` is redirected to a device that exists: another VM's tap carries it.
+pub fn carried(nl: &mut Netlink, link: u32) -> io::Result<bool> {
+    match redirect_target(nl, link)? {
+        Some(target) => link_exists(nl, target),
+        None => Ok(false),
     }
 }
 

@@ -254,3 +254,45 @@ fn a_join_that_fails_half_way_is_undone() {
     assert!(failed);
     assert!(!left.contains("ingress"), "eth0 kept half a join: {left}");
 }
+
+#[test]
+fn create_refuses_a_namespace_whose_interface_another_vm_carries() {
+    let (refused, after_end) = in_new_netns(|| {
+        // The tap before the interface (as Docker's moved-in veth comes after it): the tap's
+        // own redirect is not taken for a carried interface.
+        ip("tuntap add dev bh0 mode tap");
+        docker_like();
+        let mut nl = Netlink::open().unwrap();
+        let eth0 = redirect::link_index(&mut nl, "eth0").unwrap();
+        let tap = redirect::link_index(&mut nl, "bh0").unwrap();
+        let tid = nix::unistd::gettid();
+        let path = std::path::PathBuf::from(format!("/proc/self/task/{tid}/ns/net"));
+        assert!(refuse_carried(&path).is_ok(), "nobody carries it yet");
+        redirect::join(&mut nl, eth0, tap).unwrap();
+        let refused = refuse_carried(&path).map_err(|e| e.to_string());
+        // Once that VM has ended (its tap gone), the namespace is free again.
+        ip("link del bh0");
+        (refused, refuse_carried(&path).is_ok())
+    });
+    let err = refused.unwrap_err();
+    assert!(
+        err.starts_with("join eth0:") && err.contains("already carried into another VM"),
+        "{err}"
+    );
+    assert!(after_end);
+}
+
+#[test]
+fn an_ingress_qdisc_left_without_a_redirect_does_not_stop_a_join() {
+    let filters = in_new_netns(|| {
+        docker_like();
+        ip("tuntap add dev bh0 mode tap");
+        tc("qdisc add dev eth0 ingress");
+        let mut nl = Netlink::open().unwrap();
+        let eth0 = redirect::link_index(&mut nl, "eth0").unwrap();
+        let tap = redirect::link_index(&mut nl, "bh0").unwrap();
+        redirect::join(&mut nl, eth0, tap).unwrap();
+        tc("filter show dev eth0 ingress")
+    });
+    assert!(filters.contains("Redirect to device bh0"), "{filters}");
+}
