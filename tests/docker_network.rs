@@ -10,8 +10,8 @@ use std::sync::Arc;
 
 use bulkhead_tests::engine::dockerd::Dockerd;
 use bulkhead_tests::engine::network_cases::{self, assert_no_taps_in_namespaces_under, NetEngine};
-use bulkhead_tests::engine::processes_of;
 use bulkhead_tests::engine::suite::{self, trial, Shared};
+use bulkhead_tests::engine::{processes_of, text};
 use bulkhead_tests::{vm_needs, Need};
 
 /// Nothing of Bulkhead is left: no monitors, no containerd shims (a failed start once left one),
@@ -27,7 +27,9 @@ fn assert_nothing_left(d: &Dockerd) {
         !links.contains("veth") && !links.contains(": bh"),
         "links left in the engine's namespace: {links}"
     );
-    assert_no_taps_in_namespaces_under(&d.dir.path().join("exec/netns"));
+    assert_no_taps_in_namespaces_under(&d.dir.path().join("exec/netns"), || {
+        text(&d.docker(&["ps", "-a"]).stdout)
+    });
 }
 
 fn main() {

@@ -10,8 +10,8 @@ use std::sync::Arc;
 
 use bulkhead_tests::engine::network_cases::{self, assert_no_taps_in_namespaces_under, NetEngine};
 use bulkhead_tests::engine::podman::{Podman, RUNC};
-use bulkhead_tests::engine::processes_of;
 use bulkhead_tests::engine::suite::{self, trial, Shared};
+use bulkhead_tests::engine::{processes_of, text};
 use bulkhead_tests::{vm_needs, Need};
 
 fn main() {
@@ -26,7 +26,10 @@ fn main() {
         let links = p.netns().links();
         assert!(!links.contains(": bh"), "taps left: {links}");
         // podman's container namespaces are bind mounts under /run/netns.
-        assert_no_taps_in_namespaces_under(std::path::Path::new("/run/netns"));
+        assert_no_taps_in_namespaces_under(std::path::Path::new("/run/netns"), || {
+            let o = p.cli().output(&p.bin.display().to_string(), &["ps", "-a"]);
+            format!("{}{}", text(&o.stdout), text(&o.stderr))
+        });
     }));
     let needs = [&vm_needs()[..], &[Need::Root]].concat();
     suite::run("podman_network", &needs, trials, shared)

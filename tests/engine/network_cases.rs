@@ -285,11 +285,36 @@ pub fn trials<E: NetEngine>(
 }
 
 /// No tap or tc redirect of ours in any network namespace under `dir` (an engine may remove a
-/// container's namespace file only in a later garbage collection).
-pub fn assert_no_taps_in_namespaces_under(dir: &std::path::Path) {
+/// container's namespace file only in a later garbage collection). An engine tears down a
+/// removed container's network on its own time (podman's cleanup may still run after `rm`
+/// returned), so this waits for it, up to [`LEFT_PATIENCE`]; then it fails naming what is left
+/// and what `engine_state` says (the containers the engine still has).
+pub fn assert_no_taps_in_namespaces_under(
+    dir: &std::path::Path,
+    engine_state: impl Fn() -> String,
+) {
+    let deadline = std::time::Instant::now() + LEFT_PATIENCE;
+    loop {
+        let left = left_in_namespaces_under(dir);
+        if left.is_empty() {
+            return;
+        }
+        if std::time::Instant::now() >= deadline {
+            panic!("{}\nthe engine has: {}", left.join("\n"), engine_state());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+}
+
+/// How long [`assert_no_taps_in_namespaces_under`] waits for an engine's teardown.
+const LEFT_PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Our taps and ingress qdiscs in the namespaces under `dir`, one line per namespace.
+fn left_in_namespaces_under(dir: &std::path::Path) -> Vec<String> {
     let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
+        return Vec::new();
     };
+    let mut left = Vec::new();
     for ns in entries.filter_map(Result::ok) {
         let path = ns.path();
         let run = |args: &[&str]| {
@@ -301,16 +326,14 @@ pub fn assert_no_taps_in_namespaces_under(dir: &std::path::Path) {
             text(&o.stdout)
         };
         let links = run(&["ip", "-o", "link"]);
-        assert!(
-            !links.contains(": bh"),
-            "a tap left in {}: {links}",
-            path.display()
-        );
         let qdiscs = run(&["tc", "qdisc", "show"]);
-        assert!(
-            !qdiscs.contains("ingress"),
-            "tc left in {}: {qdiscs}",
-            path.display()
-        );
+        if links.contains(": bh") || qdiscs.contains("ingress") {
+            let filters = run(&["tc", "filter", "show", "ingress"]);
+            left.push(format!(
+                "left in {}: links {links} qdiscs {qdiscs} ingress filters {filters}",
+                path.display()
+            ));
+        }
     }
+    left
 }
