@@ -18,6 +18,7 @@ use crate::control::Controller;
 use crate::devices::manager::DeviceManager;
 use crate::devices::virtio::mmio::{MmioError, QueuePosition};
 use crate::devices::virtio::vsock::VsockError;
+use crate::devices::virtio::ActivateError;
 use crate::event_loop::EventLoop;
 use crate::kvm::state::{self as kvm_state, StateError};
 use crate::kvm::vcpu::Vcpu;
@@ -163,6 +164,17 @@ pub fn restore_vm(config: &RestoreConfig) -> Result<Vm, RestoreError> {
             Ok(Vcpu::new(index as u8, fd))
         })
         .collect::<Result<Vec<_>, RestoreError>>()?;
+    // Only now: setting the interrupt controller and the LAPICs would overwrite it.
+    for handle in &virtio {
+        let transport = handle.transport.lock().unwrap_or_else(|p| p.into_inner());
+        transport
+            .interrupt()
+            .raise_if_pending()
+            .map_err(|e| RestoreError::Transport {
+                slot: handle.slot.index,
+                source: MmioError::Activate(ActivateError::Signal(e)),
+            })?;
+    }
 
     builder::log_layout(&mem, profile, &snap.cmdline);
     tracing::info!(

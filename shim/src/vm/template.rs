@@ -58,9 +58,10 @@ pub(super) async fn restore(ctx: &BootContext) -> Result<(VmGuest, Client), Sand
             ),
             false,
         ),
-        // Its clones go idle without answering (the cause is not known, see the design
-        // notes); the container would boot anyway, and a new template costs one boot, so the
-        // boot makes a template that the later containers can use. It is kept aside for a
+        // Its clone went idle without answering (one cause, a guest kick lost between the
+        // device loop's pause and the vCPUs', is fixed in the VMM: this is the wall behind
+        // it); the container would boot anyway, and a new template costs one boot, so the boot
+        // makes a template that the later containers can use. It is kept aside for a
         // post-mortem (`bulkhead-vmm --restore`).
         Err(SandboxError::Vm {
             what: CLONE_SILENT,

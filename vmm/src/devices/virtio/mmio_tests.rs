@@ -351,6 +351,26 @@ fn interrupt_status_and_ack() {
 }
 
 #[test]
+fn a_restored_status_the_driver_has_not_acknowledged_raises_the_line_again() {
+    let s = setup(1);
+    let t = s.t;
+    // Nothing pending: no interrupt.
+    t.interrupt().restore(0, false);
+    t.interrupt().raise_if_pending().unwrap();
+    assert!(s.irq.read().is_err(), "no interrupt for an empty status");
+    // A raise whose injection the saved interrupt controller may have missed.
+    t.interrupt().restore(INTERRUPT_USED, false);
+    assert!(s.irq.read().is_err(), "restore alone raises nothing");
+    t.interrupt().raise_if_pending().unwrap();
+    assert_eq!(s.irq.read().unwrap(), 1);
+    assert_eq!(
+        t.interrupt().status(),
+        INTERRUPT_USED,
+        "the status stays for the driver"
+    );
+}
+
+#[test]
 fn notify_reaches_the_queue_eventfd() {
     let mut s = setup(2);
     w(&mut s.t, NOTIFY_OFFSET, 1);

@@ -175,10 +175,26 @@ impl Interrupt {
     }
 
     /// Sets the status register and the broken flag saved in a snapshot, without raising the
-    /// line (the interrupt controller's restored state already says whether it is pending).
+    /// line ([`Self::raise_if_pending`] does, once the interrupt controller is restored).
     pub fn restore(&self, status: u32, needs_reset: bool) {
         self.status.store(status, Ordering::SeqCst);
         self.needs_reset.store(needs_reset, Ordering::SeqCst);
+    }
+
+    /// Raises the line again if the status register has a bit the driver has not
+    /// acknowledged; for a restored VM, after its interrupt controller and LAPICs are (setting
+    /// them would overwrite an interrupt injected earlier). The restored controller may not
+    /// have that interrupt: KVM injects an irqfd routed to an IOAPIC pin from a kernel work
+    /// item after the eventfd write, so a raise just before the pause can be in the saved
+    /// status register but not yet in the saved IOAPIC or LAPIC, and the guest would wait for
+    /// it for ever. A second interrupt for a status the driver already handled reads as nothing
+    /// to do (Linux's virtio-mmio handler returns IRQ_NONE).
+    pub fn raise_if_pending(&self) -> io::Result<()> {
+        if self.status() == 0 {
+            return Ok(());
+        }
+        self.raised.fetch_add(1, Ordering::Relaxed);
+        self.irq.write(1)
     }
 
     /// Clears the status register and the broken flag (device reset).

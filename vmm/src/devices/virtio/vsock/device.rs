@@ -239,6 +239,16 @@ impl VsockDevice {
         } else if !state.held_tx.is_empty() || !state.queues.is_empty() {
             return Err(VsockError::BadState("queue state for an inactive device"));
         }
+        if self.active.is_some() {
+            // TX as if kicked: a kick is an eventfd count, not state, so one the guest made
+            // after the device loop paused for the snapshot is in no snapshot. With EVENT_IDX
+            // the guest then never kicks TX again (its later packets are past the index it
+            // was asked to kick at): every clone of that template stayed silent, its answers
+            // to the host's connection requests unread.
+            self.queue_events[TX]
+                .write(1)
+                .map_err(VsockError::EventFd)?;
+        }
         self.ctl_event.write(1).map_err(VsockError::EventFd)
     }
 

@@ -277,7 +277,8 @@ impl<'m> Harness<'m> {
         self.pump();
     }
 
-    fn post_tx(&mut self, hdr: Header, data: &[u8]) {
+    /// Puts one packet on the TX queue without kicking.
+    pub fn post_tx(&mut self, hdr: Header, data: &[u8]) {
         let mut hdr = hdr;
         hdr.len = data.len() as u32;
         let haddr = self.alloc(HDR_SIZE as u32);

@@ -5,7 +5,7 @@ use vm_memory::{Bytes, GuestAddress};
 
 use super::harness::*;
 use crate::devices::virtio::vsock::device::VsockState;
-use crate::devices::virtio::vsock::packet::OP_REQUEST;
+use crate::devices::virtio::vsock::packet::{OP_REQUEST, OP_RST};
 
 const EVQ: usize = 2;
 
@@ -66,4 +66,28 @@ fn refuses_state_that_does_not_fit() {
     let mut bad = restored_state();
     bad.held_tx = vec![1];
     assert!(idle.dev.lock().unwrap().resume_from_snapshot(&bad).is_err());
+}
+
+#[test]
+fn reads_tx_the_guest_posted_after_the_last_kick_the_snapshot_has() {
+    // The guest put a packet on TX and kicked while the template's device loop was paused:
+    // the kick (an eventfd count) is in no snapshot, and with EVENT_IDX the guest never kicks
+    // again. The restored device reads TX as if kicked.
+    let mem = test_mem();
+    let mut h = Harness::new(&mem);
+    let conn = GuestConn {
+        guest_port: 1024,
+        host_port: 5000,
+        buf_alloc: 4096,
+        fwd_cnt: 0,
+    };
+    h.post_tx(conn.hdr(OP_RST), &[]);
+    let before = h.metrics().tx_packets;
+    h.dev
+        .lock()
+        .unwrap()
+        .resume_from_snapshot(&restored_state())
+        .unwrap();
+    h.pump();
+    assert_eq!(h.metrics().tx_packets, before + 1, "read without a kick");
 }
