@@ -17,6 +17,15 @@ fn restored_state() -> VsockState {
     }
 }
 
+/// Finishes the restore of `h`'s device with [`restored_state`].
+fn resume(h: &Harness) {
+    h.dev
+        .lock()
+        .unwrap()
+        .resume_from_snapshot(&restored_state())
+        .unwrap();
+}
+
 #[test]
 fn sends_a_transport_reset_and_holds_packets_until_the_guest_refills_the_event_queue() {
     let mem = test_mem();
@@ -24,11 +33,7 @@ fn sends_a_transport_reset_and_holds_packets_until_the_guest_refills_the_event_q
     let event = h.alloc(8);
     mem.write_obj(0xffff_ffffu32, GuestAddress(event)).unwrap();
     h.q[EVQ].add_chain(&[(event, 8, true)]);
-    h.dev
-        .lock()
-        .unwrap()
-        .resume_from_snapshot(&restored_state())
-        .unwrap();
+    resume(&h);
     h.pump();
     let used = h.q[EVQ].take_used();
     assert_eq!(used.len(), 1, "one event");
@@ -83,11 +88,7 @@ fn reads_tx_the_guest_posted_after_the_last_kick_the_snapshot_has() {
     };
     h.post_tx(conn.hdr(OP_RST), &[]);
     let before = h.metrics().tx_packets;
-    h.dev
-        .lock()
-        .unwrap()
-        .resume_from_snapshot(&restored_state())
-        .unwrap();
+    resume(&h);
     h.pump();
     assert_eq!(h.metrics().tx_packets, before + 1, "read without a kick");
 }
