@@ -185,7 +185,7 @@ for name in "${queue[@]}"; do
 done
 # The engine suites print each trial's wall time: the slowest show where a run's time went.
 note "slowest trials:"
-grep -H '^trial .*: [0-9.]* s$' "$logs"/*.log 2>/dev/null | sed -E 's|^.*/([^/]+)\.log:trial |\1 |' |
+grep -H -o 'trial [^ ]*: [0-9.]* s$' "$logs"/*.log 2>/dev/null | sed -E 's|^.*/([^/]+)\.log:trial |\1 |' |
     awk '{print $(NF-1), $0}' | sort -g -r | cut -d' ' -f2- | head -n 15 | sed 's/^/test:   /' >&2 || true
 # The default template store the engine suites share: a `<key>.silent` there is a template
 # whose clone did not answer (see DESIGN-NOTES, "A clone that never answers").
