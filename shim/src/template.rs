@@ -232,6 +232,20 @@ impl Templates {
         Ok(())
     }
 
+    /// Which template `key` is now, if there is one: its state file's device, inode and
+    /// modification time in ns (a template made again is a new file written later; the time
+    /// tells it apart even if the file system hands it the freed inode).
+    pub fn identity(&self, key: &str) -> Option<(u64, u64, i64, i64)> {
+        let m = fs::metadata(self.path(key).join(bulkhead_vmm::snapshot::STATE_FILE)).ok()?;
+        Some((m.dev(), m.ino(), m.mtime(), m.mtime_nsec()))
+    }
+
+    /// Removes template `key`'s directory, keeping its lock file (the caller holds the lock: a
+    /// process that opened the file meanwhile must keep waiting on the same lock).
+    pub fn discard(&self, key: &str) -> Result<(), TemplateError> {
+        self.remove_dir(&self.path(key))
+    }
+
     /// Moves template `key` out of use to `<key><suffix>`, replacing what was there (clones
     /// of either keep their mapping), where an operator can restore it by hand or remove it
     /// (`template rm`). The caller holds the lock.
@@ -433,6 +447,34 @@ mod tests {
         assert_eq!(listed, [format!("{key}.silent")], "one kept, and shown");
         t.remove(&format!("{key}.silent")).unwrap();
         assert!(t.list().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_template_made_again_is_another_one_and_discard_keeps_the_lock() {
+        let d = tempfile::tempdir().unwrap();
+        let t = Templates::new(d.path());
+        let key = recipe().key();
+        let _lock = t.lock(&key, Duration::from_secs(5)).await.unwrap();
+        let meta = Meta {
+            recipe: recipe(),
+            created: now_secs(),
+            build_secs: 1.5,
+            memory_bytes: 10,
+        };
+        let mut seen = Vec::new();
+        for _ in 0..2 {
+            let scratch = t.scratch(&key).unwrap();
+            fs::write(scratch.join(bulkhead_vmm::snapshot::STATE_FILE), b"s").unwrap();
+            t.install(&key, &scratch, &meta).unwrap();
+            seen.push(t.identity(&key).expect("installed"));
+        }
+        assert_ne!(seen[0], seen[1], "made again: another template");
+        t.discard(&key).unwrap();
+        assert_eq!(t.identity(&key), None);
+        assert!(
+            d.path().join(format!("{key}.lock")).exists(),
+            "the held lock's file stays"
+        );
     }
 
     #[tokio::test]

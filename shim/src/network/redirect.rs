@@ -70,14 +70,24 @@ pub fn link_index(nl: &mut Netlink, name: &str) -> io::Result<u32> {
 /// it when its VM ends (it has dropped CAP_NET_ADMIN by then), so it is replaced here. A
 /// redirect to a device that still exists is another VM's: refused.
 pub fn join(nl: &mut Netlink, a: u32, b: u32) -> io::Result<()> {
-    if carried(nl, a)? {
-        return Err(io::Error::new(
-            io::ErrorKind::AlreadyExists,
-            "the interface is already carried into another VM",
-        ));
+    match ingress(nl, a)? {
+        Ingress::RedirectTo(target) if link_exists(nl, target)? => {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "the interface is already carried into another VM",
+            ))
+        }
+        // A redirect to a device that is gone, or an ingress qdisc without filters (one left
+        // half-removed): replaced.
+        Ingress::RedirectTo(_) | Ingress::Empty => unjoin(nl, a)?,
+        // Someone's own ingress rules: not ours to drop (the exclusive add would fail anyway).
+        Ingress::Foreign => {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "the interface has tc ingress filters that are not Bulkhead's",
+            ))
+        }
     }
-    // A redirect to a device that is gone (or none): replaced.
-    unjoin(nl, a)?;
     let mut added = Vec::with_capacity(2);
     let mut add = |nl: &mut Netlink, from: u32, to: u32| -> io::Result<()> {
         nl.request(
@@ -122,8 +132,8 @@ pub fn unjoin(nl: &mut Netlink, link: u32) -> io::Result<()> {
 /// Removes the redirect on `link` if the device it sends to is gone (its VM ended); whether
 /// there was one.
 pub fn drop_stale(nl: &mut Netlink, link: u32) -> io::Result<bool> {
-    match redirect_target(nl, link)? {
-        Some(target) if !link_exists(nl, target)? => {
+    match ingress(nl, link)? {
+        Ingress::RedirectTo(target) if !link_exists(nl, target)? => {
             unjoin(nl, link)?;
             Ok(true)
         }
@@ -133,27 +143,40 @@ pub fn drop_stale(nl: &mut Netlink, link: u32) -> io::Result<bool> {
 
 /// Whether `link` is redirected to a device that exists: another VM's tap carries it.
 pub fn carried(nl: &mut Netlink, link: u32) -> io::Result<bool> {
-    match redirect_target(nl, link)? {
-        Some(target) => link_exists(nl, target),
-        None => Ok(false),
+    match ingress(nl, link)? {
+        Ingress::RedirectTo(target) => link_exists(nl, target),
+        Ingress::Empty | Ingress::Foreign => Ok(false),
     }
 }
 
-/// Where the ingress redirect on `link` sends its frames, if it has one.
-fn redirect_target(nl: &mut Netlink, link: u32) -> io::Result<Option<u32>> {
+/// What the ingress side of a link holds.
+enum Ingress {
+    /// No ingress qdisc, or one without filters.
+    Empty,
+    /// A mirred redirect (ours) to the device with this index.
+    RedirectTo(u32),
+    /// Filters, none of them a mirred redirect: someone else's.
+    Foreign,
+}
+
+fn ingress(nl: &mut Netlink, link: u32) -> io::Result<Ingress> {
     let mut m = TcMessage::default();
     m.header.index = link as i32;
     m.header.parent = INGRESS_HANDLE;
     let filters = match nl.dump(RouteNetlinkMessage::GetTrafficFilter(m)) {
         Ok(f) => f,
         // No ingress qdisc: nothing there.
-        Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOENT)) => return Ok(None),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOENT)) => {
+            return Ok(Ingress::Empty)
+        }
         Err(e) => return Err(e),
     };
+    let mut any = false;
     for f in filters {
         let RouteNetlinkMessage::NewTrafficFilter(f) = f else {
             continue;
         };
+        any = true;
         for attr in &f.attributes {
             let TcAttribute::Options(options) = attr else {
                 continue;
@@ -169,7 +192,7 @@ fn redirect_target(nl: &mut Netlink, link: u32) -> io::Result<Option<u32>> {
                         };
                         for o in opts {
                             if let TcActionOption::Mirror(TcActionMirrorOption::Parms(m)) = o {
-                                return Ok(Some(m.ifindex));
+                                return Ok(Ingress::RedirectTo(m.ifindex));
                             }
                         }
                     }
@@ -177,7 +200,11 @@ fn redirect_target(nl: &mut Netlink, link: u32) -> io::Result<Option<u32>> {
             }
         }
     }
-    Ok(None)
+    Ok(if any {
+        Ingress::Foreign
+    } else {
+        Ingress::Empty
+    })
 }
 
 fn link_exists(nl: &mut Netlink, index: u32) -> io::Result<bool> {

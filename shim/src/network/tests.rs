@@ -296,3 +296,28 @@ fn an_ingress_qdisc_left_without_a_redirect_does_not_stop_a_join() {
     });
     assert!(filters.contains("Redirect to device bh0"), "{filters}");
 }
+
+#[test]
+fn ingress_filters_of_someone_else_are_neither_dropped_nor_taken_for_a_vm() {
+    let (joined, carried, filters) = in_new_netns(|| {
+        docker_like();
+        ip("tuntap add dev bh0 mode tap");
+        tc("qdisc add dev eth0 ingress");
+        // A classifier without an action (this host's kernel has no act_gact for `drop`).
+        let added = tc("filter add dev eth0 ingress protocol ip u32 match u8 0 0");
+        assert!(added.trim().is_empty(), "{added}");
+        let mut nl = Netlink::open().unwrap();
+        let eth0 = redirect::link_index(&mut nl, "eth0").unwrap();
+        let tap = redirect::link_index(&mut nl, "bh0").unwrap();
+        let joined = redirect::join(&mut nl, eth0, tap).map_err(|e| e.to_string());
+        let carried = redirect::carried(&mut nl, eth0).unwrap();
+        (joined, carried, tc("filter show dev eth0 ingress"))
+    });
+    let err = joined.unwrap_err();
+    assert!(err.contains("not Bulkhead's"), "{err}");
+    assert!(!carried);
+    assert!(
+        filters.contains("match 00000000/00000000") && !filters.contains("mirred"),
+        "kept: {filters}"
+    );
+}

@@ -46,6 +46,8 @@ pub(super) async fn restore(ctx: &BootContext) -> Result<(VmGuest, Client), Sand
         Some(dir) => dir,
         None => ensure(&templates, &recipe, image, &ctx.config, false).await?,
     };
+    // Which template this container tries: others may make the key's template again meanwhile.
+    let tried = templates.identity(&key);
     let (why, keep) = match clone_from(ctx, &dir, image).await {
         // The template itself is unusable (corrupt, truncated, from another VMM or host).
         Err(SandboxError::Vm {
@@ -68,7 +70,7 @@ pub(super) async fn restore(ctx: &BootContext) -> Result<(VmGuest, Client), Sand
             source,
         }) => (
             format!(
-                "made a clone that did not answer in {} s ({}); kept as {key}{SILENT_SUFFIX}",
+                "made a clone that did not answer in {} s ({})",
                 wait_secs(ctx),
                 bulkhead_protocol::error_chain(&*source)
             ),
@@ -77,18 +79,33 @@ pub(super) async fn restore(ctx: &BootContext) -> Result<(VmGuest, Client), Sand
         other => return other,
     };
     // Made again once; a failure of the new one is the caller's (a cold boot).
-    crate::logging::warn(&format!("template {key} {why}; making it again"));
-    let _lock = templates.lock(&key, timeout).await.map_err(tpl)?;
-    if templates.find(&key).as_deref() == Some(dir.as_path()) {
-        let aside = keep && templates.set_aside(&key, SILENT_SUFFIX).is_ok();
-        if !aside {
-            templates.remove(&key).map_err(tpl)?;
-        }
+    let lock = templates.lock(&key, timeout).await.map_err(tpl)?;
+    // Only the template this container tried goes: containers that tried it at the same time
+    // find it made again (by the first of them) when they get the lock, and use that one.
+    if tried.is_some() && templates.identity(&key) == tried {
+        let outcome = if keep {
+            match templates.set_aside(&key, SILENT_SUFFIX) {
+                Ok(aside) => format!("kept as {}", aside.display()),
+                Err(e) => {
+                    templates.discard(&key).map_err(tpl)?;
+                    format!("removed (not kept: {e})")
+                }
+            }
+        } else {
+            templates.discard(&key).map_err(tpl)?;
+            "removed".to_string()
+        };
+        crate::logging::warn(&format!("template {key} {why}; {outcome}; making it again"));
+    } else {
+        crate::logging::debug(&format!(
+            "template {key} {why}; another container has made it again"
+        ));
     }
     let dir = match templates.find(&key) {
         Some(dir) => dir,
         None => build(&templates, &recipe, image, &ctx.config, timeout).await?,
     };
+    drop(lock);
     clone_from(ctx, &dir, image).await
 }
 

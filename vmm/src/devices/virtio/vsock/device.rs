@@ -354,7 +354,9 @@ impl VsockDevice {
                         add(&self.metrics.dropped_packets, 1);
                     }
                 }
-                if active.held_tx.is_empty() {
+                // While the reset's acknowledgement is awaited the timer is set for that,
+                // sooner; when it fires it returns the held chains too.
+                if active.held_tx.is_empty() && !self.awaiting_reset_ack {
                     let delay = Expiration::OneShot(TimeSpec::from_duration(TX_RETURN_DELAY));
                     if let Err(e) = self.tx_timer.set(delay, TimerSetTimeFlags::empty()) {
                         tracing::warn!("vsock: cannot arm the TX timer: {e}");
