@@ -70,8 +70,7 @@ pub(super) async fn restore(ctx: &BootContext) -> Result<(VmGuest, Client), Sand
             source,
         }) => (
             format!(
-                "made a clone that did not answer in {} s ({})",
-                wait_secs(ctx),
+                "made a clone whose agent did not answer ({})",
                 bulkhead_protocol::error_chain(&*source)
             ),
             true,
