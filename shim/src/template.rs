@@ -360,6 +360,15 @@ mod tests {
         }
     }
 
+    fn meta() -> Meta {
+        Meta {
+            recipe: recipe(),
+            created: now_secs(),
+            build_secs: 1.5,
+            memory_bytes: 10,
+        }
+    }
+
     #[test]
     fn keys_change_with_what_the_guest_sees_not_with_paths() {
         let a = recipe();
@@ -407,12 +416,7 @@ mod tests {
         assert!(t.find(&key).is_none());
         let scratch = t.scratch(&key).unwrap();
         fs::write(scratch.join(bulkhead_vmm::snapshot::STATE_FILE), b"s").unwrap();
-        let meta = Meta {
-            recipe: recipe(),
-            created: now_secs(),
-            build_secs: 1.5,
-            memory_bytes: 10,
-        };
+        let meta = meta();
         let dir = t.install(&key, &scratch, &meta).unwrap();
         assert_eq!(t.find(&key), Some(dir));
         let listed = t.list().unwrap();
@@ -428,12 +432,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let t = Templates::new(d.path());
         let key = recipe().key();
-        let meta = Meta {
-            recipe: recipe(),
-            created: now_secs(),
-            build_secs: 1.5,
-            memory_bytes: 10,
-        };
+        let meta = meta();
         for generation in [b"first", b"later"] {
             let scratch = t.scratch(&key).unwrap();
             fs::write(scratch.join(bulkhead_vmm::snapshot::STATE_FILE), generation).unwrap();
@@ -455,12 +454,7 @@ mod tests {
         let t = Templates::new(d.path());
         let key = recipe().key();
         let _lock = t.lock(&key, Duration::from_secs(5)).await.unwrap();
-        let meta = Meta {
-            recipe: recipe(),
-            created: now_secs(),
-            build_secs: 1.5,
-            memory_bytes: 10,
-        };
+        let meta = meta();
         let mut seen = Vec::new();
         for _ in 0..2 {
             let scratch = t.scratch(&key).unwrap();

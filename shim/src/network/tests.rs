@@ -33,6 +33,14 @@ fn ip(args: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// A netlink socket in the calling thread's namespace and the indexes of `eth0` and `bh0`.
+fn eth0_and_bh0() -> (Netlink, u32, u32) {
+    let mut nl = Netlink::open().unwrap();
+    let eth0 = redirect::link_index(&mut nl, "eth0").unwrap();
+    let tap = redirect::link_index(&mut nl, "bh0").unwrap();
+    (nl, eth0, tap)
+}
+
 fn tc(args: &str) -> String {
     let out = Command::new("tc")
         .args(args.split_whitespace())
@@ -139,9 +147,7 @@ fn join_redirects_both_ways_and_unjoin_restores_the_interface() {
     let (joined, after, again) = in_new_netns(|| {
         docker_like();
         ip("tuntap add dev bh0 mode tap");
-        let mut nl = Netlink::open().unwrap();
-        let eth0 = redirect::link_index(&mut nl, "eth0").unwrap();
-        let tap = redirect::link_index(&mut nl, "bh0").unwrap();
+        let (mut nl, eth0, tap) = eth0_and_bh0();
         redirect::tap_up(&mut nl, tap, 1450).unwrap();
         redirect::join(&mut nl, eth0, tap).unwrap();
         let joined = (
@@ -222,9 +228,7 @@ fn delete_releases_the_redirects_of_ended_vms_in_a_lasting_namespace() {
     let (removed, filters) = in_new_netns(|| {
         docker_like();
         ip("tuntap add dev bh0 mode tap");
-        let mut nl = Netlink::open().unwrap();
-        let eth0 = redirect::link_index(&mut nl, "eth0").unwrap();
-        let tap = redirect::link_index(&mut nl, "bh0").unwrap();
+        let (mut nl, eth0, tap) = eth0_and_bh0();
         redirect::join(&mut nl, eth0, tap).unwrap();
         // A live VM's redirect stays.
         let tid = nix::unistd::gettid();
@@ -245,9 +249,7 @@ fn a_join_that_fails_half_way_is_undone() {
         ip("tuntap add dev bh0 mode tap");
         // Something else already has an ingress qdisc on the tap: the second half fails.
         tc("qdisc add dev bh0 ingress");
-        let mut nl = Netlink::open().unwrap();
-        let eth0 = redirect::link_index(&mut nl, "eth0").unwrap();
-        let tap = redirect::link_index(&mut nl, "bh0").unwrap();
+        let (mut nl, eth0, tap) = eth0_and_bh0();
         let failed = redirect::join(&mut nl, eth0, tap).is_err();
         (failed, tc("qdisc show dev eth0"))
     });
@@ -262,9 +264,7 @@ fn create_refuses_a_namespace_whose_interface_another_vm_carries() {
         // own redirect is not taken for a carried interface.
         ip("tuntap add dev bh0 mode tap");
         docker_like();
-        let mut nl = Netlink::open().unwrap();
-        let eth0 = redirect::link_index(&mut nl, "eth0").unwrap();
-        let tap = redirect::link_index(&mut nl, "bh0").unwrap();
+        let (mut nl, eth0, tap) = eth0_and_bh0();
         let tid = nix::unistd::gettid();
         let path = std::path::PathBuf::from(format!("/proc/self/task/{tid}/ns/net"));
         assert!(refuse_carried(&path).is_ok(), "nobody carries it yet");
@@ -288,9 +288,7 @@ fn an_ingress_qdisc_left_without_a_redirect_does_not_stop_a_join() {
         docker_like();
         ip("tuntap add dev bh0 mode tap");
         tc("qdisc add dev eth0 ingress");
-        let mut nl = Netlink::open().unwrap();
-        let eth0 = redirect::link_index(&mut nl, "eth0").unwrap();
-        let tap = redirect::link_index(&mut nl, "bh0").unwrap();
+        let (mut nl, eth0, tap) = eth0_and_bh0();
         redirect::join(&mut nl, eth0, tap).unwrap();
         tc("filter show dev eth0 ingress")
     });
@@ -306,9 +304,7 @@ fn ingress_filters_of_someone_else_are_neither_dropped_nor_taken_for_a_vm() {
         // A classifier without an action (this host's kernel has no act_gact for `drop`).
         let added = tc("filter add dev eth0 ingress protocol ip u32 match u8 0 0");
         assert!(added.trim().is_empty(), "{added}");
-        let mut nl = Netlink::open().unwrap();
-        let eth0 = redirect::link_index(&mut nl, "eth0").unwrap();
-        let tap = redirect::link_index(&mut nl, "bh0").unwrap();
+        let (mut nl, eth0, tap) = eth0_and_bh0();
         let joined = redirect::join(&mut nl, eth0, tap).map_err(|e| e.to_string());
         let carried = redirect::carried(&mut nl, eth0).unwrap();
         (joined, carried, tc("filter show dev eth0 ingress"))

@@ -108,11 +108,6 @@ pub(super) async fn restore(ctx: &BootContext) -> Result<(VmGuest, Client), Sand
     clone_from(ctx, &dir, image).await
 }
 
-/// How long a clone's agent gets: the boot timeout, at most [`RESTORE_READY_TIMEOUT`].
-fn wait_secs(ctx: &BootContext) -> u64 {
-    agent_wait(ctx).timeout.min(RESTORE_READY_TIMEOUT).as_secs()
-}
-
 /// The template of `recipe`, made now under its lock unless another process made it while we
 /// waited for the lock (or made again with `replace`).
 async fn ensure(
@@ -153,7 +148,7 @@ async fn clone_from(
     })?;
     let guest = VmGuest::run(vm, vsock, ctx.config.seccomp)?;
     let mut wait = agent_wait(ctx);
-    wait.timeout = Duration::from_secs(wait_secs(ctx));
+    wait.timeout = wait.timeout.min(RESTORE_READY_TIMEOUT);
     let client = match connect_agent(&guest, &wait).await {
         Ok(c) => c,
         Err(e) => {
