@@ -65,6 +65,9 @@ container_test! {
                 "3"
             ]
         );
+        // The thread that cloned it went back to its own pid namespace for its next children.
+        let ns = |n: &str| std::fs::read_link(format!("/proc/thread-self/ns/{n}")).unwrap();
+        assert_eq!(ns("pid_for_children"), ns("pid"));
         // Without capabilities in the exec spec, the container's apply (Docker's list here).
         let (_, out, _) = exec(&c, json!({
             "user": {"uid": 0, "gid": 0}, "args": ["grep", "^CapBnd", "/proc/self/status"],
