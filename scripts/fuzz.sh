@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Runs Bulkhead's fuzz targets (cargo-fuzz/libFuzzer), one after another, each for a fixed time.
+# Runs Bulkhead's fuzz targets (cargo-fuzz/libFuzzer), each for a fixed time, one after another
+# or --jobs at a time.
 #
-#   scripts/fuzz.sh [--time SECONDS] [--dev] [TARGET...]
+#   scripts/fuzz.sh [--time SECONDS] [--jobs N] [--dev] [--build-only] [TARGET...]
 #
 # Without TARGETs: every target of every fuzz crate (each directory whose Cargo.toml says
 # `cargo-fuzz = true`: vmm/fuzz, protocol/fuzz), each for SECONDS (default 60).
@@ -14,10 +15,12 @@
 # 2. builds each fuzz crate that has a chosen target (`cargo +nightly fuzz build`: release,
 #    debug assertions, AddressSanitizer) into $CARGO_TARGET_DIR/fuzz/build; with --dev
 #    unoptimised instead (a third of the build time on a fresh clone, slower runs: what
-#    test.sh's short runs want);
+#    test.sh's short runs want); --build-only stops here (test.sh builds while the end-to-end
+#    suites run, and runs the targets after them);
 # 3. runs each target's binary in one libFuzzer process (no -jobs/-workers: libFuzzer's default
 #    is one process with one fuzzing thread, and any -jobs value would fork a child writing
-#    its output to fuzz-N.log instead), with the target's -max_len, from a corpus kept between
+#    its output to fuzz-N.log instead), N targets at once with --jobs N (default 1: one
+#    libFuzzer process takes a core), with the target's -max_len, from a corpus kept between
 #    runs in $CARGO_TARGET_DIR/fuzz/corpus/TARGET, into which the committed seeds
 #    (<crate>/seeds/TARGET/) are copied first: no corpus, input or log in the source tree;
 # 4. prints one line per target: executions, executions per second, coverage, corpus entries
@@ -40,6 +43,8 @@ declare -A needs_root=([virtiofs_request]=1)
 input_timeout=60
 
 seconds=60
+jobs=1
+build_only=0
 profile=release
 build_flags=()
 chosen=()
@@ -48,12 +53,16 @@ while [[ $# -gt 0 ]]; do
         --time) [[ $# -ge 2 ]] || die "--time needs a number of seconds"; seconds=$2; shift 2 ;;
         --time=*) seconds=${1#--time=}; shift ;;
         --dev) profile=debug; build_flags=(--dev); shift ;;
-        -h|--help) sed -n '2,25p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --jobs) [[ $# -ge 2 ]] || die "--jobs needs a number"; jobs=$2; shift 2 ;;
+        --jobs=*) jobs=${1#--jobs=}; shift ;;
+        --build-only) build_only=1; shift ;;
+        -h|--help) sed -n '2,30p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
         -*) die "unknown option '$1' (try --help)" ;;
         *) chosen+=("$1"); shift ;;
     esac
 done
 [[ $seconds =~ ^[1-9][0-9]*$ ]] || die "--time wants a whole number of seconds, not '$seconds'"
+[[ $jobs =~ ^[1-9][0-9]*$ ]] || die "--jobs wants a whole number of targets, not '$jobs'"
 
 # ---- tools -----------------------------------------------------------------------------------
 command -v rustup >/dev/null \
@@ -116,44 +125,55 @@ for crate in "${crates[@]}"; do
     fi
     note "built $crate in $(( SECONDS - t0 )) s"
 done
+if [[ $build_only -eq 1 ]]; then
+    note "built; not run (--build-only)"
+    exit 0
+fi
 
 # ---- run -------------------------------------------------------------------------------------
 # cargo fuzz run sets this too: the sanitizer runtime's ODR check trips on Rust's symbols.
 export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_odr_violation=0"
-findings=() # "target: path" of every crash, leak, timeout or OOM input
-failures=() # targets that failed without leaving an input
 final_stat() { # name log: a -print_final_stats=1 value
     sed -n "s/^stat::$1: *//p" "$2" | tail -n 1
 }
-note "${#chosen[@]} target(s), ${seconds} s each, one at a time: ${chosen[*]}"
-for t in "${chosen[@]}"; do
-    crate=${crate_of[$t]}
-    bin=$build/$host/$profile/$t
-    [[ -x "$bin" ]] || die "$t was built but $bin is missing"
-    corpus=$out/corpus/$t
-    artifacts=$out/artifacts/$t
-    log=$out/logs/$t.log
+results=$out/results
+rm -rf "$results" && mkdir -p "$results"
+
+# Runs target $1 for $seconds; leaves its report lines in $results/$1.report, each input it
+# found in $results/$1.found and, when it failed without an input, $results/$1.failed.
+run_target() {
+    local t=$1
+    local crate=${crate_of[$t]}
+    local bin=$build/$host/$profile/$t
+    local corpus=$out/corpus/$t artifacts=$out/artifacts/$t log=$out/logs/$t.log
+    local report=$results/$t.report
+    if [[ ! -x "$bin" ]]; then
+        echo "fuzz: $t was built but $bin is missing" >"$report"
+        touch "$results/$t.failed"
+        return
+    fi
     mkdir -p "$corpus" "$artifacts"
     for seed in "$repo/$crate/seeds/$t"/*; do
         [[ ! -f "$seed" || -e "$corpus/${seed##*/}" ]] || cp "$seed" "$corpus/"
     done
+    local before
     before=$(ls -A "$artifacts")
     # The target's temporary files (virtiofs_request's share directory outlives its process).
-    tmp=$out/tmp/$t
+    local tmp=$out/tmp/$t
     rm -rf --one-file-system "$tmp" && mkdir -p "$tmp"
-    args=(-max_total_time="$seconds" -timeout="$input_timeout" -print_final_stats=1
+    local args=(-max_total_time="$seconds" -timeout="$input_timeout" -print_final_stats=1
         -artifact_prefix="$artifacts/")
     [[ -z "${max_len[$t]:-}" ]] || args+=(-max_len="${max_len[$t]}")
-    t0=$SECONDS
-    rc=0
+    local t0=$SECONDS rc=0
     # The outer timeout only stops a fuzzer that ignores its own limits. The working directory
     # is under the target dir: anything libFuzzer writes without a prefix lands there.
     (cd "$out" && TMPDIR=$tmp timeout --kill-after=30 $(( seconds + 2 * input_timeout + 60 )) \
         "$bin" "${args[@]}" "$corpus" </dev/null >"$log" 2>&1) || rc=$?
-    new=()
+    local new=() f
     while IFS= read -r f; do
         case "$f" in crash-*|leak-*|timeout-*|oom-*) new+=("$artifacts/$f") ;; esac
     done < <(comm -13 <(sort <<<"$before") <(ls -A "$artifacts" | sort))
+    local execs rate last cov corp files verdict
     execs=$(final_stat number_of_executed_units "$log")
     rate=$(final_stat average_exec_per_sec "$log")
     # libFuzzer's last status line: coverage, and its corpus (files it keeps using; the
@@ -164,31 +184,61 @@ for t in "${chosen[@]}"; do
     files=$(find "$corpus" -maxdepth 1 -type f | wc -l)
     if [[ ${#new[@]} -gt 0 ]]; then
         verdict="FOUND: ${new[*]}"
-        for f in "${new[@]}"; do findings+=("$t: $f"); done
+        printf '%s\n' "${new[@]}" >"$results/$t.found"
     elif [[ $rc -ne 0 ]]; then
         verdict="FAILED (exit $rc, no input saved)"
-        failures+=("$t")
+        touch "$results/$t.failed"
     else
         verdict=ok
     fi
-    printf 'fuzz: %-17s %10s execs %6s exec/s  cov %5s  corpus %5s (%5s files)  %4s s  %s\n' \
-        "$t" "${execs:-?}" "${rate:-?}" "${cov:-?}" "${corp:-?}" "$files" "$(( SECONDS - t0 ))" \
-        "$verdict" >&2
-    if [[ $rc -ne 0 || ${#new[@]} -gt 0 ]]; then
-        # From where it went wrong (a panic, a sanitizer's or libFuzzer's report) 50 lines,
-        # then libFuzzer's closing lines; the tail if neither is there.
-        note "$t: its libFuzzer output, in part (all of it: $log):"
-        awk 'start == 0 && /panicked at|ERROR: |ALARM: |out-of-memory/ { start = NR }
-             start && NR < start + 50 { print; next }
-             start && /^SUMMARY: |Test unit written to|^stat::/ { print }' "$log" >"$log.excerpt"
-        [[ -s "$log.excerpt" ]] || tail -n 40 "$log" >"$log.excerpt"
-        sed "s/^/  $t| /" "$log.excerpt" >&2
-        rm -f "$log.excerpt"
-        for f in "${new[@]}"; do
-            note "reproduce: $bin $f"
-            note "minimise:  cargo +nightly fuzz tmin --fuzz-dir $repo/$crate --target-dir $build $t $f"
-        done
+    {
+        printf 'fuzz: %-17s %10s execs %6s exec/s  cov %5s  corpus %5s (%5s files)  %4s s  %s\n' \
+            "$t" "${execs:-?}" "${rate:-?}" "${cov:-?}" "${corp:-?}" "$files" "$(( SECONDS - t0 ))" \
+            "$verdict"
+        if [[ $rc -ne 0 || ${#new[@]} -gt 0 ]]; then
+            # From where it went wrong (a panic, a sanitizer's or libFuzzer's report) 50 lines,
+            # then libFuzzer's closing lines; the tail if neither is there.
+            echo "fuzz: $t: its libFuzzer output, in part (all of it: $log):"
+            awk 'start == 0 && /panicked at|ERROR: |ALARM: |out-of-memory/ { start = NR }
+                 start && NR < start + 50 { print; next }
+                 start && /^SUMMARY: |Test unit written to|^stat::/ { print }' "$log" >"$log.excerpt"
+            [[ -s "$log.excerpt" ]] || tail -n 40 "$log" >"$log.excerpt"
+            sed "s/^/  $t| /" "$log.excerpt"
+            rm -f "$log.excerpt"
+            for f in "${new[@]}"; do
+                echo "fuzz: reproduce: $bin $f"
+                echo "fuzz: minimise:  cargo +nightly fuzz tmin --fuzz-dir $repo/$crate --target-dir $build $t $f"
+            done
+        fi
+    } >"$report"
+}
+
+note "${#chosen[@]} target(s), ${seconds} s each, $jobs at a time: ${chosen[*]}"
+running=0
+for t in "${chosen[@]}"; do
+    if (( running >= jobs )); then
+        wait -n || true
+        running=$(( running - 1 ))
     fi
+    run_target "$t" &
+    running=$(( running + 1 ))
+done
+wait
+
+findings=() # "target: path" of every crash, leak, timeout or OOM input
+failures=() # targets that failed without leaving an input
+for t in "${chosen[@]}"; do
+    if [[ -f "$results/$t.report" ]]; then
+        cat "$results/$t.report" >&2
+    else
+        note "$t: no report (its runner died)"
+        failures+=("$t")
+        continue
+    fi
+    if [[ -f "$results/$t.found" ]]; then
+        while IFS= read -r f; do findings+=("$t: $f"); done <"$results/$t.found"
+    fi
+    [[ ! -f "$results/$t.failed" ]] || failures+=("$t")
 done
 
 if [[ ${#findings[@]} -gt 0 || ${#failures[@]} -gt 0 ]]; then

@@ -6,18 +6,19 @@
 # 1. scripts/setup.sh --no-demo: packages, guest kernel (cached), images, binaries installed;
 # 2. formatting and lints;
 # 3. every test binary built once (cargo test --no-run), and what end-to-end tests would
-#    otherwise build while they run (the debug agent, the agent and virtio-fs test initramfs
-#    images): the suites then run as plain processes, never waiting on cargo's lock;
+#    otherwise build while they run (the agent and virtio-fs test initramfs images): the
+#    suites then run as plain processes, never waiting on cargo's lock;
 # 4. unit tests of every crate, with BULKHEAD_E2E=1 so that a test whose prerequisite is missing
 #    (root, /dev/kvm, /dev/fuse, a cgroup controller…) fails instead of skipping;
 # 5. end-to-end suites (BULKHEAD_E2E=1), each its own process, two at a time: a guest boot takes
 #    ~30 s of one core on PVM-backed KVM (see shared/PVM.md) and the machine has two. Each
 #    suite's output goes to a log that is printed when the suite fails; each suite's wall time
 #    is printed, and the total;
-# 6. every fuzz target (scripts/fuzz.sh: vmm/fuzz, protocol/fuzz) briefly, one after another,
-#    after the end-to-end suites: its unoptimised nightly sanitizer build (--dev: ~80 s on a
-#    fresh clone, in target/fuzz), then BULKHEAD_FUZZ_SECONDS (default 15) per target; a crash
-#    fails the run, a missing nightly toolchain or cargo-fuzz too (setup.sh installs them);
+# 6. every fuzz target (scripts/fuzz.sh: vmm/fuzz, protocol/fuzz) briefly: its unoptimised
+#    nightly sanitizer build (--dev: ~2 min on a fresh clone, in target/fuzz) at nice 19 while
+#    the end-to-end suites run, then, after them, BULKHEAD_FUZZ_SECONDS (default 15) per
+#    target, two at a time (one libFuzzer process takes a core); a crash fails the run, a
+#    missing nightly toolchain or cargo-fuzz too (setup.sh installs them);
 # 7. no silent skips: a skip line (bulkhead-test-skip: anywhere in a line, or a "skipped"
 #    note) or an ignored test in any log fails the run.
 #
@@ -38,9 +39,10 @@ fuzz_seconds=${BULKHEAD_FUZZ_SECONDS:-15}
 started=$SECONDS
 
 # Longest first, so the two lanes end together; suites not named here run after these.
-order=(podman_network vmm_net template_vm podman_run docker_run container_vm hostile_vm docker_network monitor_vm agent_vm network_vm virtiofs_e2e vmm_snapshot
-    vmm_boot shim_cli ctr_run vmm_vsock shim_vm agent_unix shim_agent shim_process shim_lifecycle
-    vmm_errors virtiofs_errors shim_register)
+order=(template_vm podman_run docker_run hostile_vm container_vm monitor_vm vmm_net agent_vm
+    docker_network podman_network virtiofs_e2e vmm_boot vmm_snapshot shim_cli ctr_run vmm_vsock
+    network_vm shim_vm agent_unix shim_agent shim_process shim_lifecycle vmm_errors
+    virtiofs_errors shim_register)
 
 phase() { # name start-seconds
     note "$1: $(( SECONDS - $2 )) s"
@@ -79,10 +81,13 @@ rm -rf "$logs" && mkdir -p "$logs"
 note "building every test binary"
 cargo test --locked --workspace --no-run --message-format=json-render-diagnostics \
     >"$logs/build.json" || die "building the tests failed"
-cargo build --locked -p bulkhead-agent || die "building the debug agent failed"
-export BULKHEAD_AGENT_BIN="$target/debug/bulkhead-agent"
 BULKHEAD_AGENT_TEST_INITRAMFS=$("$repo/images/build-agent-initramfs.sh" --test | tail -n 1) \
     || die "building the agent test initramfs failed"
+# The agent the guest runs (static, built by setup.sh for the initramfs) is the one the
+# --listen-unix suites drive too: what ships is what is tested, and a debug build of its own
+# would rebuild the agent's dependencies with other features (~35 s).
+export BULKHEAD_AGENT_BIN="$target/x86_64-unknown-linux-gnu/guest/bulkhead-agent"
+[[ -x "$BULKHEAD_AGENT_BIN" ]] || die "the agent build is missing: $BULKHEAD_AGENT_BIN"
 BULKHEAD_FS_TEST_INITRAMFS=$("$repo/images/build-fs-test-initramfs.sh" | tail -n 1) \
     || die "building the virtio-fs test initramfs failed"
 export BULKHEAD_AGENT_TEST_INITRAMFS BULKHEAD_FS_TEST_INITRAMFS
@@ -119,8 +124,10 @@ if ! grep -qw memory "${v2_mount:-/nonexistent}${v2_group}/cgroup.controllers" 2
     unit_args+=(--skip "$exempt")
 fi
 note "unit tests (BULKHEAD_E2E=1: a missing prerequisite fails)"
-if ! BULKHEAD_E2E=1 cargo test --locked --workspace --exclude bulkhead-tests -- "${unit_args[@]}" \
-    >"$logs/unit.log" 2>&1; then
+# --lib --bins and --doc select the unit tests without changing the workspace's features (an
+# --exclude would, and rebuild half of it): the build above made them all.
+if ! { BULKHEAD_E2E=1 cargo test --locked --workspace --lib --bins -- "${unit_args[@]}" \
+    && cargo test --locked --workspace --doc; } >"$logs/unit.log" 2>&1; then
     cat "$logs/unit.log" >&2
     die "unit tests failed (log: $logs/unit.log)"
 fi
@@ -153,26 +160,52 @@ run_suite() {
 }
 
 t=$SECONDS
+# The fuzz targets' build (~2 min of compiling) runs meanwhile at the lowest priority: the
+# suites' VMs and engines leave a core idle often (boots waiting on the other lane, engines
+# starting, containers waiting), and nice 19 gives it little more than that.
+fuzz_build_log="$target/fuzz-build.log"
+note "building the fuzz targets meanwhile, at nice 19 (log: $fuzz_build_log)"
+nice -n 19 "$repo/scripts/fuzz.sh" --dev --build-only >"$fuzz_build_log" 2>&1 &
+fuzz_build=$!
+fuzz_build_rc=
 note "end-to-end suites, $jobs at a time (real VMs; minutes): ${queue[*]}"
 running=0
-for name in "${queue[@]}"; do
-    if (( running >= jobs )); then
-        wait -n || true
+# Waits for one background job: a suite's end frees its lane; the fuzz build's is recorded.
+reap_one() {
+    local pid rc=0
+    wait -n -p pid || rc=$?
+    if [[ $pid == "$fuzz_build" ]]; then
+        fuzz_build_rc=$rc
+    else
         running=$(( running - 1 ))
     fi
+}
+for name in "${queue[@]}"; do
+    while (( running >= jobs )); do reap_one; done
     run_suite "$name" &
     running=$(( running + 1 ))
 done
-wait
+while (( running > 0 )); do reap_one; done
 phase "end-to-end suites" "$t"
 
 # ---- fuzz targets, briefly --------------------------------------------------------------------
-# After the suites, alone: libFuzzer takes a core. Its output goes to target/fuzz/logs, not to
-# $logs (whose logs the skip check reads).
+# After the suites, alone: each libFuzzer process takes a core. Its output goes to
+# target/fuzz/logs, not to $logs (whose logs the skip check reads).
 t=$SECONDS
-note "fuzz targets, $fuzz_seconds s each (scripts/fuzz.sh)"
+if [[ -z $fuzz_build_rc ]]; then
+    note "waiting for the fuzz targets' build"
+    fuzz_build_rc=0
+    wait "$fuzz_build" || fuzz_build_rc=$?
+fi
 fuzz_rc=0
-"$repo/scripts/fuzz.sh" --dev --time "$fuzz_seconds" || fuzz_rc=$?
+if [[ $fuzz_build_rc -ne 0 ]]; then
+    cat "$fuzz_build_log" >&2
+    note "building the fuzz targets failed (exit $fuzz_build_rc; log: $fuzz_build_log)"
+    fuzz_rc=$fuzz_build_rc
+else
+    note "fuzz targets, $fuzz_seconds s each, two at a time (scripts/fuzz.sh)"
+    "$repo/scripts/fuzz.sh" --dev --jobs 2 --time "$fuzz_seconds" || fuzz_rc=$?
+fi
 phase "fuzzing" "$t"
 
 # ---- verdict --------------------------------------------------------------------------------

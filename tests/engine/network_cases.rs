@@ -4,9 +4,12 @@
 //! bridge reach each other by IP (Bulkhead↔Bulkhead and Bulkhead↔runc), `/etc/resolv.conf` and
 //! `/etc/hosts` are the engine's, `--network none` leaves only `lo`, `--network host` fails in
 //! one line. No packet leaves the suite's namespace and the containers' own.
+//!
+//! Each half starts one server ([`Server`]), which every case of it that needs one shares: a
+//! Bulkhead container is a VM boot, seconds to tens of seconds on emulated or PVM hosts.
 
 use std::process::Output;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use libtest_mimic::Trial;
@@ -27,8 +30,10 @@ pub trait NetEngine: Send + Sync + 'static {
 /// boot) plus the container's start, seconds to a minute on a busy PVM host.
 const SERVE_TIMEOUT: Duration = Duration::from_secs(300);
 
-/// The host port published by the port case.
-const PORT: u16 = 18080;
+/// The host ports the runc and the Bulkhead half's servers publish: both servers run at once
+/// (the runc one serves cases after the Bulkhead half).
+const RUNC_PORT: u16 = 18080;
+const BULKHEAD_PORT: u16 = 18081;
 
 fn ok(o: Output, what: &str) -> String {
     assert!(
@@ -73,38 +78,108 @@ fn remove(e: &impl NetEngine, rt: &str, id: &str) {
     ok(cli.output(rt, &["rm", "-f", id]), "rm");
 }
 
+/// One half's server, publishing its port: the published-port, container-to-container and
+/// `--network container:` cases of the half (and the cross-runtime case) all ask it, which
+/// saves a Bulkhead half three VM boots. Started by the first case that needs it (so a case run
+/// alone starts it), removed by the last (`network_container_…`, before "nothing left behind").
+/// When a filtered run leaves that case out, the server goes once no trial left can ask it
+/// (its last `Arc`, held by the trials, is dropped as the last of them ends).
+struct Server<E: NetEngine> {
+    engine: Arc<Shared<E>>,
+    /// The half's `--runtime` value.
+    runtime: fn(&E) -> String,
+    /// What `GET /` answers: names the half, so a client shows which server it reached.
+    body: &'static str,
+    /// The host port it publishes.
+    port: u16,
+    /// Its id and bridge IP while it runs.
+    running: Mutex<Option<(String, String)>>,
+}
+
+impl<E: NetEngine> Server<E> {
+    fn new(
+        engine: &Arc<Shared<E>>,
+        runtime: fn(&E) -> String,
+        body: &'static str,
+        port: u16,
+    ) -> Arc<Server<E>> {
+        Arc::new(Server {
+            engine: Arc::clone(engine),
+            runtime,
+            body,
+            port,
+            running: Mutex::new(None),
+        })
+    }
+
+    fn running(&self) -> std::sync::MutexGuard<'_, Option<(String, String)>> {
+        self.running.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The server's id and bridge IP, started now if no case has started it.
+    fn get(&self) -> (String, String) {
+        let e = self.engine.get();
+        let port = format!("{}:80", self.port);
+        self.running()
+            .get_or_insert_with(|| start_server(e, &(self.runtime)(e), self.body, &["-p", &port]))
+            .clone()
+    }
+
+    /// Removes the server (if it runs): its last case is done with it.
+    fn remove(&self) {
+        let running = self.running().take();
+        if let Some((id, _)) = running {
+            let e = self.engine.get();
+            remove(e, &(self.runtime)(e), &id);
+        }
+    }
+}
+
+impl<E: NetEngine> Drop for Server<E> {
+    /// A server a filtered run left (see [`Server`]); quietly, as a drop cannot fail a trial.
+    fn drop(&mut self) {
+        if let Some((id, _)) = self.running().take() {
+            let e = self.engine.get();
+            let (cli, rt) = (e.cli(), (self.runtime)(e));
+            let _ = cli.output(&rt, &["kill", &id]);
+            let _ = cli.output(&rt, &["rm", "-f", &id]);
+        }
+    }
+}
+
+/// `sh -c` text fetching `url` until it answers, once a second, at most `tries` times. A shell
+/// counter, not `$(seq …)`: a fork and exec less per loop, ~1 s of an emulated guest's CPU.
+fn fetch_script(url: &str, tries: u32) -> String {
+    format!(
+        "i=0; while [ $i -lt {tries} ]; do wget -q -O - {url} && exit 0; sleep 1; i=$((i+1)); done; exit 1"
+    )
+}
+
 /// A client container fetching `http://<ip>/`, retrying while the server starts.
 fn fetch_from_container(e: &impl NetEngine, rt: &str, ip: &str) -> String {
-    let script = format!(
-        "for i in $(seq 1 60); do wget -q -O - http://{ip}/ && exit 0; sleep 1; done; exit 1"
-    );
+    let script = fetch_script(&format!("http://{ip}/"), 60);
     ok(
         run(e, rt, "--rm", &[e.image(), "sh", "-c", &script]),
         "fetch from a container",
     )
 }
 
-fn published_port_serves_a_file(e: &impl NetEngine, rt: &str) {
-    let port = format!("{PORT}:80");
-    let (id, _) = start_server(e, rt, "hello-published", &["-p", &port]);
+/// The half's server answers on its published port, from the engine's namespace.
+fn published_port_serves_a_file<E: NetEngine>(e: &E, _: &str, server: &Server<E>) {
+    server.get();
     let got = e
         .netns()
-        .http_get_when_up(([127, 0, 0, 1], PORT).into(), SERVE_TIMEOUT);
-    remove(e, rt, &id);
-    assert_eq!(
-        got.expect("GET the published port").trim(),
-        "hello-published"
-    );
+        .http_get_when_up(([127, 0, 0, 1], server.port).into(), SERVE_TIMEOUT);
+    assert_eq!(got.expect("GET the published port").trim(), server.body);
 }
 
-fn containers_reach_each_other_by_ip(e: &impl NetEngine, rt: &str) {
-    let (id, ip) = start_server(e, rt, "hello-peer", &[]);
-    let got = fetch_from_container(e, rt, &ip);
-    remove(e, rt, &id);
-    assert_eq!(got, "hello-peer");
+/// A client container of the half reaches the half's server by its bridge IP.
+fn containers_reach_each_other_by_ip<E: NetEngine>(e: &E, rt: &str, server: &Server<E>) {
+    let (_, ip) = server.get();
+    assert_eq!(fetch_from_container(e, rt, &ip), server.body);
 }
 
-fn resolv_conf_and_hosts_are_the_engines(e: &impl NetEngine, rt: &str) {
+fn resolv_conf_and_hosts_are_the_engines<E: NetEngine>(e: &E, rt: &str, _: &Server<E>) {
     let out = ok(
         run(
             e,
@@ -148,7 +223,7 @@ fn resolv_conf_and_hosts_are_the_engines(e: &impl NetEngine, rt: &str) {
     );
 }
 
-fn network_none_has_only_loopback(e: &impl NetEngine, rt: &str) {
+fn network_none_has_only_loopback<E: NetEngine>(e: &E, rt: &str, _: &Server<E>) {
     let out = ok(
         run(
             e,
@@ -171,7 +246,7 @@ fn network_none_has_only_loopback(e: &impl NetEngine, rt: &str) {
     assert!(!out.contains("eth"), "{out}");
 }
 
-type Case<E> = fn(&E, &str);
+type Case<E> = fn(&E, &str, &Server<E>);
 
 fn cases<E: NetEngine>() -> Vec<(&'static str, Case<E>)> {
     vec![
@@ -198,17 +273,18 @@ pub fn trials<E: NetEngine>(
     runc: fn(&E) -> String,
     bulkhead: fn(&E) -> String,
 ) -> Vec<Trial> {
-    let as_trials = |prefix: &str, rt: fn(&E) -> String| {
-        half_trials(
-            prefix,
-            shared,
-            rt,
-            cases::<E>()
-                .into_iter()
-                .map(|(name, case)| (name, move |e: &E, rt: &String| case(e, rt))),
-        )
+    let (runc_server, bulkhead_server) = (
+        Server::new(shared, runc, "served-by-runc", RUNC_PORT),
+        Server::new(shared, bulkhead, "served-by-bulkhead", BULKHEAD_PORT),
+    );
+    let as_trials = |prefix: &str, rt: fn(&E) -> String, server: &Arc<Server<E>>| {
+        let cases = cases::<E>().into_iter().map(|(name, case)| {
+            let server = Arc::clone(server);
+            (name, move |e: &E, rt: &String| case(e, rt, &server))
+        });
+        half_trials(prefix, shared, rt, cases)
     };
-    let mut trials = as_trials("runc", runc);
+    let mut trials = as_trials("runc", runc, &runc_server);
     let e = Arc::clone(shared);
     trials.push(trial("runc::network_host_runs", move || {
         // The case below fails for Bulkhead only: runc shares the host's network.
@@ -219,42 +295,54 @@ pub fn trials<E: NetEngine>(
             "--network host",
         );
     }));
-    trials.extend(as_trials("bulkhead", bulkhead));
-    let e = Arc::clone(shared);
+    trials.extend(as_trials("bulkhead", bulkhead, &bulkhead_server));
+    let (e, from_runc, from_bulkhead) = (
+        Arc::clone(shared),
+        Arc::clone(&runc_server),
+        Arc::clone(&bulkhead_server),
+    );
     trials.push(trial("bulkhead::reaches_runc_and_back", move || {
+        // Each half's server answers with its half's name: a client that reached its own
+        // half's server instead would fail here.
         let e = e.get();
         let (runc, bulkhead) = (runc(e), bulkhead(e));
-        let (id, ip) = start_server(e, &runc, "from-runc", &[]);
-        let got = fetch_from_container(e, &bulkhead, &ip);
-        remove(e, &runc, &id);
-        assert_eq!(got, "from-runc");
-        let (id, ip) = start_server(e, &bulkhead, "from-bulkhead", &[]);
-        let got = fetch_from_container(e, &runc, &ip);
-        remove(e, &bulkhead, &id);
-        assert_eq!(got, "from-bulkhead");
+        let (_, ip) = from_runc.get();
+        assert_eq!(fetch_from_container(e, &bulkhead, &ip), from_runc.body);
+        let (_, ip) = from_bulkhead.get();
+        assert_eq!(fetch_from_container(e, &runc, &ip), from_bulkhead.body);
     }));
-    let e = Arc::clone(shared);
-    trials.push(trial("runc::network_container_shares_a_namespace", move || {
-        let e = e.get();
-        let rt = runc(e);
-        let (id, _) = start_server(e, &rt, "same-namespace", &[]);
-        let mode = format!("container:{id}");
-        let script = "for i in $(seq 1 30); do wget -q -O - http://127.0.0.1/ && exit 0; sleep 1; done; exit 1";
-        let got = run(e, &rt, "--rm", &["--network", &mode, e.image(), "sh", "-c", script]);
-        remove(e, &rt, &id);
-        assert_eq!(ok(got, "--network container:"), "same-namespace");
-    }));
-    let e = Arc::clone(shared);
+    let (e, server) = (Arc::clone(shared), runc_server);
+    trials.push(trial(
+        "runc::network_container_shares_a_namespace",
+        move || {
+            // The runc server's last case: it is removed here.
+            let e = e.get();
+            let rt = runc(e);
+            let (id, _) = server.get();
+            let mode = format!("container:{id}");
+            let script = fetch_script("http://127.0.0.1/", 30);
+            let got = run(
+                e,
+                &rt,
+                "--rm",
+                &["--network", &mode, e.image(), "sh", "-c", &script],
+            );
+            server.remove();
+            assert_eq!(ok(got, "--network container:"), server.body);
+        },
+    ));
+    let (e, server) = (Arc::clone(shared), bulkhead_server);
     trials.push(trial(
         "bulkhead::network_container_fails_in_one_line",
         move || {
             // The first container's interfaces are carried into its VM; a second VM cannot have them.
+            // The Bulkhead server's last case: it is removed here.
             let e = e.get();
             let rt = bulkhead(e);
-            let (id, _) = start_server(e, &rt, "same-namespace", &[]);
+            let (id, _) = server.get();
             let mode = format!("container:{id}");
             let o = run(e, &rt, "--rm", &["--network", &mode, e.image(), "true"]);
-            remove(e, &rt, &id);
+            server.remove();
             assert_ne!(o.status.code(), Some(0));
             let err = text(&o.stderr);
             // One line of ours says what and why (podman adds a line of its own after it).
