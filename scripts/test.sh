@@ -28,6 +28,9 @@ set -euo pipefail
 
 die() { echo "test: $*" >&2; exit 1; }
 note() { echo "test: $*" >&2; }
+# `wait -n -p` (the suites' lanes) is bash 5.1's.
+(( BASH_VERSINFO[0] > 5 || (BASH_VERSINFO[0] == 5 && BASH_VERSINFO[1] >= 1) )) \
+    || die "bash 5.1 or later is needed (this is $BASH_VERSION)"
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo"
@@ -172,7 +175,7 @@ note "end-to-end suites, $jobs at a time (real VMs; minutes): ${queue[*]}"
 running=0
 # Waits for one background job: a suite's end frees its lane; the fuzz build's is recorded.
 reap_one() {
-    local pid rc=0
+    local pid= rc=0
     wait -n -p pid || rc=$?
     if [[ $pid == "$fuzz_build" ]]; then
         fuzz_build_rc=$rc

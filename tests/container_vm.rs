@@ -205,10 +205,10 @@ fn the_spec_is_honoured_inside_the_guest() {
     // The memory limit: the init reads past 8 MiB and is OOM-killed. (137 whether the guest's
     // OOM killer or a host kill of the VM ended it: tests/monitor_vm.rs tells them apart.)
     let t = Instant::now();
-    assert_eq!(
-        rt.run(&["exec", "c", "sh", "-c", "echo go > /tmp/oom"]).0,
-        Some(0)
-    );
+    // Opened read-write: an open for writing alone would block for good if the init no longer
+    // waited on the FIFO, and turn that failure into a hang.
+    let trigger = "exec 3<>/tmp/oom; echo go >&3";
+    assert_eq!(rt.run(&["exec", "c", "sh", "-c", trigger]).0, Some(0));
     assert_eq!(
         wait_status(pid),
         137,

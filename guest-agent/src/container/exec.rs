@@ -83,6 +83,9 @@ impl Container {
         let (ns_flags, no_pivot) = (self.exec_flags, self.no_pivot);
         let join_pid = ns_flags & libc::CLONE_NEWPID != 0;
         let join_rest = ns_flags & !libc::CLONE_NEWPID;
+        let mut keep: Vec<RawFd> = vec![cs, pidfd, root_fd];
+        keep.extend(child_stdio.fds());
+        keep.sort_unstable();
 
         // A pid namespace applies only to the children of whoever joins it. This thread joins
         // it for its next child only and returns to its own at once, so the process is cloned
@@ -96,12 +99,22 @@ impl Container {
                 .map_err(|e| {
                     ContainerError::Clone(Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
                 })?;
-            sys::setns(pidfd, libc::CLONE_NEWPID).map_err(ContainerError::Clone)?;
+            sys::setns(pidfd, libc::CLONE_NEWPID).map_err(|e| match e {
+                // The init ended since the check above.
+                Errno::ESRCH => ContainerError::NotRunning,
+                e => ContainerError::Clone(e),
+            })?;
             Some(own)
         } else {
             None
         };
+        // The child is in the container's pid namespace from its birth, so the first thing it
+        // does is drop the agent's descriptors: until then a container process allowed to
+        // ptrace it (CAP_SYS_PTRACE) could reach them through its /proc entry. (An intermediate
+        // process that closed them before cloning closed that window entirely, at ~0.8 s per
+        // exec; runc's exec has the same short window.)
         let cloned = spawn(0, Some(cgroup.fd()), cs, || {
+            launch::close_others(&keep)?;
             if let Some(oom) = &plan.oom_score_adj {
                 launch::write_oom_score_adj(oom)?;
             }

@@ -80,6 +80,8 @@ container_test! {
             .exec(&process(json!({"user": {"uid": 0, "gid": 0}, "args": ["nope"], "env": ["PATH=/bin"], "cwd": "/"})), stdio)
             .unwrap_err();
         assert_eq!(err.to_string(), "exec: \"nope\": executable file not found in $PATH");
+        // A child that failed after the clone left the thread in its own pid namespace too.
+        assert_eq!(ns("pid_for_children"), ns("pid"));
         c.signal_all(Signal::SIGKILL).unwrap();
         assert_eq!(wait(c.init_pid()), ExitStatus::Signaled(9));
         c.destroy().unwrap();
