@@ -2,7 +2,7 @@
 # Runs Bulkhead's fuzz targets (cargo-fuzz/libFuzzer), each for a fixed time, one after another
 # or --jobs at a time.
 #
-#   scripts/fuzz.sh [--time SECONDS] [--jobs N] [--dev] [--build-only] [TARGET...]
+#   scripts/fuzz.sh [--time SECONDS] [--jobs N] [--dev] [TARGET...]
 #
 # Without TARGETs: every target of every fuzz crate (each directory whose Cargo.toml says
 # `cargo-fuzz = true`: vmm/fuzz, protocol/fuzz), each for SECONDS (default 60).
@@ -15,8 +15,7 @@
 # 2. builds each fuzz crate that has a chosen target (`cargo +nightly fuzz build`: release,
 #    debug assertions, AddressSanitizer) into $CARGO_TARGET_DIR/fuzz/build; with --dev
 #    unoptimised instead (a third of the build time on a fresh clone, slower runs: what
-#    test.sh's short runs want); --build-only stops here (test.sh builds while the end-to-end
-#    suites run, and runs the targets after them);
+#    test.sh's short runs want);
 # 3. runs each target's binary in one libFuzzer process (no -jobs/-workers: libFuzzer's default
 #    is one process with one fuzzing thread, and any -jobs value would fork a child writing
 #    its output to fuzz-N.log instead), N targets at once with --jobs N (default 1: one
@@ -44,7 +43,6 @@ input_timeout=60
 
 seconds=60
 jobs=1
-build_only=0
 profile=release
 build_flags=()
 chosen=()
@@ -55,8 +53,7 @@ while [[ $# -gt 0 ]]; do
         --dev) profile=debug; build_flags=(--dev); shift ;;
         --jobs) [[ $# -ge 2 ]] || die "--jobs needs a number"; jobs=$2; shift 2 ;;
         --jobs=*) jobs=${1#--jobs=}; shift ;;
-        --build-only) build_only=1; shift ;;
-        -h|--help) sed -n '2,30p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,29p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
         -*) die "unknown option '$1' (try --help)" ;;
         *) chosen+=("$1"); shift ;;
     esac
@@ -125,10 +122,6 @@ for crate in "${crates[@]}"; do
     fi
     note "built $crate in $(( SECONDS - t0 )) s"
 done
-if [[ $build_only -eq 1 ]]; then
-    note "built; not run (--build-only)"
-    exit 0
-fi
 
 # ---- run -------------------------------------------------------------------------------------
 # cargo fuzz run sets this too: the sanitizer runtime's ODR check trips on Rust's symbols.

@@ -14,11 +14,11 @@
 #    ~30 s of one core on PVM-backed KVM (see shared/PVM.md) and the machine has two. Each
 #    suite's output goes to a log that is printed when the suite fails; each suite's wall time
 #    is printed, and the total;
-# 6. every fuzz target (scripts/fuzz.sh: vmm/fuzz, protocol/fuzz) briefly: its unoptimised
-#    nightly sanitizer build (--dev: ~2 min on a fresh clone, in target/fuzz) at nice 19 while
-#    the end-to-end suites run, then, after them, BULKHEAD_FUZZ_SECONDS (default 15) per
-#    target, two at a time (one libFuzzer process takes a core); a crash fails the run, a
-#    missing nightly toolchain or cargo-fuzz too (setup.sh installs them);
+# 6. every fuzz target (scripts/fuzz.sh: vmm/fuzz, protocol/fuzz) briefly, after the end-to-end
+#    suites: its unoptimised nightly sanitizer build (--dev: ~2 min on a fresh clone, in
+#    target/fuzz), then BULKHEAD_FUZZ_SECONDS (default 15) per target, two at a time (one
+#    libFuzzer process takes a core); a crash fails the run, a missing nightly toolchain or
+#    cargo-fuzz too (setup.sh installs them);
 # 7. no silent skips: a skip line (bulkhead-test-skip: anywhere in a line, or a "skipped"
 #    note) or an ignored test in any log fails the run.
 #
@@ -28,9 +28,6 @@ set -euo pipefail
 
 die() { echo "test: $*" >&2; exit 1; }
 note() { echo "test: $*" >&2; }
-# `wait -n -p` (the suites' lanes) is bash 5.1's.
-(( BASH_VERSINFO[0] > 5 || (BASH_VERSINFO[0] == 5 && BASH_VERSINFO[1] >= 1) )) \
-    || die "bash 5.1 or later is needed (this is $BASH_VERSION)"
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo"
@@ -163,52 +160,28 @@ run_suite() {
 }
 
 t=$SECONDS
-# The fuzz targets' build (~2 min of compiling) runs meanwhile at the lowest priority: the
-# suites' VMs and engines leave a core idle often (boots waiting on the other lane, engines
-# starting, containers waiting), and nice 19 gives it little more than that.
-fuzz_build_log="$target/fuzz-build.log"
-note "building the fuzz targets meanwhile, at nice 19 (log: $fuzz_build_log)"
-nice -n 19 "$repo/scripts/fuzz.sh" --dev --build-only >"$fuzz_build_log" 2>&1 &
-fuzz_build=$!
-fuzz_build_rc=
 note "end-to-end suites, $jobs at a time (real VMs; minutes): ${queue[*]}"
 running=0
-# Waits for one background job: a suite's end frees its lane; the fuzz build's is recorded.
-reap_one() {
-    local pid= rc=0
-    wait -n -p pid || rc=$?
-    if [[ $pid == "$fuzz_build" ]]; then
-        fuzz_build_rc=$rc
-    else
+for name in "${queue[@]}"; do
+    if (( running >= jobs )); then
+        wait -n || true
         running=$(( running - 1 ))
     fi
-}
-for name in "${queue[@]}"; do
-    while (( running >= jobs )); do reap_one; done
     run_suite "$name" &
     running=$(( running + 1 ))
 done
-while (( running > 0 )); do reap_one; done
+wait
 phase "end-to-end suites" "$t"
 
 # ---- fuzz targets, briefly --------------------------------------------------------------------
-# After the suites, alone: each libFuzzer process takes a core. Its output goes to
-# target/fuzz/logs, not to $logs (whose logs the skip check reads).
+# After the suites, alone: each libFuzzer process takes a core, and so does their build. (Built
+# at nice 19 beside the suites, it slowed the suites it overlapped by a third, more than the
+# ~2 min it saved: the emulated guests share the cores' caches and execution units with it.)
+# Its output goes to target/fuzz/logs, not to $logs (whose logs the skip check reads).
 t=$SECONDS
-if [[ -z $fuzz_build_rc ]]; then
-    note "waiting for the fuzz targets' build"
-    fuzz_build_rc=0
-    wait "$fuzz_build" || fuzz_build_rc=$?
-fi
+note "fuzz targets, $fuzz_seconds s each, two at a time (scripts/fuzz.sh)"
 fuzz_rc=0
-if [[ $fuzz_build_rc -ne 0 ]]; then
-    cat "$fuzz_build_log" >&2
-    note "building the fuzz targets failed (exit $fuzz_build_rc; log: $fuzz_build_log)"
-    fuzz_rc=$fuzz_build_rc
-else
-    note "fuzz targets, $fuzz_seconds s each, two at a time (scripts/fuzz.sh)"
-    "$repo/scripts/fuzz.sh" --dev --jobs 2 --time "$fuzz_seconds" || fuzz_rc=$?
-fi
+"$repo/scripts/fuzz.sh" --dev --jobs 2 --time "$fuzz_seconds" || fuzz_rc=$?
 phase "fuzzing" "$t"
 
 # ---- verdict --------------------------------------------------------------------------------
