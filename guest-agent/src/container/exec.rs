@@ -90,7 +90,7 @@ impl Container {
         // A pid namespace applies only to the children of whoever joins it. This thread joins
         // it for its next child only and returns to its own at once, so the process is cloned
         // straight into the container's pid namespace: no intermediate process, whose fork and
-        // exit cost ~0.8 s of emulated guest kernel per exec on PVM hosts.
+        // exit cost ~0.3 s of emulated guest kernel per exec on PVM hosts.
         let own_pid_ns = if join_pid {
             let own = File::options()
                 .read(true)
@@ -111,7 +111,7 @@ impl Container {
         // The child is in the container's pid namespace from its birth, so the first thing it
         // does is drop the agent's descriptors: until then a container process allowed to
         // ptrace it (CAP_SYS_PTRACE) could reach them through its /proc entry. (An intermediate
-        // process that closed them before cloning closed that window entirely, at ~0.8 s per
+        // process that closed them before cloning closed that window entirely, at ~0.3 s per
         // exec; runc's exec has the same short window.)
         let cloned = spawn(0, Some(cgroup.fd()), cs, || {
             launch::close_others(&keep)?;
