@@ -374,8 +374,8 @@ fn a_nic_attached_to_a_running_and_to_a_restored_vm_carries_traffic() {
             "net: guest waiting for a nic {:.1?} after start",
             booted.start.elapsed()
         );
-        // A template: empty slots are saved.
-        std::thread::sleep(Duration::from_secs(2));
+        // A template: empty slots are saved (wherever the guest's bind loop is: the clone
+        // goes on from there).
         let snap = tmp.path().join("template");
         booted.handle.snapshot(&snap).unwrap();
         booted.handle.resume();

@@ -11,6 +11,7 @@ use std::convert::Infallible;
 use std::fs::File;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
+use std::sync::OnceLock;
 
 use nix::errno::Errno;
 use nix::unistd::Pid;
@@ -25,6 +26,23 @@ use super::sync::{self, Msg};
 use super::sys;
 use super::user;
 use super::Container;
+
+/// The agent's own pid namespace, which the thread returns to after each exec's clone: opened
+/// once, not per exec (two guest syscalls less each time).
+fn own_pid_ns() -> Result<RawFd, ContainerError> {
+    static OWN: OnceLock<File> = OnceLock::new();
+    if let Some(f) = OWN.get() {
+        return Ok(f.as_raw_fd());
+    }
+    let f = File::options()
+        .read(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open("/proc/self/ns/pid")
+        .map_err(|e| {
+            ContainerError::Clone(Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
+        })?;
+    Ok(OWN.get_or_init(|| f).as_raw_fd())
+}
 
 /// The exec'd process after the clone (child side).
 fn exec_main(
@@ -92,13 +110,7 @@ impl Container {
         // straight into the container's pid namespace: no intermediate process, whose fork and
         // exit cost ~0.3 s of emulated guest kernel per exec on PVM hosts.
         let own_pid_ns = if join_pid {
-            let own = File::options()
-                .read(true)
-                .custom_flags(libc::O_CLOEXEC)
-                .open("/proc/self/ns/pid")
-                .map_err(|e| {
-                    ContainerError::Clone(Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
-                })?;
+            let own = own_pid_ns()?;
             sys::setns(pidfd, libc::CLONE_NEWPID).map_err(|e| match e {
                 // The init ended since the check above.
                 Errno::ESRCH => ContainerError::NotRunning,
@@ -131,7 +143,7 @@ impl Container {
             // Joining one's own active pid namespace cannot be refused to root. Were it
             // refused, every later child of the agent would start in this container: end the
             // VM rather than run on like that.
-            if let Err(e) = sys::setns(own.as_raw_fd(), libc::CLONE_NEWPID) {
+            if let Err(e) = sys::setns(own, libc::CLONE_NEWPID) {
                 eprintln!("bulkhead-agent: cannot return to its own pid namespace: {e}");
                 std::process::abort();
             }
