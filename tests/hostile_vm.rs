@@ -25,10 +25,16 @@
 //! - `a_dead_fs_server_ends_its_container_with_one_line`: killing the server stops the VM; the
 //!   container ends as a failure, `--log` says so in one line, delete leaves nothing.
 //! - `the_monitor_runs_the_workload_from_its_jail`: once started, the monitor's root (seen from
-//!   the host through `/proc/<pid>/root`) holds only the jail's binds, its main thread keeps
-//!   `CAP_DAC_OVERRIDE` alone (bounding set too) with `no_new_privs`, its open-file and core
-//!   limits are set; and exec, ps, stats, update of the host cgroup, pause/resume, console
-//!   output and rotation, `--log` lines, timings, the state's exit and delete all still work.
+//!   the host through `/proc/<pid>/root`) holds only the jail's binds, the state `delete` acts
+//!   on and the host cgroup's limits are read-only there (a write from the host through that
+//!   view fails with EROFS), its main thread keeps no capability (bounding set too) with
+//!   `no_new_privs`, its open-file, file-size and core limits are set; and exec, ps, stats,
+//!   update of the host cgroup, pause/resume, console output and rotation, `--log` lines,
+//!   timings, the state's exit and delete all still work.
+//! - `the_monitor_gives_up_root_for_the_configured_user` (`hostile/monitor_user.rs`): with
+//!   `monitor_uid`/`monitor_gid`, every thread of the started monitor is that user with no
+//!   group and no capability, it owns only its live state, sockets and logs, and the whole life
+//!   (exec, stats, update, pause, resume, kill → 137, timings, delete) still works.
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
@@ -36,6 +42,10 @@
 #[path = "hostile/fs_server.rs"]
 mod fs_server;
 use fs_server::fs_server_of;
+
+/// A monitor that gives up root.
+#[path = "hostile/monitor_user.rs"]
+mod monitor_user;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -538,12 +548,34 @@ fn the_monitor_runs_the_workload_from_its_jail() {
     assert!(!links.iter().any(|l| l == "/proc/self/fd"), "{links:?}");
     assert!(!links.contains(&format!("/proc/{pid}/fd")), "{links:?}");
 
-    // The main thread: DAC_OVERRIDE only (bounding set too), no_new_privs, rlimits for one VM.
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    for key in ["CapEff:", "CapPrm:", "CapBnd:"] {
-        assert_eq!(status_field(&status, key), "0000000000000002", "{key}");
+    // What the host acts on later with root's powers is in view but read-only: the state
+    // `delete` takes the bundle (its poststop hooks) and the pid to kill from, the host
+    // cgroup's limits. Only the state's live part (the status) is the monitor's to write.
+    let jailed = |p: &Path| PathBuf::from(format!("/proc/{pid}/root{}", p.display()));
+    let pids_max = ["/sys/fs/cgroup/pids", "/sys/fs/cgroup"]
+        .iter()
+        .map(|h| Path::new(h).join(&cgroup).join("pids.max"))
+        .find(|p| p.exists())
+        .expect("the container's host pids cgroup");
+    for wall in [
+        jailed(&d.join("root/jailed/state.json")),
+        jailed(&d.join("root/jailed/planted.json")),
+        jailed(&pids_max),
+    ] {
+        let err = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&wall)
+            .map(drop)
+            .unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{}", wall.display());
     }
-    for key in ["CapInh:", "CapAmb:"] {
+    assert!(jailed(&d.join("root/jailed/live/status.json")).exists());
+
+    // The main thread: no capability (bounding set included), no_new_privs, rlimits for one VM.
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    for key in ["CapEff:", "CapPrm:", "CapBnd:", "CapInh:", "CapAmb:"] {
         assert_eq!(status_field(&status, key), "0000000000000000", "{key}");
     }
     assert_eq!(status_field(&status, "NoNewPrivs:"), "1");
@@ -595,6 +627,16 @@ fn the_monitor_runs_the_workload_from_its_jail() {
         limit(&limits, "Max core file size"),
         ("0".into(), "0".into())
     );
+    // File size: the engine's log (the longest file it writes here: the console's cap is 1 KiB)
+    // and 64 MiB more.
+    let (soft, hard) = limit(&limits, "Max file size");
+    let fsize: u64 = soft.parse().unwrap();
+    let log_len = fs::metadata(&log).unwrap().len();
+    assert_eq!(soft, hard);
+    assert!(
+        (64 << 20..=(64 << 20) + log_len).contains(&fsize),
+        "file size limit {fsize} for a {log_len}-byte log"
+    );
 
     // Everything still works from the jail. The console (written and rotated by path on the
     // vCPU threads) was rotated after the start, in the workload's flood:
@@ -608,8 +650,8 @@ fn the_monitor_runs_the_workload_from_its_jail() {
         let len = fs::metadata(&f).unwrap().len();
         assert!(len <= 1024, "{} holds {len} bytes", f.display());
     }
-    // exec (its stdio reopened through /proc/self/fd), ps, stats from the host cgroup, update
-    // of the host cgroup, pause and resume.
+    // exec (its stdio reopened by the CLI), ps, stats from the host cgroup, update of the
+    // host cgroup (by the CLI: the monitor's view of it is read-only), pause and resume.
     assert_eq!(
         rt.run(&["exec", "jailed", "echo", "from-exec"]),
         (Some(0), "from-exec\n".into())
@@ -623,11 +665,6 @@ fn the_monitor_runs_the_workload_from_its_jail() {
         ev["data"]["memory"]["usage"]["usage"].as_u64().unwrap() > 0,
         "{ev}"
     );
-    let pids_max = ["/sys/fs/cgroup/pids", "/sys/fs/cgroup"]
-        .iter()
-        .map(|h| Path::new(h).join(&cgroup).join("pids.max"))
-        .find(|p| p.exists())
-        .expect("the container's host pids cgroup");
     assert_eq!(fs::read_to_string(&pids_max).unwrap().trim(), "114");
     let (code, text) = rt.run(&["update", "--pids-limit", "20", "jailed"]);
     assert_eq!(code, Some(0), "update: {text}");

@@ -99,6 +99,17 @@ pub struct Config {
     /// this `bulkhead` binary itself, which is what ships. For embedders whose own binary is
     /// not `bulkhead` (tests that run the monitor's code in-process).
     pub fs_server_program: PathBuf,
+    /// The user each container's monitor runs as once it is locked down, with
+    /// `monitor_gid` (both or neither; not 0). Unset (the default), it stays root with no
+    /// capability. Set, it gives up root for good before the workload runs: it can then open
+    /// no file of root's, signal no process of root's, and holds no capability even in a
+    /// thread. Its state's live directory and its console log become this user's, and the log
+    /// directory this group's, mode 1770 (sticky: each monitor renames and removes only its
+    /// own files). A dedicated user (no login, no other files) is what this is for; every
+    /// monitor shares it, and their jails and seccomp lists keep them apart.
+    pub monitor_uid: Option<u32>,
+    /// The group that goes with `monitor_uid`.
+    pub monitor_gid: Option<u32>,
     /// NIC slots every VM has (virtio-net devices the guest sees only once the host attaches
     /// a tap): how many interfaces a container's network namespace may have. Templates are made
     /// with them, so changing it makes new templates.
@@ -108,6 +119,10 @@ pub struct Config {
 /// Fds kept for the monitor itself (control connections, vsock streams, stdio, logs) when the
 /// share's cap is derived from the open-file limit.
 pub const MONITOR_FD_RESERVE: u64 = 1024;
+
+/// What the locked-down monitor may still add to its longest file (its lines in the engine's
+/// log are rate-limited: this is days of the most it can write).
+pub const MONITOR_FILE_SIZE_HEADROOM: u64 = 64 << 20;
 
 impl Default for Config {
     fn default() -> Self {
@@ -130,6 +145,8 @@ impl Default for Config {
             seccomp: true,
             fs_server_program: PathBuf::new(),
             net_slots: 4,
+            monitor_uid: None,
+            monitor_gid: None,
         }
     }
 }
@@ -179,7 +196,20 @@ impl Config {
             }
             .to_string());
         }
+        match (cfg.monitor_uid, cfg.monitor_gid) {
+            (None, None) => {}
+            (Some(0), _) | (_, Some(0)) => {
+                return Err("monitor_uid and monitor_gid must not be 0 (root): leave them out to keep the monitor root".into())
+            }
+            (Some(_), Some(_)) => {}
+            _ => return Err("monitor_uid and monitor_gid go together: set both or neither".into()),
+        }
         Ok(cfg)
+    }
+
+    /// The unprivileged user and group of the locked-down monitor, if configured.
+    pub fn monitor_identity(&self) -> Option<(u32, u32)> {
+        self.monitor_uid.zip(self.monitor_gid)
     }
 
     /// Serial console log of one container.
@@ -211,6 +241,18 @@ impl Config {
         self.share_max_open_files(fd_limit)
             .saturating_add(MONITOR_FD_RESERVE)
             .min(fd_limit)
+    }
+
+    /// The monitor's file-size limit once it is locked down, given how long the engine's log
+    /// file (`--log`, appended to) is then: room for a full console file (the largest file
+    /// it writes, by the cap) or that log, whichever is longer, plus
+    /// [`MONITOR_FILE_SIZE_HEADROOM`]. The rest it writes (state, timings) is bytes. The
+    /// virtio-fs server, which writes the guest's files, is its own process with its own
+    /// limits: a guest's files in its volumes may rightly be larger.
+    pub fn monitor_file_size_limit(&self, log_len: u64) -> u64 {
+        self.console_max_bytes()
+            .max(log_len)
+            .saturating_add(MONITOR_FILE_SIZE_HEADROOM)
     }
 
     pub fn console_max_bytes(&self) -> u64 {
@@ -372,6 +414,16 @@ mod tests {
             .unwrap_err()
             .contains("colour"));
         assert!(Config::parse("vcpus = \"two\"").is_err());
+        for half in ["monitor_uid = 900", "monitor_gid = 900"] {
+            assert!(Config::parse(half)
+                .unwrap_err()
+                .contains("set both or neither"));
+        }
+        let root = Config::parse("monitor_uid = 0\nmonitor_gid = 900").unwrap_err();
+        assert!(root.contains("must not be 0"), "{root}");
+        let both = Config::parse("monitor_uid = 900\nmonitor_gid = 901").unwrap();
+        assert_eq!(both.monitor_identity(), Some((900, 901)));
+        assert_eq!(Config::default().monitor_identity(), None);
     }
 
     #[test]

@@ -38,6 +38,17 @@ pub fn append(path: &Path) -> io::Result<File> {
         .open(path)
 }
 
+/// Opens `path` for writing from its start, creating it owner-only; never through a symlink.
+pub fn create_new_or_truncate(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(FILE_MODE)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+}
+
 /// Writes `data` to `path`, replacing its contents; a new file is owner-only.
 pub fn write(path: &Path, data: &[u8]) -> io::Result<()> {
     OpenOptions::new()

@@ -5,6 +5,14 @@
 //! the sandbox monitor's pid *and its start time*, so a recycled pid is never mistaken for a live
 //! monitor. The status written by the monitor is the last one it knew; a monitor that is gone (or
 //! a zombie) means the container is stopped, whatever the file says.
+//!
+//! Two files, because the host acts on what they say with root's powers (`delete` runs the
+//! bundle's poststop hooks and SIGKILLs the monitor's pid, `update` writes the cgroup
+//! directories): `state.json` is written by the monitor during its set-up only, and is
+//! read-only to it once it is locked down (`monitor::jail`), so a monitor taken over by its guest
+//! cannot point a later `delete` at another bundle, pid or directory. What changes afterwards —
+//! the status and the exit status — is in [`LIVE_DIR`]`/status.json`, the one file the locked-down
+//! monitor writes, and nothing but those two values is taken from it.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
@@ -17,6 +25,21 @@ use serde::{Deserialize, Serialize};
 pub const OCI_VERSION: &str = "1.2.0";
 
 const STATE_FILE: &str = "state.json";
+
+/// The directory in a container's state directory that its monitor may still write once
+/// locked down: the live part of its state (status, exit status).
+pub const LIVE_DIR: &str = "live";
+const LIVE_FILE: &str = "status.json";
+/// Longest live file read: it holds two values, and its writer may be hostile.
+const LIVE_MAX_BYTES: u64 = 4096;
+
+/// What `<root>/<id>/live/status.json` holds: the only values taken from it.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct Live {
+    status: Status,
+    exit_status: Option<i32>,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -82,6 +105,37 @@ pub struct State {
 }
 
 impl State {
+    /// Takes the status and exit status from `<dir>/live/status.json` when it holds them. The
+    /// file is the locked-down monitor's, so it is read as untrusted: a few KiB at most, only
+    /// its two fields, and anything else (missing, garbled, too long) leaves the state as
+    /// `state.json` has it.
+    fn apply_live(&mut self, dir: &Path) {
+        use std::io::Read;
+        use std::os::unix::fs::OpenOptionsExt;
+        // Not through a symlink, and a FIFO put there does not block the reader.
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(dir.join(LIVE_DIR).join(LIVE_FILE));
+        let Ok(file) = file else { return };
+        if !file.metadata().is_ok_and(|m| m.is_file()) {
+            return;
+        }
+        let mut data = Vec::new();
+        if file
+            .take(LIVE_MAX_BYTES + 1)
+            .read_to_end(&mut data)
+            .is_err()
+            || data.len() as u64 > LIVE_MAX_BYTES
+        {
+            return;
+        }
+        if let Ok(live) = serde_json::from_slice::<Live>(&data) {
+            self.status = live.status;
+            self.exit_status = live.exit_status;
+        }
+    }
+
     /// The status as seen now: a dead monitor means stopped.
     pub fn current_status(&self) -> Status {
         if self.status == Status::Stopped || !process_alive(self.pid, self.monitor_start_time) {
@@ -140,16 +194,21 @@ impl Store {
         let dir = self.dir(id)?;
         crate::private::create_dir_all(&self.root).map_err(io_err(&self.root))?;
         match crate::private::create_dir(&dir) {
-            Ok(()) => Ok(dir),
+            Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                Err(StateError::Exists(id.into()))
+                return Err(StateError::Exists(id.into()))
             }
-            Err(e) => Err(io_err(&dir)(e)),
+            Err(e) => return Err(io_err(&dir)(e)),
         }
+        let live = dir.join(LIVE_DIR);
+        crate::private::create_dir(&live).map_err(io_err(&live))?;
+        Ok(dir)
     }
 
+    /// The state, with the live status over the one `state.json` holds.
     pub fn load(&self, id: &str) -> Result<State, StateError> {
-        let path = self.dir(id)?.join(STATE_FILE);
+        let dir = self.dir(id)?;
+        let path = dir.join(STATE_FILE);
         let data = match fs::read(&path) {
             Ok(d) => d,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -157,31 +216,38 @@ impl Store {
             }
             Err(e) => return Err(io_err(&path)(e)),
         };
-        serde_json::from_slice(&data).map_err(|source| StateError::Corrupt {
-            id: id.into(),
-            source,
-        })
+        let mut state: State =
+            serde_json::from_slice(&data).map_err(|source| StateError::Corrupt {
+                id: id.into(),
+                source,
+            })?;
+        state.apply_live(&dir);
+        Ok(state)
     }
 
-    /// Writes the state atomically: temporary file, fsync, rename, fsync of the directory.
+    /// Writes the whole state (the monitor, during its set-up).
     pub fn save(&self, state: &State) -> Result<(), StateError> {
         let dir = self.dir(&state.id)?;
-        let tmp = dir.join(format!(".{STATE_FILE}.{}", std::process::id()));
         let data = serde_json::to_vec(state).map_err(|source| StateError::Corrupt {
             id: state.id.clone(),
             source,
         })?;
-        let write = || -> std::io::Result<()> {
-            let mut f = File::create(&tmp)?;
-            f.write_all(&data)?;
-            f.sync_all()?;
-            fs::rename(&tmp, dir.join(STATE_FILE))?;
-            File::open(&dir)?.sync_all()
+        write_atomically(&dir, STATE_FILE, &data).map_err(io_err(&dir))
+    }
+
+    /// Writes the state's status and exit status to its live file (the monitor, at every
+    /// change of status; after its lock-down the only state it can write).
+    pub fn save_live(&self, state: &State) -> Result<(), StateError> {
+        let dir = self.dir(&state.id)?.join(LIVE_DIR);
+        let live = Live {
+            status: state.status,
+            exit_status: state.exit_status,
         };
-        write().map_err(|e| {
-            let _ = fs::remove_file(&tmp);
-            io_err(&dir)(e)
-        })
+        let data = serde_json::to_vec(&live).map_err(|source| StateError::Corrupt {
+            id: state.id.clone(),
+            source,
+        })?;
+        write_atomically(&dir, LIVE_FILE, &data).map_err(io_err(&dir))
     }
 
     /// Removes `<root>/<id>` and everything in it (the share must already be unmounted).
@@ -204,13 +270,32 @@ impl Store {
         };
         let mut states: Vec<State> = entries
             .filter_map(Result::ok)
-            .filter_map(|e| fs::read(e.path().join(STATE_FILE)).ok())
-            .filter_map(|data| serde_json::from_slice::<State>(&data).ok())
+            .filter_map(|e| {
+                let data = fs::read(e.path().join(STATE_FILE)).ok()?;
+                let mut st = serde_json::from_slice::<State>(&data).ok()?;
+                st.apply_live(&e.path());
+                Some(st)
+            })
             .filter(|st| self.dir(&st.id).is_ok())
             .collect();
         states.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(states)
     }
+}
+
+/// Writes `dir/name` atomically: temporary file, fsync, rename, fsync of the directory.
+fn write_atomically(dir: &Path, name: &str, data: &[u8]) -> std::io::Result<()> {
+    let tmp = dir.join(format!(".{name}.{}", std::process::id()));
+    let write = || -> std::io::Result<()> {
+        let mut f = crate::private::create_new_or_truncate(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        fs::rename(&tmp, dir.join(name))?;
+        File::open(dir)?.sync_all()
+    };
+    write().inspect_err(|_| {
+        let _ = fs::remove_file(&tmp);
+    })
 }
 
 /// The one id rule (`bulkhead_protocol::validate_id`: runc's characters, 1..=1024 bytes, not
@@ -295,8 +380,8 @@ mod tests {
         assert_eq!(store.load("a").unwrap(), sample("a"));
         let ids: Vec<String> = store.list().unwrap().into_iter().map(|s| s.id).collect();
         assert_eq!(ids, vec!["a", "b"]);
-        // No temporary file is left behind.
-        assert_eq!(fs::read_dir(store.dir("a").unwrap()).unwrap().count(), 1);
+        // No temporary file is left behind: the state and the (empty) live directory.
+        assert_eq!(fs::read_dir(store.dir("a").unwrap()).unwrap().count(), 2);
         store.remove("a").unwrap();
         store.remove("a").unwrap();
         let err = store.load("a").unwrap_err();
@@ -335,6 +420,67 @@ mod tests {
             assert_eq!(store.load(&id).unwrap().id, id);
         }
         assert_eq!(store.list().unwrap().len(), 3);
+    }
+
+    /// The live file gives the status and exit status, and nothing else; a garbled, oversized
+    /// or foreign one is ignored (its writer, the locked-down monitor, may be hostile).
+    #[test]
+    fn only_status_and_exit_status_come_from_the_live_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::new(tmp.path().join("root"));
+        let dir = store.create_dir("a").unwrap();
+        let live_dir = dir.join(LIVE_DIR);
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            fs::metadata(&live_dir).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        let mut st = sample("a");
+        store.save(&st).unwrap();
+        st.status = Status::Stopped;
+        st.exit_status = Some(137);
+        st.bundle = "/elsewhere".into();
+        st.pid = 1;
+        store.save_live(&st).unwrap();
+        let loaded = store.load("a").unwrap();
+        assert_eq!(
+            (loaded.status, loaded.exit_status),
+            (Status::Stopped, Some(137))
+        );
+        assert_eq!(
+            (loaded.bundle, loaded.pid),
+            (sample("a").bundle, sample("a").pid)
+        );
+        assert_eq!(store.list().unwrap()[0].status, Status::Stopped);
+        assert_eq!(
+            fs::read_dir(&live_dir).unwrap().count(),
+            1,
+            "no temporary file"
+        );
+
+        let live = live_dir.join(LIVE_FILE);
+        for bad in [
+            r#"{"status":"stopped","exitStatus":0,"bundle":"/x"}"#.to_string(),
+            "not json".to_string(),
+            format!(
+                r#"{{"status":"stopped","exitStatus":{}}}"#,
+                " ".repeat(5000) + "1"
+            ),
+        ] {
+            fs::write(&live, bad).unwrap();
+            let loaded = store.load("a").unwrap();
+            assert_eq!((loaded.status, loaded.exit_status), (Status::Created, None));
+        }
+        fs::remove_file(&live).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", &live).unwrap();
+        assert_eq!(store.load("a").unwrap().status, Status::Created);
+        fs::remove_file(&live).unwrap();
+        nix::unistd::mkfifo(&live, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        assert_eq!(
+            store.load("a").unwrap().status,
+            Status::Created,
+            "a FIFO does not block"
+        );
     }
 
     #[test]

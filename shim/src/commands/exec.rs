@@ -110,7 +110,7 @@ impl ExecStdio {
                 crate::console::send_to_socket(sock, &pty.name, &pty.master)?;
                 let keep = pty.slave.try_clone().map_err(io("dup pty"))?;
                 return Ok(ExecStdio {
-                    fds: vec![pty.slave],
+                    fds: vec![own_description(pty.slave, libc::O_RDWR)],
                     has_stdin: false,
                     own_terminal: false,
                     console: Some(keep),
@@ -123,18 +123,18 @@ impl ExecStdio {
             }
             let t = dup(0).ok_or_else(|| usage("exec --tty needs a terminal on stdin"))?;
             return Ok(ExecStdio {
-                fds: vec![t],
+                fds: vec![own_description(t, libc::O_RDWR)],
                 has_stdin: false,
                 own_terminal: true,
                 console: None,
             });
         }
         let mut fds = Vec::new();
-        let stdin = dup(0);
+        let stdin = dup(0).map(|fd| own_description(fd, libc::O_RDONLY));
         let has_stdin = stdin.is_some();
         fds.extend(stdin);
-        fds.extend(dup(1));
-        fds.extend(dup(2));
+        fds.extend(dup(1).map(|fd| own_description(fd, libc::O_WRONLY)));
+        fds.extend(dup(2).map(|fd| own_description(fd, libc::O_WRONLY)));
         Ok(ExecStdio {
             fds,
             has_stdin,
@@ -145,6 +145,36 @@ impl ExecStdio {
 
     fn raw_fds(&self) -> Vec<RawFd> {
         self.fds.iter().map(AsRawFd::as_raw_fd).collect()
+    }
+}
+
+/// The monitor's own description of `fd`, opened here (`access`: `O_RDONLY`, `O_WRONLY` or
+/// `O_RDWR`), non-blocking, when it is a pipe, FIFO or terminal; anything else, or what cannot
+/// be reopened (a pipe without a reader), as it is.
+///
+/// The monitor polls what it relays, and setting `O_NONBLOCK` on the caller's description
+/// would change it for the caller too (a shell whose terminal turned non-blocking breaks after
+/// the exec): it needs a description of its own. It used to reopen the fds itself, through its
+/// `/proc/self/fd`; reopened here, as the caller's user, a locked-down monitor needs no
+/// permission on other users' terminals and pipes (it has none: see `monitor::jail`).
+fn own_description(fd: OwnedFd, access: libc::c_int) -> OwnedFd {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let file = std::fs::File::from(fd);
+    let reopenable = file.metadata().is_ok_and(|m| {
+        let t = m.file_type();
+        t.is_fifo() || t.is_char_device()
+    });
+    if !reopenable {
+        return file.into();
+    }
+    let reopened = std::fs::OpenOptions::new()
+        .read(access != libc::O_WRONLY)
+        .write(access != libc::O_RDONLY)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open(format!("/proc/self/fd/{}", file.as_raw_fd()));
+    match reopened {
+        Ok(own) => own.into(),
+        Err(_) => file.into(),
     }
 }
 

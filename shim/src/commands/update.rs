@@ -1,5 +1,6 @@
-//! `bulkhead update`: new resource limits, applied in the guest and to the host group (by the
-//! monitor, with the rule `create` used).
+//! `bulkhead update`: new resource limits, applied in the guest (by the monitor) and then to
+//! the host group (here, with the rule `create` used: the locked-down monitor sees its cgroup
+//! read-only, so a guest that took it over cannot raise its own host limits).
 
 use std::io::Read;
 
@@ -11,14 +12,23 @@ use crate::control::Request;
 use crate::state::Status;
 
 pub fn run(ctx: &Ctx, args: &UpdateArgs) -> Result<()> {
-    ctx.check(&args.id, Status::can_inspect)?;
+    let st = ctx.check(&args.id, Status::can_inspect)?;
     let resources = resources(args)?;
     ctx.call(
         &args.id,
         &Request::Update {
-            resources: Box::new(resources),
+            resources: Box::new(resources.clone()),
         },
     )?;
+    // The VM's size and cgroup directories come from `state.json`, which the monitor wrote
+    // before its lock-down and cannot change since.
+    let config = crate::config::Config::load()?;
+    let size = st.vm.unwrap_or(crate::config::VmSize {
+        vcpus: config.vcpus,
+        memory_mib: config.memory_mib,
+    });
+    let limits = crate::cgroups::HostLimits::new(Some(&resources), &size, &config);
+    crate::cgroups::update(&st.cgroup_dirs, &limits)?;
     Ok(())
 }
 

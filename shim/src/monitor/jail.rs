@@ -4,20 +4,25 @@
 //!
 //! [`enter`] runs on the monitor's main thread (the tokio runtime's: control server, agent
 //! connection), in order:
-//! 1. rlimits, process-wide: open files sized for one VM ([`Jail::nofile`]), no core files (a
-//!    core of the monitor would hold guest memory);
+//! 1. rlimits, process-wide: open files sized for one VM ([`Jail::nofile`]), file size
+//!    ([`Jail::file_size`]: a write past it fails with `EFBIG`, SIGXFSZ is ignored so it does not
+//!    end the VM), no core files (a core of the monitor would hold guest memory);
 //! 2. `no_new_privs` on this thread (and the threads it starts from now on);
 //! 3. a new root: a small read-only tmpfs over [`Jail::dir`] holding only bind mounts of the host
 //!    directories still used, at the same absolute paths (so every path the monitor and the VM's
-//!    threads hold keeps working unchanged), and this process's own `/proc/<pid>` as
-//!    `/proc/self`; then `pivot_root` and a lazy unmount of the old root. The VM's threads share
+//!    threads hold keeps working unchanged), writable ([`Jail::keep`]) or read-only
+//!    ([`Jail::read_only`]: what the host acts on later, such as the state file and the cgroup
+//!    limits, is in view but not the monitor's to change), and this process's own
+//!    `/proc/<pid>` as `/proc/self`; then `pivot_root` and a lazy unmount of the old root. The VM's threads share
 //!    the main thread's root, so they move with it; the virtio-fs worker has its own namespace
 //!    and root (the share) and does not;
 //! 4. directory fds of the old tree (they would lead back to the host's root through `..`) are
 //!    replaced by the same directories opened in the jail; one that is not in the jail fails the
 //!    lock-down;
 //! 5. capabilities of this thread: every set, the bounding set included, down to
-//!    [`KEPT_CAPABILITIES`].
+//!    [`KEPT_CAPABILITIES`] (none); with [`Jail::identity`], first the whole process's user and
+//!    groups (glibc carries the change to every thread), which empties every thread's
+//!    capabilities for good.
 //!
 //! Every step is fatal: the caller must not let the workload run when [`enter`] fails.
 
@@ -29,26 +34,27 @@ use nix::sys::resource::{setrlimit, Resource};
 use nix::sys::stat::{fstat, FileStat, SFlag};
 use nix::unistd::{chdir, pivot_root};
 
-/// `CAP_DAC_OVERRIDE`: the one capability the main thread keeps (see [`KEPT_CAPABILITIES`]).
-const CAP_DAC_OVERRIDE: u32 = 1;
-
-/// Capabilities the monitor's main thread keeps, as a bit mask of capability numbers.
+/// Capabilities the monitor's main thread keeps, as a bit mask of capability numbers: none.
 ///
-/// Only `CAP_DAC_OVERRIDE`: an `exec` hands the monitor its caller's terminal or pipes, which
-/// it reopens through `/proc/self/fd` (`vm::hostio`), and a terminal belongs to the user who
-/// logged in on it (`sudo bulkhead exec -t`), not to root. Everything else the thread touches
-/// after the lock-down is root's own (state, logs, cgroup files, sockets) or already open. In
-/// the jail the capability reaches only the jail's own binds. Gone are in particular
-/// `SYS_ADMIN` (mounts: the way out of a jail), `DAC_READ_SEARCH` (`open_by_handle_at`: the
-/// other way out), `SYS_PTRACE`, `SETUID`/`SETGID`, `NET_ADMIN`, `MKNOD`, `SYS_MODULE`.
-pub const KEPT_CAPABILITIES: u64 = 1 << CAP_DAC_OVERRIDE;
+/// Everything the thread touches after the lock-down is its user's own (state, logs, sockets)
+/// or already open; an `exec`'s terminal or pipes, which belong to the caller's user, come
+/// already reopened by the `exec` CLI (`vm::hostio`). The last one it kept, `DAC_OVERRIDE`,
+/// was for reopening them itself. Gone are in particular `SYS_ADMIN` (mounts: the way out of a
+/// jail), `DAC_READ_SEARCH` (`open_by_handle_at`: the other way out), `DAC_OVERRIDE` (files of
+/// other users in the jail's binds), `SYS_PTRACE`, `SETUID`/`SETGID`, `NET_ADMIN`, `MKNOD`,
+/// `SYS_MODULE`.
+pub const KEPT_CAPABILITIES: u64 = 0;
 
-/// Size of the jail's tmpfs: it only holds the directories the binds are mounted on.
-const TMPFS_OPTIONS: &str = "mode=0700,size=64k,nr_inodes=4096";
+/// Size of the jail's tmpfs: it only holds the directories the binds are mounted on. Its root
+/// may be passed through (0711) so that a monitor that is no longer root reaches its binds;
+/// no one else sees this tmpfs (it is in the monitor's own mount namespace).
+const TMPFS_OPTIONS: &str = "mode=0711,size=64k,nr_inodes=4096";
 
 /// Why the monitor could not lock itself down. Every variant means: do not run the workload.
 #[derive(Debug, thiserror::Error)]
 pub enum JailError {
+    #[error("ignore SIGXFSZ")]
+    IgnoreSigxfsz(#[source] nix::Error),
     #[error("set {what} limit")]
     Rlimit {
         what: &'static str,
@@ -86,6 +92,13 @@ pub enum JailError {
     },
     #[error("drop capabilities")]
     Capset(#[source] std::io::Error),
+    #[error("become user {uid} group {gid}")]
+    Identity {
+        uid: u32,
+        gid: u32,
+        #[source]
+        source: nix::Error,
+    },
 }
 
 /// What the jail holds and how much the monitor may open.
@@ -96,8 +109,15 @@ pub struct Jail {
     pub dir: PathBuf,
     /// Host directories kept, writable, at their own absolute paths.
     pub keep: Vec<PathBuf>,
+    /// Host directories kept read-only (a [`Jail::keep`] directory below one stays writable).
+    pub read_only: Vec<PathBuf>,
     /// The open-file limit (soft and hard) from now on.
     pub nofile: u64,
+    /// The file-size limit in bytes (soft and hard) from now on.
+    pub file_size: u64,
+    /// The user and group the whole process becomes, with no supplementary groups
+    /// (`Config::monitor_identity`); `None` stays root.
+    pub identity: Option<(u32, u32)>,
 }
 
 /// One bind mount of the jail: `source` on the host (symlinks resolved, as the kernel names
@@ -106,6 +126,7 @@ pub struct Jail {
 struct Bind {
     source: PathBuf,
     target: PathBuf,
+    writable: bool,
 }
 
 impl Jail {
@@ -115,18 +136,25 @@ impl Jail {
     /// kept by its longest ancestor that fits.
     fn binds(&self, pid: u32) -> Result<Vec<Bind>, JailError> {
         let mut binds: Vec<Bind> = Vec::new();
-        for p in &self.keep {
+        let kept = self.keep.iter().map(|p| (p, true));
+        for (p, writable) in kept.chain(self.read_only.iter().map(|p| (p, false))) {
             let target = std::path::absolute(p).map_err(|e| JailError::Path(p.clone(), e))?;
             let target = fitting(&target);
             // A path that does not resolve fails at its mount, with its name.
             let source = std::fs::canonicalize(&target).unwrap_or_else(|_| target.clone());
-            if !binds.iter().any(|b| b.target == target) {
-                binds.push(Bind { source, target });
+            match binds.iter_mut().find(|b| b.target == target) {
+                Some(b) => b.writable |= writable,
+                None => binds.push(Bind {
+                    source,
+                    target,
+                    writable,
+                }),
             }
         }
         binds.push(Bind {
             source: PathBuf::from(format!("/proc/{pid}")),
             target: PathBuf::from("/proc/self"),
+            writable: true,
         });
         binds.sort_by_key(|b| b.target.components().count());
         Ok(binds)
@@ -147,18 +175,28 @@ fn fitting(path: &Path) -> PathBuf {
 /// docs. The process must already be in a mount namespace of its own whose mounts are not
 /// shared with the host's (`setup::enter_namespaces`).
 pub fn enter(jail: &Jail) -> Result<(), JailError> {
-    set_rlimits(jail.nofile)?;
+    set_rlimits(jail.nofile, jail.file_size)?;
     set_no_new_privs()?;
     let binds = jail.binds(std::process::id())?;
     new_root(&jail.dir, &binds)?;
-    drop_capabilities(KEPT_CAPABILITIES)
+    drop_capabilities(KEPT_CAPABILITIES, jail.identity)
 }
 
-/// Open files for one VM, no core files. Process-wide: the VM's threads and the virtio-fs
-/// worker share them.
-fn set_rlimits(nofile: u64) -> Result<(), JailError> {
+/// Open files for one VM, file size, no core files. Process-wide: the VM's threads share them
+/// (the virtio-fs server, its own process started before, has its own).
+fn set_rlimits(nofile: u64, file_size: u64) -> Result<(), JailError> {
     let err = |what| move |source| JailError::Rlimit { what, source };
     setrlimit(Resource::RLIMIT_NOFILE, nofile, nofile).map_err(err("open-file"))?;
+    // SAFETY: SIG_IGN installs no handler of ours; ignoring SIGXFSZ only turns the signal of a
+    // write past the limit into that write's EFBIG, which every writer here handles.
+    unsafe {
+        nix::sys::signal::signal(
+            nix::sys::signal::Signal::SIGXFSZ,
+            nix::sys::signal::SigHandler::SigIgn,
+        )
+    }
+    .map_err(JailError::IgnoreSigxfsz)?;
+    setrlimit(Resource::RLIMIT_FSIZE, file_size, file_size).map_err(err("file-size"))?;
     setrlimit(Resource::RLIMIT_CORE, 0, 0).map_err(err("core-file"))
 }
 
@@ -191,6 +229,7 @@ fn new_root(dir: &Path, binds: &[Bind]) -> Result<(), JailError> {
         Some(TMPFS_OPTIONS),
     )
     .map_err(mount_err("mount the jail's tmpfs on", dir))?;
+    let mut mounted: Vec<PathBuf> = Vec::new();
     for b in binds {
         let target = under(dir, &b.target);
         std::fs::create_dir_all(&target).map_err(|e| JailError::Mount {
@@ -198,6 +237,24 @@ fn new_root(dir: &Path, binds: &[Bind]) -> Result<(), JailError> {
             path: target.clone(),
             source: io_errno(&e),
         })?;
+        // The tmpfs directories on the way may be passed through whatever the umask, so that a
+        // monitor that is no longer root reaches its binds (before the bind covers the last);
+        // a directory in a bind made before is the host's and keeps its mode.
+        let in_tmpfs = |a: &&Path| !mounted.iter().any(|m: &PathBuf| a.starts_with(m));
+        for tmpfs_dir in target
+            .ancestors()
+            .take_while(|a| *a != dir)
+            .filter(in_tmpfs)
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(tmpfs_dir, std::fs::Permissions::from_mode(0o711)).map_err(
+                |e| JailError::Mount {
+                    step: "open the way to",
+                    path: tmpfs_dir.to_path_buf(),
+                    source: io_errno(&e),
+                },
+            )?;
+        }
         mount(
             Some(&b.source),
             &target,
@@ -206,6 +263,7 @@ fn new_root(dir: &Path, binds: &[Bind]) -> Result<(), JailError> {
             None::<&str>,
         )
         .map_err(mount_err("bind-mount", &b.source))?;
+        mounted.push(target.clone());
         let attrs = libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV | libc::MOUNT_ATTR_NOEXEC;
         bulkhead_vmm::devices::virtio::fs::sandbox::set_mount_attrs(&target, attrs, false)
             .map_err(mount_err("restrict the bind of", &b.source))?;
@@ -236,8 +294,17 @@ fn new_root(dir: &Path, binds: &[Bind]) -> Result<(), JailError> {
         r.replace()?;
     }
     // The host directory the tmpfs was mounted on is no mount point in the jail's view: remove
-    // it (best effort: `delete` removes the state directory anyway).
+    // it (best effort: `delete` removes the state directory anyway)...
     let _ = std::fs::remove_dir(dir);
+    // ...before the binds that are only to be read become read-only (it is in one of them).
+    for b in binds.iter().filter(|b| !b.writable) {
+        bulkhead_vmm::devices::virtio::fs::sandbox::set_mount_attrs(
+            &b.target,
+            libc::MOUNT_ATTR_RDONLY,
+            false,
+        )
+        .map_err(mount_err("make read-only", &b.target))?;
+    }
     Ok(())
 }
 
@@ -355,9 +422,10 @@ struct CapData {
 const CAP_MAX: u32 = 63;
 
 /// Reduces this thread's capabilities to `keep`: bounding set first (dropping from it needs
-/// `CAP_SETPCAP`, which goes next), ambient cleared, then effective and permitted = `keep`
-/// (of what was permitted), inheritable empty.
-fn drop_capabilities(keep: u64) -> Result<(), JailError> {
+/// `CAP_SETPCAP`, which goes next), ambient cleared, then with `identity` the whole process's
+/// user and groups ([`become_identity`]), then effective and permitted = `keep` (of what is
+/// still permitted: nothing after a change of user), inheritable empty.
+fn drop_capabilities(keep: u64, identity: Option<(u32, u32)>) -> Result<(), JailError> {
     for cap in 0..=CAP_MAX {
         if keep & (1 << cap) != 0 {
             continue;
@@ -385,6 +453,9 @@ fn drop_capabilities(keep: u64) -> Result<(), JailError> {
     };
     if rc != 0 {
         return Err(JailError::Capset(std::io::Error::last_os_error()));
+    }
+    if let Some((uid, gid)) = identity {
+        become_identity(uid, gid)?;
     }
     let mut header = CapHeader {
         version: CAPABILITY_VERSION_3,
@@ -416,6 +487,56 @@ fn drop_capabilities(keep: u64) -> Result<(), JailError> {
     Ok(())
 }
 
+/// Readies the process, still root and single-threaded, to become `uid`/`gid` at its lock-down
+/// ([`become_identity`]): no supplementary groups from now on (root needs none: it passes every
+/// permission check by its capabilities), and `uid`/`gid` as its saved ids. The threads it
+/// starts later inherit both; the VM's threads drop every capability, and an unprivileged
+/// thread may still take an id it has as its saved one, which is how they follow the switch.
+/// A saved id changes nothing else while the real and effective ones are 0 (capabilities stay;
+/// signals from the monitor user could reach the process, but every monitor's seccomp lists
+/// keep it from signalling other processes).
+pub fn prepare_identity(uid: u32, gid: u32) -> Result<(), JailError> {
+    let err = |source| JailError::Identity { uid, gid, source };
+    let root = (nix::unistd::Uid::from_raw(0), nix::unistd::Gid::from_raw(0));
+    nix::unistd::setgroups(&[]).map_err(err)?;
+    nix::unistd::setresgid(root.1, root.1, nix::unistd::Gid::from_raw(gid)).map_err(err)?;
+    nix::unistd::setresuid(root.0, root.0, nix::unistd::Uid::from_raw(uid)).map_err(err)
+}
+
+/// Makes the whole process `uid`/`gid` (real, effective and saved ids), for good. glibc's
+/// `setresgid`/`setresuid` signal every other thread to make the same call (its setxid
+/// broadcast; the VM's threads' seccomp lists allow exactly these ids:
+/// `bulkhead_vmm::seccomp::expect_identity`, and they may take them without a capability:
+/// [`prepare_identity`]), so no thread stays root; leaving uid 0 this way empties every
+/// thread's permitted and effective capabilities. A process that changes its user is made
+/// non-dumpable, which would make its own `/proc/<pid>` root's and so out of its reach (a long
+/// socket path is reached through `/proc/self/fd`); it is made dumpable again: no core is
+/// written (`RLIMIT_CORE` 0), and the processes that could trace it — the other monitors, the
+/// same user — hold seccomp lists without `ptrace` and see no other `/proc/<pid>`.
+fn become_identity(uid: u32, gid: u32) -> Result<(), JailError> {
+    let err = |source| JailError::Identity { uid, gid, source };
+    let (u, g) = (
+        nix::unistd::Uid::from_raw(uid),
+        nix::unistd::Gid::from_raw(gid),
+    );
+    nix::unistd::setresgid(g, g, g).map_err(err)?;
+    nix::unistd::setresuid(u, u, u).map_err(err)?;
+    // SAFETY: PR_SET_DUMPABLE takes integer arguments only.
+    if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0) } != 0 {
+        return Err(err(nix::Error::last()));
+    }
+    Ok(())
+}
+
+/// Taken by the tests that enter a jail or hold directory fds while doing so: a lock-down
+/// refuses any directory fd outside its jail, and the test threads share one fd table.
+#[cfg(test)]
+pub(super) fn one_jail_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -426,7 +547,10 @@ mod tests {
         Jail {
             dir: "/run/x/jail".into(),
             keep: keep.iter().map(PathBuf::from).collect(),
+            read_only: Vec::new(),
             nofile: 4096,
+            file_size: 1 << 20,
+            identity: None,
         }
     }
 
@@ -474,6 +598,30 @@ mod tests {
     }
 
     #[test]
+    fn a_directory_kept_writable_stays_writable_when_also_named_read_only() {
+        let binds = Jail {
+            read_only: ["/a/b", "/a"].map(PathBuf::from).to_vec(),
+            ..jail(&["/a", "/a/b/c"])
+        }
+        .binds(7)
+        .unwrap();
+        let flags: Vec<(PathBuf, bool)> = binds
+            .iter()
+            .map(|b| (b.target.clone(), b.writable))
+            .collect();
+        assert_eq!(
+            flags,
+            [
+                ("/a", true),
+                ("/a/b", false),
+                ("/proc/self", true),
+                ("/a/b/c", true)
+            ]
+            .map(|(p, w)| (PathBuf::from(p), w))
+        );
+    }
+
+    #[test]
     fn host_paths_map_to_the_innermost_bind() {
         let binds = jail(&["/nonexistent/b/c1"]).binds(42).unwrap();
         assert_eq!(
@@ -493,8 +641,8 @@ mod tests {
     }
 
     #[test]
-    fn only_dac_override_is_kept() {
-        assert_eq!(KEPT_CAPABILITIES, 0b10);
+    fn no_capability_is_kept() {
+        assert_eq!(KEPT_CAPABILITIES, 0);
     }
 
     /// One capability line of `/proc/<pid>/task/<tid>/status` as a mask.
@@ -558,16 +706,22 @@ mod tests {
         if !require(&[Need::Root]) {
             return;
         }
+        let _one = one_jail_at_a_time();
         let tmp = tempfile::tempdir().unwrap();
         let base = tmp.path().to_path_buf();
         let kept = base.join("state/c1");
         std::fs::create_dir_all(&kept).unwrap();
         std::fs::create_dir_all(base.join("other")).unwrap();
         std::fs::write(base.join("other/secret"), "x").unwrap();
+        std::fs::write(base.join("state/top"), "x").unwrap();
         let spec = Jail {
             dir: kept.join("jail"),
             keep: vec![kept.clone()],
+            // The kept directory's parent, read-only: the kept one below it stays writable.
+            read_only: vec![base.join("state")],
             nofile: 0,
+            file_size: 0,
+            identity: None,
         };
         let (host_root, outside) = (
             file_id(&fstat(open_dir(Path::new("/")).as_raw_fd()).unwrap()),
@@ -582,8 +736,11 @@ mod tests {
             let binds = spec.binds(std::process::id()).unwrap();
             new_root(&spec.dir, &binds).unwrap();
             set_no_new_privs().unwrap();
-            drop_capabilities(KEPT_CAPABILITIES).unwrap();
+            drop_capabilities(KEPT_CAPABILITIES, None).unwrap();
             std::fs::write(kept.join("state.json"), "{}").unwrap();
+            let read_only = std::fs::write(outside.join("state/top"), "y")
+                .err()
+                .and_then(|e| e.raw_os_error());
             let tid = nix::unistd::gettid();
             let status = std::fs::read_to_string(format!("/proc/self/task/{tid}/status")).unwrap();
             (
@@ -592,11 +749,16 @@ mod tests {
                 spec.dir.exists(),
                 (root_reached(&held), root_reached(&held_early)),
                 file_id(&nix::sys::stat::stat("/").unwrap()),
-                std::fs::create_dir("/new").is_err(),
+                (std::fs::create_dir("/new").is_err(), read_only),
                 status,
             )
         });
-        let (host_dirs, secret, stub, reached, jail_root, ro, status) = report;
+        let (host_dirs, secret, stub, reached, jail_root, (ro, read_only), status) = report;
+        assert_eq!(
+            read_only,
+            Some(libc::EROFS),
+            "a read-only bind is read-only"
+        );
         assert_eq!(
             host_dirs, [false; 3],
             "the host's directories are out of sight"
@@ -632,13 +794,17 @@ mod tests {
         if !require(&[Need::Root]) {
             return;
         }
+        let _one = one_jail_at_a_time();
         let tmp = tempfile::tempdir().unwrap();
         let kept = tmp.path().join("c1");
         std::fs::create_dir_all(&kept).unwrap();
         let spec = Jail {
             dir: kept.join("jail"),
             keep: vec![kept.clone()],
+            read_only: Vec::new(),
             nofile: 0,
+            file_size: 0,
+            identity: None,
         };
         let err = in_own_namespace(move || {
             let _held = open_dir(Path::new("/etc"));

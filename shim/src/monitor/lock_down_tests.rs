@@ -73,8 +73,8 @@ impl Sandbox for Recorder {
 fn monitor(dir: &Path, confinable: bool) -> Monitor<Recorder> {
     let bundle_dir = dir.join("bundle");
     crate::spec::tests::write_bundle(&bundle_dir, &crate::spec::tests::minimal());
-    let state_dir = dir.join("root/c1");
-    std::fs::create_dir_all(&state_dir).unwrap();
+    let state_dir = Store::new(dir.join("root")).create_dir("c1").unwrap();
+    std::fs::write(state_dir.join("state.json"), "{}").unwrap();
     std::fs::create_dir_all(dir.join("logs")).unwrap();
     let config = Config {
         log_dir: dir.join("logs"),
@@ -134,6 +134,7 @@ fn a_failed_lock_down_kills_the_init_and_stays_failed() {
     if !require(&[Need::Root]) {
         return;
     }
+    let _one = super::jail::one_jail_at_a_time();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().to_path_buf();
     let (first, second, kills, lock) = on_own_thread(move || {
@@ -163,6 +164,7 @@ fn a_lock_down_happens_once_and_only_for_a_confinable_sandbox() {
     if !require(&[Need::Root]) {
         return;
     }
+    let _one = super::jail::one_jail_at_a_time();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().to_path_buf();
     let (etc_seen, again, kills, lock, state_saved) = on_own_thread(move || {
@@ -172,10 +174,12 @@ fn a_lock_down_happens_once_and_only_for_a_confinable_sandbox() {
             let etc_seen = Path::new("/etc").exists();
             // Idempotent: a second call (an exec after the start) changes nothing.
             let again = m.lock_down().await.is_ok();
-            // The state store still works from the jail.
+            // The state store still works from the jail: its live part, and only that.
             m.set_status(Status::Running);
-            let state_saved = std::fs::read_to_string(dir.join("root/c1/state.json"))
-                .is_ok_and(|s| s.contains("running"));
+            let state_saved = std::fs::read_to_string(dir.join("root/c1/live/status.json"))
+                .is_ok_and(|s| s.contains("running"))
+                && std::fs::write(dir.join("root/c1/state.json"), "{}")
+                    .is_err_and(|e| e.raw_os_error() == Some(libc::EROFS));
             let kills = m.sandbox.get().unwrap().kills.borrow().len();
             (etc_seen, again, kills, m.lock.get(), state_saved)
         })

@@ -17,6 +17,7 @@
 //! (vCPUs, device loop, virtio-fs worker) and hook runs.
 
 mod exec;
+mod identity;
 mod jail;
 #[cfg(test)]
 mod lock_down_tests;
@@ -184,13 +185,14 @@ impl<S: Sandbox> Monitor<S> {
         &self.plan.id
     }
 
-    /// Updates the status, tells waiters and persists it; persisting failures are logged, not
-    /// fatal (the status is also derivable from the monitor being alive).
+    /// Updates the status, tells waiters and persists it in the state's live file (the one
+    /// the lock-down leaves writable: see `state`); persisting failures are logged, not fatal
+    /// (the status is also derivable from the monitor being alive).
     fn set_status(&self, status: Status) {
         self.status.send_replace(status);
         let mut st = self.state.borrow_mut();
         st.status = status;
-        if let Err(e) = self.plan.store.save(&st) {
+        if let Err(e) = self.plan.store.save_live(&st) {
             crate::logging::warn(&format!(
                 "save state: {}",
                 bulkhead_protocol::error_chain(&e)
@@ -273,6 +275,11 @@ impl<S: Sandbox> Monitor<S> {
         }
         let locked = crate::logging::hold_file()
             .map_err(|e| format!("open the log file: {e}"))
+            .and_then(|()| match self.plan.config.monitor_identity() {
+                Some((uid, gid)) => identity::hand_over(&self.handed(), uid, gid)
+                    .map_err(|e| bulkhead_protocol::error_chain(&e)),
+                None => Ok(()),
+            })
             .and_then(|()| {
                 jail::enter(&self.jail()).map_err(|e| bulkhead_protocol::error_chain(&e))
             })
@@ -297,19 +304,43 @@ impl<S: Sandbox> Monitor<S> {
         Ok(())
     }
 
-    /// What the jail keeps: the state directory (state, sockets, the share's directory for its
-    /// teardown), the log directory (console log and its rotation, timings), the host cgroup
-    /// directories (update, stats); open files for the share's cap and the monitor's reserve.
+    /// What the jail keeps: writable, the state's live directory (the status) and the log
+    /// directory (console log and its rotation, timings); read-only, the state directory
+    /// (state, sockets, which `delete` acts on with root's powers) and the host cgroup
+    /// directories (stats; their limits are not the monitor's to raise, `update` writes them
+    /// from the CLI). Open files for the share's cap and the monitor's reserve; file size for
+    /// its console and log.
     fn jail(&self) -> jail::Jail {
         let plan = &self.plan;
-        let mut keep = vec![plan.state_dir.clone(), plan.config.log_dir.clone()];
-        keep.extend(self.state.borrow().cgroup_dirs.iter().cloned());
+        let keep = vec![
+            plan.state_dir.join(crate::state::LIVE_DIR),
+            plan.config.log_dir.clone(),
+        ];
+        let mut read_only = vec![plan.state_dir.clone()];
+        read_only.extend(self.state.borrow().cgroup_dirs.iter().cloned());
         let hard = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
             .map_or(1 << 20, |(_, hard)| hard);
         jail::Jail {
             dir: plan.state_dir.join(JAIL_DIR),
             keep,
+            read_only,
             nofile: plan.config.monitor_fd_limit(hard),
+            file_size: plan
+                .config
+                .monitor_file_size_limit(crate::logging::held_file_len()),
+            identity: plan.config.monitor_identity(),
+        }
+    }
+
+    /// What an unprivileged monitor is handed before its lock-down (`identity.rs`).
+    fn handed(&self) -> identity::Handed {
+        let plan = &self.plan;
+        identity::Handed {
+            state_dir: plan.state_dir.clone(),
+            live_dir: plan.state_dir.join(crate::state::LIVE_DIR),
+            log_dir: plan.config.log_dir.clone(),
+            console_log: plan.config.console_log(&plan.id),
+            timings: plan.config.timings_log(&plan.id),
         }
     }
 
@@ -334,6 +365,15 @@ pub fn run<F: SandboxFactory>(plan: Plan, factory: &F, ready: ReadyWriter) -> i3
         return fail_early(&plan, ready, &e);
     }
     crate::logging::report_forbidden_syscalls();
+    // Before any other thread exists: the monitor user's ids become the saved ones, and the
+    // VM's threads' seccomp lists let glibc carry the switch to them at the lock-down
+    // (`jail::prepare_identity`).
+    if let Some((uid, gid)) = plan.config.monitor_identity() {
+        if let Err(e) = jail::prepare_identity(uid, gid) {
+            return fail_early(&plan, ready, &e);
+        }
+        bulkhead_vmm::seccomp::expect_identity(uid, gid);
+    }
     let signals = crate::process::block_forwarded();
     let stdio_fds = crate::process::take_stdio();
     let runtime = tokio::runtime::Builder::new_current_thread()

@@ -186,16 +186,13 @@ impl<S: Sandbox> Monitor<S> {
         Ok(Done::Nothing)
     }
 
-    /// New limits in the guest, then on the host group with the same rule `create` used.
+    /// New limits in the guest. The host group's are written by the `update` CLI afterwards:
+    /// the locked-down monitor sees its cgroup read-only (its own limits are not its to raise).
     async fn update(&self, resources: &oci_spec::runtime::LinuxResources) -> Result<Done, Failure> {
         self.sandbox()?
             .update(resources)
             .await
             .map_err(|e| e.failure())?;
-        let limits =
-            crate::cgroups::HostLimits::new(Some(resources), &self.plan.size, &self.plan.config);
-        let dirs = self.state.borrow().cgroup_dirs.clone();
-        crate::cgroups::update(&dirs, &limits).map_err(|e| e.failure())?;
         Ok(Done::Nothing)
     }
 }

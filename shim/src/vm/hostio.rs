@@ -5,7 +5,10 @@
 //! setting `O_NONBLOCK` on them would change the *caller's* open file description too — a
 //! shell whose terminal turned non-blocking breaks after the container ends. So:
 //! - pipes, FIFOs and terminals are reopened through `/proc/self/fd/N`, which gives us our own
-//!   description of the same pipe or tty, non-blocking, and polled;
+//!   description of the same pipe or tty, non-blocking, and polled — unless the description
+//!   is non-blocking already, which means it is ours: the `exec` CLI reopens its fds itself
+//!   before it passes them (`commands::exec`), as the caller's user, because a locked-down
+//!   monitor may no longer open another user's terminal or pipe;
 //! - sockets (which cannot be reopened) are polled with per-call `MSG_DONTWAIT`;
 //! - regular files and devices that cannot be polled (`/dev/null`) never make I/O wait, so
 //!   they are read and written directly.
@@ -50,6 +53,11 @@ impl HostIo {
             return Ok(HostIo::Direct(file));
         }
         // Pipes, FIFOs, character devices (terminals, /dev/null).
+        if nix::fcntl::fcntl(file.as_raw_fd(), nix::fcntl::FcntlArg::F_GETFL)
+            .is_ok_and(|fl| fl & libc::O_NONBLOCK != 0)
+        {
+            return Self::polled_or_direct(file);
+        }
         let reopened = std::fs::OpenOptions::new()
             .read(dir == Direction::Read)
             .write(dir == Direction::Write)
@@ -62,13 +70,18 @@ impl HostIo {
             Err(e) if e.raw_os_error() == Some(libc::ENXIO) => return Ok(HostIo::Direct(file)),
             Err(e) => return Err(e),
         };
-        // SAFETY: `own` is a descriptor we just opened and hand over; nothing else closes or
-        // replaces it while the `AsyncFd` holds it.
+        Self::polled_or_direct(own)
+    }
+
+    /// A non-blocking description of ours, polled; a device epoll refuses (`/dev/null`: its
+    /// I/O never waits) is used directly.
+    fn polled_or_direct(own: File) -> io::Result<HostIo> {
+        // SAFETY: `own` is a descriptor handed over to us; nothing else closes or replaces it
+        // while the `AsyncFd` holds it.
         match unsafe { AsyncFd::register(own) } {
             Ok(polled) => Ok(HostIo::Polled(polled)),
             Err(e) => match e.into_parts() {
-                // epoll refuses devices that cannot be polled; their I/O never waits.
-                (_, e) if e.raw_os_error() == Some(libc::EPERM) => Ok(HostIo::Direct(file)),
+                (own, e) if e.raw_os_error() == Some(libc::EPERM) => Ok(HostIo::Direct(own)),
                 (_, e) => Err(e),
             },
         }
@@ -164,6 +177,32 @@ mod tests {
         let mut buf = [0u8; 8];
         assert_eq!(io.read(&mut buf).await.unwrap(), 2);
         assert_eq!(io.read(&mut buf).await.unwrap(), 0, "EOF");
+    }
+
+    #[tokio::test]
+    async fn a_non_blocking_description_is_used_as_it_is() {
+        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_NONBLOCK).unwrap();
+        let ino = |f: &dyn AsRawFd| nix::sys::stat::fstat(f.as_raw_fd()).unwrap().st_ino;
+        let (keep, ours) = (r.try_clone().unwrap(), ino(&r));
+        let io = HostIo::new(r, Direction::Read).unwrap();
+        let HostIo::Polled(fd) = &io else {
+            panic!("not polled")
+        };
+        assert_eq!(ino(fd.get_ref()), ours);
+        // The same description, not a reopened one: a status flag set through the caller's fd
+        // shows through ours.
+        // SAFETY: F_SETFL on an open descriptor.
+        unsafe {
+            libc::fcntl(
+                keep.as_raw_fd(),
+                libc::F_SETFL,
+                libc::O_NONBLOCK | libc::O_APPEND,
+            )
+        };
+        assert_ne!(flags(fd.get_ref()) & libc::O_APPEND, 0);
+        File::from(w).write_all(b"hi").unwrap();
+        let mut buf = [0u8; 8];
+        assert_eq!(io.read(&mut buf).await.unwrap(), 2);
     }
 
     #[tokio::test]

@@ -42,6 +42,22 @@ pub enum SeccompError {
     Capabilities(#[source] caps::errors::CapsError),
 }
 
+/// The user and group the embedding process will switch all its threads to, once (see
+/// [`expect_identity`]).
+static IDENTITY: std::sync::OnceLock<(u32, u32)> = std::sync::OnceLock::new();
+
+/// Says that the embedding process will later give up root for `uid`/`gid` process-wide
+/// (`setresgid(gid, gid, gid)`, then `setresuid(uid, uid, uid)`): glibc carries such a change
+/// to every thread by signalling each to make the same syscall (nptl's setxid broadcast), so
+/// every list built from now on allows exactly those two calls with exactly these ids, and
+/// nothing else of the kind. Call it before the VM's threads build their lists; the first
+/// call wins. The VM's threads hold no capability, so the ids must already be the process's
+/// saved ids then (an unprivileged thread may only take ids it has), and its supplementary
+/// groups already empty.
+pub fn expect_identity(uid: u32, gid: u32) {
+    let _ = IDENTITY.set((uid, gid));
+}
+
 /// An allow-list being put together: syscalls allowed with any arguments, and syscalls
 /// allowed only with given arguments (any one rule of a syscall may match).
 #[derive(Default)]
@@ -185,7 +201,19 @@ impl Rules {
         // `fcntl(fd, F_GETFD)`: what the standard library's debug builds run on every `OwnedFd`
         // they close, to check it was open (a thread that closes anything traps without it).
         .allow_if_arg(libc::SYS_fcntl, 1, &[libc::F_GETFD as u64])?
-        .allow_memory_without_exec()
+        .allow_memory_without_exec()?
+        .allow_identity_change()
+    }
+
+    /// The process-wide switch to the [`expect_identity`] ids, if one is expected: each
+    /// thread's share of it (the handler of glibc's setxid signal runs the same call).
+    fn allow_identity_change(self) -> Result<Self, SeccompError> {
+        let Some(&(uid, gid)) = IDENTITY.get() else {
+            return Ok(self);
+        };
+        let (uid, gid) = (u64::from(uid), u64::from(gid));
+        self.allow_if_all(libc::SYS_setresgid, &[(0, gid), (1, gid), (2, gid)])?
+            .allow_if_all(libc::SYS_setresuid, &[(0, uid), (1, uid), (2, uid)])
     }
 
     /// Compiles the list for the architecture we run on: anything else traps (see [`report`]).

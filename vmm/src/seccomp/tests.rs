@@ -253,3 +253,84 @@ fn a_confined_vm_thread_has_no_capabilities_and_its_list() {
         }
     }
 }
+
+/// Forks; the child (root, with 1234 as its saved user and group ids and no supplementary
+/// group, as the monitor prepares itself) starts a thread confined as a vCPU (no capability,
+/// its list built after `expect_identity(1234, 1234)` when `expected`), then makes the whole
+/// process user 1234 with glibc's calls (their setxid broadcast has every thread make the same
+/// syscall). Returns how the child ended: 0 when both threads then are user and group 1234.
+fn change_user_under_the_vcpu_list(expected: bool) -> WaitStatus {
+    const ID: u32 = 1234;
+    // SAFETY: the child is a copy of this test's thread only; glibc's fork leaves malloc usable
+    // in it, which thread creation and filter building need; it ends with exit_group.
+    match unsafe { fork() }.unwrap() {
+        ForkResult::Child => {
+            let (hold_r, hold_w) = pipe().unwrap();
+            let (u, g) = (
+                nix::unistd::Uid::from_raw(ID),
+                nix::unistd::Gid::from_raw(ID),
+            );
+            let (root_u, root_g) = (nix::unistd::Uid::from_raw(0), nix::unistd::Gid::from_raw(0));
+            nix::unistd::setgroups(&[]).unwrap();
+            nix::unistd::setresgid(root_g, root_g, g).unwrap();
+            nix::unistd::setresuid(root_u, root_u, u).unwrap();
+            if expected {
+                super::expect_identity(ID, ID);
+            }
+            let filter = vcpu_filter(libc::SIGRTMIN() + 1).unwrap();
+            let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+            let thread = std::thread::spawn(move || {
+                super::confine_thread(&filter, "vcpu").unwrap();
+                tid_tx.send(nix::unistd::gettid()).unwrap();
+                let mut b = [0u8; 1];
+                // SAFETY: a raw read of our own pipe into our own buffer.
+                unsafe { libc::read(hold_r.as_raw_fd(), b.as_mut_ptr().cast(), 1) };
+            });
+            let tid = tid_rx.recv().unwrap();
+            nix::unistd::setresgid(g, g, g).unwrap();
+            nix::unistd::setresuid(u, u, u).unwrap();
+            let status = std::fs::read_to_string(format!("/proc/self/task/{tid}/status")).unwrap();
+            let ours = std::fs::read_to_string("/proc/thread-self/status").unwrap();
+            let ids = |s: &str, key: &str| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix(key))
+                    .map(|v| v.split_whitespace().map(str::to_string).collect::<Vec<_>>())
+                    .unwrap_or_default()
+            };
+            let want = vec![ID.to_string(); 4];
+            let ok = [&status, &ours]
+                .iter()
+                .all(|s| ids(s, "Uid:") == want && ids(s, "Gid:") == want);
+            drop(hold_w);
+            thread.join().unwrap();
+            // SAFETY: exit_group with an integer status.
+            unsafe { libc::syscall(libc::SYS_exit_group, if ok { 0 } else { 4 }) };
+            unreachable!("exit returned")
+        }
+        ForkResult::Parent { child } => waitpid(child, None).unwrap(),
+    }
+}
+
+#[test]
+fn a_change_of_user_reaches_a_confined_thread_only_when_expected() {
+    if !nix::unistd::geteuid().is_root() {
+        assert!(std::env::var_os("BULKHEAD_E2E").is_none(), "needs root");
+        return;
+    }
+    assert!(
+        matches!(
+            change_user_under_the_vcpu_list(true),
+            WaitStatus::Exited(_, 0)
+        ),
+        "every thread is the new user"
+    );
+    // Without the allowance the confined thread's share of the broadcast is a forbidden
+    // syscall: the process ends with the report, not half changed.
+    assert!(
+        matches!(
+            change_user_under_the_vcpu_list(false),
+            WaitStatus::Exited(_, c) if c == FORBIDDEN_SYSCALL_EXIT
+        ),
+        "no thread may change its user unannounced"
+    );
+}

@@ -14,7 +14,7 @@ use std::thread::JoinHandle;
 
 use nix::sys::signal::{kill, Signal};
 use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
-use nix::sys::wait::{waitpid, WaitStatus};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
 use super::spawn::{self, SpawnError};
@@ -393,13 +393,23 @@ impl Drop for Buffer {
     }
 }
 
+/// How long a server we may not signal has to end after its socket's end.
+const SERVER_END_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Kills and reaps the server (once) and says how it ended.
 fn reap(pid: Pid, reaped: &mut bool) -> String {
     if std::mem::replace(reaped, true) {
         return format!("pid {pid} ended");
     }
-    // Already dead in the usual case; a live one (a protocol breach) is stopped here.
-    let _ = kill(pid, Signal::SIGKILL);
+    // Already dead in the usual case; a live one (a protocol breach) is stopped here — unless
+    // it is not ours to signal (EPERM: the embedder gave up root for another user, and the
+    // server, which acts for every guest user, is still root). It then ends by itself at the
+    // end of its socket, shut down before this; one that does not is not waited for longer
+    // than SERVER_END_WAIT: it is killed by the kernel when this thread ends (its parent-death
+    // signal), and reaped with the process.
+    if kill(pid, Signal::SIGKILL) == Err(nix::Error::EPERM) {
+        return await_end(pid);
+    }
     loop {
         match waitpid(pid, None) {
             Ok(WaitStatus::Exited(_, code)) => {
@@ -408,6 +418,27 @@ fn reap(pid: Pid, reaped: &mut bool) -> String {
             Ok(WaitStatus::Signaled(_, sig, _)) => return format!("pid {pid} killed by {sig}"),
             Ok(_) => continue,
             Err(nix::Error::EINTR) => continue,
+            Err(e) => return format!("pid {pid} ended ({e})"),
+        }
+    }
+}
+
+/// Reaps a server we may not signal once it has ended, polling up to [`SERVER_END_WAIT`].
+fn await_end(pid: Pid) -> String {
+    let deadline = std::time::Instant::now() + SERVER_END_WAIT;
+    loop {
+        match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Ok(WaitStatus::StillAlive) => {
+                return format!("pid {pid} still running after its socket's end")
+            }
+            Ok(WaitStatus::Exited(_, code)) => {
+                return format!("pid {pid} exited with status {code}")
+            }
+            Ok(WaitStatus::Signaled(_, sig, _)) => return format!("pid {pid} killed by {sig}"),
+            Ok(_) | Err(nix::Error::EINTR) => {}
             Err(e) => return format!("pid {pid} ended ({e})"),
         }
     }
