@@ -127,12 +127,19 @@ impl Cli {
     /// Like [`Cli::new`], with `extra` lines appended to its config.toml.
     pub fn with_config(extra: &str) -> Cli {
         let tmp = tempfile::tempdir().unwrap();
-        let config = format!(
-            "kernel = {:?}\ninitramfs = {:?}\nlog_dir = {:?}\n{extra}",
-            kernel().display().to_string(),
-            agent_initramfs().display().to_string(),
-            tmp.path().join("logs").display().to_string()
-        );
+        // The test's images and log directory, unless `extra` names its own.
+        let defaults = [
+            ("kernel", kernel()),
+            ("initramfs", agent_initramfs()),
+            ("log_dir", tmp.path().join("logs")),
+        ];
+        let mut config = String::new();
+        for (key, value) in defaults {
+            if !extra.lines().any(|l| l.starts_with(&format!("{key} ="))) {
+                config += &format!("{key} = {:?}\n", value.display().to_string());
+            }
+        }
+        config += extra;
         fs::write(tmp.path().join("config.toml"), config).unwrap();
         Cli {
             tmp,

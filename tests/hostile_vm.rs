@@ -31,6 +31,11 @@
 //!   `no_new_privs`, its open-file, file-size and core limits are set; and exec, ps, stats,
 //!   update of the host cgroup, pause/resume, console output and rotation, `--log` lines,
 //!   timings, the state's exit and delete all still work.
+//! - `a_guest_that_floods_device_warnings_is_rate_limited_in_the_log`
+//!   (`hostile/warning_flood.rs`): a guest of a few instructions (no Linux) resets a virtio
+//!   device and offers it no features, over and over; the device refuses each time with a
+//!   warning, and `--log` gets the limiter's burst and trickle only, one line saying how many
+//!   thousands were dropped, while the device counted every attempt.
 //! - `the_monitor_gives_up_root_for_the_configured_user` (`hostile/monitor_user.rs`): with
 //!   `monitor_uid`/`monitor_gid`, every thread of the started monitor is that user with no
 //!   group and no capability, it owns only its live state, sockets and logs, and the whole life
@@ -46,6 +51,10 @@ use fs_server::fs_server_of;
 /// A monitor that gives up root.
 #[path = "hostile/monitor_user.rs"]
 mod monitor_user;
+
+/// A guest that floods the log with device warnings.
+#[path = "hostile/warning_flood.rs"]
+mod warning_flood;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
