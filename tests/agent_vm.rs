@@ -1,8 +1,12 @@
 //! The agent as the guest's init, driven through the VMM's hybrid-vsock socket: the same cases as
 //! the host test (tests/agent_cases.rs) against ONE booted VM (a boot takes ~30 s on PVM hosts),
-//! then a clean shutdown; and a guest without an agent, which must give a clear error in time.
-//! Gated by `BULKHEAD_E2E=1`. The stdout case moves 4 MiB (`BULKHEAD_E2E_STREAM_MIB` changes
-//! it); the 32 MiB throughput run is `bench/agent-vm.sh --mib 32`.
+//! then a clean shutdown. (That a client facing a guest without an agent gives a clear error
+//! in time is shown on a boot `tests/vmm_boot.rs` makes anyway.)
+//! Gated by `BULKHEAD_E2E=1`. The stdout case moves 2 MiB (`BULKHEAD_E2E_STREAM_MIB` changes
+//! it): twice the stream's vsock credit window (the agent's 1 MiB `STREAM_BUFFER_SIZE` and the
+//! VMM's 1 MiB `DEFAULT_BUF_ALLOC`), so the guest must wait for credit updates, and far more
+//! than a pipe or socket buffer on the way; the 32 MiB throughput run is
+//! `bench/agent-vm.sh --mib 32`.
 #![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
@@ -12,7 +16,7 @@ use std::time::{Duration, Instant};
 use bulkhead_protocol::client::blocking::Client;
 use bulkhead_protocol::client::{ClientConfig, ClientError, Connector};
 use bulkhead_tests::agent_cases::{self as cases, Ids};
-use bulkhead_tests::{agent_test_initramfs, kernel, require, test_initramfs, vm_needs, vmm_binary};
+use bulkhead_tests::{agent_test_initramfs, kernel, require, vm_needs, vmm_binary};
 
 /// A boot is ~30 s on an idle PVM host; CI machines are often busier.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(600);
@@ -26,7 +30,7 @@ struct Vm {
 
 impl Vm {
     fn boot(initrd: &Path) -> Vm {
-        // Otherwise the VMM fails at once and "no agent" would pass for the wrong reason.
+        // Otherwise the VMM fails at once, and only with a confusing connect error.
         assert!(
             kernel().is_file(),
             "no guest kernel at {} (run scripts/setup.sh or set BULKHEAD_KERNEL)",
@@ -130,7 +134,7 @@ fn agent_runs_processes_in_a_vm() {
     let mib: usize = std::env::var("BULKHEAD_E2E_STREAM_MIB")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(4);
+        .unwrap_or(2);
     let took = cases::big_stdout_matches_sha256(&client, &ids, mib << 20, "/tmp");
     eprintln!("{mib} MiB through stdout in {took:.1?}");
     client.shutdown().unwrap();
@@ -145,33 +149,5 @@ fn agent_runs_processes_in_a_vm() {
     assert!(
         matches!(err, ClientError::VmGone | ClientError::Closed),
         "{err:?}"
-    );
-}
-
-#[test]
-fn a_guest_without_an_agent_gives_a_clear_error_in_time() {
-    if !require(&vm_needs()) {
-        return;
-    }
-    // The VMM boot-test init never listens on vsock; it powers off after its checks.
-    let vm = Vm::boot(&test_initramfs());
-    let timeout = Duration::from_secs(240);
-    let start = Instant::now();
-    let err = Client::connect(
-        Connector::HybridVsock { uds_path: vm.uds() },
-        config(timeout),
-    )
-    .err()
-    .expect("nothing in this guest answers");
-    let took = start.elapsed();
-    eprintln!(
-        "no agent: {err} after {took:.1?}; console:\n{}",
-        vm.console()
-    );
-    assert!(took < timeout + Duration::from_secs(30), "took {took:?}");
-    let text = err.to_string();
-    assert!(
-        text == "vm is gone" || text.starts_with("agent did not come up within"),
-        "unclear error: {text}"
     );
 }

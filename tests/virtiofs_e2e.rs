@@ -6,8 +6,11 @@
 //! nothing outside the shares touched) and reports FUSE requests per operation.
 //!
 //! The VM runs in this process through the `bulkhead_vmm` library, so the device's request
-//! counters can be read at each quiet point the guest announces. Needs root (the share is
-//! confined in a mount namespace) and `/dev/kvm`; gated by `BULKHEAD_E2E=1`. ~2-4 min on PVM.
+//! counters can be read at each quiet point the guest announces (`mark <step>`). The guest
+//! starts the step only after a short pause and a `go <step>` line; a reading taken once that
+//! line was on the console fails the test (the step's first requests could have been counted
+//! in the step before, and a `<=` bound then pass when it should not). Needs root (the share
+//! is confined in a mount namespace) and `/dev/kvm`; gated by `BULKHEAD_E2E=1`. ~2 min on PVM.
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
@@ -126,8 +129,15 @@ fn tree(dir: &Path) -> Vec<String> {
     out
 }
 
+/// Whether the console file holds `go <step>`: the guest printed it before the step began.
+fn step_began(console: &Path, step: &str) -> bool {
+    let text = std::fs::read_to_string(console).unwrap_or_default();
+    let go = format!("{PREFIX}go {step} [");
+    text.lines().any(|l| l.starts_with(&go))
+}
+
 /// Boots the guest and follows its console: returns the console text and the counters
-/// sampled at each mark.
+/// sampled at each mark. Panics if a mark was sampled after its step began.
 fn boot(l: &Layout) -> (String, Vec<(String, FsMetricsSnapshot)>) {
     let console = l.tmp.path().join("console.log");
     let mut config = VmConfig::new(kernel());
@@ -157,6 +167,7 @@ fn boot(l: &Layout) -> (String, Vec<(String, FsMetricsSnapshot)>) {
 
     let start = Instant::now();
     let mut samples = Vec::new();
+    let mut late = Vec::new();
     let mut seen = 0;
     loop {
         let done = runner.is_finished();
@@ -174,7 +185,13 @@ fn boot(l: &Layout) -> (String, Vec<(String, FsMetricsSnapshot)>) {
                 .and_then(|l| l.strip_prefix("mark "))
             {
                 let name = rest.split(" [").next().unwrap_or(rest).to_string();
-                samples.push((name, metrics.snapshot()));
+                let counters = metrics.snapshot();
+                // Read after the counters: no `go` yet means no request of the step before
+                // them (the guest prints it, sent out, before its first request).
+                if step_began(&console, &name) {
+                    late.push(name.clone());
+                }
+                samples.push((name, counters));
             }
         }
         seen = seen.max(whole);
@@ -193,6 +210,10 @@ fn boot(l: &Layout) -> (String, Vec<(String, FsMetricsSnapshot)>) {
     assert!(
         reason.is_clean(),
         "vm ended with {reason:?}; console:\n{text}"
+    );
+    assert!(
+        late.is_empty(),
+        "counters read after these steps began (host too slow for the guest's pause): {late:?}"
     );
     eprintln!("guest done in {:.1?}", start.elapsed());
     (text, samples)

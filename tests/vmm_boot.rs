@@ -1,11 +1,14 @@
 //! Boots the real guest kernel with the test initramfs through the `bulkhead-vmm` binary: the
-//! ELF vmlinux with 2 vCPUs and with 1 vCPU and a capped console file, and the bzImage with 1
-//! vCPU and its console on stdout. Each boot takes ~25-60 s on PVM-backed KVM, so no boot
-//! is here that another case already makes. Gated by `BULKHEAD_E2E=1`.
+//! ELF vmlinux with 2 vCPUs and its console in a capped file, and the bzImage with 1 vCPU, its
+//! console on stdout and a vsock device that an agent client tries from the start (the test init
+//! never listens on vsock). Each boot takes ~25-60 s on PVM-backed KVM, so no boot is here that
+//! another case already makes, and each boot proves all it can. Gated by `BULKHEAD_E2E=1`.
 
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use bulkhead_protocol::client::blocking::Client;
+use bulkhead_protocol::client::{ClientConfig, Connector};
 use bulkhead_tests::{
     bzimage, kernel, require, run, test_initramfs, vm_needs, vmm_binary, Finished,
 };
@@ -41,37 +44,50 @@ fn assert_booted(f: &Finished, console: &str, vcpus: u8) {
     eprintln!("booted {vcpus} vcpu(s) in {:.1?}", f.elapsed);
 }
 
+/// The bzImage boots with 1 vCPU, its console on stdout. A client connecting to the agent
+/// from the VMM's start meets a guest that never listens (the test init has no agent and
+/// powers off after its checks): it must give a clear error in time, "vm is gone" once the VMM
+/// has exited (or, had the boot outlasted its connect timeout, that the agent did not come up).
 #[test]
-fn vmlinux_boots_with_two_vcpus_console_to_a_file() {
+fn bzimage_boots_and_a_client_without_an_agent_gives_up_in_time() {
     if !require(&vm_needs()) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let console = dir.path().join("console.log");
-    let f = boot(&kernel(), 2, &["--console", console.to_str().unwrap()]);
-    assert!(
-        f.stdout.is_empty(),
-        "console went to stdout too: {}",
-        f.stdout
-    );
-    let text = std::fs::read_to_string(&console).unwrap();
-    assert_booted(&f, &text, 2);
-}
-
-#[test]
-fn bzimage_boots() {
-    if !require(&vm_needs()) {
-        return;
-    }
-    let f = boot(&bzimage(), 1, &[]);
+    let uds = dir.path().join("vsock.sock");
+    let timeout = Duration::from_secs(240);
+    let client = {
+        let uds = uds.clone();
+        std::thread::spawn(move || {
+            let config = ClientConfig {
+                connect_timeout: timeout,
+                ..ClientConfig::default()
+            };
+            let start = Instant::now();
+            let err = Client::connect(Connector::HybridVsock { uds_path: uds }, config).err();
+            (err, start.elapsed())
+        })
+    };
+    let f = boot(&bzimage(), 1, &["--vsock", uds.to_str().unwrap()]);
     assert_booted(&f, &f.stdout, 1);
+    let (err, took) = client.join().unwrap();
+    let err = err.expect("nothing in this guest answers");
+    eprintln!("no agent: {err} after {took:.1?}");
+    assert!(took < timeout + Duration::from_secs(30), "took {took:?}");
+    let text = err.to_string();
+    assert!(
+        text == "vm is gone" || text.starts_with("agent did not come up within"),
+        "unclear error: {text}"
+    );
 }
 
-/// A guest's console cannot grow past twice `--console-max-bytes`: the test init prints ~215
-/// bytes, more than twice this cap, and the newest output stays in the file and the chunk
-/// before it in `.1`. (The cap is above the ~72 bytes from the verdict line to the end.)
+/// The vmlinux boots with 2 vCPUs (the init counts them online), its console going to a file
+/// and not to stdout; and that file cannot grow past twice `--console-max-bytes`: the boot
+/// prints far more than twice this cap (the kernel's log, then the init's ~215 bytes), and the
+/// newest output stays in the file and the chunk before it in `.1`. (The cap is above the ~72
+/// bytes from the verdict line to the end.)
 #[test]
-fn a_capped_console_file_rotates_during_the_boot() {
+fn vmlinux_boots_with_two_vcpus_into_a_capped_console_file() {
     use std::os::unix::fs::PermissionsExt;
     if !require(&vm_needs()) {
         return;
@@ -83,13 +99,18 @@ fn a_capped_console_file_rotates_during_the_boot() {
     let cap = CAP.to_string();
     let f = boot(
         &kernel(),
-        1,
+        2,
         &[
             "--console",
             console.to_str().unwrap(),
             "--console-max-bytes",
             &cap,
         ],
+    );
+    assert!(
+        f.stdout.is_empty(),
+        "console went to stdout too: {}",
+        f.stdout
     );
     let files: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
@@ -106,6 +127,7 @@ fn a_capped_console_file_rotates_during_the_boot() {
         );
         assert_eq!(meta.permissions().mode() & 0o777, 0o600);
     }
+    // It rotated: `.1` is a full file.
     assert_eq!(std::fs::metadata(&old).unwrap().len(), CAP);
     // The newest output is kept: the boot's last lines, the init's verdict among them.
     let text = String::from_utf8_lossy(
@@ -117,7 +139,7 @@ fn a_capped_console_file_rotates_during_the_boot() {
     )
     .into_owned();
     assert!(
-        text.contains("BULKHEAD-TEST-INIT: ok cpus=1"),
+        text.contains("BULKHEAD-TEST-INIT: ok cpus=2"),
         "the marker is not in the newest {} bytes:\n{text}\nstderr:\n{}",
         2 * CAP,
         f.stderr
@@ -132,4 +154,5 @@ fn a_capped_console_file_rotates_during_the_boot() {
         f.status,
         f.stderr
     );
+    eprintln!("booted 2 vcpus in {:.1?}", f.elapsed);
 }

@@ -2,12 +2,14 @@
 //!
 //! A tiny static PID 1 built by a bare `rustc` at test time (not part of any crate). At boot it
 //! draws a token from the TSC, fills 4 MiB with a pattern derived from it, prints
-//! `SNAPSHOT-TEST-GUEST: token <hex>` on the console and serves one command per connection on
+//! `SNAPSHOT-TEST-GUEST: token <hex>` on the console (waiting until it is sent, before listening,
+//! so a snapshot has it on the template's console) and serves one command per connection on
 //! vsock port 1024:
 //! - `PING`: answers `PONG`;
 //! - `MEMO`: answers `MEMO <token> <fnv1a64 of the 4 MiB now> <fnv1a64 at boot>` (hex), so the
 //!   host sees a clone kept the template's memory;
 //! - `CID`: answers `CID <the guest's local CID>`;
+//! - `CPUS`: answers `CPUS <the CPUs this process may run on>` (all online ones);
 //! - `FS`: mounts the virtio-fs tag `share` on `/share` (first time only) and answers
 //!   `FS <first line of /share/hello>` (or `FS ERROR <errno text>`);
 //! - `POWEROFF`: ends the VM.
@@ -43,6 +45,7 @@ extern "C" {
     fn mount(src: *const u8, target: *const u8, fstype: *const u8, flags: u64, data: *const u8)
         -> i32;
     fn reboot(cmd: i32) -> i32;
+    fn tcdrain(fd: i32) -> i32;
 }
 
 fn fnv1a(bytes: &[u8]) -> u64 {
@@ -107,6 +110,11 @@ fn main() {
         .map(|i| (token.wrapping_mul(i as u64 + 1) >> 29) as u8)
         .collect();
     let at_boot = fnv1a(&memory);
+    // Before listening, and sent out: the host snapshots once a connection is accepted, and
+    // with two vCPUs it could otherwise do so before the line reached the template's console.
+    println!("SNAPSHOT-TEST-GUEST: token {token:016x}");
+    // SAFETY: a plain syscall on stdout (the console); waits until the UART has sent the line.
+    unsafe { tcdrain(1) };
     // SAFETY: a plain syscall; checked below.
     let fd = unsafe { socket(AF_VSOCK, SOCK_STREAM | SOCK_CLOEXEC, 0) };
     assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
@@ -124,7 +132,6 @@ fn main() {
     // SAFETY: a valid socket and sockaddr_vm.
     let ok = unsafe { bind(fd, &addr, len) == 0 && listen(fd, 16) == 0 };
     assert!(ok, "listen: {}", std::io::Error::last_os_error());
-    println!("SNAPSHOT-TEST-GUEST: token {token:016x}");
     let mut mounted = false;
     loop {
         // SAFETY: a listening socket; the peer address is not wanted.
@@ -145,6 +152,10 @@ fn main() {
             "PING" => "PONG".to_string(),
             "MEMO" => format!("MEMO {token:016x} {:016x} {at_boot:016x}", fnv1a(&memory)),
             "CID" => format!("CID {}", local_cid(&s)),
+            "CPUS" => format!(
+                "CPUS {}",
+                std::thread::available_parallelism().map_or(0, |n| n.get())
+            ),
             "FS" => format!("FS {}", read_share(&mut mounted)),
             "POWEROFF" => break,
             other => format!("ERROR {other:?}"),

@@ -9,6 +9,10 @@
 //! - `FS-TEST: mark <name>`: a quiet point; the program sleeps [`QUIET`] after it so the host can
 //!   read the device's request counters (requests between two marks belong to the step named by
 //!   the first);
+//! - `FS-TEST: go <name>`: the quiet point is over, the step starts. Both lines are on the host's
+//!   console file before the program goes on (it waits until the UART has sent them), so a host
+//!   that reads the counters after `mark` and then sees no `go` knows no request of the step
+//!   came before its reading;
 //! - `FS-TEST: check <name> ok` or `FS-TEST: check <name> FAIL <why>`;
 //! - `FS-TEST: verdict ok` or `FS-TEST: verdict FAIL <n> checks failed`.
 //!
@@ -32,8 +36,10 @@ const MARK: &str = "FS-TEST";
 const OUTSIDE_PARAM: &str = "fstest_outside";
 /// The marker in the host's secret file outside the share.
 pub const SECRET: &[u8] = b"HOST-SECRET-5f1e";
-/// How long a mark stays quiet.
-const QUIET: Duration = Duration::from_millis(1500);
+/// How long a mark stays quiet: the host reads the counters within its 10 ms console poll, and
+/// a reading that came too late is seen (its `go` line is already there) and fails the test.
+/// Half a second leaves a loaded host's poll thread fifty times its period.
+const QUIET: Duration = Duration::from_millis(500);
 
 /// Results of the checks so far.
 #[derive(Default)]
@@ -148,7 +154,16 @@ fn umount(target: &str) -> Result<(), String> {
 /// A quiet point for the host's counters.
 pub fn mark(name: &str) {
     say(&format!("mark {name}"));
+    drain();
     std::thread::sleep(QUIET);
+    say(&format!("go {name}"));
+    drain();
+}
+
+/// Waits until the console (our stdout) has sent what was written: the VMM has it then.
+fn drain() {
+    // SAFETY: tcdrain on a file descriptor has no memory-safety preconditions.
+    unsafe { libc::tcdrain(1) };
 }
 
 /// Seconds since boot, with milliseconds.
