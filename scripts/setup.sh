@@ -71,23 +71,35 @@ kdir=$("$repo/kernel-config/build.sh" | tail -n 1) || die "guest kernel build fa
 install -D -m 0644 "$kdir/vmlinux" "$share/vmlinux"
 install -D -m 0644 "$kdir/bzImage" "$share/bzImage"
 
-# ---- binaries ----------------------------------------------------------------------------
-note "building binaries"
+# ---- binaries and guest images, side by side ------------------------------------------------
+# The guest images are built in the background while the host binaries build: their last step
+# is one long single-threaded link (fat LTO, one codegen unit), which leaves a core idle. They
+# use their own profile, so the two cargo runs do not wait on each other's build directory lock.
+note "building binaries and guest initramfs images"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$repo/target}"
-cargo build --release --locked --manifest-path "$repo/Cargo.toml" -p bulkhead-vmm -p bulkhead \
-    || die "cargo build failed"
+images_log=$(mktemp /tmp/bulkhead-setup-images.XXXXXX)
+(
+    set -euo pipefail
+    cpio=$("$repo/images/build-test-initramfs.sh" | tail -n 1)
+    install -D -m 0644 "$cpio" "$share/test-initramfs.cpio"
+    cpio=$("$repo/images/build-agent-initramfs.sh" | tail -n 1)
+    install -D -m 0644 "$cpio" "$share/agent-initramfs.cpio"
+) >"$images_log" 2>&1 &
+images_pid=$!
+images_done() { # waits for the image builds; their output on failure
+    wait "$images_pid" && { rm -f "$images_log"; return 0; }
+    cat "$images_log" >&2
+    rm -f "$images_log"
+    return 1
+}
+if ! cargo build --release --locked --manifest-path "$repo/Cargo.toml" -p bulkhead-vmm -p bulkhead; then
+    images_done || true
+    die "cargo build failed"
+fi
 install -m 0755 "$CARGO_TARGET_DIR/release/bulkhead-vmm" "$bindir/bulkhead-vmm"
 install -m 0755 "$CARGO_TARGET_DIR/release/bulkhead" "$bindir/bulkhead"
-"$repo/scripts/register-engines.sh" "$bindir/bulkhead" || die "registering the runtime with Docker and podman failed"
-
-# ---- guest images ------------------------------------------------------------------------
-note "building guest initramfs images"
-cpio=$("$repo/images/build-test-initramfs.sh" | tail -n 1) || die "test initramfs build failed"
-install -D -m 0644 "$cpio" "$share/test-initramfs.cpio"
-if [[ -x "$repo/images/build-agent-initramfs.sh" ]]; then
-    cpio=$("$repo/images/build-agent-initramfs.sh" | tail -n 1) || die "agent initramfs build failed"
-    install -D -m 0644 "$cpio" "$share/agent-initramfs.cpio"
-fi
+"$repo/scripts/register-engines.sh" "$bindir/bulkhead" || { images_done || true; die "registering the runtime with Docker and podman failed"; }
+images_done || die "guest initramfs build failed (test init and agent images)"
 
 # ---- settings ----------------------------------------------------------------------------
 if [[ ! -e /etc/bulkhead/config.toml ]]; then

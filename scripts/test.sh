@@ -39,8 +39,8 @@ fuzz_seconds=${BULKHEAD_FUZZ_SECONDS:-15}
 started=$SECONDS
 
 # Longest first, so the two lanes end together; suites not named here run after these.
-order=(template_vm podman_run docker_run hostile_vm container_vm monitor_vm vmm_net agent_vm
-    docker_network podman_network virtiofs_e2e vmm_boot vmm_snapshot shim_cli ctr_run vmm_vsock
+order=(template_vm podman_run hostile_vm docker_run container_vm monitor_vm vmm_net
+    docker_network podman_network vmm_boot virtiofs_e2e agent_vm vmm_snapshot shim_cli ctr_run vmm_vsock
     network_vm shim_vm agent_unix shim_agent shim_process shim_lifecycle vmm_errors
     virtiofs_errors shim_register)
 
@@ -78,18 +78,28 @@ if ! [[ -x /usr/bin/podman && -x /usr/sbin/runc ]]; then
     install_engine podman runc
 fi
 rm -rf "$logs" && mkdir -p "$logs"
-note "building every test binary"
-cargo test --locked --workspace --no-run --message-format=json-render-diagnostics \
-    >"$logs/build.json" || die "building the tests failed"
-BULKHEAD_AGENT_TEST_INITRAMFS=$("$repo/images/build-agent-initramfs.sh" --test | tail -n 1) \
-    || die "building the agent test initramfs failed"
+# The test images build beside the test binaries (their guest profile's last step is one long
+# single-threaded link; another profile, so neither waits on the other's build directory lock).
+note "building every test binary and the test initramfs images"
+(
+    set -euo pipefail
+    "$repo/images/build-agent-initramfs.sh" --test | tail -n 1 >"$logs/agent-test-initramfs.path"
+    "$repo/images/build-fs-test-initramfs.sh" | tail -n 1 >"$logs/fs-test-initramfs.path"
+) 2>"$logs/images.out" &
+images_pid=$!
+if ! cargo test --locked --workspace --no-run --message-format=json-render-diagnostics \
+    >"$logs/build.json"; then
+    wait "$images_pid" || true
+    die "building the tests failed"
+fi
+wait "$images_pid" || { cat "$logs/images.out" >&2; die "building the test initramfs images failed"; }
+BULKHEAD_AGENT_TEST_INITRAMFS=$(cat "$logs/agent-test-initramfs.path")
+BULKHEAD_FS_TEST_INITRAMFS=$(cat "$logs/fs-test-initramfs.path")
 # The agent the guest runs (static, built by setup.sh for the initramfs) is the one the
 # --listen-unix suites drive too: what ships is what is tested, and a debug build of its own
 # would rebuild the agent's dependencies with other features (~35 s).
 export BULKHEAD_AGENT_BIN="$target/x86_64-unknown-linux-gnu/guest/bulkhead-agent"
 [[ -x "$BULKHEAD_AGENT_BIN" ]] || die "the agent build is missing: $BULKHEAD_AGENT_BIN"
-BULKHEAD_FS_TEST_INITRAMFS=$("$repo/images/build-fs-test-initramfs.sh" | tail -n 1) \
-    || die "building the virtio-fs test initramfs failed"
 export BULKHEAD_AGENT_TEST_INITRAMFS BULKHEAD_FS_TEST_INITRAMFS
 # What setup.sh built and installed: the binaries the engines and the CLI suites run.
 export BULKHEAD_BULKHEAD_BIN="$target/release/bulkhead"
