@@ -104,9 +104,10 @@ pub struct Config {
     /// capability. Set, it gives up root for good before the workload runs: it can then open
     /// no file of root's, signal no process of root's, and holds no capability even in a
     /// thread. Its state's live directory and its console log become this user's, and the log
-    /// directory this group's, mode 1770 (sticky: each monitor renames and removes only its
-    /// own files). A dedicated user (no login, no other files) is what this is for; every
-    /// monitor shares it, and their jails and seccomp lists keep them apart.
+    /// directory (Bulkhead's own: its group and mode change; not a symlink) this group's, mode
+    /// 1770 (sticky: root's files there stay root's). A dedicated user (no login, no other
+    /// files) is what this is for; every monitor shares it, and their jails and seccomp lists
+    /// keep them apart.
     pub monitor_uid: Option<u32>,
     /// The group that goes with `monitor_uid`.
     pub monitor_gid: Option<u32>,
@@ -119,10 +120,6 @@ pub struct Config {
 /// Fds kept for the monitor itself (control connections, vsock streams, stdio, logs) when the
 /// share's cap is derived from the open-file limit.
 pub const MONITOR_FD_RESERVE: u64 = 1024;
-
-/// What the locked-down monitor may still add to its longest file (its lines in the engine's
-/// log are rate-limited: this is days of the most it can write).
-pub const MONITOR_FILE_SIZE_HEADROOM: u64 = 64 << 20;
 
 impl Default for Config {
     fn default() -> Self {
@@ -241,18 +238,6 @@ impl Config {
         self.share_max_open_files(fd_limit)
             .saturating_add(MONITOR_FD_RESERVE)
             .min(fd_limit)
-    }
-
-    /// The monitor's file-size limit once it is locked down, given how long the engine's log
-    /// file (`--log`, appended to) is then: room for a full console file (the largest file
-    /// it writes, by the cap) or that log, whichever is longer, plus
-    /// [`MONITOR_FILE_SIZE_HEADROOM`]. The rest it writes (state, timings) is bytes. The
-    /// virtio-fs server, which writes the guest's files, is its own process with its own
-    /// limits: a guest's files in its volumes may rightly be larger.
-    pub fn monitor_file_size_limit(&self, log_len: u64) -> u64 {
-        self.console_max_bytes()
-            .max(log_len)
-            .saturating_add(MONITOR_FILE_SIZE_HEADROOM)
     }
 
     pub fn console_max_bytes(&self) -> u64 {

@@ -62,14 +62,6 @@ pub fn hold_file() -> std::io::Result<()> {
     Ok(())
 }
 
-/// How long the held log file is now (0 when there is none): the monitor's file-size limit
-/// leaves room above it.
-pub fn held_file_len() -> u64 {
-    HELD.get()
-        .and_then(|f| f.metadata().ok())
-        .map_or(0, |m| m.len())
-}
-
 fn logger() -> Option<&'static Logger> {
     LOGGER.get()
 }

@@ -49,15 +49,10 @@ pub fn create_new_or_truncate(path: &Path) -> io::Result<File> {
         .open(path)
 }
 
-/// Writes `data` to `path`, replacing its contents; a new file is owner-only.
+/// Writes `data` to `path`, replacing its contents; a new file is owner-only; never through a
+/// symlink.
 pub fn write(path: &Path, data: &[u8]) -> io::Result<()> {
-    OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(true)
-        .mode(FILE_MODE)
-        .open(path)?
-        .write_all(data)
+    create_new_or_truncate(path)?.write_all(data)
 }
 
 #[cfg(test)]

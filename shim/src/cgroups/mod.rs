@@ -407,6 +407,14 @@ pub fn update(dirs: &[PathBuf], limits: &HostLimits) -> Result<(), CgroupError> 
     Ok(())
 }
 
+/// Kills every process left in the directories made by [`join`] (cgroup v2's `cgroup.kill`,
+/// where the kernel has it; a v1 hierarchy has no such file and is skipped).
+pub fn kill_all(dirs: &[PathBuf]) {
+    for d in dirs {
+        let _ = fs::write(d.join("cgroup.kill"), "1");
+    }
+}
+
 /// Removes the leaf directories made by [`join`] (they must be empty: the monitor is gone).
 /// Retries briefly because an exiting process leaves its cgroup a moment after it is reaped.
 pub fn remove(dirs: &[PathBuf]) {

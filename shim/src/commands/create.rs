@@ -102,6 +102,10 @@ pub fn create<F: SandboxFactory>(
 /// cgroups, the state directory.
 pub fn cleanup(ctx: &Ctx, id: &str) {
     if let Ok(st) = ctx.store.load(id) {
+        // Whatever is left in the container's host groups (the monitor is gone: a process it
+        // started and could not signal, such as its root virtio-fs server under an
+        // unprivileged monitor) ends now; a group with a process in it cannot be removed.
+        crate::cgroups::kill_all(&st.cgroup_dirs);
         crate::cgroups::remove(&st.cgroup_dirs);
     }
     if let Ok(dir) = ctx.store.dir(id) {

@@ -25,6 +25,18 @@ pub fn run(ctx: &Ctx, id: &str, force: bool) -> Result<()> {
     };
     if status.can_delete(id, force)? == Delete::StopFirst {
         stop(ctx, &st, status);
+    } else if crate::state::process_alive(st.pid, st.monitor_start_time) {
+        // "stopped" is what the monitor last wrote (its live file), and a monitor the guest
+        // took over could write it while it runs on; its pid is from `state.json`, the
+        // host's. A monitor still there is given the time to finish its teardown, then killed:
+        // no container outlives its delete.
+        if !crate::process::wait_exit(st.pid, st.monitor_start_time, STOP_TIMEOUT) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(st.pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            crate::process::wait_exit(st.pid, st.monitor_start_time, STOP_TIMEOUT);
+        }
     }
     if let Ok(bundle) = crate::spec::Bundle::load(&st.bundle) {
         let mut stopped = st.clone();
@@ -72,5 +84,62 @@ fn stop(ctx: &Ctx, st: &State, status: Status) {
             nix::sys::signal::Signal::SIGKILL,
         );
         crate::process::wait_exit(pid, start_time, STOP_TIMEOUT);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::{State, Store, OCI_VERSION};
+    use std::os::unix::process::ExitStatusExt;
+
+    /// A monitor that says "stopped" in its live file while it runs (what one the guest took
+    /// over could write) is still ended by `delete`: its pid comes from `state.json`.
+    #[test]
+    fn a_monitor_that_claims_to_have_stopped_does_not_outlive_its_delete() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::new(tmp.path().join("root"));
+        store.create_dir("liar").unwrap();
+        let mut monitor = std::process::Command::new("sleep")
+            .arg("1000")
+            .spawn()
+            .unwrap();
+        let pid = monitor.id() as i32;
+        let mut st = State {
+            oci_version: OCI_VERSION.into(),
+            id: "liar".into(),
+            status: Status::Running,
+            pid,
+            bundle: tmp.path().join("no-bundle"),
+            rootfs: tmp.path().join("no-bundle/rootfs"),
+            created: String::new(),
+            owner: String::new(),
+            annotations: Default::default(),
+            monitor_start_time: crate::state::process_start_time(pid).unwrap(),
+            cgroup_dirs: Vec::new(),
+            vm: None,
+            exit_status: None,
+        };
+        store.save(&st).unwrap();
+        st.status = Status::Stopped;
+        st.exit_status = Some(0);
+        store.save_live(&st).unwrap();
+        let ctx = Ctx {
+            global: crate::cli::GlobalOpts {
+                root: store.root().to_path_buf(),
+                log: None,
+                log_format: crate::cli::LogFormat::Text,
+                debug: false,
+                systemd_cgroup: false,
+                rootless: None,
+                criu: None,
+            },
+            store,
+        };
+        assert_eq!(ctx.load("liar").unwrap().1, Status::Stopped, "it says so");
+        run(&ctx, "liar", false).unwrap();
+        let end = monitor.wait().unwrap();
+        assert_eq!(end.signal(), Some(libc::SIGKILL), "{end:?}");
+        assert!(!tmp.path().join("root/liar").exists());
     }
 }

@@ -1,6 +1,7 @@
-//! `bulkhead update`: new resource limits, applied in the guest (by the monitor) and then to
-//! the host group (here, with the rule `create` used: the locked-down monitor sees its cgroup
-//! read-only, so a guest that took it over cannot raise its own host limits).
+//! `bulkhead update`: new resource limits, applied to the host group (here, with the rule
+//! `create` used: the locked-down monitor sees its cgroup read-only, so a guest that took it
+//! over can neither raise its own host limits nor keep them from being lowered) and then in
+//! the guest (by the monitor).
 
 use std::io::Read;
 
@@ -14,14 +15,10 @@ use crate::state::Status;
 pub fn run(ctx: &Ctx, args: &UpdateArgs) -> Result<()> {
     let st = ctx.check(&args.id, Status::can_inspect)?;
     let resources = resources(args)?;
-    ctx.call(
-        &args.id,
-        &Request::Update {
-            resources: Box::new(resources.clone()),
-        },
-    )?;
-    // The VM's size and cgroup directories come from `state.json`, which the monitor wrote
-    // before its lock-down and cannot change since.
+    // The host group first, whatever the monitor then answers (or if it never does): the
+    // VM's size and cgroup directories come from `state.json`, which the monitor wrote before
+    // its lock-down and cannot change since. Its memory limit covers the VM's fixed size, so
+    // it never squeezes the guest before the guest has shrunk.
     let config = crate::config::Config::load()?;
     let size = st.vm.unwrap_or(crate::config::VmSize {
         vcpus: config.vcpus,
@@ -29,6 +26,12 @@ pub fn run(ctx: &Ctx, args: &UpdateArgs) -> Result<()> {
     });
     let limits = crate::cgroups::HostLimits::new(Some(&resources), &size, &config);
     crate::cgroups::update(&st.cgroup_dirs, &limits)?;
+    ctx.call(
+        &args.id,
+        &Request::Update {
+            resources: Box::new(resources),
+        },
+    )?;
     Ok(())
 }
 

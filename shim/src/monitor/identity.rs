@@ -8,8 +8,10 @@
 //! - The live directory (`state::LIVE_DIR`) and what is in it: the monitor's, 0700.
 //! - The sockets in the state directory: the monitor's (each stdio stream of an `exec` is a new
 //!   connection to the VM's vsock socket, and `connect` needs write permission on it).
-//! - The log directory: group `gid`, mode 1770. The sticky bit lets a monitor rename and remove
-//!   only files it owns: its own console log and its rotated part, its timings.
+//! - The log directory: group `gid`, mode 1770 (not through a symlink). The sticky bit keeps
+//!   root's files there (other containers' logs under a root monitor) from being renamed or
+//!   removed; monitors that all run as this user can reach each other's files there, as root
+//!   monitors could before.
 //! - Its console log (and a rotated part, if there is one): the monitor's. A timings file an
 //!   earlier container of the same name left is removed (the monitor could not replace it).
 
@@ -52,9 +54,20 @@ pub fn hand_over(h: &Handed, uid: u32, gid: u32) -> Result<(), HandOverError> {
     }
     for entry in read_dir(&h.state_dir)? {
         let is_socket = std::fs::symlink_metadata(&entry).is_ok_and(|m| m.file_type().is_socket());
-        if is_socket {
+        // Not the control socket: the monitor listens on it already, and only root connects.
+        if is_socket && entry.file_name() != Some(std::ffi::OsStr::new(crate::control::SOCKET_NAME))
+        {
             give(&entry, user, group)?;
         }
+    }
+    // The log directory's group and mode change; through a symlink they would change the
+    // link's group and the target's mode, whatever the target is.
+    if std::fs::symlink_metadata(&h.log_dir).is_ok_and(|m| m.file_type().is_symlink()) {
+        return Err(HandOverError {
+            what: "the log directory is a symlink (name the directory itself in config.toml):",
+            path: h.log_dir.clone(),
+            source: std::io::Error::from_raw_os_error(libc::ELOOP),
+        });
     }
     give(&h.log_dir, None, group)?;
     set_mode(&h.log_dir, LOG_DIR_MODE)?;
@@ -64,14 +77,10 @@ pub fn hand_over(h: &Handed, uid: u32, gid: u32) -> Result<(), HandOverError> {
             give(log, user, group)?;
         }
     }
-    match std::fs::remove_file(&h.timings) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(HandOverError {
-            what: "remove the earlier",
-            path: h.timings.clone(),
-            source: e,
-        }),
-        _ => Ok(()),
-    }
+    // Best effort: what is there may be another monitor's doing (the directory is theirs
+    // too); the timings are for `bench/`, and their write fails on its own.
+    let _ = std::fs::remove_file(&h.timings);
+    Ok(())
 }
 
 /// `chown` without following a symlink at `path` (the monitor's guest never wrote here, but a
@@ -143,6 +152,9 @@ mod tests {
             std::fs::write(f, "x").unwrap();
         }
         let sock = std::os::unix::net::UnixListener::bind(h.state_dir.join("vsock.sock")).unwrap();
+        let control =
+            std::os::unix::net::UnixListener::bind(h.state_dir.join(crate::control::SOCKET_NAME))
+                .unwrap();
         hand_over(&h, 4242, 4343).unwrap();
         let owner = |p: &Path| {
             let m = std::fs::symlink_metadata(p).unwrap();
@@ -157,6 +169,11 @@ mod tests {
         assert_eq!(owner(&h.live_dir).0, 4242);
         assert_eq!(owner(&h.live_dir.join("status.json")).0, 4242);
         assert_eq!(owner(&h.state_dir.join("vsock.sock")).0, 4242);
+        assert_eq!(
+            owner(&h.state_dir.join(crate::control::SOCKET_NAME)).0,
+            0,
+            "the control socket stays root's"
+        );
         assert_eq!(owner(&h.log_dir), (0, 4343, 0o1770));
         assert_eq!(owner(&h.console_log).0, 4242);
         assert_eq!(
@@ -165,6 +182,6 @@ mod tests {
             "another container's log stays root's"
         );
         assert!(!h.timings.exists(), "an earlier timings file is removed");
-        drop(sock);
+        drop((sock, control));
     }
 }

@@ -4,9 +4,8 @@
 //!
 //! [`enter`] runs on the monitor's main thread (the tokio runtime's: control server, agent
 //! connection), in order:
-//! 1. rlimits, process-wide: open files sized for one VM ([`Jail::nofile`]), file size
-//!    ([`Jail::file_size`]: a write past it fails with `EFBIG`, SIGXFSZ is ignored so it does not
-//!    end the VM), no core files (a core of the monitor would hold guest memory);
+//! 1. rlimits, process-wide: open files sized for one VM ([`Jail::nofile`]), no core files (a
+//!    core of the monitor would hold guest memory);
 //! 2. `no_new_privs` on this thread (and the threads it starts from now on);
 //! 3. a new root: a small read-only tmpfs over [`Jail::dir`] holding only bind mounts of the host
 //!    directories still used, at the same absolute paths (so every path the monitor and the VM's
@@ -53,8 +52,6 @@ const TMPFS_OPTIONS: &str = "mode=0711,size=64k,nr_inodes=4096";
 /// Why the monitor could not lock itself down. Every variant means: do not run the workload.
 #[derive(Debug, thiserror::Error)]
 pub enum JailError {
-    #[error("ignore SIGXFSZ")]
-    IgnoreSigxfsz(#[source] nix::Error),
     #[error("set {what} limit")]
     Rlimit {
         what: &'static str,
@@ -113,8 +110,6 @@ pub struct Jail {
     pub read_only: Vec<PathBuf>,
     /// The open-file limit (soft and hard) from now on.
     pub nofile: u64,
-    /// The file-size limit in bytes (soft and hard) from now on.
-    pub file_size: u64,
     /// The user and group the whole process becomes, with no supplementary groups
     /// (`Config::monitor_identity`); `None` stays root.
     pub identity: Option<(u32, u32)>,
@@ -175,28 +170,20 @@ fn fitting(path: &Path) -> PathBuf {
 /// docs. The process must already be in a mount namespace of its own whose mounts are not
 /// shared with the host's (`setup::enter_namespaces`).
 pub fn enter(jail: &Jail) -> Result<(), JailError> {
-    set_rlimits(jail.nofile, jail.file_size)?;
+    set_rlimits(jail.nofile)?;
     set_no_new_privs()?;
     let binds = jail.binds(std::process::id())?;
     new_root(&jail.dir, &binds)?;
     drop_capabilities(KEPT_CAPABILITIES, jail.identity)
 }
 
-/// Open files for one VM, file size, no core files. Process-wide: the VM's threads share them
-/// (the virtio-fs server, its own process started before, has its own).
-fn set_rlimits(nofile: u64, file_size: u64) -> Result<(), JailError> {
+/// Open files for one VM, no core files. Process-wide: the VM's threads share them (the
+/// virtio-fs server, its own process started before, has its own). No file-size limit: the
+/// monitor writes the container's output into the caller's stdout when that is a regular file
+/// (`bulkhead run c > out`), which may rightly be any size, as with runc.
+fn set_rlimits(nofile: u64) -> Result<(), JailError> {
     let err = |what| move |source| JailError::Rlimit { what, source };
     setrlimit(Resource::RLIMIT_NOFILE, nofile, nofile).map_err(err("open-file"))?;
-    // SAFETY: SIG_IGN installs no handler of ours; ignoring SIGXFSZ only turns the signal of a
-    // write past the limit into that write's EFBIG, which every writer here handles.
-    unsafe {
-        nix::sys::signal::signal(
-            nix::sys::signal::Signal::SIGXFSZ,
-            nix::sys::signal::SigHandler::SigIgn,
-        )
-    }
-    .map_err(JailError::IgnoreSigxfsz)?;
-    setrlimit(Resource::RLIMIT_FSIZE, file_size, file_size).map_err(err("file-size"))?;
     setrlimit(Resource::RLIMIT_CORE, 0, 0).map_err(err("core-file"))
 }
 
@@ -549,7 +536,6 @@ mod tests {
             keep: keep.iter().map(PathBuf::from).collect(),
             read_only: Vec::new(),
             nofile: 4096,
-            file_size: 1 << 20,
             identity: None,
         }
     }
@@ -720,7 +706,6 @@ mod tests {
             // The kept directory's parent, read-only: the kept one below it stays writable.
             read_only: vec![base.join("state")],
             nofile: 0,
-            file_size: 0,
             identity: None,
         };
         let (host_root, outside) = (
@@ -803,7 +788,6 @@ mod tests {
             keep: vec![kept.clone()],
             read_only: Vec::new(),
             nofile: 0,
-            file_size: 0,
             identity: None,
         };
         let err = in_own_namespace(move || {

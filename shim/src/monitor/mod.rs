@@ -308,8 +308,7 @@ impl<S: Sandbox> Monitor<S> {
     /// directory (console log and its rotation, timings); read-only, the state directory
     /// (state, sockets, which `delete` acts on with root's powers) and the host cgroup
     /// directories (stats; their limits are not the monitor's to raise, `update` writes them
-    /// from the CLI). Open files for the share's cap and the monitor's reserve; file size for
-    /// its console and log.
+    /// from the CLI). Open files for the share's cap and the monitor's reserve.
     fn jail(&self) -> jail::Jail {
         let plan = &self.plan;
         let keep = vec![
@@ -325,9 +324,6 @@ impl<S: Sandbox> Monitor<S> {
             keep,
             read_only,
             nofile: plan.config.monitor_fd_limit(hard),
-            file_size: plan
-                .config
-                .monitor_file_size_limit(crate::logging::held_file_len()),
             identity: plan.config.monitor_identity(),
         }
     }

@@ -187,12 +187,16 @@ pub fn rotated_path(path: &Path) -> PathBuf {
 }
 
 /// Creates or truncates a console file, mode 0600 (also when it existed with another mode).
-fn create_console_file(path: &Path) -> std::io::Result<File> {
+/// A capped file is never opened through a symlink (`O_NOFOLLOW`): it lives in a directory an
+/// earlier VM's monitor could write (a log directory), and truncating and filling wherever a
+/// planted link points is what root must not do.
+fn create_console_file(path: &Path, capped: bool) -> std::io::Result<File> {
     let file = OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(CONSOLE_FILE_MODE)
+        .custom_flags(if capped { libc::O_NOFOLLOW } else { 0 })
         .open(path)?;
     if file.metadata()?.is_file() {
         file.set_permissions(Permissions::from_mode(CONSOLE_FILE_MODE))?;
@@ -310,7 +314,7 @@ fn open_file(path: &Path, max_bytes: Option<u64>) -> Result<Option<Sink>, Serial
         path: path.to_path_buf(),
         source,
     };
-    let file = create_console_file(path).map_err(open_err)?;
+    let file = create_console_file(path, max_bytes.is_some()).map_err(open_err)?;
     let Some(max_bytes) = max_bytes else {
         return Ok(Some(Sink {
             file,
@@ -693,6 +697,17 @@ mod tests {
         print_lines(&mut uart, 3, [&path, &rotated_path(&path)], 0);
         assert_eq!(mode(&path), 0o600);
         assert_eq!(uart.uart.writer_mut().dropped(), 0);
+    }
+
+    #[test]
+    fn a_capped_file_is_not_opened_through_a_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("elsewhere");
+        std::fs::write(&target, "keep me").unwrap();
+        let path = dir.path().join("c.console.log");
+        std::os::unix::fs::symlink(&target, &path).unwrap();
+        assert!(open_file(&path, Some(1024)).is_err());
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep me");
     }
 
     #[test]
