@@ -1,8 +1,9 @@
 //! Template start through the shipped `bulkhead` CLI with real micro-VMs: containers restored
 //! from one template are each their own (random bytes, UUIDs, wall clock), a template of
 //! another kernel or agent is not used, a corrupted template costs a warning and never a
-//! container, `bulkhead template ls|rm|build` manage them. Each case has its own template
-//! directory, so it makes its templates itself. Gated by `BULKHEAD_E2E=1`.
+//! container, `bulkhead template ls|rm|build` manage them, and with templates off every
+//! container boots. Each case has its own template directory, so it makes its templates
+//! itself. Gated by `BULKHEAD_E2E=1`.
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
@@ -54,12 +55,17 @@ fn run(rt: &Cli, bundle: &Path, id: &str) -> (Option<i32>, String, String) {
     (code, out, fs::read_to_string(&log).unwrap_or_default())
 }
 
-fn templates(rt: &Cli) -> Vec<String> {
+/// `template ls --format json`: each template's key, directory and meta (made when, in how
+/// long: a template made again differs).
+fn listed(rt: &Cli) -> Vec<serde_json::Value> {
     let (code, out) = rt.run(&["template", "ls", "--format", "json"]);
     assert_eq!(code, Some(0), "{out}");
     let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
-    v.as_array()
-        .unwrap()
+    v.as_array().unwrap().clone()
+}
+
+fn templates(rt: &Cli) -> Vec<String> {
+    listed(rt)
         .iter()
         .map(|t| t["key"].as_str().unwrap().to_string())
         .collect()
@@ -72,70 +78,57 @@ fn now() -> f64 {
         .as_secs_f64()
 }
 
+/// One template directory through its life, three boots in all (each ~35 s on PVM hosts), one
+/// script (random bytes, a UUID, the guest's wall clock) in every container:
+/// - the first container in the empty directory makes its template T1, and is its first clone;
+/// - `template build` with another agent image makes that agent's template T2, T1 untouched, and
+///   a second build finds T2 (not made again);
+/// - a second clone of T1, made over 10 s later (T2's boot is that gap): the two clones read
+///   other random bytes and UUIDs, and each guest's wall clock is the host's, not T1's;
+/// - T1 truncated: the next container logs one warning naming it and runs all the same, T1 is
+///   made again, and the container after starts from it without a word;
+/// - `template ls` lists them, `template rm KEY` and `rm --all` remove them.
 #[test]
-fn clones_of_one_template_are_each_their_own() {
+fn a_template_directory_from_first_container_to_rm() {
     if !require(&vm_needs()) {
         return;
     }
     let rt = cli(true);
-    // `template build` makes it before any container; a second build finds it.
-    let (code, built) = rt.run(&["template", "build"]);
-    assert_eq!(code, Some(0), "{built}");
-    let made_at = now();
-    assert_eq!(templates(&rt).len(), 1);
-    assert_eq!(rt.run(&["template", "build"]).1, built, "built once");
-
-    // Time must pass for a stale clock to show: the template's clock stood still since.
-    let wait = 10.0 - (now() - made_at);
-    if wait > 0.0 {
-        std::thread::sleep(Duration::from_secs_f64(wait));
-    }
     let script = "head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n'; echo; \
                   cat /proc/sys/kernel/random/uuid; date +%s";
     let b = bundle(&rt, "b", script);
-    let mut seen = Vec::new();
-    for id in ["clone1", "clone2"] {
+    // A restored clone: random bytes and UUID; its guest clock within the run.
+    let clone = |id: &str| {
         let before = now();
         let (code, out, log) = run(&rt, &b, id);
         let after = now();
         assert_eq!(code, Some(0), "{out}\n{log}");
-        assert!(!log.contains("template start failed"), "{log}");
+        assert!(
+            !log.contains("level=warning"),
+            "restored, not booted: {log}"
+        );
         let lines: Vec<&str> = out.lines().collect();
         assert_eq!(lines.len(), 3, "{out}");
+        assert_eq!(lines[0].len(), 32, "{out}");
         let guest_time: f64 = lines[2].parse().unwrap();
         // `date +%s` truncates: the guest's second lies within the run, give or take one.
         assert!(
             guest_time >= before.floor() - 1.0 && guest_time <= after + 1.0,
             "guest clock {guest_time} outside [{before}, {after}]"
         );
-        seen.push((lines[0].to_string(), lines[1].to_string()));
-    }
-    assert_eq!(templates(&rt).len(), 1, "both restored from one template");
-    assert_ne!(seen[0].0, seen[1].0, "same random bytes in two clones");
-    assert_ne!(seen[0].1, seen[1].1, "same UUID in two clones");
-    assert_eq!(seen[0].0.len(), 32);
+        ((lines[0].to_string(), lines[1].to_string()), after)
+    };
 
-    // rm removes it. (That a container makes a missing template is the next case's first
-    // container: a boot here would show it again for ~35 s on PVM hosts.)
-    assert_eq!(rt.run(&["template", "rm", "--all"]).0, Some(0));
-    assert!(templates(&rt).is_empty());
-}
-
-#[test]
-fn other_agents_get_other_templates_and_broken_ones_cost_a_warning() {
-    if !require(&vm_needs()) {
-        return;
-    }
-    let rt = cli(true);
-    let b = bundle(&rt, "b", "echo ran");
-    // The first container in an empty template directory makes its template.
-    let (code, out, log) = run(&rt, &b, "first");
-    assert_eq!((code, out.as_str()), (Some(0), "ran\n"), "{log}");
-    let first = templates(&rt);
-    assert_eq!(first.len(), 1);
+    // The first container in an empty template directory makes its template (and is its clone).
+    let (first, made_at) = clone("clone1");
+    let t1 = listed(&rt);
+    assert_eq!(t1.len(), 1);
+    let t1 = t1[0].clone();
+    let key1 = t1["key"].as_str().unwrap().to_string();
 
     // Another agent image (the same one with padding after the cpio trailer, which the kernel
-    // ignores): its own template, the first one untouched.
+    // ignores): `template build` makes its own template before any container of it, T1
+    // untouched; a second build finds it.
     let other = rt.dir().join("other-agent.cpio");
     let mut bytes = fs::read(agent_initramfs()).unwrap();
     bytes.extend(std::iter::repeat_n(0u8, 4096));
@@ -149,18 +142,44 @@ fn other_agents_get_other_templates_and_broken_ones_cost_a_warning() {
     let theirs = format!("initramfs = {:?}\n", other.display().to_string());
     assert!(text.contains(&ours));
     fs::write(&other_rt, text.replace(&ours, &theirs)).unwrap();
-    let o = rt
-        .cmd(&["run", "--bundle", b.to_str().unwrap(), "other"])
-        .env("BULKHEAD_CONFIG", &other_rt)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let both = templates(&rt);
+    let build_other = || {
+        let o = rt
+            .cmd(&["template", "build"])
+            .env("BULKHEAD_CONFIG", &other_rt)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let built = build_other();
+    let both = listed(&rt);
     assert_eq!(both.len(), 2, "another agent, another template");
-    assert!(both.contains(&first[0]));
+    assert!(both.contains(&t1), "T1 untouched");
+    let t2 = both.into_iter().find(|t| t["key"] != t1["key"]).unwrap();
+    let key2 = t2["key"].as_str().unwrap().to_string();
+    assert!(built.starts_with(&key2), "{built}");
+    assert_eq!(build_other(), built);
+    assert!(
+        listed(&rt).contains(&t2),
+        "built once, found the second time"
+    );
+
+    // Time must pass for a stale clock to show (T1's clock stood still since it was made):
+    // T2's boot took that long here; a faster host waits for the rest.
+    let wait = 10.0 - (now() - made_at);
+    if wait > 0.0 {
+        std::thread::sleep(Duration::from_secs_f64(wait));
+    }
+    let (second, _) = clone("clone2");
+    let still = listed(&rt);
+    assert_eq!(still.len(), 2);
+    assert!(still.contains(&t1), "both clones of one T1, not made again");
+    assert!(still.contains(&t2), "T2 untouched");
+    assert_ne!(first.0, second.0, "same random bytes in two clones");
+    assert_ne!(first.1, second.1, "same UUID in two clones");
 
     // A truncated template: one warning line, and the container runs all the same.
-    let state = rt.dir().join("templates").join(&first[0]).join("state");
+    let state = rt.dir().join("templates").join(&key1).join("state");
     let len = fs::metadata(&state).unwrap().len();
     fs::OpenOptions::new()
         .write(true)
@@ -169,17 +188,29 @@ fn other_agents_get_other_templates_and_broken_ones_cost_a_warning() {
         .set_len(len / 2)
         .unwrap();
     let (code, out, log) = run(&rt, &b, "after-damage");
-    assert_eq!((code, out.as_str()), (Some(0), "ran\n"), "{log}");
+    assert_eq!(code, Some(0), "{out}\n{log}");
+    assert_eq!(out.lines().count(), 3, "{out}");
     let warnings: Vec<&str> = log
         .lines()
         .filter(|l| l.contains("level=warning"))
         .collect();
     assert_eq!(warnings.len(), 1, "{log}");
-    assert!(warnings[0].contains(&first[0]), "{log}");
+    assert!(warnings[0].contains(&key1), "{log}");
     // And it was made again: the next container starts from it without a word.
-    let (code, _, log) = run(&rt, &b, "after-remake");
-    assert_eq!(code, Some(0));
-    assert!(!log.contains("level=warning"), "{log}");
+    let remade = listed(&rt);
+    assert_eq!(remade.len(), 2, "T1 made again");
+    assert!(remade.contains(&t2), "T2 untouched");
+    assert!(!remade.contains(&t1), "T1 made again");
+    clone("after-remake");
+
+    // rm removes one by its key, or all.
+    assert_eq!(
+        rt.run(&["template", "rm", &key2]),
+        (Some(0), format!("{key2}\n"))
+    );
+    assert_eq!(templates(&rt), [key1]);
+    assert_eq!(rt.run(&["template", "rm", "--all"]).0, Some(0));
+    assert!(templates(&rt).is_empty());
 }
 
 #[test]
