@@ -25,18 +25,12 @@ pub fn run(ctx: &Ctx, id: &str, force: bool) -> Result<()> {
     };
     if status.can_delete(id, force)? == Delete::StopFirst {
         stop(ctx, &st, status);
-    } else if crate::state::process_alive(st.pid, st.monitor_start_time) {
+    } else {
         // "stopped" is what the monitor last wrote (its live file), and a monitor the guest
         // took over could write it while it runs on; its pid is from `state.json`, the
         // host's. A monitor still there is given the time to finish its teardown, then killed:
         // no container outlives its delete.
-        if !crate::process::wait_exit(st.pid, st.monitor_start_time, STOP_TIMEOUT) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(st.pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-            crate::process::wait_exit(st.pid, st.monitor_start_time, STOP_TIMEOUT);
-        }
+        end_monitor(st.pid, st.monitor_start_time, true);
     }
     if let Ok(bundle) = crate::spec::Bundle::load(&st.bundle) {
         let mut stopped = st.clone();
@@ -76,7 +70,14 @@ fn stop(ctx: &Ctx, st: &State, status: Status) {
                 },
             )
             .is_ok();
-    if !(asked && crate::process::wait_exit(pid, start_time, STOP_TIMEOUT))
+    end_monitor(pid, start_time, asked);
+}
+
+/// Makes sure the monitor `pid` (started at `start_time`) is gone: with `ending` (it was
+/// asked to stop, or says it has) it gets [`STOP_TIMEOUT`] to exit by itself first; one still
+/// there is SIGKILLed and waited for.
+fn end_monitor(pid: i32, start_time: u64, ending: bool) {
+    if !(ending && crate::process::wait_exit(pid, start_time, STOP_TIMEOUT))
         && crate::state::process_alive(pid, start_time)
     {
         let _ = nix::sys::signal::kill(

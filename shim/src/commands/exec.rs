@@ -158,7 +158,7 @@ impl ExecStdio {
 /// `/proc/self/fd`; reopened here, as the caller's user, a locked-down monitor needs no
 /// permission on other users' terminals and pipes (it has none: see `monitor::jail`).
 fn own_description(fd: OwnedFd, access: libc::c_int) -> OwnedFd {
-    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    use std::os::unix::fs::FileTypeExt;
     let file = std::fs::File::from(fd);
     let reopenable = file.metadata().is_ok_and(|m| {
         let t = m.file_type();
@@ -167,12 +167,8 @@ fn own_description(fd: OwnedFd, access: libc::c_int) -> OwnedFd {
     if !reopenable {
         return file.into();
     }
-    let reopened = std::fs::OpenOptions::new()
-        .read(access != libc::O_WRONLY)
-        .write(access != libc::O_RDONLY)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
-        .open(format!("/proc/self/fd/{}", file.as_raw_fd()));
-    match reopened {
+    let (read, write) = (access != libc::O_WRONLY, access != libc::O_RDONLY);
+    match crate::vm::hostio::reopen_non_blocking(&file, read, write) {
         Ok(own) => own.into(),
         Err(_) => file.into(),
     }

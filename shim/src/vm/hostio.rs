@@ -58,12 +58,8 @@ impl HostIo {
         {
             return Self::polled_or_direct(file);
         }
-        let reopened = std::fs::OpenOptions::new()
-            .read(dir == Direction::Read)
-            .write(dir == Direction::Write)
-            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
-            .open(format!("/proc/self/fd/{}", file.as_raw_fd()));
-        let own = match reopened {
+        let own = match reopen_non_blocking(&file, dir == Direction::Read, dir == Direction::Write)
+        {
             Ok(f) => f,
             // A pipe whose reader is gone cannot be opened for writing; a write to it fails at
             // once (EPIPE) instead of waiting, which ends the relay as it should.
@@ -147,6 +143,16 @@ fn recv(fd: i32, buf: &mut [u8]) -> io::Result<usize> {
     // SAFETY: `buf` is `buf.len()` writable bytes, borrowed for the call.
     let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
     usize::try_from(n).map_err(|_| io::Error::last_os_error())
+}
+
+/// Our own description of the pipe, FIFO or terminal `file`, non-blocking (the caller's stays
+/// as it is), opened again through `/proc/self/fd` for reading and/or writing.
+pub fn reopen_non_blocking(file: &File, read: bool, write: bool) -> io::Result<File> {
+    std::fs::OpenOptions::new()
+        .read(read)
+        .write(write)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open(format!("/proc/self/fd/{}", file.as_raw_fd()))
 }
 
 /// One non-blocking `send` (never SIGPIPE: a gone reader is an error, not a signal).
