@@ -6,7 +6,8 @@
 #   scripts/setup.sh [--no-demo]
 #
 # Installs:
-#   /usr/local/bin/bulkhead, /usr/local/bin/bulkhead-vmm
+#   /usr/local/bin/bulkhead, /usr/local/bin/bulkhead-vmm, /usr/local/bin/containerd-shim-bulkhead-v2
+#     (containerd's runtime io.containerd.bulkhead.v2: `ctr run --runtime io.containerd.bulkhead.v2`)
 #   /usr/local/share/bulkhead/{vmlinux,bzImage,agent-initramfs.cpio,test-initramfs.cpio}
 #   /etc/bulkhead/config.toml: every setting, commented out with its default (only if absent)
 #   runtime `bulkhead` in /etc/docker/daemon.json and /etc/containers/containers.conf (merged)
@@ -92,12 +93,14 @@ images_done() { # waits for the image builds; their output on failure
     rm -f "$images_log"
     return 1
 }
-if ! cargo build --release --locked --manifest-path "$repo/Cargo.toml" -p bulkhead-vmm -p bulkhead; then
+if ! cargo build --release --locked --manifest-path "$repo/Cargo.toml" -p bulkhead-vmm -p bulkhead \
+    -p containerd-shim-bulkhead-v2; then
     images_done || true
     die "cargo build failed"
 fi
 install -m 0755 "$CARGO_TARGET_DIR/release/bulkhead-vmm" "$bindir/bulkhead-vmm"
 install -m 0755 "$CARGO_TARGET_DIR/release/bulkhead" "$bindir/bulkhead"
+install -m 0755 "$CARGO_TARGET_DIR/release/containerd-shim-bulkhead-v2" "$bindir/containerd-shim-bulkhead-v2"
 "$repo/scripts/register-engines.sh" "$bindir/bulkhead" || { images_done || true; die "registering the runtime with Docker and podman failed"; }
 images_done || die "guest initramfs build failed (test init and agent images)"
 
@@ -107,7 +110,7 @@ if [[ ! -e /etc/bulkhead/config.toml ]]; then
     note "installed /etc/bulkhead/config.toml (every setting, commented out with its default)"
 fi
 
-note "installed: $bindir/bulkhead-vmm, $bindir/bulkhead, $share/, /etc/bulkhead/config.toml"
+note "installed: $bindir/bulkhead-vmm, $bindir/bulkhead, $bindir/containerd-shim-bulkhead-v2, $share/, /etc/bulkhead/config.toml"
 
 # ---- first container ---------------------------------------------------------------------
 if [[ $demo -eq 1 ]]; then

@@ -113,6 +113,7 @@ export BULKHEAD_AGENT_TEST_INITRAMFS BULKHEAD_FS_TEST_INITRAMFS
 # What setup.sh built and installed: the binaries the engines and the CLI suites run.
 export BULKHEAD_BULKHEAD_BIN="$target/release/bulkhead"
 export BULKHEAD_BULKHEAD_VMM_BIN="$target/release/bulkhead-vmm"
+export BULKHEAD_CONTAINERD_SHIM_BULKHEAD_V2_BIN="$target/release/containerd-shim-bulkhead-v2"
 # name<TAB>executable of every test binary of the end-to-end package (bulkhead-tests).
 python3 - "$logs/build.json" >"$logs/suites.tsv" <<'PY' || die "cannot list the test binaries"
 import json, sys

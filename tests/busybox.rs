@@ -38,3 +38,55 @@ pub fn busybox_tar(dir: &Path) -> PathBuf {
     assert!(ok.success(), "tar of the busybox rootfs failed");
     tar
 }
+
+/// An OCI image archive (`oci-layout`, `index.json`, blobs) of one layer, `layer` (a rootfs
+/// tarball such as [`busybox_tar`]'s), named `name` (`io.containerd.image.name`), for `ctr
+/// images import`: images are made here, never pulled. Returns the archive's path.
+pub fn oci_image_tar(dir: &Path, layer: &Path, name: &str) -> PathBuf {
+    use sha2::{Digest, Sha256};
+    let layout = dir.join("oci-layout-dir");
+    let blobs = layout.join("blobs/sha256");
+    fs::create_dir_all(&blobs).expect("create the image layout");
+    let blob = |data: &[u8]| {
+        let hex = format!("{:x}", Sha256::digest(data));
+        fs::write(blobs.join(&hex), data).expect("write a blob");
+        serde_json::json!({"digest": format!("sha256:{hex}"), "size": data.len()})
+    };
+    let layer = blob(&fs::read(layer).expect("read the layer"));
+    let config = serde_json::json!({
+        "architecture": "amd64", "os": "linux",
+        "config": {"Cmd": ["sh"], "Env": ["PATH=/bin"]},
+        "rootfs": {"type": "layers", "diff_ids": [layer["digest"]]},
+    });
+    let mut config_ref = blob(config.to_string().as_bytes());
+    config_ref["mediaType"] = "application/vnd.oci.image.config.v1+json".into();
+    let mut layer_ref = layer;
+    layer_ref["mediaType"] = "application/vnd.oci.image.layer.v1.tar".into();
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": config_ref, "layers": [layer_ref],
+    });
+    let mut manifest_ref = blob(manifest.to_string().as_bytes());
+    manifest_ref["mediaType"] = "application/vnd.oci.image.manifest.v1+json".into();
+    manifest_ref["annotations"] = serde_json::json!({"io.containerd.image.name": name});
+    let index = serde_json::json!({"schemaVersion": 2, "manifests": [manifest_ref]});
+    fs::write(layout.join("index.json"), index.to_string()).expect("write index.json");
+    fs::write(
+        layout.join("oci-layout"),
+        r#"{"imageLayoutVersion":"1.0.0"}"#,
+    )
+    .expect("write oci-layout");
+    let archive = dir.join("image.tar");
+    let ok = Command::new("tar")
+        .arg("-C")
+        .arg(&layout)
+        .arg("-cf")
+        .arg(&archive)
+        .arg(".")
+        .status()
+        .expect("run tar")
+        .success();
+    assert!(ok, "tar of the image layout failed");
+    archive
+}
