@@ -137,9 +137,17 @@ impl Task for TaskService {
             .await;
             pid
         } else {
-            let (bundle, stdio, spec) = self.with_process(id, exec_id, |c, p| {
-                (c.bundle.clone(), p.stdio.clone(), p.spec.clone())
-            })?;
+            // Taken under the lock: a second Start of the same exec finds it gone.
+            let (bundle, stdio, spec) = {
+                let mut t = self.table();
+                let c = t.get_mut(id).ok_or_else(|| not_found(id, ""))?;
+                let bundle = c.bundle.clone();
+                let p = c
+                    .execs
+                    .get_mut(exec_id)
+                    .ok_or_else(|| not_found(id, exec_id))?;
+                (bundle, p.stdio.clone(), p.spec.take())
+            };
             let spec = spec.ok_or_else(|| {
                 error(
                     Code::FAILED_PRECONDITION,
@@ -163,7 +171,6 @@ impl Task for TaskService {
                 if let Some(p) = t.get_mut(id).and_then(|c| c.execs.get_mut(exec_id)) {
                     p.pid = pid;
                     p.master = master;
-                    p.spec = None;
                     p.status = Status::RUNNING;
                 }
             }
