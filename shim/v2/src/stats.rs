@@ -25,9 +25,10 @@ pub fn metrics(out: &[u8]) -> Result<Metrics, Error> {
     let mut m = Metrics::new();
     let (total, user, kernel) = match guest.cpu {
         Some(c) => (
-            c.usage_usec * 1000,
-            c.user_usec * 1000,
-            c.system_usec * 1000,
+            // The guest's numbers: a hostile one must not overflow them.
+            c.usage_usec.saturating_mul(1000),
+            c.user_usec.saturating_mul(1000),
+            c.system_usec.saturating_mul(1000),
         ),
         None => (s.cpu.usage.total, 0, 0),
     };
@@ -104,5 +105,10 @@ mod tests {
             (9, 100, 7)
         );
         assert!(metrics(b"not json").is_err());
+        let huge = br#"{"type":"stats","id":"c","data":{"cpu":{"usage":{"total":0}},
+            "memory":{"usage":{"usage":0,"limit":0}},"pids":{"current":0},
+            "guest":{"cpu":{"usage_usec":18446744073709551615,"user_usec":0,"system_usec":0,
+            "throttled_usec":0}}}}"#;
+        assert_eq!(metrics(huge).unwrap().cpu.usage.total, u64::MAX);
     }
 }

@@ -42,6 +42,12 @@ impl Task for TaskService {
                 format!("container {id} exists"),
             ));
         }
+        if !req.checkpoint.is_empty() {
+            return Err(error(
+                Code::UNIMPLEMENTED,
+                "restoring a checkpoint is not supported",
+            ));
+        }
         let bundle = PathBuf::from(&req.bundle);
         let opts = options(req.options.as_ref())?;
         // For `delete` of a shim that died: it reads them back from the bundle.
@@ -87,9 +93,8 @@ impl Task for TaskService {
                 execs: HashMap::new(),
             },
         );
-        self.watch(id.clone(), String::new(), pid);
         let event = TaskCreate {
-            container_id: id,
+            container_id: id.clone(),
             bundle: req.bundle,
             rootfs: req.rootfs,
             io: Some(TaskIO {
@@ -106,6 +111,8 @@ impl Task for TaskService {
         };
         self.publish(topics::TASK_CREATE_EVENT_TOPIC, Box::new(event))
             .await;
+        // Followed only now: an init that already ended must not be reported before /tasks/create.
+        self.watch(id, String::new(), pid);
         Ok(api::CreateTaskResponse {
             pid,
             ..Default::default()
@@ -165,6 +172,7 @@ impl Task for TaskService {
             let pid_file = bundle.join(format!("exec-{exec_id}.pid"));
             let launched = self.launch(&runtime, argv, id, &pid_file, &stdio).await;
             let _ = std::fs::remove_file(&spec_file);
+            let _ = std::fs::remove_file(&pid_file);
             let (pid, master) = launched?;
             {
                 let mut t = self.table();
@@ -174,7 +182,6 @@ impl Task for TaskService {
                     p.status = Status::RUNNING;
                 }
             }
-            self.watch(id.into(), exec_id.into(), pid);
             self.publish(
                 topics::TASK_EXEC_STARTED_EVENT_TOPIC,
                 Box::new(TaskExecStarted {
@@ -185,6 +192,7 @@ impl Task for TaskService {
                 }),
             )
             .await;
+            self.watch(id.into(), exec_id.into(), pid);
             pid
         };
         Ok(api::StartResponse {
@@ -244,10 +252,26 @@ impl Task for TaskService {
         } else {
             // The exec process stands for the container's process and passes signals on, as
             // runc's shim signals an exec's pid.
-            let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap_or(0));
+            // pid 0 (an exec not started) would signal the shim's own process group.
+            let pid = match i32::try_from(pid) {
+                Ok(pid) if pid > 0 => nix::unistd::Pid::from_raw(pid),
+                _ => {
+                    return Err(error(
+                        Code::FAILED_PRECONDITION,
+                        format!("process {exec_id} of {id} has not started"),
+                    ))
+                }
+            };
             let sig = nix::sys::signal::Signal::try_from(i32::try_from(req.signal).unwrap_or(0))
                 .map_err(|e| error(Code::INVALID_ARGUMENT, e.to_string()))?;
-            nix::sys::signal::kill(pid, sig).map_err(failed)?;
+            nix::sys::signal::kill(pid, sig).map_err(|e| match e {
+                // It ended between the status check and the signal, as runc's shim reports.
+                nix::errno::Errno::ESRCH => error(
+                    Code::NOT_FOUND,
+                    format!("process {exec_id} already finished"),
+                ),
+                e => failed(e),
+            })?;
         }
         Ok(api::Empty::new())
     }
@@ -282,10 +306,16 @@ impl Task for TaskService {
                 c.mounted_rootfs,
             )
         })?;
+        // A running or paused task is refused, as runc's shim does (containerd kills first);
+        // one that never started (a failed start) has no exit and is removed with --force.
+        if status == Status::RUNNING || status == Status::PAUSED {
+            return Err(error(
+                Code::FAILED_PRECONDITION,
+                format!("container {id} is running"),
+            ));
+        }
         let mut argv = args(["delete"]);
-        // A task that never started (containerd deletes it after a failed start) or one
-        // containerd gave up on has no exit to wait for.
-        if status != Status::STOPPED {
+        if status == Status::CREATED {
             argv.push("--force".into());
         }
         argv.push(id.into());
@@ -318,6 +348,13 @@ impl Task for TaskService {
         req: api::ExecProcessRequest,
     ) -> TtrpcResult<api::Empty> {
         let (id, exec_id) = (req.id.as_str(), req.exec_id.as_str());
+        // It names files in the bundle.
+        if exec_id.is_empty() || exec_id.contains('/') || exec_id.starts_with('.') {
+            return Err(error(
+                Code::INVALID_ARGUMENT,
+                format!("exec id {exec_id:?}"),
+            ));
+        }
         let spec = req
             .spec
             .as_ref()
@@ -361,9 +398,10 @@ impl Task for TaskService {
         req: api::ResizePtyRequest,
     ) -> TtrpcResult<api::Empty> {
         let master = self.with_process(&req.id, &req.exec_id, |_, p| p.master.clone())?;
-        let master = master
-            .ok_or_else(|| error(Code::FAILED_PRECONDITION, "the process has no terminal"))?;
-        stdio::resize(&master, req.width, req.height).map_err(failed)?;
+        // A process without a terminal has nothing to resize (runc's shim answers the same).
+        if let Some(master) = master {
+            stdio::resize(&master, req.width, req.height).map_err(failed)?;
+        }
         Ok(api::Empty::new())
     }
 
